@@ -57,7 +57,7 @@ SHORT_NAMES: dict[str, str] = {
 
 
 def type_url_of(message: Message) -> str:
-    return PREFIX + message.DESCRIPTOR.full_name
+    return PREFIX + str(message.DESCRIPTOR.full_name)
 
 
 def resolve_type(name: str) -> str:
