@@ -69,10 +69,43 @@ def resolve_type(name: str) -> str:
     raise ValueError(f"unknown resource type {name!r}; use one of {', '.join(SHORT_NAMES)} or a full type URL")
 
 
+def _address_name(m: TypingAny) -> str:
+    # istio.workload.Address: a workload is keyed by uid, a service by "namespace/hostname" (workload.proto).
+    if m.WhichOneof("type") == "service":
+        return f"{m.service.namespace}/{m.service.hostname}"
+    return str(m.workload.uid)
+
+
 # How each type names its resources. Types not listed here use the message's `name` field.
 _NAMERS: dict[str, Callable[[TypingAny], str]] = {
     ENDPOINT: lambda m: str(m.cluster_name),
+    ADDRESS: _address_name,
+    WORKLOAD: lambda m: str(m.uid),
+    AUTHORIZATION: lambda m: f"{m.namespace}/{m.name}",
 }
+
+
+def address_aliases(message: TypingAny) -> tuple[str, ...]:
+    """The secondary keys of an istio.workload.Address (or Workload): "network/IP" for each address.
+
+    ztunnel looks workloads and services up on demand by these aliases (workload.proto, `Address`).
+    """
+    import ipaddress
+
+    if message.DESCRIPTOR.full_name == "istio.workload.Address":
+        kind = message.WhichOneof("type")
+        if kind is None:
+            return ()
+        message = getattr(message, kind)
+    if message.DESCRIPTOR.full_name == "istio.workload.Service":
+        pairs = [(a.network, a.address) for a in message.addresses]
+    else:
+        pairs = [(message.network, a) for a in message.addresses]
+    out: list[str] = []
+    for network, raw in pairs:
+        if len(raw) in (4, 16):
+            out.append(f"{network}/{ipaddress.ip_address(bytes(raw))}")
+    return tuple(out)
 
 
 def register_namer(type_url: str, namer: Callable[[TypingAny], str]) -> None:
