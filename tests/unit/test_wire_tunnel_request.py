@@ -1,0 +1,193 @@
+"""hbone.wire.tunnel_request: HBONE CONNECT/POST headers, client and server side."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hbone.errors import BadRequest, ProtocolError
+from hbone.wire.authority import Authority
+from hbone.wire.baggage import PeerMetadata
+from hbone.wire.tracecontext import TraceParent
+from hbone.wire.tunnel_request import (
+    TunnelMode,
+    connect_request,
+    parse_tunnel_request,
+    parse_tunnel_response,
+    post_request,
+    response_baggage,
+    tunnel_response,
+)
+
+TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+TWO_TUN = [("x-tun", "a:1"), ("x-tun", "b:1")]
+PEER = PeerMetadata("c1", "ns1", "wl", "deployment", "svc", "v1")
+
+
+def test_connect_request_ztunnel_shape() -> None:
+    headers = connect_request(
+        "[2001:db8::1]:8080",
+        baggage=PEER,
+        forwarded_for="10.0.0.9:4000",
+        forwarded_host="echo.ns.svc.cluster.local",
+        traceparent=TP,
+    )
+    assert headers == [
+        (":method", "CONNECT"),
+        (":authority", "[2001:db8::1]:8080"),
+        ("baggage", PEER.to_baggage()),
+        ("forwarded", 'for="10.0.0.9:4000";host=echo.ns.svc.cluster.local'),
+        ("traceparent", TP),
+    ]
+    req = parse_tunnel_request(headers)
+    assert req.mode is TunnelMode.CONNECT
+    assert req.target == Authority.parse("[2001:db8::1]:8080")
+    assert req.peer == PEER
+    assert req.forwarded_for == "10.0.0.9:4000"
+    assert req.forwarded_host == "echo.ns.svc.cluster.local"
+    assert req.traceparent == TraceParent.parse(TP)
+    assert req.warnings == ()
+
+
+def test_connect_minimal_and_extra() -> None:
+    assert connect_request(Authority.parse("1.2.3.4:80")) == [(":method", "CONNECT"), (":authority", "1.2.3.4:80")]
+    h = connect_request("svc.ns:80", forwarded_network="net2", extra=[("x-istio-source", "waypoint")])
+    assert h[-2:] == [("x-forwarded-network", "net2"), ("x-istio-source", "waypoint")]
+    assert parse_tunnel_request(h).forwarded_network == "net2"
+    assert connect_request("a:1", baggage={})[2:] == []
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        ([("Upper", "x")], "lowercase"),
+        ([(":path", "/")], "pseudo-headers"),
+        ([("connection", "close")], "connection-specific"),
+        ([("x-a", "a\r\nb")], "forbidden character"),
+        ([("x-a", " padded")], "whitespace"),
+    ],
+)
+def test_connect_extra_rejected(extra: list[tuple[str, str]], fragment: str) -> None:
+    with pytest.raises(BadRequest, match=fragment):
+        connect_request("a:1", extra=extra)
+
+
+def test_post_request() -> None:
+    h = post_request(Authority.parse("10.0.0.1:8080"), "proxy.example:443", "/tun", traceparent=TraceParent.parse(TP))
+    assert h[:5] == [
+        (":method", "POST"),
+        (":scheme", "https"),
+        (":path", "/tun"),
+        (":authority", "proxy.example:443"),
+        ("x-tun", "10.0.0.1:8080"),
+    ]
+    req = parse_tunnel_request(h)
+    assert req.mode is TunnelMode.POST and req.path == "/tun" and req.authority == "proxy.example:443"
+    assert str(req.target) == "10.0.0.1:8080"
+    assert post_request("a:1", "Proxy")[3] == (":authority", "proxy")
+    assert post_request("a:1", "[::1]")[3] == (":authority", "[::1]")
+    with pytest.raises(BadRequest, match="start with '/'"):
+        post_request("a:1", "p", "x")
+    with pytest.raises(BadRequest, match="not a valid host"):
+        post_request("a:1", "p q")
+
+
+def test_bytes_headers_accepted() -> None:
+    req = parse_tunnel_request([(b":method", b"CONNECT"), (b":authority", b"10.1.1.1:9")])
+    assert str(req.target) == "10.1.1.1:9"
+
+
+@pytest.mark.parametrize(
+    ("headers", "fragment"),
+    [
+        ([(":authority", "a:1")], "no :method"),
+        ([(":method", "GET"), (":authority", "a:1")], "method 'GET' cannot open a tunnel"),
+        ([(":method", "CONNECT")], "no :authority"),
+        ([(":method", "CONNECT"), (":authority", "a")], "no port"),
+        ([(":method", "CONNECT"), (":authority", "a:1"), (":path", "/")], "must omit :path (RFC 9113 §8.5)"),
+        ([(":method", "CONNECT"), (":authority", "a:1"), (":scheme", "https")], "must omit :scheme"),
+        ([(":method", "CONNECT"), (":authority", "a:1"), (":protocol", "websocket")], "extended CONNECT"),
+        ([(":method", "CONNECT"), (":method", "CONNECT"), (":authority", "a:1")], "duplicate pseudo-header"),
+        ([(":method", "CONNECT"), ("x", "1"), (":authority", "a:1")], "after a regular header"),
+        ([(":method", "CONNECT"), (":foo", "1")], "unknown request pseudo-header"),
+        ([(":method", "CONNECT"), (":authority", "a:1"), ("te", "gzip")], "only 'trailers'"),
+        ([(":method", "CONNECT"), (":authority", "a:1"), ("Baggage", "a=1")], "lowercase"),
+        ([(":method", "CONNECT"), (":authority", "a:1"), ("upgrade", "h2c")], "connection-specific"),
+        ([(":method", "POST"), (":scheme", "https"), (":path", "/"), (":authority", "p")], "no x-tun"),
+        ([(":method", "POST"), (":path", "/"), (":authority", "p"), ("x-tun", "a:1")], "no :scheme"),
+        ([(":method", "POST"), (":scheme", "https"), (":path", "/"), ("x-tun", "a:1")], "neither :authority"),
+        (
+            [(":method", "POST"), (":scheme", "https"), (":path", "/"), (":authority", "p"), ("x-tun", "a")],
+            "no port",
+        ),
+        (
+            [*[(":method", "POST"), (":scheme", "h"), (":path", "/"), (":authority", "p")], *TWO_TUN],
+            "2 x-tun headers",
+        ),
+    ],
+)
+def test_parse_rejects(headers: list[tuple[str, str]], fragment: str) -> None:
+    with pytest.raises(BadRequest) as info:
+        parse_tunnel_request(headers)
+    assert fragment in str(info.value)
+    assert info.value.http_status == 400
+
+
+def test_lenient_and_strict_telemetry() -> None:
+    headers = [
+        (":method", "CONNECT"),
+        (":authority", "a:1"),
+        ("baggage", "broken"),
+        ("forwarded", "for=nonsense"),
+        ("traceparent", "garbage"),
+    ]
+    req = parse_tunnel_request(headers)
+    assert req.baggage == {} and req.forwarded_for is None and req.traceparent is None
+    assert len(req.warnings) == 3
+    with pytest.raises(BadRequest, match="has no '='"):
+        parse_tunnel_request(headers, strict_telemetry=True)
+    two_tp = [(":method", "CONNECT"), (":authority", "a:1"), ("traceparent", TP), ("traceparent", TP)]
+    assert "2 traceparent" in parse_tunnel_request(two_tp).warnings[0]
+
+
+def test_responses() -> None:
+    assert tunnel_response(200, peer=PEER) == [(":status", "200"), ("baggage", PEER.to_baggage())]
+    assert tunnel_response(503, peer=PEER) == [(":status", "503")]
+    assert response_baggage(PeerMetadata()) == []
+    resp = parse_tunnel_response([(b":status", b"200"), (b"baggage", PEER.to_baggage().encode())])
+    assert resp.ok and resp.peer == PEER
+    assert not parse_tunnel_response([(":status", "401")]).ok
+    assert parse_tunnel_response([(":status", "200"), ("baggage", ",,")]).peer is None
+    with pytest.raises(ProtocolError, match="no :status"):
+        parse_tunnel_response([])
+    with pytest.raises(ProtocolError, match="3-digit"):
+        parse_tunnel_response([(":status", "2000")])
+    with pytest.raises(ProtocolError, match="duplicate"):
+        parse_tunnel_response([(":status", "200"), (":status", "200")])
+    with pytest.raises(BadRequest):
+        tunnel_response(99)
+
+
+_text = st.one_of(st.sampled_from([":method", ":authority", ":path", ":scheme", "x-tun", "baggage"]), st.text())
+
+
+@given(st.lists(st.tuples(_text, st.one_of(st.text(), st.binary())), max_size=8))
+def test_parse_fuzz(headers: list[tuple[str, str | bytes]]) -> None:
+    try:
+        parse_tunnel_request(headers)
+    except ProtocolError:
+        pass
+
+
+@given(
+    st.one_of(st.ip_addresses(), st.sampled_from(["svc.ns.svc.cluster.local", "a", "x-1.y"])),
+    st.integers(1, 65535),
+    st.builds(TraceParent.generate),
+    st.dictionaries(st.sampled_from(["k8s.cluster.name", "service.name", "other"]), st.text(max_size=10)),
+)
+def test_connect_roundtrip(host: object, port: int, tp: TraceParent, bag: dict[str, str]) -> None:
+    target = Authority.from_parts(host, port)  # type: ignore[arg-type]
+    req = parse_tunnel_request(connect_request(target, baggage=bag, traceparent=tp), strict_telemetry=True)
+    assert req.target == target and req.traceparent == tp
+    assert dict(req.baggage) == bag
