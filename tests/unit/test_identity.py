@@ -202,7 +202,7 @@ def test_bundle_errors(tmp_path: Path) -> None:
     with pytest.raises(CertificateError, match="does not match"):
         load_bundle(tmp_path)
     (tmp_path / "key.pem").unlink()
-    with pytest.raises(CertificateError, match="key.pem: file not found"):
+    with pytest.raises(CertificateError, match=r"key\.pem: file not found"):
         load_bundle(tmp_path)
     (tmp_path / "key.pem").write_bytes(b"garbage")
     with pytest.raises(CertificateError, match="not a valid unencrypted PEM private key"):

@@ -1,0 +1,1 @@
+"""`hbone` subcommands. Each module exposes `register(subparsers)`; `hbone.cli` assembles them."""
