@@ -753,21 +753,43 @@ class Etcd(ProcessPeer):
     """A single-member etcd on 127.0.0.1 with a private data dir. Use :meth:`start_ready`."""
 
     def __init__(self, name: str = "etcd") -> None:
-        binary = require_binary("etcd")
+        self._binary = require_binary("etcd")
         self.data = tempfile.TemporaryDirectory(prefix="etcd-")
-        self.client_port = free_port()
-        self.peer_port = free_port()
+        self.client_port = self.peer_port = 0
+        super().__init__(
+            self._pick_ports(name), name=name, env=loopback_env(), log_path=Path(self.data.name) / "etcd.log"
+        )
+
+    def _pick_ports(self, name: str) -> list[str | os.PathLike[str]]:
+        # etcd cannot report a port it chose itself, so ports are picked here (and re-picked on a clash).
+        self.client_port, self.peer_port = free_port(), free_port()
         client = f"http://{LOOPBACK}:{self.client_port}"
         peer = f"http://{LOOPBACK}:{self.peer_port}"
-        args: list[str | os.PathLike[str]] = [
-            binary, "--name", name, "--data-dir", Path(self.data.name) / "data",
+        return [
+            self._binary, "--name", name, "--data-dir", Path(self.data.name) / "data",
             "--listen-client-urls", client, "--advertise-client-urls", client,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
             "--initial-cluster", f"{name}={peer}", "--initial-cluster-state", "new",
             "--initial-cluster-token", f"test-{os.getpid()}-{self.client_port}",
             "--logger", "zap", "--log-outputs", "stderr",
         ]  # fmt: skip
-        super().__init__(args, name=name, env=loopback_env(), log_path=Path(self.data.name) / "etcd.log")
+
+    async def start_ready(self, timeout: float = 20.0, attempts: int = 3) -> Self:
+        """Start and wait until healthy, retrying with fresh ports if another process took ours."""
+        for attempt in range(attempts):
+            self.start()
+            try:
+                await self.wait_ready(timeout)
+                return self
+            except PeerExited:
+                if attempt + 1 == attempts or "address already in use" not in self._read_tail(200):
+                    raise
+            assert self.proc is not None
+            self.proc.wait(5)  # it has exited already; reap it before starting again
+            self.proc = None
+            shutil.rmtree(Path(self.data.name) / "data", ignore_errors=True)
+            self.args = [os.fspath(a) for a in self._pick_ports(self.name)]
+        raise AssertionError("unreachable")
 
     @property
     def endpoint(self) -> str:
@@ -795,9 +817,7 @@ class Etcd(ProcessPeer):
             await asyncio.sleep(0.05)  # poll interval, not synchronisation
 
     async def __aenter__(self) -> Self:
-        self.start()
-        await self.wait_ready()
-        return self
+        return await self.start_ready()
 
     def ctl_args(self, *args: str) -> list[str]:
         return [os.fspath(require_binary("etcdctl")), "--endpoints", self.endpoint, "--dial-timeout", "5s", *args]
@@ -943,9 +963,18 @@ class TestPKI:
 
 
 def spiffe_id_for(name: str, trust_domain: str = TRUST_DOMAIN) -> str:
-    """``"sa"`` -> ns ``default``; ``"ns/sa"`` -> that namespace."""
+    """``"sa"`` -> ns ``default``; ``"ns/sa"`` -> that namespace; a ``spiffe://`` id is kept as is."""
+    if name.startswith("spiffe://"):
+        return name
     ns, _, sa = name.rpartition("/")
     return f"spiffe://{trust_domain}/ns/{ns or 'default'}/sa/{sa}"
+
+
+def _identity_dirname(name: str) -> str:
+    if name.startswith("spiffe://"):
+        return "".join(c if c.isalnum() or c in "-." else "_" for c in name.removeprefix("spiffe://"))
+    ns, _, sa = name.rpartition("/")
+    return f"{ns or 'default'}_{sa}"
 
 
 def _pem(cert: x509.Certificate) -> bytes:
@@ -959,11 +988,11 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def make_test_pki(tmpdir: Path, names: Iterable[str], trust_domain: str = TRUST_DOMAIN) -> TestPKI:
-    """A P-256 root CA and one leaf per name (``"sa"`` or ``"ns/sa"``) under ``tmpdir``.
+    """A P-256 root CA and one leaf per name (``"sa"``, ``"ns/sa"`` or a full ``spiffe://`` id) under ``tmpdir``.
 
     Leaves carry URI SAN ``spiffe://<td>/ns/<ns>/sa/<sa>`` plus DNS:localhost and IP:127.0.0.1, and both
     serverAuth and clientAuth EKUs, like Istio workload certificates. Files per identity go to
-    ``tmpdir/<ns>_<sa>/{cert-chain,key,root-cert}.pem``.
+    ``tmpdir/<ns>_<sa>/{cert-chain,key,root-cert}.pem`` (a sanitised id for ``spiffe://`` names).
     """
     tmpdir = Path(tmpdir)
     tmpdir.mkdir(parents=True, exist_ok=True)
@@ -1026,8 +1055,7 @@ def make_test_pki(tmpdir: Path, names: Iterable[str], trust_domain: str = TRUST_
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
             .sign(ca_key, hashes.SHA256())
         )
-        ns, _, sa = name.rpartition("/")
-        ident = TestIdentity(name=name, spiffe_id=spiffe, dir=tmpdir / f"{ns or 'default'}_{sa}")
+        ident = TestIdentity(name=name, spiffe_id=spiffe, dir=tmpdir / _identity_dirname(name))
         ident.dir.mkdir(parents=True, exist_ok=True)
         ident.cert_chain.write_bytes(_pem(cert))
         ident.key.write_bytes(_key_pem(key))

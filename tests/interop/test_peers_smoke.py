@@ -11,6 +11,7 @@ import json
 import ssl
 from concurrent import futures
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 import h2.config
@@ -31,6 +32,7 @@ from tests.peers import (
     envoy_hbone_server_config,
     envoy_tcp_proxy_config,
     envoy_validate,
+    make_test_pki,
     peer_uri_sans,
     require_binary,
     require_envoy,
@@ -179,6 +181,23 @@ async def test_envoy_hbone_server_rejects_client_without_cert(pki: TestPKI, echo
             if res.status is None:
                 raise ConnectionError("closed without a response")
         await envoy.wait_stat("listener.hbone_in.ssl.fail_verify_no_cert", lambda v: int(v) >= 1)
+
+
+async def test_envoy_hbone_server_rejects_foreign_trust_domain(tmp_path: Path, echo_port: int) -> None:
+    """Same CA, but the client's SPIFFE id is outside spiffe://cluster.local/: the SAN matcher refuses it."""
+    require_envoy()
+    pki = make_test_pki(tmp_path, ["server", "spiffe://other.example/ns/default/sa/client"])
+    server = pki["server"]
+    config = envoy_hbone_server_config(cert_chain=server.cert_chain, key=server.key, root_cert=server.root_cert)
+    async with Envoy(config) as envoy:
+        await envoy.wait_ready()
+        port = await envoy.listener_port("hbone_in")
+        ctx = pki["spiffe://other.example/ns/default/sa/client"].client_context()
+        with pytest.raises((ssl.SSLError, ConnectionError, asyncio.IncompleteReadError)):
+            res = await h2_connect_echo(port, ctx, f"{LOOPBACK}:{echo_port}", b"x")
+            if res.status is None:
+                raise ConnectionError("closed without a response")
+        await envoy.wait_stat("listener.hbone_in.ssl.fail_verify_san", lambda v: int(v) >= 1)
 
 
 # --------------------------------------------------------------------------------------------------
