@@ -1,3 +1,4 @@
+# mypy: ignore-errors
 from google.protobuf import empty_pb2 as _empty_pb2
 from microxds._pb.istio.workload import workload_pb2 as _workload_pb2
 from google.protobuf.internal import containers as _containers

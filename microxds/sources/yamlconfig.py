@@ -1,0 +1,229 @@
+"""Parse and validate a whole configuration (sans-IO: text in, ConfigSnapshot out).
+
+A file holds one or more YAML/JSON documents in Envoy's file-based xDS form, a DiscoveryResponse:
+
+    resources:
+      - "@type": type.googleapis.com/envoy.config.cluster.v3.Cluster
+        name: echo
+        ...
+
+plus the ambient shorthand (`workloads:`, `services:`, `policies:`, see ambient.py) and node groups:
+
+    groups:                 # alias: node_groups
+      edge:                 # a group name; how a node maps to a group is the server's choice
+        resources: [...]    # added for this group; replaces a common resource of the same type and name
+        workloads: [...]    # shorthand is combined with the common shorthand for this group
+
+Resources outside `groups:` go to every node. The configuration is validated as a whole: any error rejects all of
+it and every error found is reported as `file:line: reason`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from google.protobuf.message import Message
+
+from ..errors import ConfigError, ConfigErrors, DuplicateResourceError, UnknownTypeError
+from ..resources import ADDRESS, PREFIX, Resource, address_aliases, resource_name
+from .ambient import build_ambient
+from .configsnapshot import ConfigSnapshot, freeze
+from .protoreg import parse_message
+from .yamldoc import Document, Located, load_documents
+
+DEFAULT_ROOT_NAMESPACE = "istio-system"
+_SCOPE_KEYS = ("resources", "workloads", "services", "policies")
+_TOP_KEYS = {*_SCOPE_KEYS, "groups", "node_groups", "root_namespace", "version_info", "type_url", "nonce"}
+_FIELD_HINTS = (
+    re.compile(r'has no field named "([^"]+)"'),
+    re.compile(r"Failed to parse (\w+) field"),
+    re.compile(r'for enum type "[^"]+" at "[\w.]*?(\w+)"'),
+    re.compile(r'at "[\w.\[\]]*?\.(\w+)(?:\[\d+\])?"'),
+)
+
+
+@dataclass
+class _Scope:
+    """The items of one scope: the common one ("") or a node group."""
+
+    resources: list[Located] = field(default_factory=list)
+    workloads: list[Located] = field(default_factory=list)
+    services: list[Located] = field(default_factory=list)
+    policies: list[Located] = field(default_factory=list)
+
+    def extend(self, doc: Document, body: dict[str, Any], path: tuple[str | int, ...]) -> None:
+        for key in _SCOPE_KEYS:
+            if key not in body or body[key] is None:
+                continue
+            values = body[key]
+            if not isinstance(values, list):
+                raise ConfigError(f"`{key}` must be a list", file=doc.file, line=doc.line((*path, key)))
+            getattr(self, key).extend(Located(doc, (*path, key, i), v) for i, v in enumerate(values))
+
+    @property
+    def has_shorthand(self) -> bool:
+        return bool(self.workloads or self.services or self.policies)
+
+
+def _short(reason: str) -> str:
+    # json_format appends the full list of available fields; the field path before it is what helps.
+    return reason.split("\n", 1)[0].split(" Available Fields", 1)[0].strip()
+
+
+def parse_resource(item: Located) -> tuple[str, Message]:
+    """One `resources:` entry → (type_url, message). Errors point at the entry or at the offending field."""
+    if not isinstance(item.value, dict):
+        raise item.error(f"a resource must be a mapping with an @type, got {type(item.value).__name__}")
+    type_url = item.value.get("@type")
+    if not isinstance(type_url, str) or not type_url:
+        raise item.error("resource has no @type")
+    body = {k: v for k, v in item.value.items() if k != "@type"}
+    try:
+        msg = parse_message(body, type_url)
+    except UnknownTypeError as exc:
+        raise UnknownTypeError(exc.reason, file=item.file, line=item.doc.line((*item.path, "@type"))) from None
+    except ConfigError as exc:
+        line = None
+        for pattern in _FIELD_HINTS:
+            m = pattern.search(exc.reason)
+            if m is not None:
+                line = item.doc.key_line(item.path, m.group(1))
+                if line is not None:
+                    break
+        raise ConfigError(_short(exc.reason), file=item.file, line=line or item.line) from None
+    return PREFIX + str(msg.DESCRIPTOR.full_name), msg
+
+
+def _build_scope(
+    scope: _Scope, shorthand: _Scope, root_namespace: str, warnings: list[str], errors: list[ConfigError]
+) -> list[tuple[str, Message, Located]]:
+    """Parse a scope's resources and convert its shorthand; collect errors rather than stopping at the first."""
+    built: list[tuple[str, Message, Located]] = []
+    for item in scope.resources:
+        try:
+            type_url, msg = parse_resource(item)
+        except ConfigError as exc:
+            errors.append(exc)
+            continue
+        built.append((type_url, msg, item))
+    if shorthand.has_shorthand:
+        try:
+            ambient, warns = build_ambient(
+                shorthand.workloads, shorthand.services, shorthand.policies, root_namespace=root_namespace
+            )
+        except ConfigError as exc:
+            errors.append(exc)
+        else:
+            built.extend(ambient)
+            warnings.extend(warns)
+    return built
+
+
+def _index(
+    built: list[tuple[str, Message, Located]], group: str, errors: list[ConfigError]
+) -> tuple[dict[str, dict[str, Resource]], dict[tuple[str, str, str], str]]:
+    """Serialise each message once, reject unnamed and duplicate resources."""
+    types: dict[str, dict[str, Resource]] = {}
+    origins: dict[tuple[str, str, str], str] = {}
+    for type_url, msg, item in built:
+        try:
+            name = resource_name(msg, type_url)
+        except ValueError as exc:
+            errors.append(item.error(str(exc)))
+            continue
+        if not name or name.endswith("/"):
+            field_name = "cluster_name" if "cluster_name" in msg.DESCRIPTOR.fields_by_name else "name"
+            errors.append(item.error(f"{type_url.removeprefix(PREFIX)} has no name (set `{field_name}`)"))
+            continue
+        by_name = types.setdefault(type_url, {})
+        if name in by_name:
+            first = origins[(group, type_url, name)]
+            short = type_url.removeprefix(PREFIX)
+            errors.append(
+                DuplicateResourceError(
+                    f"duplicate {short} {name!r} (first defined at {first})", file=item.file, line=item.line
+                )
+            )
+            continue
+        aliases = address_aliases(msg) if type_url == ADDRESS else ()
+        by_name[name] = Resource.of(msg, type_url=type_url, name=name, aliases=aliases)
+        origins[(group, type_url, name)] = item.where
+    return types, origins
+
+
+def _collect(documents: Iterable[Document]) -> tuple[_Scope, dict[str, _Scope], str]:
+    common, groups, root_namespace, root_where = _Scope(), dict[str, _Scope](), None, ""
+    for doc in documents:
+        if doc.data is None:
+            continue  # an empty document (e.g. a trailing `---`)
+        if not isinstance(doc.data, dict):
+            raise ConfigError("the top level must be a mapping (resources:, workloads:, ...)", file=doc.file, line=1)
+        for key in doc.data:
+            if key not in _TOP_KEYS:
+                known = ", ".join(sorted(_TOP_KEYS))
+                raise ConfigError(
+                    f"unknown top-level key {key!r} (known: {known})", file=doc.file, line=doc.line((key,))
+                )
+        if "root_namespace" in doc.data:
+            value = str(doc.data["root_namespace"])
+            here = f"{doc.file}:{doc.line(('root_namespace',))}"
+            if root_namespace is not None and value != root_namespace:
+                raise ConfigError(f"root_namespace {value!r} conflicts with {root_namespace!r} set at {root_where}")
+            root_namespace, root_where = value, here
+        common.extend(doc, doc.data, ())
+        for key in ("groups", "node_groups"):
+            raw = doc.data.get(key)
+            if raw is None:
+                continue
+            if not isinstance(raw, dict):
+                raise ConfigError(f"`{key}` must map group names to resources", file=doc.file, line=doc.line((key,)))
+            for name, body in raw.items():
+                if not isinstance(body, dict) or set(body) - set(_SCOPE_KEYS):
+                    reason = f"group {name!r} must be a mapping with any of: {', '.join(_SCOPE_KEYS)}"
+                    raise ConfigError(reason, file=doc.file, line=doc.line((key, name)))
+                groups.setdefault(str(name), _Scope()).extend(doc, body, (key, name))
+    return common, groups, root_namespace or DEFAULT_ROOT_NAMESPACE
+
+
+def build_snapshot(documents: Iterable[Document]) -> ConfigSnapshot:
+    """Validate documents as one configuration. Raises ConfigError (ConfigErrors when there are several)."""
+    docs = list(documents)
+    common, groups, root_namespace = _collect(docs)
+    errors: list[ConfigError] = []
+    warnings: list[str] = []
+    types, origins = _index(_build_scope(common, common, root_namespace, warnings, errors), "", errors)
+    views: dict[str, Any] = {}
+    for group, scope in sorted(groups.items()):
+        # Shorthand is resolved together with the common shorthand (a group's workload may back a common service).
+        combined = _Scope(
+            [], common.workloads + scope.workloads, common.services + scope.services, common.policies + scope.policies
+        )
+        own_items = _build_scope(scope, combined if scope.has_shorthand else _Scope(), root_namespace, [], errors)
+        own, own_origins = _index(own_items, group, errors)
+        merged = {t: dict(by_name) for t, by_name in types.items()}
+        for type_url, by_name in own.items():
+            merged.setdefault(type_url, {}).update(by_name)
+        views[group] = freeze(merged)
+        origins.update(own_origins)
+    if errors:
+        raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
+    files = tuple(dict.fromkeys(d.file for d in docs))
+    return ConfigSnapshot(freeze(types), MappingProxyType(views), MappingProxyType(origins), tuple(warnings), files)
+
+
+def parse_texts(files: Iterable[tuple[str, str]]) -> ConfigSnapshot:
+    """Parse `(file name, text)` pairs as one configuration."""
+    docs: list[Document] = []
+    errors: list[ConfigError] = []
+    for name, text in files:
+        try:
+            docs.extend(load_documents(text, name))
+        except ConfigError as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
+    return build_snapshot(docs)

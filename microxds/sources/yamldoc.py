@@ -1,0 +1,139 @@
+"""YAML/JSON documents that remember where each value came from.
+
+PyYAML's composer gives a node tree with line marks; the constructor then builds plain Python values from the same
+nodes. We keep both, so validation works on plain dicts and lists while errors can still point at `file:line`.
+JSON is parsed by the same loader (it is, for config purposes, a YAML subset), so JSON errors get lines too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError
+
+try:  # libyaml is several times faster; fall back to the pure-Python loader when it is not built.
+    _Loader: Any = yaml.CSafeLoader
+except AttributeError:  # pragma: no cover - depends on how PyYAML was built
+    _Loader = yaml.SafeLoader
+
+
+Path = tuple[str | int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """One YAML document: its plain value and the node tree it came from."""
+
+    file: str
+    data: Any
+    node: yaml.Node | None
+
+    def line(self, path: Path = ()) -> int:
+        """1-based line of the value at `path` (keys and list indices); the nearest known ancestor otherwise."""
+        return node_line(self.node, path)
+
+    def key_line(self, path: Path, key: str) -> int | None:
+        """1-based line of the first mapping key named `key` anywhere under `path`, if any."""
+        node = _walk(self.node, path)
+        found = _find_key(node, key) if node is not None else None
+        return found.start_mark.line + 1 if found is not None else None
+
+
+def load_documents(text: str, file: str) -> list[Document]:
+    """Parse every document in `text`. A syntax error becomes ConfigError at the line YAML reports."""
+    loader = _Loader(text)
+    docs: list[Document] = []
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            if node is None:
+                continue
+            docs.append(Document(file, loader.construct_document(node), node))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        reason = " ".join(p for p in (exc.context, exc.problem) if p) or "invalid YAML"
+        raise ConfigError(f"YAML syntax error: {reason}", file=file, line=mark.line + 1 if mark else None) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"YAML error: {exc}", file=file) from None
+    finally:
+        loader.dispose()
+    return docs
+
+
+def _child(node: yaml.Node, step: str | int) -> yaml.Node | None:
+    if isinstance(node, yaml.MappingNode) and isinstance(step, str):
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.value == step:
+                return value  # type: ignore[no-any-return]
+    elif isinstance(node, yaml.SequenceNode) and isinstance(step, int) and 0 <= step < len(node.value):
+        return node.value[step]  # type: ignore[no-any-return]
+    return None
+
+
+def _walk(node: yaml.Node | None, path: Path) -> yaml.Node | None:
+    for step in path:
+        if node is None:
+            return None
+        node = _child(node, step)
+    return node
+
+
+def node_line(node: yaml.Node | None, path: Path) -> int:
+    best = node.start_mark.line + 1 if node is not None else 1
+    for step in path:
+        if node is None:
+            break
+        node = _child(node, step)
+        if node is not None:
+            best = node.start_mark.line + 1
+    return best
+
+
+def _find_key(node: yaml.Node, key: str) -> yaml.Node | None:
+    """Depth-first search for a mapping key; returns the key node (its line is where the typo is)."""
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            if isinstance(k, yaml.ScalarNode) and k.value == key:
+                return k
+            found = _find_key(v, key)
+            if found is not None:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for v in node.value:
+            found = _find_key(v, key)
+            if found is not None:
+                return found
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Located:
+    """A value inside a document, with the path that leads to it (for error locations)."""
+
+    doc: Document
+    path: Path
+    value: Any
+
+    @property
+    def file(self) -> str:
+        return self.doc.file
+
+    @property
+    def line(self) -> int:
+        return self.doc.line(self.path)
+
+    @property
+    def where(self) -> str:
+        return f"{self.doc.file}:{self.line}"
+
+    def child(self, step: str | int) -> Located:
+        container: Any = self.value
+        value = container[step] if isinstance(container, (dict, list)) else None  # type: ignore[index]
+        return Located(self.doc, (*self.path, step), value)
+
+    def error(self, reason: str, step: str | int | None = None) -> ConfigError:
+        path = self.path if step is None else (*self.path, step)
+        return ConfigError(reason, file=self.doc.file, line=self.doc.line(path))
