@@ -24,6 +24,7 @@ from tests.peers import (
     NODE_DIR,
     Envoy,
     Etcd,
+    ProcessPeer,
     TestPKI,
     arun_peer,
     check_loopback,
@@ -32,12 +33,14 @@ from tests.peers import (
     envoy_hbone_server_config,
     envoy_tcp_proxy_config,
     envoy_validate,
+    free_port,
     make_test_pki,
     peer_uri_sans,
     require_binary,
     require_envoy,
     require_node_xds,
     start_http_server,
+    wait_port,
 )
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
@@ -351,6 +354,41 @@ async def test_node_unary_call_to_grpcio() -> None:
         server.stop(grace=None).wait(5)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert bytes.fromhex(json.loads(proc.stdout)["responseHex"]) == b"pong:ping"
+
+
+async def test_curl_via_microsocks() -> None:
+    """Reference SOCKS5 server: ProcessPeer + wait_port, and curl's --socks5-hostname path."""
+    curl, microsocks = require_binary("curl"), require_binary("microsocks")
+    server, http_port = await start_http_server(b"via socks\n")
+    port = free_port()  # microsocks cannot report a port it picked; the recipes say always pass -i
+    try:
+        async with ProcessPeer([microsocks, "-i", LOOPBACK, "-p", str(port)]) as socks:
+            await wait_port(LOOPBACK, port, timeout=10, peer=socks)
+            url = f"http://{LOOPBACK}:{http_port}/"
+            proc = await arun_peer([curl, "-sS", "--max-time", "10", "--socks5-hostname", f"{LOOPBACK}:{port}", url])
+            assert proc.returncode == 0, proc.stderr + socks.log_tail()
+            assert proc.stdout == "via socks\n"
+    finally:
+        await close_server(server)
+
+
+async def test_curl_via_tinyproxy_connect(tmp_path: Path) -> None:
+    """Reference HTTP CONNECT proxy (what our CONNECT front end is compared against)."""
+    curl, tinyproxy = require_binary("curl"), require_binary("tinyproxy")
+    server, http_port = await start_http_server(b"via connect\n")
+    port = free_port()
+    conf = tmp_path / "tinyproxy.conf"
+    # No ConnectPort lines: CONNECT is allowed to any port (the Debian default allows only 443/563).
+    conf.write_text(f"Port {port}\nListen {LOOPBACK}\nAllow {LOOPBACK}\nTimeout 30\nLogLevel Info\nMaxClients 8\n")
+    try:
+        async with ProcessPeer([tinyproxy, "-d", "-c", conf]) as proxy:
+            await wait_port(LOOPBACK, port, timeout=10, peer=proxy)
+            url = f"http://{LOOPBACK}:{http_port}/"
+            proc = await arun_peer([curl, "-sS", "--max-time", "10", "-p", "-x", f"http://{LOOPBACK}:{port}", url])
+            assert proc.returncode == 0, proc.stderr + proxy.log_tail()
+            assert proc.stdout == "via connect\n"
+    finally:
+        await close_server(server)
 
 
 # --------------------------------------------------------------------------------------------------
