@@ -1,0 +1,276 @@
+"""HTTP/1.1 CONNECT proxy requests (RFC 9110 §9.3.6, message syntax RFC 9112 §2 to §5) and the proxy's responses.
+
+Incremental: feed bytes until a complete header block arrives; whatever follows it is the start of the tunnelled
+stream and is handed back untouched. Only `CONNECT host:port` is served; any other method is a 405 (this is not a
+forwarding proxy for absolute-form GETs). Line endings must be CRLF: bare LF/CR are rejected rather than guessed,
+because lenient line splitting is how request smuggling starts.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from hbone.errors import BadRequest, Denied, HboneError, LimitExceeded, TunnelError
+from hbone.wire.authority import Authority, parse_authority
+
+DEFAULT_MAX_HEADER_BYTES = 16 * 1024
+DEFAULT_MAX_HEADERS = 100
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_VERSION = re.compile(r"HTTP/([0-9])\.([0-9])\Z")
+_FIELD_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # CTLs except HTAB (RFC 9110 §5.5)
+
+
+class MethodNotAllowed(BadRequest):
+    """A method other than CONNECT (answer 405 with `Allow: CONNECT`, RFC 9110 §15.5.6)."""
+
+    http_status = 405
+
+
+class VersionNotSupported(BadRequest):
+    """An HTTP version other than 1.0/1.1 (RFC 9110 §15.6.6)."""
+
+    http_status = 505
+
+
+class HeadersTooLarge(LimitExceeded):
+    """The header block is larger than allowed (RFC 6585 §5: 431)."""
+
+    http_status = 431
+
+
+@dataclass(frozen=True, slots=True)
+class BasicCredentials:
+    """`Proxy-Authorization: Basic` (RFC 7617 §2); bytes that are not UTF-8 survive as surrogate escapes."""
+
+    username: str
+    password: str
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConnectRequest:
+    target: Authority
+    version: str  # "HTTP/1.1" or "HTTP/1.0"
+    headers: tuple[tuple[str, str], ...]  # names as sent, values with OWS trimmed
+    host: str | None = None
+    proxy_authorization: str | None = None
+    credentials: BasicCredentials | None = None  # set only for the Basic scheme
+
+    def get(self, name: str) -> str | None:
+        """The first value of a header, by case-insensitive name."""
+        lname = name.lower()
+        return next((v for k, v in self.headers if k.lower() == lname), None)
+
+
+class HttpConnectParser:
+    """Incremental parser for one CONNECT request head (RFC 9112 §2.1: request-line *( field-line CRLF ) CRLF)."""
+
+    def __init__(
+        self, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES, max_headers: int = DEFAULT_MAX_HEADERS
+    ) -> None:
+        self.max_header_bytes = max_header_bytes
+        self.max_headers = max_headers
+        self._buffer = bytearray()
+        self._scanned = 0  # bytes already checked for line-ending violations
+        self._request: HttpConnectRequest | None = None
+        self._skipped = 0  # empty lines ignored before the request-line, counted against the limit
+
+    @property
+    def request(self) -> HttpConnectRequest | None:
+        return self._request
+
+    def feed(self, data: bytes) -> HttpConnectRequest | None:
+        """Add bytes; return the request once its header block is complete (once only), else None."""
+        self._buffer += data
+        if self._request is not None:
+            return None
+        # RFC 9112 §2.2: a server SHOULD ignore empty lines received before the request-line.
+        while self._buffer[:2] == b"\r\n":
+            del self._buffer[:2]
+            self._scanned = max(self._scanned - 2, 0)
+            self._skipped += 2
+            if self._skipped > self.max_header_bytes:
+                raise HeadersTooLarge(f"more than {self.max_header_bytes} bytes of empty lines before the request")
+        end = self._scan()
+        if end is None:
+            if len(self._buffer) > self.max_header_bytes:
+                raise HeadersTooLarge(f"request header block exceeds {self.max_header_bytes} bytes")
+            return None
+        if end > self.max_header_bytes:
+            raise HeadersTooLarge(f"request header block is {end} bytes; the maximum is {self.max_header_bytes}")
+        head = bytes(self._buffer[: end - 4])
+        del self._buffer[:end]
+        self._request = self._parse(head.decode("latin-1"))
+        return self._request
+
+    @property
+    def leftover(self) -> bytes:
+        """Bytes received after the header block (only meaningful once `feed` returned the request)."""
+        return bytes(self._buffer) if self._request is not None else b""
+
+    def take_leftover(self) -> bytes:
+        out = self.leftover
+        if self._request is not None:
+            self._buffer.clear()
+        return out
+
+    def _scan(self) -> int | None:
+        """Check line endings up to the blank line; return the offset just past CRLFCRLF, or None."""
+        buf = self._buffer
+        limit = min(len(buf), self.max_header_bytes + 4)
+        i = self._scanned
+        while i < limit:
+            byte = buf[i]
+            if byte == 0x0A and (i == 0 or buf[i - 1] != 0x0D):
+                raise BadRequest(f"bare LF at byte {i} of the request head; lines must end with CRLF (RFC 9112 §2.2)")
+            if byte == 0x0D:
+                if i + 1 >= len(buf):
+                    break  # need the next byte to judge this CR
+                if buf[i + 1] != 0x0A:
+                    raise BadRequest(f"bare CR at byte {i} of the request head (RFC 9112 §2.2)")
+            if byte == 0x0A and i >= 3 and buf[i - 3 : i + 1] == b"\r\n\r\n":
+                return i + 1
+            i += 1
+        self._scanned = i
+        return None
+
+    def _parse(self, head: str) -> HttpConnectRequest:
+        lines = head.split("\r\n")
+        request_line = lines[0]
+        parts = request_line.split(" ")
+        if len(parts) != 3 or not all(parts):
+            raise BadRequest(f"request line {request_line[:80]!r} is not 'METHOD SP target SP HTTP/x.y' (RFC 9112 §3)")
+        method, target_text, version = parts
+        if not _TOKEN.match(method):
+            raise BadRequest(f"request method {method[:20]!r} is not a token (RFC 9110 §9.1)")
+        if not _VERSION.match(version):
+            raise BadRequest(f"request line version {version[:20]!r} is not HTTP/x.y (RFC 9112 §2.3)")
+        if version not in ("HTTP/1.1", "HTTP/1.0"):
+            raise VersionNotSupported(f"HTTP version {version} is not supported; expected HTTP/1.1")
+        if method != "CONNECT":
+            hint = " (methods are case-sensitive)" if method.upper() == "CONNECT" else ""
+            raise MethodNotAllowed(f"method {method!r} is not supported by this proxy; only CONNECT{hint}")
+        target = parse_authority(target_text)
+        headers = self._parse_fields(lines[1:])
+        host = _single(headers, "host")
+        proxy_auth = _single(headers, "proxy-authorization")
+        if _single(headers, "transfer-encoding") is not None:
+            raise BadRequest("CONNECT request must not carry Transfer-Encoding (RFC 9110 §9.3.6)")
+        length = _single(headers, "content-length")
+        if length is not None and length != "0":
+            raise BadRequest(f"CONNECT request must not have content; Content-Length is {length!r}")
+        credentials = _basic_credentials(proxy_auth) if proxy_auth is not None else None
+        return HttpConnectRequest(target, version, tuple(headers), host, proxy_auth, credentials)
+
+    def _parse_fields(self, lines: list[str]) -> list[tuple[str, str]]:
+        if len(lines) > self.max_headers:
+            raise HeadersTooLarge(f"request has {len(lines)} header fields; the maximum is {self.max_headers}")
+        fields = []
+        for number, line in enumerate(lines, start=2):
+            if line[:1] in (" ", "\t"):
+                raise BadRequest(f"line {number} starts with whitespace: obsolete line folding (RFC 9112 §5.2)")
+            name, colon, value = line.partition(":")
+            if not colon:
+                raise BadRequest(f"header line {number} {line[:40]!r} has no ':'")
+            if not _TOKEN.match(name):
+                raise BadRequest(f"header line {number}: field name {name[:40]!r} is not a token (RFC 9112 §5.1)")
+            value = value.strip(" \t")
+            bad = _FIELD_VALUE_BAD.search(value)
+            if bad:
+                raise BadRequest(f"header {name!r} contains control character {bad.group()!r} (RFC 9110 §5.5)")
+            fields.append((name, value))
+        return fields
+
+
+def _single(headers: list[tuple[str, str]], name: str) -> str | None:
+    values = [v for k, v in headers if k.lower() == name]
+    if len(values) > 1:
+        raise BadRequest(f"request has {len(values)} {name} headers; expected at most one")
+    return values[0] if values else None
+
+
+def _basic_credentials(value: str) -> BasicCredentials | None:
+    """RFC 7617 §2: `Basic base64(user-id ":" password)`. Other schemes give None (the caller decides)."""
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    token = token.strip(" ")
+    try:
+        raw = binascii.a2b_base64(token.encode("latin-1"), strict_mode=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest("Proxy-Authorization Basic credentials are not valid base64 (RFC 7617 §2)") from None
+    user, colon, password = raw.partition(b":")
+    if not colon:
+        raise BadRequest("Proxy-Authorization Basic credentials have no ':' between user-id and password")
+    return BasicCredentials(user.decode("utf-8", "surrogateescape"), password.decode("utf-8", "surrogateescape"))
+
+
+def encode_basic(username: str, password: str) -> str:
+    """A `Proxy-Authorization` value for tests and clients."""
+    raw = f"{username}:{password}".encode("utf-8", "surrogateescape")
+    return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+# --- responses ----------------------------------------------------------------------------------------------------
+
+REASONS = {
+    200: "Connection established",
+    400: "Bad Request",
+    403: "Forbidden",
+    405: "Method Not Allowed",
+    407: "Proxy Authentication Required",
+    431: "Request Header Fields Too Large",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+    505: "HTTP Version Not Supported",
+}
+
+
+def _head(status: int, headers: Iterable[tuple[str, str]]) -> bytes:
+    lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}"]
+    for name, value in headers:
+        if not _TOKEN.match(name) or _FIELD_VALUE_BAD.search(value):
+            raise BadRequest(f"response header {name!r} has an invalid name or value")
+        lines.append(f"{name}: {value}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
+
+
+def connection_established(headers: Iterable[tuple[str, str]] = ()) -> bytes:
+    """The 2xx that turns the connection into a tunnel (RFC 9110 §9.3.6)."""
+    return _head(200, headers)
+
+
+def error_response(status: int, reason: str, *, realm: str = "hbone") -> bytes:
+    """A short text/plain error, `Connection: close`; 407 adds `Proxy-Authenticate` (RFC 9110 §11.7.1)."""
+    body = (reason.replace("\r", " ").replace("\n", " ") + "\n").encode("utf-8")
+    headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+    headers.append(("Connection", "close"))
+    if status == 407:
+        quoted = realm.replace("\\", "\\\\").replace('"', '\\"')
+        headers.append(("Proxy-Authenticate", f'Basic realm="{quoted}", charset="UTF-8"'))
+    if status == 405:
+        headers.append(("Allow", "CONNECT"))
+    return _head(status, headers) + body
+
+
+def status_for(exc: BaseException) -> int:
+    """The status a CONNECT proxy answers for an error: parse errors keep theirs, policy 403, upstream 502/504."""
+    if isinstance(exc, BadRequest | LimitExceeded):
+        return exc.http_status
+    if isinstance(exc, Denied):
+        return 403
+    if isinstance(exc, TimeoutError):
+        return 504
+    if isinstance(exc, TunnelError | OSError):
+        return 502
+    if isinstance(exc, HboneError) and 400 <= exc.http_status < 500:
+        return exc.http_status
+    return 502
+
+
+def error_response_for(exc: BaseException, *, realm: str = "hbone") -> bytes:
+    return error_response(status_for(exc), str(exc) or type(exc).__name__, realm=realm)
