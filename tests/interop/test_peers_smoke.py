@@ -40,6 +40,7 @@ from tests.peers import (
     require_envoy,
     require_node_xds,
     start_http_server,
+    start_tls_echo_server,
     wait_port,
 )
 
@@ -325,6 +326,34 @@ async def test_curl_against_tiny_http_server() -> None:
         await close_server(server)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "fixed body\n"
+
+
+async def test_openssl_against_tls_echo_server(pki: TestPKI) -> None:
+    """openssl checks our test PKI strictly (-x509_strict) and sees TLS 1.3 + ALPN h2 + mTLS."""
+    openssl = require_binary("openssl")
+    server_id, client_id = pki["server"], pki["client"]
+    server, port = await start_tls_echo_server(server_id.server_context())
+    try:
+        proc = await arun_peer(
+            [openssl, "s_client", "-connect", f"{LOOPBACK}:{port}", "-tls1_3", "-alpn", "h2",
+             "-cert", client_id.cert_chain, "-key", client_id.key, "-CAfile", client_id.root_cert,
+             "-verify_return_error", "-x509_strict"],
+            timeout=15,
+        )  # fmt: skip
+        # And a Python client through the same server: bytes echo, server identity is the URI SAN.
+        reader, writer = await asyncio.open_connection(LOOPBACK, port, ssl=client_id.client_context())
+        try:
+            assert peer_uri_sans(writer.get_extra_info("ssl_object")) == [server_id.spiffe_id]
+            writer.write(b"tls echo")
+            assert await asyncio.wait_for(reader.readexactly(8), IO_TIMEOUT) == b"tls echo"
+        finally:
+            writer.close()
+    finally:
+        await close_server(server)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "New, TLSv1.3" in proc.stdout
+    assert "ALPN protocol: h2" in proc.stdout
+    assert "Verify return code: 0 (ok)" in proc.stdout
 
 
 async def test_node_loads_grpc_js_xds() -> None:
