@@ -59,7 +59,9 @@ class DeltaStream:
     ) -> None:
         self._cache = cache
         self._registry = registry
-        self.status: ClientStatus = registry.open(peer, "delta") if registry else ClientStatus(0, peer, "delta", None)
+        self.status: ClientStatus = (
+            registry.open(peer, "delta") if registry is not None else ClientStatus(0, peer, "delta", None)
+        )
         self.type_url = type_url
         self._never_remove = frozenset(never_remove_types)
         self.node: base_pb2.Node | None = None

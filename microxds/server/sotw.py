@@ -59,7 +59,9 @@ class SotwStream:
     ) -> None:
         self._cache = cache
         self._registry = registry
-        self.status: ClientStatus = registry.open(peer, "sotw") if registry else ClientStatus(0, peer, "sotw", None)
+        self.status: ClientStatus = (
+            registry.open(peer, "sotw") if registry is not None else ClientStatus(0, peer, "sotw", None)
+        )
         self.type_url = type_url
         self._full_state = frozenset(full_state_types)
         self._legacy = frozenset(legacy_wildcard_types)
