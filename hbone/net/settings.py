@@ -1,0 +1,96 @@
+"""HTTP/2 connection settings for the HBONE driver.
+
+Defaults follow ztunnel (hbone-istio-protocol.md §1, "HTTP/2 settings"); every value can be overridden. The
+dataclass is frozen so one instance can be shared by every connection a listener or pool creates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from hbone.errors import ConfigError
+
+KiB = 1024
+MiB = 1024 * KiB
+
+# RFC 9113 §6.5.2 bounds.
+_MIN_FRAME = 16_384
+_MAX_FRAME = 16_777_215
+_MAX_WINDOW = 2**31 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class H2Settings:
+    """Knobs of one HTTP/2 connection. Build role defaults with `client()` / `server()`."""
+
+    #: SETTINGS_INITIAL_WINDOW_SIZE we advertise (per-stream receive window).
+    initial_stream_window: int = 4 * MiB
+    #: Connection-level receive window; 4x the stream window so one stalled stream cannot starve the others.
+    connection_window: int = 16 * MiB
+    #: SETTINGS_MAX_FRAME_SIZE we advertise (largest frame we accept).
+    max_frame_size: int = 1 * MiB
+    #: Largest DATA frame we send, whatever the peer allows: 16 KiB = one TLS record (performance-notes.md).
+    max_send_frame_size: int = 16 * KiB
+    #: SETTINGS_MAX_CONCURRENT_STREAMS we advertise.
+    max_concurrent_streams: int = 100
+    #: Peer stream limit assumed until its SETTINGS arrive (ztunnel's initial_max_send_streams).
+    initial_max_send_streams: int = 100
+    #: SETTINGS_MAX_HEADER_LIST_SIZE we advertise and enforce (RFC 9113 §6.5.2, size = name + value + 32).
+    max_header_list_size: int = 16 * KiB
+    #: Bytes a stream may hold queued for sending before `drain()` blocks the writer.
+    max_send_buffer: int = 4 * MiB
+    #: Seconds between keepalive PINGs; None disables keepalive.
+    ping_interval: float | None = 10.0
+    #: Seconds to wait for a PING ACK before the connection is declared dead.
+    ping_timeout: float = 20.0
+    #: Default deadline (seconds) of `H2Connection.drain()` after GOAWAY.
+    drain_deadline: float = 5.0
+    #: Size of the single reused receive buffer (asyncio.BufferedProtocol.get_buffer).
+    read_buffer_size: int = 256 * KiB
+    #: Let h2 validate and normalise headers we send. Off: callers pass headers built and validated by hbone.wire.
+    validate_outbound_headers: bool = False
+
+    def __post_init__(self) -> None:
+        if not 65_535 <= self.initial_stream_window <= _MAX_WINDOW:
+            raise ConfigError(f"initial_stream_window {self.initial_stream_window} out of range [65535, 2^31-1]")
+        if not 65_535 <= self.connection_window <= _MAX_WINDOW:
+            raise ConfigError(f"connection_window {self.connection_window} out of range [65535, 2^31-1]")
+        if not _MIN_FRAME <= self.max_frame_size <= _MAX_FRAME:
+            raise ConfigError(f"max_frame_size {self.max_frame_size} out of range [16384, 2^24-1] (RFC 9113 §6.5.2)")
+        if not 1 <= self.max_send_frame_size <= _MAX_FRAME:
+            raise ConfigError(f"max_send_frame_size {self.max_send_frame_size} must be positive")
+        for name in (
+            "max_concurrent_streams",
+            "initial_max_send_streams",
+            "max_header_list_size",
+            "max_send_buffer",
+            "read_buffer_size",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be positive")
+        if self.ping_interval is not None and self.ping_interval <= 0:
+            raise ConfigError("ping_interval must be positive or None")
+        if self.ping_timeout <= 0 or self.drain_deadline < 0:
+            raise ConfigError("ping_timeout must be positive and drain_deadline non-negative")
+
+    @classmethod
+    def client(cls, **overrides: Any) -> H2Settings:
+        """ztunnel client defaults: 100 streams, 16 KiB header list, 4 MiB send buffer."""
+        return cls(**overrides)
+
+    @classmethod
+    def server(cls, **overrides: Any) -> H2Settings:
+        """ztunnel server defaults: 200 streams, 64 KiB header list, 400 KiB send buffer."""
+        base: dict[str, Any] = {
+            "max_concurrent_streams": 200,
+            "max_header_list_size": 64 * KiB,
+            "max_send_buffer": 400 * KiB,
+        }
+        base.update(overrides)
+        return cls(**base)
+
+    def replace(self, **changes: Any) -> H2Settings:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,333 @@
+"""One HTTP/2 stream as the application sees it: headers, a byte pipe each way with half-close, trailers.
+
+A `Stream` is a thin state holder; the owning `H2Connection` moves bytes between it and h2. Reading credits the
+HTTP/2 window only for bytes the application consumed (RFC 9113 §5.2), so a slow reader bounds the memory its peer
+can make us hold to one stream window. Writing queues bytes that the connection sends as the peer's windows allow;
+`drain()` blocks while more than `max_send_buffer` bytes are queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from hbone.errors import H2ErrorCode, HboneError, StreamReset, TunnelError
+
+if TYPE_CHECKING:
+    from hbone.net.connection import H2Connection
+
+Header = tuple[bytes, bytes]
+HeaderList = list[Header]
+HeaderInput = list[tuple[bytes | str, bytes | str]] | list[tuple[bytes, bytes]] | list[tuple[str, str]]
+
+
+class StreamRefused(StreamReset):
+    """The peer did not process the stream (REFUSED_STREAM, or above a GOAWAY's last_stream_id, RFC 9113 §8.7).
+
+    Safe to retry on another connection.
+    """
+
+    retryable = True
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(H2ErrorCode.REFUSED_STREAM, message or "stream refused by peer; safe to retry")
+
+
+class StreamClosed(TunnelError):
+    """An operation on a stream whose side is already closed (write after write_eof, headers twice)."""
+
+
+def encode_headers(headers: HeaderInput) -> HeaderList:
+    """Headers as bytes pairs; str is encoded as UTF-8 (callers pass lowercase names, RFC 9113 §8.2.1)."""
+    out: HeaderList = []
+    for name, value in headers:
+        out.append(
+            (
+                name.encode() if isinstance(name, str) else name,
+                value.encode() if isinstance(value, str) else value,
+            )
+        )
+    return out
+
+
+def header_list_size(headers: HeaderList) -> int:
+    """RFC 9113 §6.5.2: name + value + 32 octets per field."""
+    return sum(len(n) + len(v) + 32 for n, v in headers)
+
+
+class Stream:
+    """An HTTP/2 stream (CONNECT tunnel or gRPC call). Created by `H2Connection`, never directly."""
+
+    def __init__(self, conn: H2Connection, stream_id: int, *, local: bool, request_headers: HeaderList) -> None:
+        self._conn = conn
+        self._loop = conn._loop
+        self.stream_id = stream_id
+        #: True when we opened the stream (client role).
+        self.local = local
+        #: The request headers (received on the server, sent on the client).
+        self.request_headers: HeaderList = request_headers
+        #: Bytes of DATA received from / handed to h2 for the peer (payload only).
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self._response: HeaderList | None = None
+        self._response_event = asyncio.Event()
+        self._trailers_in: HeaderList | None = None
+        self._headers_sent = local  # a client stream is opened with its request headers
+        # receive side
+        self._recv: deque[bytes] = deque()
+        self._recv_len = 0
+        self._recv_eof = False
+        self._read_waiter: asyncio.Future[None] | None = None
+        # send side: queue drained by the connection as windows allow
+        self._send: deque[bytes | memoryview] = deque()
+        self._send_len = 0
+        self._end_queued = False
+        self._trailers_out: HeaderList | None = None
+        self._local_closed = False
+        self._reset_after_end = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._error: HboneError | None = None
+        self._closed_event = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return f"<Stream {self.stream_id} in={self.bytes_in} out={self.bytes_out} closed={self.closed}>"
+
+    # --- headers and trailers ------------------------------------------------------------------------------------
+
+    async def response_headers(self) -> HeaderList:
+        """Wait for the peer's final (non-1xx) response headers (client streams)."""
+        if self._response is None:
+            if self._error is not None:
+                raise self._error
+            await self._response_event.wait()
+            if self._response is None:
+                assert self._error is not None
+                raise self._error
+        return self._response
+
+    def send_headers(self, headers: HeaderInput, *, end_stream: bool = False) -> None:
+        """Send response headers (server streams). `end_stream` makes a headers-only / trailers-only response."""
+        self._check_writable()
+        if self._headers_sent:
+            raise StreamClosed(f"stream {self.stream_id}: headers already sent")
+        self._headers_sent = True
+        if end_stream:
+            self._end_queued = True
+        self._conn._send_headers(self, encode_headers(headers), end_stream)
+
+    def send_trailers(self, trailers: HeaderInput) -> None:
+        """Queue trailers after the pending data; they end our side of the stream (RFC 9113 §8.1)."""
+        self._check_writable()
+        if not self._headers_sent:
+            raise StreamClosed(f"stream {self.stream_id}: send headers before trailers")
+        self._trailers_out = encode_headers(trailers)
+        self._end_queued = True
+        self._conn._pump(self)
+
+    @property
+    def trailers(self) -> HeaderList | None:
+        """Trailers received from the peer, once the stream ended with them (gRPC status)."""
+        return self._trailers_in
+
+    # --- reading -------------------------------------------------------------------------------------------------
+
+    async def read(self, n: int = -1) -> bytes:
+        """Up to `n` bytes (any amount available if n < 0); b"" once the peer ended its side (END_STREAM)."""
+        if n == 0:
+            return b""
+        while not self._recv:
+            if self._error is not None:
+                raise self._error
+            if self._recv_eof:
+                return b""
+            await self._wait_readable()
+        if n < 0 or n >= self._recv_len:
+            data = self._recv.popleft() if len(self._recv) == 1 else b"".join(self._recv)
+            self._recv.clear()
+        else:
+            data = self._take(n)
+        self._recv_len -= len(data)
+        self._conn._ack(self, len(data))
+        return data
+
+    async def readexactly(self, n: int) -> bytes:
+        """Exactly `n` bytes; asyncio.IncompleteReadError if the peer ends its side first."""
+        parts: list[bytes] = []
+        got = 0
+        while got < n:
+            chunk = await self.read(n - got)
+            if not chunk:
+                raise asyncio.IncompleteReadError(b"".join(parts), n)
+            parts.append(chunk)
+            got += len(chunk)
+        return b"".join(parts)
+
+    def _take(self, n: int) -> bytes:
+        parts: list[bytes] = []
+        need = n
+        while need:
+            head = self._recv[0]
+            if len(head) <= need:
+                parts.append(self._recv.popleft())
+                need -= len(head)
+            else:
+                parts.append(head[:need])
+                self._recv[0] = head[need:]
+                need = 0
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def _wait_readable(self) -> None:
+        if self._read_waiter is not None:
+            raise RuntimeError(f"stream {self.stream_id}: concurrent read() calls")
+        fut = self._loop.create_future()
+        self._read_waiter = fut
+        try:
+            await fut
+        finally:
+            self._read_waiter = None
+
+    @property
+    def at_eof(self) -> bool:
+        """True when the peer ended its side and every received byte was read."""
+        return self._recv_eof and not self._recv
+
+    # --- writing -------------------------------------------------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue bytes for sending; pair with `drain()` to bound memory."""
+        self._check_writable()
+        if not self._headers_sent:
+            raise StreamClosed(f"stream {self.stream_id}: send headers before data")
+        if not data:
+            return
+        # bytes are kept as-is (no copy); mutable buffers are copied because the caller may reuse them.
+        chunk = data if isinstance(data, bytes) else bytes(data)
+        self._send.append(chunk)
+        self._send_len += len(chunk)
+        self._conn._pump(self)
+
+    async def drain(self) -> None:
+        """Wait while more than `max_send_buffer` bytes are queued; raises the stream's error if it broke."""
+        limit = self._conn.settings.max_send_buffer
+        while True:
+            if self._error is not None:
+                raise self._error
+            if self._send_len <= limit:
+                return
+            fut = self._loop.create_future()
+            self._drain_waiters.append(fut)
+            try:
+                await fut
+            finally:
+                if fut in self._drain_waiters:
+                    self._drain_waiters.remove(fut)
+
+    async def send(self, data: bytes | bytearray | memoryview) -> None:
+        """write() + drain()."""
+        self.write(data)
+        await self.drain()
+
+    def write_eof(self) -> None:
+        """Half-close: END_STREAM after the queued data (RFC 9113 §8.1). Idempotent."""
+        if self._end_queued or self._error is not None:
+            return
+        if not self._headers_sent:
+            raise StreamClosed(f"stream {self.stream_id}: send headers before ending the stream")
+        self._end_queued = True
+        self._conn._pump(self)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes queued for sending and not yet handed to h2."""
+        return self._send_len
+
+    def _check_writable(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._end_queued:
+            raise StreamClosed(f"stream {self.stream_id}: our side is already closed")
+
+    # --- ending --------------------------------------------------------------------------------------------------
+
+    def reset(self, code: int = H2ErrorCode.CANCEL) -> None:
+        """Abort the stream with RST_STREAM(code) (RFC 9113 §6.4). No-op if it is already finished."""
+        if self._error is not None or self.closed:
+            return
+        self._conn._reset_stream(self, int(code))
+
+    @property
+    def closed(self) -> bool:
+        """Both directions finished (END_STREAM each way) or the stream broke."""
+        return self._closed_event.is_set()
+
+    @property
+    def error(self) -> HboneError | None:
+        """Why the stream broke (StreamReset, StreamRefused, ConnectionLost), or None."""
+        return self._error
+
+    async def wait_closed(self) -> None:
+        """Wait until both directions are finished or the stream broke (does not raise)."""
+        await self._closed_event.wait()
+
+    async def __aenter__(self) -> Stream:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        # Leaving the block with either side still open aborts the stream (CANCEL), releasing its slot.
+        if not self.closed:
+            self.reset(H2ErrorCode.CANCEL)
+
+    # --- called by the connection --------------------------------------------------------------------------------
+
+    def _on_response(self, headers: HeaderList) -> None:
+        self._response = headers
+        self._response_event.set()
+
+    def _on_data(self, data: bytes) -> None:
+        self._recv.append(data)
+        self._recv_len += len(data)
+        self.bytes_in += len(data)
+        self._wake_reader()
+
+    def _on_end(self, trailers: HeaderList | None = None) -> None:
+        if trailers is not None:
+            self._trailers_in = trailers
+        self._recv_eof = True
+        self._wake_reader()
+        if self._response is None and self.local:
+            self._response_event.set()  # ended without response headers: response_headers() raises
+            if self._error is None:
+                self._error = StreamReset(H2ErrorCode.PROTOCOL_ERROR, "stream ended without response headers")
+
+    def _on_local_end(self) -> None:
+        self._local_closed = True
+
+    def _fail(self, exc: HboneError) -> int:
+        """Break the stream; returns the unread byte count the connection must still credit."""
+        if self._error is None:
+            self._error = exc
+        unread = self._recv_len
+        self._recv.clear()
+        self._recv_len = 0
+        self._send.clear()
+        self._send_len = 0
+        self._wake_reader()
+        self._wake_drainers()
+        self._response_event.set()
+        self._closed_event.set()
+        return unread
+
+    def _finish(self) -> None:
+        self._closed_event.set()
+
+    def _wake_reader(self) -> None:
+        fut = self._read_waiter
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def _wake_drainers(self) -> None:
+        for fut in self._drain_waiters:
+            if not fut.done():
+                fut.set_result(None)
+        self._drain_waiters.clear()
