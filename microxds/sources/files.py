@@ -137,8 +137,11 @@ class FileSource:
         except ConfigError:
             return self._stat != ()
 
-    async def run(self, on_change: OnChange) -> None:
-        """Poll forever (cancel the task to stop). Calls `on_change` only with valid, changed configs."""
+    async def run(self, on_change: OnChange, on_error: Callable[[ConfigError], None] | None = None) -> None:
+        """Poll forever (cancel the task to stop). Calls `on_change` only with valid, changed configs.
+
+        `on_error` (optional) is told about each newly rejected config, e.g. to update a status page or metric.
+        """
         loop = asyncio.get_running_loop()
         last_full = loop.time()
         while True:
@@ -153,11 +156,14 @@ class FileSource:
                 if await asyncio.to_thread(_stat_key, self._files_or_empty()) == before:
                     break
             last_full = loop.time()
+            rejected = self.rejected
             snap = await asyncio.to_thread(self.load_now)
             if snap is not None:
                 result = on_change(snap)
                 if inspect.isawaitable(result):
                     await result
+            elif on_error is not None and self.rejected != rejected and self.last_error is not None:
+                on_error(self.last_error)
 
     def _files_or_empty(self) -> list[Path]:
         try:
