@@ -383,6 +383,11 @@ class H2Connection(asyncio.BufferedProtocol):
         if stream is None:
             return
         code = int(event.error_code)
+        if code == H2ErrorCode.NO_ERROR and stream._recv_eof:
+            # RFC 9113 §8.1: after a complete response, RST_STREAM(NO_ERROR) only asks us to stop sending; the
+            # response must not be discarded.
+            self._stop_sending(stream)
+            return
         exc: HboneError
         if code == H2ErrorCode.REFUSED_STREAM:
             exc = StreamRefused()
@@ -537,6 +542,14 @@ class H2Connection(asyncio.BufferedProtocol):
         else:
             self._h2_reset(stream.stream_id, H2ErrorCode.INTERNAL_ERROR)
             self._fail_stream(stream, StreamReset(H2ErrorCode.INTERNAL_ERROR, f"h2 refused to send: {exc}"))
+
+    def _stop_sending(self, stream: Stream) -> None:
+        stream._send.clear()
+        stream._send_len = 0
+        stream._end_queued = True
+        stream._on_local_end()
+        stream._wake_drainers()
+        self._maybe_finish(stream)
 
     def _settle_closed(self, stream: Stream) -> None:
         if stream._error is None and not stream.closed:
