@@ -136,6 +136,25 @@ class TlsStream:
     async def drain(self) -> None:
         await self.carrier.drain()
 
+    async def send(self, data: bytes | bytearray | memoryview) -> None:
+        self.write(data)
+        await self.drain()
+
+    # Stream-shaped extras, delegated to the carrier, so `splice` can relay a TlsStream like a tunnel stream.
+    def reset(self, code: int = 0x8) -> None:
+        reset = getattr(self.carrier, "reset", None)
+        if reset is not None:
+            reset(code)
+
+    async def wait_closed(self) -> None:
+        waiter = getattr(self.carrier, "wait_closed", None)
+        if waiter is not None:
+            await waiter()
+
+    @property
+    def error(self) -> BaseException | None:
+        return getattr(self.carrier, "error", None)
+
     def write_eof(self) -> None:
         """close_notify (our side only, RFC 8446 §6.1), then end the carrier's sending side."""
         if self._eof_sent:

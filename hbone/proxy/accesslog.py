@@ -1,0 +1,39 @@
+"""One structured access-log record per tunnel (ztunnel logs one per connection, too).
+
+Records go to the `hbone.access` logger as a single JSON line in the message and as `extra` fields, so both
+plain log files and structured handlers get them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+
+log = logging.getLogger("hbone.access")
+
+
+@dataclass(slots=True)
+class AccessRecord:
+    direction: str  # "inbound" | "outbound" | front-end name
+    mode: str = "CONNECT"  # CONNECT | POST | SOCKS5 | ...
+    src_identity: str | None = None
+    dst_identity: str | None = None
+    src_addr: str | None = None
+    dst_addr: str | None = None  # the tunnel target (authority)
+    bytes_sent: int = 0  # towards the destination
+    bytes_received: int = 0  # back from the destination
+    status: int = 0  # HBONE status code answered / received
+    result: str = ""  # "ok", or why not
+    policy: str | None = None
+    started: float = field(default_factory=time.monotonic)
+    duration_ms: float = 0.0
+
+    def finish(self, status: int, result: str) -> None:
+        self.status = status
+        self.result = result
+        self.duration_ms = round((time.monotonic() - self.started) * 1000, 3)
+        record = asdict(self)
+        del record["started"]
+        log.info(json.dumps(record, separators=(",", ":")), extra={"access": record})

@@ -1,0 +1,217 @@
+"""The inbound HBONE handler (ztunnel's :15008): validate, authorize, dial, answer, splice.
+
+Per stream (reference §1 "Response codes"): 400 for a method other than CONNECT/POST or a bad authority, 401 when
+authorization denies, 503 when the upstream is unknown, is one of our own ports, refuses or times out (10 s).
+`200` goes out only after the upstream TCP connect succeeded, optionally with a response `baggage` header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass, field
+
+from hbone.authz.engine import Decision, evaluate
+from hbone.authz.model import Connection, Policy
+from hbone.errors import BadRequest, Denied, HboneError, SelfCall, UpstreamUnreachable
+from hbone.identity.spiffe import SpiffeId
+from hbone.net.splice import splice
+from hbone.net.stream import Stream
+from hbone.net.tlsstream import TlsStream
+from hbone.proxy.accesslog import AccessRecord
+from hbone.tls import MeshTls, check_client_peer
+from hbone.wire.authority import Authority
+from hbone.wire.baggage import PeerMetadata
+from hbone.wire.tunnel_request import TunnelMode, TunnelRequest, parse_tunnel_request, tunnel_response
+
+#: POST-mode path whose stream carries mTLS end to end (the Go project's era-A `/_hbone/mtls`); hbone.client
+#: sends it when an endpoint asks for inner TLS.
+INNER_MTLS_PATH = "/_hbone/mtls"
+
+log = logging.getLogger("hbone.inbound")
+
+Authorizer = Callable[[Connection], Decision]
+Resolver = Callable[[Authority], Awaitable[tuple[str, int]]]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerInfo:
+    """Who is on the other end of an HTTP/2 connection."""
+
+    identity: SpiffeId | None
+    address: tuple[str, int] | None
+    local_address: tuple[str, int] | None = None
+    tls: bool = True
+
+
+def policy_authorizer(policies: Collection[Policy]) -> Authorizer:
+    frozen = tuple(policies)
+    return lambda conn: evaluate(frozen, conn)
+
+
+async def resolve_default(target: Authority) -> tuple[str, int]:
+    """IPs are used as given; hostnames are resolved with the system resolver (first address)."""
+    if target.ip is not None:
+        return str(target.ip), target.port
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        raise UpstreamUnreachable(f"cannot resolve {target.host}: {e}") from e
+    return str(infos[0][4][0]), target.port
+
+
+@dataclass
+class InboundConfig:
+    authorize: Authorizer = field(default=lambda conn: Decision(True, None, "allow-all"))
+    dial_timeout: float = 10.0
+    #: Our own ports: a CONNECT to one of them on a local address is a self call (503), like ztunnel.
+    own_ports: frozenset[int] = frozenset({15008, 15006, 15001})
+    resolve: Resolver = resolve_default
+    response_baggage: PeerMetadata | None = None
+    #: Our namespace, given to authorization as the destination workload's namespace.
+    namespace: str = ""
+    #: Terminates the inner mTLS of POST tunnels to `INNER_MTLS_PATH` (end-to-end identity through middle boxes).
+    tls: MeshTls | None = None
+
+
+def _is_local(ip: str) -> bool:
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return addr.is_loopback or addr.is_unspecified
+
+
+class InboundHandler:
+    """Handles HBONE CONNECT/POST streams on one listener. Call it with each incoming stream."""
+
+    def __init__(self, config: InboundConfig) -> None:
+        self.config = config
+        self.active = 0
+        self.total = 0
+
+    async def __call__(self, stream: Stream, peer: PeerInfo) -> None:
+        record = AccessRecord(
+            "inbound", src_identity=str(peer.identity) if peer.identity else None, src_addr=_fmt(peer.address)
+        )
+        self.total += 1
+        self.active += 1
+        try:
+            await self._handle(stream, peer, record)
+        finally:
+            self.active -= 1
+
+    async def _handle(self, stream: Stream, peer: PeerInfo, record: AccessRecord) -> None:
+        try:
+            req = parse_tunnel_request(stream.request_headers)
+            record.mode, record.dst_addr = req.mode.value, str(req.target)
+            if req.mode is TunnelMode.POST and req.path == INNER_MTLS_PATH:
+                return await self._handle_inner_tls(stream, req, peer, record)
+            host, port = await self._admit(req, peer, record)
+            reader, writer = await self._dial(host, port)
+        except HboneError as e:
+            self._refuse(stream, e.http_status, str(e))
+            record.finish(e.http_status, str(e))
+            return
+        await self._splice(stream, stream, reader, writer, record)
+
+    async def _handle_inner_tls(self, stream: Stream, req: TunnelRequest, peer: PeerInfo, record: AccessRecord) -> None:
+        """POST to /_hbone/mtls: answer 200 at once (the middle box needs it), then authenticate end to end.
+
+        Failures after the inner handshake can no longer be a status code; the stream is reset instead
+        (REFUSED_STREAM when denied, CONNECT_ERROR when the upstream is unreachable).
+        """
+        if self.config.tls is None:
+            raise Denied("inner mTLS requested but this server has no certificate")
+        stream.send_headers(tunnel_response(200, peer=self.config.response_baggage))
+        try:
+            inner = await TlsStream.server(stream, self.config.tls.server_context())
+            ident = check_client_peer(inner.ssl_object, self.config.tls.trust_domain)
+            record.src_identity = str(ident)
+            host, port = await self._admit(req, PeerInfo(ident, peer.address), record)
+            reader, writer = await self._dial(host, port)
+        except HboneError as e:
+            stream.reset(e.h2_code)
+            record.finish(e.http_status, f"inner: {e}")
+            return
+        await self._splice(stream, inner, reader, writer, record)
+
+    async def _splice(
+        self,
+        stream: Stream,
+        pipe: Stream | TlsStream,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        record: AccessRecord,
+    ) -> None:
+        try:
+            if pipe is stream:
+                stream.send_headers(tunnel_response(200, peer=self.config.response_baggage))
+            result = await splice(pipe, reader, writer)  # type: ignore[arg-type]  # TlsStream is stream-shaped
+        except HboneError as e:
+            record.bytes_sent, record.bytes_received = stream.bytes_in, stream.bytes_out
+            record.finish(200, f"broken: {e}")
+            return
+        finally:
+            writer.close()
+        record.bytes_sent, record.bytes_received = result.from_stream, result.to_stream
+        record.finish(200, "ok" if result.error is None else f"broken: {result.error}")
+
+    async def _admit(self, req: TunnelRequest, peer: PeerInfo, record: AccessRecord) -> tuple[str, int]:
+        host, port = await self.config.resolve(req.target)
+        if port in self.config.own_ports and _is_local(host):
+            raise SelfCall(f"refusing a tunnel to this proxy's own port {port}")
+        src_ip = ipaddress.ip_address(peer.address[0]) if peer.address else ipaddress.ip_address("0.0.0.0")
+        try:
+            dst_ip = ipaddress.ip_address(host)
+        except ValueError:
+            dst_ip = ipaddress.ip_address("0.0.0.0")
+        decision = self.config.authorize(
+            Connection(peer.identity, src_ip, dst_ip, port, dst_namespace=self.config.namespace)
+        )
+        record.policy = decision.policy
+        if not decision.allowed:
+            raise Denied(
+                f"denied by policy {decision.policy}: {decision.reason}"
+                if decision.policy
+                else f"denied: {decision.reason}"
+            )
+        return host, port
+
+    async def _dial(self, host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), self.config.dial_timeout)
+        except TimeoutError as e:
+            raise UpstreamUnreachable(f"connect to {host}:{port} timed out after {self.config.dial_timeout}s") from e
+        except OSError as e:
+            why = os.strerror(e.errno) if e.errno else str(e)
+            raise UpstreamUnreachable(f"connect to {host}:{port} failed: {why}") from e
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return reader, writer
+
+    @staticmethod
+    def _refuse(stream: Stream, status: int, why: str) -> None:
+        try:
+            stream.send_headers([(":status", str(status)), ("content-type", "text/plain")])
+            stream.write(why.encode()[:512] + b"\n")
+            stream.write_eof()
+        except HboneError:
+            stream.reset()
+        log.debug("refused stream %s with %d: %s", stream.stream_id, status, why)
+
+
+def _fmt(addr: tuple[str, int] | None) -> str | None:
+    if addr is None:
+        return None
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+__all__ = ["BadRequest", "InboundConfig", "InboundHandler", "PeerInfo", "policy_authorizer"]

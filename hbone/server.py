@@ -1,0 +1,140 @@
+"""The HBONE server: mTLS (:15008) and h2c (:15009) listeners whose streams go to the inbound handler or gRPC.
+
+One listener serves both HBONE tunnels (CONNECT, or POST with `x-tun`) and gRPC requests (POST with
+`content-type: application/grpc…`), so the control plane and CA can be reached over the same mTLS port as tunnels.
+A TLS client whose SPIFFE id is not in our trust domain is dropped right after the handshake (reference §1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from hbone.errors import HboneError, PeerIdentityError
+from hbone.identity.spiffe import SpiffeId
+from hbone.net.connection import H2Connection
+from hbone.net.settings import H2Settings
+from hbone.net.stream import Stream
+from hbone.proxy.inbound import InboundHandler, PeerInfo
+from hbone.tls import MeshTls, check_client_peer
+
+log = logging.getLogger("hbone.server")
+
+StreamApp = Callable[[Stream, PeerInfo], Awaitable[None]]
+
+
+def _header(stream: Stream, name: bytes) -> bytes | None:
+    for k, v in stream.request_headers:
+        if k == name:
+            return v
+    return None
+
+
+class _ServerConnection(H2Connection):
+    """A server connection that knows its peer, checked once right after the TLS handshake."""
+
+    peer: PeerInfo
+
+    def __init__(self, server: HboneServer, tls: bool) -> None:
+        super().__init__(client=False, settings=server.settings, handler=self._route, registry=server.connections)
+        self._server = server
+        self._tls = tls
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        addr = transport.get_extra_info("peername")
+        local = transport.get_extra_info("sockname")
+        ident: SpiffeId | None = None
+        if self._tls:
+            try:
+                ident = check_client_peer(transport.get_extra_info("ssl_object"), self._server.trust_domain)
+            except PeerIdentityError as e:
+                log.info("dropping connection from %s: %s", addr, e)
+                self._server.rejected_peers += 1
+                getattr(transport, "abort", transport.close)()
+        self.peer = PeerInfo(
+            ident, (addr[0], addr[1]) if addr else None, (local[0], local[1]) if local else None, self._tls
+        )
+
+    async def _route(self, stream: Stream) -> None:
+        await self._server.dispatch(stream, self.peer)
+
+
+class HboneServer:
+    def __init__(
+        self,
+        tls: MeshTls | None,
+        inbound: InboundHandler | None,
+        *,
+        settings: H2Settings | None = None,
+        grpc: StreamApp | None = None,
+    ) -> None:
+        self.tls = tls
+        self.inbound = inbound
+        self.grpc = grpc
+        self.settings = settings or H2Settings.server()
+        self.connections: set[H2Connection] = set()
+        self.servers: list[asyncio.Server] = []
+        self.rejected_peers = 0
+        self.draining = False
+
+    @property
+    def trust_domain(self) -> str:
+        if self.tls is None:
+            raise PeerIdentityError("no TLS identity configured")
+        return self.tls.trust_domain
+
+    async def listen(self, host: str, port: int, *, plaintext: bool = False) -> tuple[str, int]:
+        """Start a listener; `plaintext` makes an h2c listener (trusted networks and tests only)."""
+        if not plaintext and self.tls is None:
+            raise PeerIdentityError("an mTLS listener needs certificates")
+        ssl_ctx = None if plaintext or self.tls is None else self.tls.server_context()
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: _ServerConnection(self, ssl_ctx is not None), host, port, ssl=ssl_ctx, reuse_address=True
+        )
+        self.servers.append(server)
+        sock: Any = server.sockets[0].getsockname()
+        return sock[0], sock[1]
+
+    async def dispatch(self, stream: Stream, peer: PeerInfo) -> None:
+        method = _header(stream, b":method")
+        if method == b"CONNECT" or (method == b"POST" and _header(stream, b"x-tun") is not None):
+            if self.inbound is None:
+                return _answer(stream, 404, "this listener does not terminate HBONE tunnels")
+            return await self.inbound(stream, peer)
+        ctype = _header(stream, b"content-type") or b""
+        if method == b"POST" and ctype.startswith(b"application/grpc") and self.grpc is not None:
+            return await self.grpc(stream, peer)
+        if method not in (b"CONNECT", b"POST"):
+            return _answer(stream, 400, f"method {method!r} is neither CONNECT nor POST")
+        return _answer(stream, 400, "POST without x-tun is not an HBONE tunnel, and no gRPC service is served here")
+
+    async def drain(self, deadline: float | None = None) -> None:
+        """Stop accepting, send GOAWAY everywhere, let running streams finish until the deadline."""
+        self.draining = True
+        for s in self.servers:
+            s.close()
+        await asyncio.gather(*(c.drain(deadline) for c in list(self.connections)), return_exceptions=True)
+
+    async def close(self) -> None:
+        for s in self.servers:
+            s.close()
+        for c in list(self.connections):
+            c.abort()
+        for s in self.servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(s.wait_closed(), 5)
+        self.servers.clear()
+
+
+def _answer(stream: Stream, status: int, why: str) -> None:
+    try:
+        stream.send_headers([(":status", str(status)), ("content-type", "text/plain")])
+        stream.write(why.encode() + b"\n")
+        stream.write_eof()
+    except HboneError:
+        stream.reset()
