@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,7 +20,7 @@ from hbone.net.connection import H2Connection
 from hbone.net.settings import H2Settings
 from hbone.net.stream import Stream
 from hbone.proxy.inbound import InboundHandler, PeerInfo
-from hbone.tls import MeshTls, check_client_peer
+from hbone.tls import MeshTls, check_client_peer, peer_identity
 
 log = logging.getLogger("hbone.server")
 
@@ -38,23 +39,26 @@ class _ServerConnection(H2Connection):
 
     peer: PeerInfo
 
-    def __init__(self, server: HboneServer, tls: bool) -> None:
+    def __init__(self, server: HboneServer, tls: bool, check_identity: bool) -> None:
         super().__init__(client=False, settings=server.settings, handler=self._route, registry=server.connections)
         self._server = server
         self._tls = tls
+        self._check = check_identity
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         addr = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
         ident: SpiffeId | None = None
-        if self._tls:
+        if self._tls and self._check:
             try:
                 ident = check_client_peer(transport.get_extra_info("ssl_object"), self._server.trust_domain)
             except PeerIdentityError as e:
                 log.info("dropping connection from %s: %s", addr, e)
                 self._server.rejected_peers += 1
                 getattr(transport, "abort", transport.close)()
+        elif self._tls:
+            ident = peer_identity(transport.get_extra_info("ssl_object"))
         self.peer = PeerInfo(
             ident, (addr[0], addr[1]) if addr else None, (local[0], local[1]) if local else None, self._tls
         )
@@ -87,14 +91,23 @@ class HboneServer:
             raise PeerIdentityError("no TLS identity configured")
         return self.tls.trust_domain
 
-    async def listen(self, host: str, port: int, *, plaintext: bool = False) -> tuple[str, int]:
-        """Start a listener; `plaintext` makes an h2c listener (trusted networks and tests only)."""
-        if not plaintext and self.tls is None:
-            raise PeerIdentityError("an mTLS listener needs certificates")
-        ssl_ctx = None if plaintext or self.tls is None else self.tls.server_context()
+    async def listen(
+        self, host: str, port: int, *, plaintext: bool = False, ssl_context: ssl.SSLContext | None = None
+    ) -> tuple[str, int]:
+        """Start a listener: mTLS with the mesh identity (default), h2c with `plaintext` (trusted networks and
+        tests only), or TLS with a caller's `ssl_context` (e.g. server-auth only, callers authenticated by JWT;
+        a client certificate, if any, is reported but need not be in our trust domain)."""
+        check = False
+        ctx: ssl.SSLContext | None = None
+        if ssl_context is not None:
+            ctx = ssl_context
+        elif not plaintext:
+            if self.tls is None:
+                raise PeerIdentityError("an mTLS listener needs certificates")
+            ctx, check = self.tls.server_context(), True
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            lambda: _ServerConnection(self, ssl_ctx is not None), host, port, ssl=ssl_ctx, reuse_address=True
+            lambda: _ServerConnection(self, ctx is not None, check), host, port, ssl=ctx, reuse_address=True
         )
         self.servers.append(server)
         sock: Any = server.sockets[0].getsockname()
