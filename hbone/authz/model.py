@@ -170,6 +170,10 @@ class Policy:
     dry_run: bool = False
     _compiled: object = field(default=None, init=False, repr=False, compare=False, hash=False)
 
+    def __reduce__(self) -> tuple[type[Policy], tuple[object, ...]]:
+        # pickle/copy without the compiled matcher (closures cannot be pickled; it is rebuilt on first use)
+        return (Policy, (self.name, self.namespace, self.scope, self.action, self.rules, self.dry_run))
+
     @property
     def key(self) -> str:
         """The xDS resource name, `<namespace>/<name>` (reference §2)."""

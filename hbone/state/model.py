@@ -8,10 +8,10 @@ is separate (`validate_*`) so that the store can reject bad items one by one, xD
 from __future__ import annotations
 
 import enum
-import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import NoReturn
 
 from hbone.authz.model import IPAddress, Policy
 from hbone.errors import IdentityError
@@ -144,8 +144,23 @@ class LoadBalancing:
     health_policy: HealthPolicy = HealthPolicy.ONLY_HEALTHY
 
 
-def _frozen_services(value: Mapping[str, tuple[Port, ...]]) -> Mapping[str, tuple[Port, ...]]:
-    return types.MappingProxyType({k: tuple(v) for k, v in value.items()})
+class FrozenPortMap(dict[str, tuple[Port, ...]]):
+    """A read-only dict (`Workload.services`). A dict subclass rather than a MappingProxyType so that pickle,
+    `copy` and `dataclasses.asdict` (config dumps) keep working."""
+
+    __slots__ = ()
+
+    def _read_only(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError("Workload.services is read-only; build a new Workload instead")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _read_only
+
+    def __reduce__(self) -> tuple[type[FrozenPortMap], tuple[dict[str, tuple[Port, ...]]]]:
+        return (type(self), (dict(self),))
+
+
+def _frozen_services(value: Mapping[str, tuple[Port, ...]]) -> FrozenPortMap:
+    return value if isinstance(value, FrozenPortMap) else FrozenPortMap({k: tuple(v) for k, v in value.items()})
 
 
 @dataclass(frozen=True)

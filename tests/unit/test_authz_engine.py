@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import pickle
 
 import pytest
 
@@ -288,6 +289,8 @@ def test_compiled_policy_is_cached_and_not_part_of_equality() -> None:
     q = allow_ns("namespace")
     assert compile_policy(p) is compile_policy(p)
     assert p == q and hash(p) == hash(q) and "_compiled" not in repr(p)
+    copied = pickle.loads(pickle.dumps(p))
+    assert copied == p and policy_matches(copied, TLS)
 
 
 # --- default behaviour --------------------------------------------------------------------------------------------

@@ -258,3 +258,16 @@ def test_recheck_returns_connections_now_denied() -> None:
     assert [c for c, _ in denied] == [conns[0], conns[2], conns[3]]  # unknown dst: namespace policies still apply
     assert [d.policy for _, d in denied] == ["app/deny", "app/strict", "app/deny"]
     assert state.snapshot().authorize(conns[1]).allowed
+
+
+def test_workloads_pickle_copy_and_asdict_with_read_only_services() -> None:
+    import copy
+    import dataclasses
+    import pickle
+
+    w = wl("u", "10.0.0.1", services={f"app/{HOST}": [Port(80, 8080)]})
+    assert w.services[f"app/{HOST}"] == (Port(80, 8080),)  # lists normalised to tuples
+    assert pickle.loads(pickle.dumps(w)) == w and copy.deepcopy(w) == w
+    assert dataclasses.asdict(w)["services"][f"app/{HOST}"][0]["target_port"] == 8080
+    with pytest.raises(TypeError, match="read-only"):
+        w.services.pop(f"app/{HOST}")  # type: ignore[attr-defined]
