@@ -263,6 +263,10 @@ class H2Connection(asyncio.BufferedProtocol):
             values[SettingCodes.ENABLE_PUSH] = 0
         self._h2.local_settings = Settings(client=self.client, initial_values=values)
         self._h2.decoder.max_header_list_size = self._hard_header_limit()
+        # h2 raises its frame-size limit only when a read batch *starts* after our SETTINGS were ACKed, so a peer
+        # that sends the ACK and a large frame in one segment would hit FRAME_SIZE_ERROR. Accept what we
+        # advertise from the start (frames above 16 KiB before the ACK are not a risk to us).
+        self._h2.max_inbound_frame_size = s.max_frame_size
         self._h2.initiate_connection()
         if s.connection_window > _DEFAULT_WINDOW:
             self._h2.increment_flow_control_window(s.connection_window - _DEFAULT_WINDOW)

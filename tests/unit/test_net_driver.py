@@ -1,0 +1,211 @@
+"""H2Connection driven in memory: a fake transport on one side, a stock sans-IO h2 peer on the other. These pin
+down behaviour that is hard to provoke over sockets: frame batches, exact credit points, settings."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+import pytest
+
+from hbone.errors import ConfigError, ConnectionLost, H2ErrorCode, StreamReset
+from hbone.net.connection import H2Connection
+from hbone.net.settings import H2Settings, KiB, MiB
+from hbone.net.stream import StreamClosed, header_list_size
+
+pytestmark = pytest.mark.timeout(10)
+CONNECT = [(b":method", b"CONNECT"), (b":authority", b"10.0.0.1:80")]
+
+
+class FakeTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = bytearray()
+        self.closed = False
+        self.aborted = False
+
+    def write(self, data: Any) -> None:
+        self.out += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = self.aborted = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+def feed(proto: H2Connection, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        buf = proto.get_buffer(len(view))
+        n = min(len(buf), len(view))
+        buf[:n] = view[:n]
+        proto.buffer_updated(n)
+        view = view[n:]
+
+
+class Pair:
+    """Our client driver against a stock h2 server peer."""
+
+    def __init__(self, settings: H2Settings | None = None, peer_settings: dict[int, int] | None = None) -> None:
+        self.transport = FakeTransport()
+        self.conn = H2Connection(client=True, settings=settings or H2Settings.client(ping_interval=None))
+        self.peer = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        self.peer.initiate_connection()
+        if peer_settings:
+            self.peer.update_settings(peer_settings)
+        self.conn.connection_made(self.transport)
+
+    async def to_peer(self) -> list[h2.events.Event]:
+        await asyncio.sleep(0)  # let scheduled flushes run
+        data = bytes(self.transport.out)
+        self.transport.out.clear()
+        return list(self.peer.receive_data(data)) if data else []
+
+    def to_conn(self) -> None:
+        feed(self.conn, bytes(self.peer.data_to_send()))
+
+
+async def test_settings_advertised_and_connection_window_opened() -> None:
+    pair = Pair()
+    events = await pair.to_peer()
+    changed = next(e for e in events if isinstance(e, h2.events.RemoteSettingsChanged)).changed_settings
+    codes = h2.settings.SettingCodes
+    assert changed[codes.INITIAL_WINDOW_SIZE].new_value == 4 * MiB
+    assert changed[codes.MAX_FRAME_SIZE].new_value == 1 * MiB
+    assert changed[codes.MAX_CONCURRENT_STREAMS].new_value == 100
+    assert changed[codes.MAX_HEADER_LIST_SIZE].new_value == 16 * KiB
+    assert changed[codes.ENABLE_PUSH].new_value == 0
+    assert pair.peer.outbound_flow_control_window == 16 * MiB
+
+
+async def test_window_credited_only_when_the_application_reads() -> None:
+    pair = Pair(H2Settings.client(ping_interval=None, initial_stream_window=65_535))
+    await pair.to_peer()
+    pair.to_conn()
+    stream = await pair.conn.open_stream(CONNECT)
+    await pair.to_peer()
+    pair.peer.send_headers(1, [(b":status", b"200")])
+    pair.peer.send_data(1, b"x" * 60_000)  # one 60 KB frame in the same batch as the SETTINGS ACK
+    pair.to_conn()
+    events = await pair.to_peer()
+    assert not any(isinstance(e, h2.events.WindowUpdated) and e.stream_id == 1 for e in events)
+    assert pair.peer.local_flow_control_window(1) == 65_535 - 60_000
+    assert len(await stream.read(10_000)) == 10_000
+    assert len(await stream.read()) == 50_000
+    events = await pair.to_peer()
+    assert any(isinstance(e, h2.events.WindowUpdated) and e.stream_id == 1 for e in events)
+    assert pair.peer.local_flow_control_window(1) == 65_535
+
+
+async def test_rst_later_in_batch_does_not_break_send_path() -> None:
+    """performance-notes.md pitfall: WINDOW_UPDATE then RST_STREAM in one read. Handling the window update makes
+    us send on a stream h2 has already closed; that must become a StreamReset with the peer's code."""
+    pair = Pair(peer_settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    await pair.to_peer()
+    pair.to_conn()  # peer SETTINGS: stream window 0
+    await pair.to_peer()  # our SETTINGS ACK
+    stream = await pair.conn.open_stream(CONNECT)
+    stream.write(b"queued until the window opens")
+    await pair.to_peer()
+    assert stream.buffered > 0
+    pair.peer.increment_flow_control_window(100, stream_id=1)
+    pair.peer.reset_stream(1, H2ErrorCode.CONNECT_ERROR)
+    pair.to_conn()  # one batch: WINDOW_UPDATE + RST_STREAM
+    await asyncio.sleep(0)
+    assert isinstance(stream.error, StreamReset) and stream.error.code == H2ErrorCode.CONNECT_ERROR
+    assert not pair.conn.closed and pair.conn.is_usable
+    with pytest.raises(StreamReset):
+        await stream.read()
+    again = await pair.conn.open_stream(CONNECT)
+    assert again.stream_id == 3
+
+
+async def test_reset_after_complete_response_keeps_the_response() -> None:
+    pair = Pair()
+    await pair.to_peer()
+    pair.to_conn()
+    stream = await pair.conn.open_stream(CONNECT)
+    await pair.to_peer()
+    pair.peer.send_headers(1, [(b":status", b"200")])
+    pair.peer.send_data(1, b"whole response", end_stream=True)
+    pair.peer.reset_stream(1, H2ErrorCode.NO_ERROR)  # RFC 9113 §8.1: "stop sending the request"
+    pair.to_conn()
+    assert await stream.read() == b"whole response"
+    assert await stream.read() == b""
+    assert stream.error is None and stream.closed
+    with pytest.raises(StreamClosed):
+        stream.write(b"late")
+
+
+async def test_peer_goaway_with_error_fails_everything() -> None:
+    pair = Pair()
+    await pair.to_peer()
+    pair.to_conn()
+    stream = await pair.conn.open_stream(CONNECT)
+    await pair.to_peer()
+    pair.peer.close_connection(error_code=H2ErrorCode.PROTOCOL_ERROR, last_stream_id=1)
+    pair.to_conn()
+    with pytest.raises(ConnectionLost, match="GOAWAY"):
+        await stream.read()
+    assert pair.conn.closed and pair.transport.closed
+
+
+async def test_data_frames_sent_at_most_16k_even_if_peer_allows_more() -> None:
+    pair = Pair(peer_settings={h2.settings.SettingCodes.MAX_FRAME_SIZE: 1 << 20})
+    await pair.to_peer()
+    pair.to_conn()
+    stream = await pair.conn.open_stream(CONNECT)
+    stream.write(b"y" * 40_000)
+    events = await pair.to_peer()
+    sizes = [len(e.data) for e in events if isinstance(e, h2.events.DataReceived)]
+    assert sizes == [16_384, 16_384, 40_000 - 32_768]
+    assert stream.bytes_out == 40_000
+
+
+async def test_ping_timeout_uses_timers() -> None:
+    pair = Pair(H2Settings.client(ping_interval=0.01, ping_timeout=0.05))
+    stream = await pair.conn.open_stream(CONNECT)
+    # the peer never answers (nothing is fed back): the deadline timer must drop the connection
+    await asyncio.wait_for(_wait_closed_flag(pair.conn), 5)
+    assert pair.transport.aborted
+    assert isinstance(stream.error, ConnectionLost)
+
+
+async def _wait_closed_flag(conn: H2Connection) -> None:
+    while not conn.closed:  # noqa: ASYNC110 - the fake transport never calls connection_lost
+        await asyncio.sleep(0.01)
+
+
+def test_settings_defaults_and_validation() -> None:
+    client, server = H2Settings.client(), H2Settings.server()
+    assert (client.max_concurrent_streams, server.max_concurrent_streams) == (100, 200)
+    assert (client.max_header_list_size, server.max_header_list_size) == (16 * KiB, 64 * KiB)
+    assert client.initial_stream_window == 4 * MiB and client.connection_window == 16 * MiB
+    assert client.max_frame_size == 1 * MiB and client.max_send_frame_size == 16 * KiB
+    assert (client.ping_interval, client.ping_timeout, client.drain_deadline) == (10.0, 20.0, 5.0)
+    assert server.max_send_buffer < client.max_send_buffer
+    assert H2Settings.server(max_concurrent_streams=5).max_concurrent_streams == 5
+    assert client.replace(ping_interval=None).ping_interval is None
+    for bad in (
+        {"max_frame_size": 1000},
+        {"initial_stream_window": 2**31},
+        {"ping_interval": 0},
+        {"max_send_buffer": 0},
+    ):
+        with pytest.raises(ConfigError):
+            H2Settings(**bad)  # type: ignore[arg-type]
+
+
+def test_header_list_size_counts_rfc_overhead() -> None:
+    assert header_list_size([(b"ab", b"cde")]) == 2 + 3 + 32
