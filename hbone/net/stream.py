@@ -90,6 +90,11 @@ class Stream:
         self._error: HboneError | None = None
         self._closed_event = asyncio.Event()
 
+    @property
+    def connection(self) -> H2Connection:
+        """The connection carrying this stream (peer address, TLS session, peer certificate)."""
+        return self._conn
+
     def __repr__(self) -> str:
         return f"<Stream {self.stream_id} in={self.bytes_in} out={self.bytes_out} closed={self.closed}>"
 
