@@ -19,7 +19,7 @@ import ssl as _ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import h2.events as ev
 import h2.exceptions as h2x
@@ -233,8 +233,8 @@ class H2Connection(asyncio.BufferedProtocol):
     # --- asyncio.BufferedProtocol ------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # not an isinstance check: uvloop's transports do not derive from asyncio.Transport
+        self._transport = cast(asyncio.Transport, transport)
         if self._registry is not None:
             self._registry.add(self)
         sock = transport.get_extra_info("socket")
@@ -250,7 +250,7 @@ class H2Connection(asyncio.BufferedProtocol):
             if alpn != "h2" and (self.client or alpn is not None):
                 self._close_exc = ProtocolError(f"TLS peer negotiated ALPN {alpn!r}, need 'h2'")
                 self._teardown(self._close_exc)
-                transport.abort()
+                self._transport.abort()
                 return
         s = self.settings
         values = {
@@ -712,7 +712,7 @@ class H2Connection(asyncio.BufferedProtocol):
                 handle.cancel()
         self._ping_timer = self._ping_deadline = self._flush_handle = None
         for stream in list(self._streams.values()):
-            stream._fail(exc)
+            stream._fail(exc, keep_received=True)
         self._streams.clear()
         self._blocked.clear()
         self._fail_capacity_waiters(exc)

@@ -78,6 +78,7 @@ class Stream:
         self._recv: deque[bytes] = deque()
         self._recv_len = 0
         self._recv_eof = False
+        self._discarded = False  # received bytes were dropped by a reset: reads raise instead of EOF
         self._read_waiter: asyncio.Future[None] | None = None
         # send side: queue drained by the connection as windows allow
         self._send: deque[bytes | memoryview] = deque()
@@ -142,10 +143,10 @@ class Stream:
         if n == 0:
             return b""
         while not self._recv:
+            if self._recv_eof and not self._discarded:
+                return b""  # the peer's side is complete, whatever happened to ours
             if self._error is not None:
                 raise self._error
-            if self._recv_eof:
-                return b""
             await self._wait_readable()
         if n < 0 or n >= self._recv_len:
             data = self._recv.popleft() if len(self._recv) == 1 else b"".join(self._recv)
@@ -308,13 +309,21 @@ class Stream:
     def _on_local_end(self) -> None:
         self._local_closed = True
 
-    def _fail(self, exc: HboneError) -> int:
-        """Break the stream; returns the unread byte count the connection must still credit."""
+    def _fail(self, exc: HboneError, *, keep_received: bool = False) -> int:
+        """Break the stream; returns the unread byte count the connection must still credit.
+
+        `keep_received`: the connection went away after the peer had ended its side, so what it sent is complete
+        and stays readable (reads then end with b"").
+        """
         if self._error is None:
             self._error = exc
-        unread = self._recv_len
-        self._recv.clear()
-        self._recv_len = 0
+        if keep_received and self._recv_eof:
+            unread = 0
+        else:
+            self._discarded = True
+            unread = self._recv_len
+            self._recv.clear()
+            self._recv_len = 0
         self._send.clear()
         self._send_len = 0
         self._wake_reader()

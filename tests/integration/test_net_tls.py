@@ -127,3 +127,39 @@ async def test_tls_without_h2_alpn_is_refused(tmp_path: Path) -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+def test_uvloop_h2c_and_tls(tmp_path: Path) -> None:
+    """uvloop transports are not asyncio.Transport subclasses and take a different TLS path: run both."""
+    uvloop = pytest.importorskip("uvloop")
+    server_ctx, client_ctx, der = contexts(tmp_path)
+
+    async def echo(stream: Stream) -> None:
+        stream.send_headers([(":status", "200")])
+        while data := await stream.read():
+            await stream.send(data)
+        stream.write_eof()
+
+    async def scenario() -> None:
+        for server_ssl, client_ssl in ((None, None), (server_ctx, client_ctx)):
+            server = await serve(echo, "127.0.0.1", 0, ssl=server_ssl)
+            port = server.sockets[0].getsockname()[1]
+            try:
+                hostname = "localhost" if client_ssl else None
+                conn = await connect("127.0.0.1", port, ssl=client_ssl, server_hostname=hostname)
+                assert conn.peer_cert == (der if client_ssl else None)
+                stream = await conn.open_stream(CONNECT)
+                payload = bytes(range(256)) * 8192
+                await stream.send(payload)
+                stream.write_eof()
+                got = b""
+                while data := await stream.read():
+                    got += data
+                assert got == payload
+                await conn.close()
+            finally:
+                server.close()
+                await server.wait_closed()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(asyncio.wait_for(scenario(), 30))

@@ -209,3 +209,19 @@ def test_settings_defaults_and_validation() -> None:
 
 def test_header_list_size_counts_rfc_overhead() -> None:
     assert header_list_size([(b"ab", b"cde")]) == 2 + 3 + 32
+
+
+async def test_complete_response_survives_connection_loss() -> None:
+    pair = Pair()
+    await pair.to_peer()
+    pair.to_conn()
+    stream = await pair.conn.open_stream(CONNECT)  # our side stays open
+    await pair.to_peer()
+    pair.peer.send_headers(1, [(b":status", b"200")])
+    pair.peer.send_data(1, b"complete", end_stream=True)
+    pair.to_conn()
+    pair.conn.connection_lost(None)
+    assert await stream.read() == b"complete"
+    assert await stream.read() == b""
+    with pytest.raises(ConnectionLost):
+        await stream.send(b"too late")
