@@ -460,7 +460,6 @@ class H2Connection(asyncio.BufferedProtocol):
     # --- sending -------------------------------------------------------------------------------------------------
 
     def _send_headers(self, stream: Stream, headers: HeaderList, end_stream: bool) -> None:
-        self._check_outbound_size(headers)
         try:
             self._h2.send_headers(stream.stream_id, headers, end_stream=end_stream)
         except h2x.ProtocolError as exc:

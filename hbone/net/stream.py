@@ -117,10 +117,12 @@ class Stream:
         self._check_writable()
         if self._headers_sent:
             raise StreamClosed(f"stream {self.stream_id}: headers already sent")
+        encoded = encode_headers(headers)
+        self._conn._check_outbound_size(encoded)  # LimitExceeded leaves the stream untouched
         self._headers_sent = True
         if end_stream:
             self._end_queued = True
-        self._conn._send_headers(self, encode_headers(headers), end_stream)
+        self._conn._send_headers(self, encoded, end_stream)
 
     def send_trailers(self, trailers: HeaderInput) -> None:
         """Queue trailers after the pending data; they end our side of the stream (RFC 9113 §8.1)."""
