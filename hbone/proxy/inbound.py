@@ -176,11 +176,7 @@ class InboundHandler:
         )
         record.policy = decision.policy
         if not decision.allowed:
-            raise Denied(
-                f"denied by policy {decision.policy}: {decision.reason}"
-                if decision.policy
-                else f"denied: {decision.reason}"
-            )
+            raise Denied(decision.reason if decision.reason.startswith("denied") else f"denied: {decision.reason}")
         return host, port
 
     async def _dial(self, host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

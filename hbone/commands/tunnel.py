@@ -1,0 +1,283 @@
+"""`hbone serve`, `hbone connect`, `hbone forward`, `hbone probe`: inbound HBONE and simple outbound tunnels."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hbone.authz.defaults import DefaultMode, default_policies
+from hbone.client import Endpoint, HboneClient, Tunnel
+from hbone.config import ServeConfig, load_serve_config, parse_listen
+from hbone.errors import ConfigError, HboneError
+from hbone.identity.bundle import load_bundle
+from hbone.identity.manager import FileSource, IdentityManager
+from hbone.net.splice import splice
+from hbone.proxy.inbound import InboundConfig, InboundHandler, policy_authorizer
+from hbone.server import HboneServer
+from hbone.tls import MeshTls
+from hbone.wire.authority import parse_authority
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = sub.add_parser("serve", help="run an inbound HBONE server (ztunnel's :15008)")
+    serve.add_argument("--certs", type=Path, help="certificate directory (Istio or SPIFFE layout)")
+    serve.add_argument("--listen", help="mTLS HBONE address (default 0.0.0.0:15008)")
+    serve.add_argument("--h2c-listen", help="plaintext HBONE address (off by default; trusted networks only)")
+    serve.add_argument("--config", type=Path, help="YAML config (see README); flags override it")
+    serve.add_argument("--authz", choices=[m.value for m in DefaultMode], help="authorization mode")
+    serve.set_defaults(func=cmd_serve)
+
+    def outbound(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--via", required=True, help="HBONE server HOST:PORT")
+        p.add_argument("--certs", type=Path, help="our certificate directory (omit with --plaintext)")
+        p.add_argument("--plaintext", action="store_true", help="h2c instead of mTLS")
+        p.add_argument("--expect-identity", action="append", default=[], help="accepted server SPIFFE id")
+        p.add_argument("--post", action="store_true", help="POST + x-tun instead of CONNECT")
+        p.add_argument("--inner-tls", action="store_true", help="with --post: mTLS end to end inside the stream")
+
+    connect = sub.add_parser("connect", help="tunnel stdin/stdout to TARGET (usable as an ssh ProxyCommand)")
+    connect.add_argument("target", help="HOST:PORT as the HBONE server should reach it")
+    outbound(connect)
+    connect.set_defaults(func=cmd_connect)
+
+    forward = sub.add_parser("forward", help="forward a local port to TARGET through HBONE")
+    forward.add_argument("--listen", required=True, help="local HOST:PORT")
+    forward.add_argument("--target", required=True)
+    outbound(forward)
+    forward.set_defaults(func=cmd_forward)
+
+    probe = sub.add_parser("probe", help="open one tunnel and report TLS, identity, status and timings")
+    probe.add_argument("address", help="HBONE server HOST:PORT")
+    probe.add_argument("--target", required=True)
+    probe.add_argument("--certs", type=Path)
+    probe.add_argument("--plaintext", action="store_true")
+    probe.add_argument("--expect-identity", action="append", default=[])
+    probe.add_argument("--post", action="store_true")
+    probe.add_argument("--json", action="store_true")
+    probe.set_defaults(func=cmd_probe)
+
+
+def _client(args: argparse.Namespace) -> tuple[HboneClient, Endpoint]:
+    if args.plaintext:
+        tls = None
+    elif args.certs is None:
+        raise ConfigError("--certs DIR is required unless --plaintext is given")
+    else:
+        tls = MeshTls(IdentityManager.fixed(load_bundle(args.certs)))
+    ep = Endpoint.parse(
+        getattr(args, "via", None) or args.address,
+        identities=args.expect_identity,
+        post=args.post,
+        inner_tls=getattr(args, "inner_tls", False),
+    )
+    return HboneClient(tls), ep
+
+
+# --- serve ---------------------------------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    cfg = load_serve_config(args.config) if args.config else ServeConfig()
+    if args.certs:
+        cfg.certs = args.certs
+    if args.listen is not None:
+        cfg.listen = parse_listen(args.listen) if args.listen != "none" else None
+    if args.h2c_listen:
+        cfg.h2c_listen = parse_listen(args.h2c_listen)
+    if args.authz:
+        cfg.mode = DefaultMode.parse(args.authz)
+    return asyncio.run(serve(cfg))
+
+
+async def serve(cfg: ServeConfig, ready: asyncio.Event | None = None) -> int:
+    manager: IdentityManager | None = None
+    tls: MeshTls | None = None
+    if cfg.listen is not None:
+        if cfg.certs is None:
+            raise ConfigError("an mTLS listener needs --certs DIR (or listen: null and h2c_listen only)")
+        manager = IdentityManager(FileSource(cfg.certs))
+        await manager.start()
+        tls = MeshTls(manager)
+    identity = manager.identity if manager else None
+    if cfg.mode is DefaultMode.POLICIES:
+        policies = cfg.policies
+    elif identity is not None:
+        policies = default_policies(cfg.mode, identity) + cfg.policies
+    elif cfg.mode is DefaultMode.SAME_NAMESPACE:
+        raise ConfigError("same-namespace authorization needs an identity: give --certs or choose --authz allow-all")
+    else:
+        policies = cfg.policies
+    inbound = InboundHandler(
+        InboundConfig(
+            authorize=policy_authorizer(policies),
+            dial_timeout=cfg.dial_timeout,
+            namespace=(identity.namespace or "") if identity else "",
+            tls=tls,
+        )
+    )
+    server = HboneServer(tls, inbound, settings=cfg.h2, grpc=_grpc_app())
+    addrs = []
+    if cfg.listen is not None:
+        h, p = await server.listen(cfg.listen.host if cfg.listen.ip is None else str(cfg.listen.ip), cfg.listen.port)
+        addrs.append(f"mtls={h}:{p}")
+    if cfg.h2c_listen is not None:
+        a = cfg.h2c_listen
+        h, p = await server.listen(a.host if a.ip is None else str(a.ip), a.port, plaintext=True)
+        addrs.append(f"h2c={h}:{p}")
+    if not addrs:
+        raise ConfigError("nothing to listen on: set listen and/or h2c_listen")
+    print(
+        f"hbone serve: listening {' '.join(addrs)} identity={identity} authz={cfg.mode.value}",
+        file=sys.stderr,
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    print("hbone serve: draining", file=sys.stderr, flush=True)
+    _set_health(server, serving=False)
+    await server.drain(cfg.drain_timeout)
+    await server.close()
+    if manager is not None:
+        await manager.stop()
+    return 0
+
+
+def _grpc_app() -> Any:
+    """The gRPC side of the listener (health service), when the gRPC package is available."""
+    # Imported by name until hbone.grpc.server lands everywhere; then this becomes a plain import.
+    try:
+        module = importlib.import_module("hbone.grpc.server")
+    except ImportError:
+        return None
+    return module.GrpcServer()
+
+
+def _set_health(server: HboneServer, *, serving: bool) -> None:
+    health = getattr(server.grpc, "health", None)
+    if health is not None:
+        with contextlib.suppress(Exception):
+            health.set_status("", "SERVING" if serving else "NOT_SERVING")
+
+
+# --- connect / forward ---------------------------------------------------------------------------------------------
+
+
+def cmd_connect(args: argparse.Namespace) -> int:
+    return asyncio.run(_connect(args))
+
+
+async def _connect(args: argparse.Namespace) -> int:
+    client, ep = _client(args)
+    try:
+        tunnel = await client.open(args.target, ep)
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
+        # A StreamReaderProtocol gives the write pipe the drain/close machinery StreamWriter expects.
+        transport, proto = await loop.connect_write_pipe(
+            lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()), sys.stdout.buffer
+        )
+        writer = asyncio.StreamWriter(transport, proto, None, loop)
+        result = await splice(tunnel.stream, reader, writer)  # type: ignore[arg-type]
+        return 0 if result.error is None else 1
+    finally:
+        await client.close()
+
+
+def cmd_forward(args: argparse.Namespace) -> int:
+    return asyncio.run(_forward(args))
+
+
+async def _forward(args: argparse.Namespace) -> int:
+    client, ep = _client(args)
+    listen = parse_listen(args.listen)
+    parse_authority(args.target)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            tunnel = await client.open(args.target, ep)
+        except HboneError as e:
+            print(f"hbone forward: {e}", file=sys.stderr)
+            writer.close()
+            return
+        await splice(tunnel.stream, reader, writer)  # type: ignore[arg-type]
+
+    server = await asyncio.start_server(handle, str(listen.ip) if listen.ip else listen.host, listen.port)
+    port = server.sockets[0].getsockname()[1]
+    print(
+        f"hbone forward: listening {listen.host}:{port} -> {args.target} via {ep.host}:{ep.port}",
+        file=sys.stderr,
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        server.close()
+        await client.close()
+    return 0
+
+
+# --- probe -----------------------------------------------------------------------------------------------------------
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    report = asyncio.run(_probe(args))
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for k, v in report.items():
+            print(f"{k:>16}: {v}")
+    return 0 if report.get("status") == 200 else 1
+
+
+async def _probe(args: argparse.Namespace) -> dict[str, Any]:
+    client, ep = _client(args)
+    report: dict[str, Any] = {
+        "server": f"{ep.host}:{ep.port}",
+        "target": args.target,
+        "mode": "POST" if args.post else "CONNECT",
+    }
+    t0 = time.perf_counter()
+    try:
+        conn = await client.pool.connection(client._key(ep))
+        t1 = time.perf_counter()
+        report["connect_ms"] = round((t1 - t0) * 1000, 3)
+        sslobj = conn.ssl_object  # type: ignore[attr-defined]
+        if sslobj is not None:
+            report["tls_version"] = sslobj.version()
+            report["alpn"] = sslobj.selected_alpn_protocol()
+            report["cipher"] = sslobj.cipher()[0]
+        report["peer_identity"] = str(client._peers.get(id(conn))) if sslobj is not None else None
+        tunnel: Tunnel = await client.open(args.target, ep)
+        report["status"] = tunnel.status
+        report["tunnel_ms"] = round((time.perf_counter() - t1) * 1000, 3)
+        if tunnel.peer_metadata is not None and not tunnel.peer_metadata.is_empty():
+            report["response_baggage"] = tunnel.peer_metadata.to_baggage()
+        tunnel.write_eof()
+        tunnel.reset()
+    except HboneError as e:
+        report["status"] = getattr(e, "status", None) or getattr(e, "http_status", None)
+        report["error"] = str(e)
+    finally:
+        report["total_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+        await client.close()
+    return report

@@ -1,0 +1,180 @@
+"""`hbone serve` configuration: a YAML file, overridden by command-line flags.
+
+```yaml
+listen: 0.0.0.0:15008          # mTLS HBONE (null to disable)
+h2c_listen: 127.0.0.1:15009    # plaintext HBONE, trusted networks only (default off)
+certs: ./etc/certs             # Istio or SPIFFE layout
+authorization:
+  mode: same-namespace         # same-namespace (default) | allow-all | policies
+  policies:                    # AuthorizationPolicy-like, converted as istiod does
+    - name: allow-frontend
+      namespace: shop
+      action: ALLOW
+      rules: [{from: [{source: {principals: ["cluster.local/ns/shop/sa/frontend"]}}]}]
+dial_timeout: 10s
+drain_timeout: 5s
+http2: {max_concurrent_streams: 200, stream_window: 4194304, connection_window: 16777216, ping_interval: 10s}
+```
+Unknown keys are errors, so a typo never silently changes behaviour.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hbone.authz.config import policy_from_dict
+from hbone.authz.defaults import DefaultMode
+from hbone.authz.model import Policy
+from hbone.errors import ConfigError
+from hbone.net.settings import H2Settings
+from hbone.wire.authority import Authority, parse_authority
+
+_TOP = ("listen", "h2c_listen", "certs", "authorization", "dial_timeout", "drain_timeout", "http2")
+_H2 = {
+    "max_concurrent_streams": "max_concurrent_streams",
+    "stream_window": "initial_stream_window",
+    "connection_window": "connection_window",
+    "max_frame_size": "max_frame_size",
+    "max_header_list_size": "max_header_list_size",
+    "ping_interval": "ping_interval",
+    "ping_timeout": "ping_timeout",
+}
+
+
+_UNITS = (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0))
+
+
+def parse_duration(value: Any, where: str) -> float:
+    """`10s`, `500ms`, `2m`, `1h`, or a number of seconds."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ConfigError(f"{where}: expected a duration, got {value!r}")
+    text, scale = str(value).strip(), 1.0
+    for suffix, unit in _UNITS:
+        if isinstance(value, str) and text.endswith(suffix):
+            text, scale = text[: -len(suffix)], unit
+            break
+    try:
+        seconds = float(text) * scale
+    except ValueError:
+        raise ConfigError(f"{where}: invalid duration {value!r} (use e.g. 500ms, 10s, 2m)") from None
+    if seconds < 0:
+        raise ConfigError(f"{where}: duration must not be negative")
+    return seconds
+
+
+def parse_listen(text: str) -> Authority:
+    """A listen address `HOST:PORT` or `[V6]:PORT`; unlike a tunnel target, port 0 (pick one) is allowed."""
+    host, sep, port = text.rpartition(":")
+    if sep and port == "0":
+        probe = parse_authority(f"{host}:1")
+        return Authority(probe.host, 0, probe.ip)
+    return parse_authority(text)
+
+
+def _address(value: Any, where: str) -> Authority | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: expected HOST:PORT, got {value!r}")
+    try:
+        return parse_listen(value)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from e
+
+
+@dataclass
+class ServeConfig:
+    listen: Authority | None = field(default_factory=lambda: parse_authority("0.0.0.0:15008"))
+    h2c_listen: Authority | None = None
+    certs: Path | None = None
+    mode: DefaultMode = DefaultMode.SAME_NAMESPACE
+    policies: tuple[Policy, ...] = ()
+    dial_timeout: float = 10.0
+    drain_timeout: float = 5.0
+    h2: H2Settings = field(default_factory=H2Settings.server)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None, source: str = "config") -> ServeConfig:
+        cfg = cls()
+        if data is None:
+            return cfg
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{source}: the top level must be a mapping")
+        unknown = sorted(set(data) - set(_TOP))
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(_TOP)}")
+        if "listen" in data:
+            cfg.listen = _address(data["listen"], f"{source}: listen")
+        if "h2c_listen" in data:
+            cfg.h2c_listen = _address(data["h2c_listen"], f"{source}: h2c_listen")
+        if data.get("certs") is not None:
+            cfg.certs = Path(str(data["certs"]))
+        if "dial_timeout" in data:
+            cfg.dial_timeout = parse_duration(data["dial_timeout"], f"{source}: dial_timeout")
+        if "drain_timeout" in data:
+            cfg.drain_timeout = parse_duration(data["drain_timeout"], f"{source}: drain_timeout")
+        cfg._authz(data.get("authorization"), f"{source}: authorization")
+        cfg._http2(data.get("http2"), f"{source}: http2")
+        return cfg
+
+    def _authz(self, data: Any, where: str) -> None:
+        if data is None:
+            return
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{where}: expected a mapping with mode and/or policies")
+        unknown = sorted(set(data) - {"mode", "policies"})
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+        if "mode" in data:
+            self.mode = DefaultMode.parse(str(data["mode"]))
+        raw = data.get("policies") or []
+        if not isinstance(raw, list):
+            raise ConfigError(f"{where}.policies: expected a list")
+        policies = []
+        for i, item in enumerate(raw):
+            try:
+                policies.append(policy_from_dict(item))
+            except ConfigError as e:
+                raise ConfigError(f"{where}.policies[{i}]: {e}") from e
+        self.policies = tuple(policies)
+        if self.policies and "mode" not in data:
+            self.mode = DefaultMode.POLICIES
+
+    def _http2(self, data: Any, where: str) -> None:
+        if data is None:
+            return
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{where}: expected a mapping")
+        changes: dict[str, Any] = {}
+        for key, value in data.items():
+            if key not in _H2:
+                raise ConfigError(f"{where}: unknown key {key!r}; known: {', '.join(_H2)}")
+            if key in ("ping_interval", "ping_timeout"):
+                changes[_H2[key]] = None if value is None else parse_duration(value, f"{where}.{key}")
+            elif isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{where}.{key}: expected an integer, got {value!r}")
+            else:
+                changes[_H2[key]] = value
+        try:
+            self.h2 = self.h2.replace(**changes)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from e
+
+
+def load_serve_config(path: Path) -> ServeConfig:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from e
+    return ServeConfig.from_dict(data, str(path))
