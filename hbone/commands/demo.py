@@ -1,7 +1,8 @@
-"""`hbone demo`: a self-contained local mesh round trip, the README's first command.
+"""`hbone demo`: a self-contained local mesh on loopback, the README's first command.
 
-Creates a dev mesh CA and two workload identities (alice and bob) under `--dir`, starts bob's mTLS echo service
-on loopback, and has alice call it, verifying each side's SPIFFE identity.
+Creates a dev mesh CA and three workload identities under `--dir`: alice and bob in namespace `default`,
+mallory in `other`. Bob runs an HBONE server (the brief's same-namespace policy) in front of an echo app; alice
+tunnels to the app through it (allowed, identities verified both ways) and mallory is refused with 401.
 """
 
 from __future__ import annotations
@@ -11,15 +12,21 @@ import asyncio
 import time
 from pathlib import Path
 
+from hbone.authz.defaults import DefaultMode, default_policies
+from hbone.client import Endpoint, HboneClient
+from hbone.errors import ConnectRefused
+from hbone.identity import IdentityManager
 from hbone.identity.bundle import load_bundle, write_bundle, write_ca
 from hbone.identity.certs import CertificateAuthority
 from hbone.identity.spiffe import SpiffeId
+from hbone.proxy.inbound import InboundConfig, InboundHandler, policy_authorizer
+from hbone.server import HboneServer
 from hbone.testing import start_echo_server
-from hbone.tls import check_client_peer, check_server_peer, client_context, server_context
+from hbone.tls import MeshTls
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("demo", help="create a dev mesh (CA + alice + bob) and run an mTLS round trip")
+    p = sub.add_parser("demo", help="a local HBONE mesh on loopback: CA, alice, bob, mallory, one policy")
     p.add_argument("--dir", type=Path, default=Path(".mesh"), help="where the CA and identities go (default .mesh)")
     p.add_argument("--trust-domain", default="cluster.local")
     p.add_argument("--message", default="hello from alice")
@@ -30,41 +37,56 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(_demo(args.dir, args.trust_domain, args.message))
 
 
+def _mesh(base: Path, name: str) -> MeshTls:
+    return MeshTls(IdentityManager.fixed(load_bundle(base / name)))
+
+
 async def _demo(base: Path, td: str, message: str) -> int:
     ca = CertificateAuthority.create_root(td)
     write_ca(base / "ca", ca)
-    alice_id, bob_id = SpiffeId.istio(td, "default", "alice"), SpiffeId.istio(td, "default", "bob")
-    for name, sid in (("alice", alice_id), ("bob", bob_id)):
+    ids = {
+        "alice": SpiffeId.istio(td, "default", "alice"),
+        "bob": SpiffeId.istio(td, "default", "bob"),
+        "mallory": SpiffeId.istio(td, "other", "mallory"),
+    }
+    for name, sid in ids.items():
         write_bundle(base / name, ca.issue(sid, dns=("localhost",), ips=("127.0.0.1",)))
-    alice, bob = load_bundle(base / "alice"), load_bundle(base / "bob")
-    print(f"dev mesh CA ({td}) and identities written to {base}/")
+    print(f"dev mesh CA ({td}) and identities alice, bob, mallory written to {base}/")
 
     echo, echo_port = await start_echo_server()
-
-    async def bob_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = check_client_peer(writer.get_extra_info("ssl_object"), td)
-        print(f"bob:   accepted mTLS connection from {peer}")
-        up_r, up_w = await asyncio.open_connection("127.0.0.1", echo_port)
-        up_w.write(await reader.readline())
-        writer.write(await up_r.readline())
-        await writer.drain()
-        up_w.close()
-        writer.close()
-
-    server = await asyncio.start_server(bob_handler, "127.0.0.1", 0, ssl=server_context(bob))
-    port = server.sockets[0].getsockname()[1]
+    bob_tls = _mesh(base, "bob")
+    policies = default_policies(DefaultMode.SAME_NAMESPACE, ids["bob"])
+    inbound = InboundHandler(InboundConfig(authorize=policy_authorizer(policies), namespace="default", tls=bob_tls))
+    server = HboneServer(bob_tls, inbound)
+    _, port = await server.listen("127.0.0.1", 0)
+    print(f"bob:     HBONE server on 127.0.0.1:{port} (mTLS, same-namespace policy), app on 127.0.0.1:{echo_port}")
+    endpoint = Endpoint.parse(f"127.0.0.1:{port}", identities=[ids["bob"]])
+    target = f"127.0.0.1:{echo_port}"
+    alice, mallory = HboneClient(_mesh(base, "alice")), HboneClient(_mesh(base, "mallory"))
     try:
         start = time.perf_counter()
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_context(alice), server_hostname="")
-        sslobj = writer.get_extra_info("ssl_object")
-        peer = check_server_peer(sslobj, [bob_id])
-        print(f"alice: connected to {peer} over {sslobj.version()} (ALPN {sslobj.selected_alpn_protocol()})")
-        writer.write(message.encode() + b"\n")
-        reply = (await asyncio.wait_for(reader.readline(), 10)).decode().rstrip("\n")
+        tunnel = await alice.open(target, endpoint)
+        tunnel.write(message.encode())
+        tunnel.write_eof()
+        reply = b""
+        while chunk := await asyncio.wait_for(tunnel.read(), 10):
+            reply += chunk
         elapsed = (time.perf_counter() - start) * 1000
-        writer.close()
-        print(f"alice: echo {reply!r} in {elapsed:.1f} ms")
-        return 0 if reply == message else 1
+        sslobj = next(iter(server.connections)).ssl_object
+        print(
+            f"alice:   CONNECT {target} via bob -> {tunnel.status}, server identity {tunnel.peer_identity}"
+            f" ({sslobj.version() if sslobj else '?'}, ALPN h2)"
+        )
+        print(f"alice:   echo {reply.decode()!r} in {elapsed:.1f} ms")
+        try:
+            await mallory.open(target, endpoint)
+            print("mallory: unexpectedly allowed")
+            return 1
+        except ConnectRefused as e:
+            print(f"mallory: CONNECT {target} via bob -> {e.status} ({e.detail})")
+        return 0 if reply.decode() == message else 1
     finally:
-        server.close()
+        await alice.close()
+        await mallory.close()
+        await server.close()
         echo.close()

@@ -110,5 +110,6 @@ def test_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 def test_demo_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--dir", str(tmp_path / "mesh"), "--message", "ping"]) == 0
     out = capsys.readouterr().out
-    assert "alice: echo 'ping'" in out
-    assert "accepted mTLS connection from spiffe://cluster.local/ns/default/sa/alice" in out
+    assert "alice:   echo 'ping'" in out
+    assert "server identity spiffe://cluster.local/ns/default/sa/bob" in out
+    assert "mallory: CONNECT" in out and "-> 401" in out
