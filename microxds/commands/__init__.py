@@ -1,0 +1,1 @@
+"""Subcommands of the `microxds` CLI; each module has `register(subparsers)`."""

@@ -1,0 +1,291 @@
+"""Composition root of `microxds serve`: config source -> debouncer -> caches -> xDS service -> listeners.
+
+* Config: a watched file or directory (`sources.FileSource`); the first load must be valid, later invalid edits
+  are logged with file:line and the last good config keeps being served.
+* Caches: per-node-group snapshots (`SnapshotCache`, grouped by `--node-group-by`) for every type except the
+  high-churn ones (`linear_types`: endpoints, addresses, workloads), which live in `LinearCache`s so an endpoint
+  change costs O(changed) per client. Linear types are shared by all nodes, so a config that gives a group its own
+  endpoints is rejected unless linear caching is turned off (`linear_types=()`).
+* Listeners: plaintext h2c (`listen`, default 127.0.0.1:15010), TLS (`tls_listen`, server-auth, client
+  certificates optional and verified when sent), HBONE mTLS (`hbone_listen`, caller SPIFFE id verified, same trust
+  domain), all served by one `GrpcServer`; an optional Prometheus endpoint (`metrics_listen`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+
+from hbone.grpc.server import GrpcServer
+from hbone.identity import FileSource as CertFileSource
+from hbone.identity import IdentityManager
+from hbone.tls import MeshTls, TlsOptions, server_context
+from microxds.cache import (
+    LinearCache,
+    MetadataHash,
+    MuxCache,
+    NodeHash,
+    Snapshot,
+    SnapshotCache,
+    node_cluster_hash,
+    node_id_hash,
+)
+from microxds.errors import ConfigError
+from microxds.resources import ADDRESS, ENDPOINT, WORKLOAD, Resource
+from microxds.server.access import AccessPolicy, JwtVerifier
+from microxds.server.pushqueue import Debouncer, PushQueue
+from microxds.server.service import XdsService
+from microxds.server.status import StatusRegistry, XdsMetrics
+from microxds.sources.configsnapshot import ConfigSnapshot
+from microxds.sources.files import FileSource
+
+log = logging.getLogger("microxds.serve")
+
+DEFAULT_LINEAR_TYPES = (ENDPOINT, ADDRESS, WORKLOAD)
+MiB = 1 << 20
+
+
+def parse_address(text: str, default_host: str = "0.0.0.0") -> tuple[str, int]:
+    """`HOST:PORT`, `:PORT` (all interfaces) or `[V6]:PORT`."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"bad listen address {text!r}: use HOST:PORT or :PORT")
+    host = host.strip("[]") or default_host
+    return host, int(port)
+
+
+def node_hash_from_spec(spec: str) -> NodeHash:
+    """`id`, `cluster`, or `metadata:KEY[,KEY...]` -> a node hash (how nodes map to config groups)."""
+    if spec == "id":
+        return node_id_hash
+    if spec == "cluster":
+        return node_cluster_hash
+    if spec.startswith("metadata:") and spec[9:]:
+        return MetadataHash(*(k.strip() for k in spec[9:].split(",") if k.strip()))
+    raise ConfigError(f"bad --node-group-by {spec!r}: use id, cluster or metadata:KEY[,KEY]")
+
+
+@dataclass
+class ServeOptions:
+    config: Path
+    listen: str | None = "127.0.0.1:15010"
+    tls_listen: str | None = None
+    hbone_listen: str | None = None
+    certs: Path | None = None
+    metrics_listen: str | None = None
+    node_group_by: str = "id"
+    access: AccessPolicy | None = None
+    jwt: JwtVerifier | None = None
+    linear_types: tuple[str, ...] = DEFAULT_LINEAR_TYPES
+    quiet: float = 0.1
+    max_delay: float = 1.0
+    poll_interval: float = 0.2
+    max_in_flight: int = 100
+    streams_per_second: float = 200.0
+    stream_burst: int = 200
+    max_message_size: int = 64 * MiB
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+class MetricsServer:
+    """GET /metrics (Prometheus text) and /ready on a small asyncio HTTP/1.1 server; nothing else."""
+
+    def __init__(self, registry: CollectorRegistry, ready: Callable[[], bool]) -> None:
+        self.registry = registry
+        self.ready = ready
+        self._server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        self._server = await asyncio.start_server(self._handle, host, port)
+        sock = self._server.sockets[0].getsockname()
+        return str(sock[0]), int(sock[1])
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            path = head.split(b" ", 2)[1].split(b"?", 1)[0] if head.count(b" ") >= 2 else b""
+            if path == b"/metrics":
+                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(self.registry)
+            elif path == b"/ready":
+                ok = self.ready()
+                status, ctype, body = (
+                    ("200 OK" if ok else "503 Unavailable"),
+                    "text/plain",
+                    b"ready\n" if ok else b"not ready\n",
+                )
+            else:
+                status, ctype, body = "404 Not Found", "text/plain", b"try /metrics or /ready\n"
+            writer.write(
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n".encode()
+                + body
+            )
+            await writer.drain()
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+            pass
+        finally:
+            writer.close()
+
+
+class ControlPlane:
+    """One running control plane. `await start()`, then `await stop()`; `addresses` lists bound listeners."""
+
+    def __init__(self, options: ServeOptions, *, prom_registry: CollectorRegistry | None = None) -> None:
+        self.options = options
+        self.prom = prom_registry or CollectorRegistry()
+        self.node_hash = node_hash_from_spec(options.node_group_by)
+        self.snapshots = SnapshotCache(self.node_hash)
+        self.linear = {t: LinearCache(t) for t in options.linear_types}
+        self.cache = MuxCache(self.snapshots, self.linear) if self.linear else self.snapshots
+        self.registry = StatusRegistry(XdsMetrics(self.prom))
+        self.queue = PushQueue(
+            max_in_flight=options.max_in_flight,
+            streams_per_second=options.streams_per_second,
+            stream_burst=options.stream_burst,
+        )
+        self.service = XdsService(
+            self.cache,
+            registry=self.registry,
+            queue=self.queue,
+            group_of=self.node_hash,
+            access=options.access,
+            jwt=options.jwt,
+        )
+        self.source = FileSource(options.config, interval=options.poll_interval)
+        self.current: ConfigSnapshot | None = None
+        self.addresses: dict[str, tuple[str, int]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._metrics_server: MetricsServer | None = None
+        self._identity: IdentityManager | None = None
+        self._debouncer: Debouncer[ConfigSnapshot] | None = None
+        self._grpc: GrpcServer | None = None
+        self.reloads = Counter("microxds_config_reloads", "Config versions applied", registry=self.prom)
+        self.rejects = Counter("microxds_config_rejected", "Config changes rejected", registry=self.prom)
+        self.config_ok = Gauge(
+            "microxds_config_last_reload_ok", "1 if the last config change applied", registry=self.prom
+        )
+
+    # -- config -> caches -----------------------------------------------------------------------------------------
+
+    def apply(self, snap: ConfigSnapshot) -> None:
+        """Install a validated config in the caches atomically (per group), or raise ConfigError."""
+        linear = self.options.linear_types
+        for group, view in snap.groups.items():
+            for type_url in linear:
+                own = {n: r.version for n, r in view.get(type_url, {}).items()}
+                common = {n: r.version for n, r in snap.resources.get(type_url, {}).items()}
+                if own != common:
+                    kind = type_url.rsplit(".", 1)[-1]
+                    raise ConfigError(
+                        f"group {group!r} has its own {kind} resources, but {kind} is served from a shared linear "
+                        "cache; move them to the common resources or serve with --no-linear"
+                    )
+        # Linear types first: a new cluster's endpoints are in place before CDS names them (make-before-break).
+        for type_url, cache in self.linear.items():
+            cache.set_resources(snap.resources.get(type_url, {}).values())
+        self.snapshots.set_default(self._snapshot(snap.resources))
+        for group, view in snap.groups.items():
+            self.snapshots.set_snapshot(group, self._snapshot(view))
+        for group in self.snapshots.groups():
+            if group not in snap.groups:
+                self.snapshots.clear_snapshot(group)
+        self.current = snap
+        self.reloads.inc()
+        self.config_ok.set(1)
+        log.info("serving config version %s (%d resources, %d groups)", snap.version, snap.count(), len(snap.groups))
+
+    def _snapshot(self, view: Mapping[str, Mapping[str, Resource]]) -> Snapshot:
+        return Snapshot({t: named for t, named in view.items() if t not in self.linear})
+
+    def _on_config(self, events: list[ConfigSnapshot]) -> None:
+        try:
+            self.apply(events[-1])  # debounced: only the newest config of a burst matters
+        except ConfigError as exc:
+            self._on_config_error(exc)
+
+    def _on_config_error(self, exc: ConfigError) -> None:
+        self.rejects.inc()
+        self.config_ok.set(0)
+        log.error("config change rejected, still serving %s: %s", self.current.version if self.current else "-", exc)
+
+    # -- lifecycle --------------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        snap = await asyncio.to_thread(self.source.load_now)
+        if snap is None:
+            raise self.source.last_error or ConfigError("no configuration loaded", file=str(self.options.config))
+        self.apply(snap)
+        self._debouncer = Debouncer(self._on_config, quiet=self.options.quiet, max_delay=self.options.max_delay)
+        self._tasks.append(asyncio.create_task(self.source.run(self._debouncer.trigger, self._on_config_error)))
+        await self._start_listeners()
+
+    async def _start_listeners(self) -> None:
+        opts = self.options
+        grpc = GrpcServer(max_receive_message_size=opts.max_message_size, max_send_message_size=opts.max_message_size)
+        self.service.register(grpc)
+        self._grpc = grpc
+        mesh: MeshTls | None = None
+        if opts.tls_listen or opts.hbone_listen:
+            if opts.certs is None:
+                raise ConfigError("--tls-listen and --hbone-listen need --certs DIR")
+            self._identity = IdentityManager(CertFileSource(opts.certs))
+            await self._identity.start()
+            mesh = MeshTls(self._identity)
+        if opts.listen:
+            host, port = parse_address(opts.listen, "127.0.0.1")
+            self.addresses["plaintext"] = await grpc.listen(host, port)
+        if opts.tls_listen and self._identity is not None:
+            # Server-auth TLS for Envoy and gRPC clients: TLS 1.2 allowed (Envoy's upstream default maximum),
+            # client certificates optional but verified when sent, so their SPIFFE id reaches the access rule.
+            ctx = server_context(self._identity.current, TlsOptions(allow_tls12=True, require_client_cert=False))
+            ctx.verify_mode = ssl.CERT_OPTIONAL
+            host, port = parse_address(opts.tls_listen)
+            self.addresses["tls"] = await grpc.listen(host, port, ssl_context=ctx)
+        if opts.hbone_listen:
+            host, port = parse_address(opts.hbone_listen)
+            self.addresses["hbone"] = await grpc.listen(host, port, tls=mesh)
+        if opts.metrics_listen:
+            host, port = parse_address(opts.metrics_listen, "127.0.0.1")
+            self._metrics_server = MetricsServer(self.prom, self.ready)
+            self.addresses["metrics"] = await self._metrics_server.start(host, port)
+        for name, (host, port) in self.addresses.items():
+            log.info("listening: %s on %s:%d", name, host, port)
+
+    def ready(self) -> bool:
+        return self.current is not None and bool(self.addresses)
+
+    async def stop(self, grace: float = 2.0) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self._debouncer is not None:
+            self._debouncer.close()
+        if self._grpc is not None:
+            await self._grpc.shutdown(grace)
+            self._grpc = None
+        if self._metrics_server is not None:
+            await self._metrics_server.stop()
+        if self._identity is not None:
+            await self._identity.stop()
+
+    async def serve_forever(self) -> None:
+        await self.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.stop()
