@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from hbone.errors import GrpcError, GrpcStatus, HboneError
+from hbone.errors import GrpcError, GrpcStatus, H2ErrorCode, HboneError
 from hbone.grpc.framing import parse_accept_encoding
 from hbone.grpc.metadata import (
     HeaderLike,
@@ -38,6 +38,7 @@ __all__ = [
     "parse_trailers",
     "rejection_headers",
     "status_from_exception",
+    "status_from_h2_error",
     "status_from_http",
     "trailers",
     "trailers_only",
@@ -156,6 +157,24 @@ def status_from_exception(exc: BaseException) -> Status:
     if isinstance(exc, HboneError):
         return Status(GrpcStatus(exc.grpc_status), str(exc))
     return Status(GrpcStatus.UNKNOWN, f"{type(exc).__name__}: {exc}")
+
+
+# PROTOCOL-HTTP2.md "Errors": how a RST_STREAM / GOAWAY code reaches the application of a gRPC call.
+_H2_TO_GRPC: dict[int, GrpcStatus] = {
+    H2ErrorCode.REFUSED_STREAM: GrpcStatus.UNAVAILABLE,
+    H2ErrorCode.CANCEL: GrpcStatus.CANCELLED,
+    H2ErrorCode.ENHANCE_YOUR_CALM: GrpcStatus.RESOURCE_EXHAUSTED,
+    H2ErrorCode.INADEQUATE_SECURITY: GrpcStatus.PERMISSION_DENIED,
+}
+
+
+def status_from_h2_error(code: int, message: str = "") -> Status:
+    """The status of a call whose stream was reset with ``code`` (PROTOCOL-HTTP2.md "Errors"; others INTERNAL)."""
+    try:
+        name = H2ErrorCode(code).name
+    except ValueError:
+        name = f"0x{code:x}"
+    return Status(_H2_TO_GRPC.get(code, GrpcStatus.INTERNAL), message or f"stream reset with {name}")
 
 
 def _parse_code(value: str) -> Status | GrpcStatus:

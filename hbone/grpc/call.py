@@ -1,0 +1,72 @@
+"""Pieces shared by both ends of a call: reading messages off a stream, framing outgoing ones, error mapping.
+
+A call's request or response body is a sequence of Length-Prefixed-Messages (PROTOCOL-HTTP2.md) carried in DATA
+frames. `MessageReader` pulls bytes from an HTTP/2 `Stream` (which credits the flow-control window as it reads)
+through the sans-IO `MessageDecoder`; `frame` builds the outgoing prefix and body. Both raise `hbone.errors`
+types whose ``grpc_status`` is what the call ends with; `status_of` turns any of them into a `Status`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Protocol
+
+from hbone.errors import ConnectionLost, GrpcError, GrpcStatus, HboneError, StreamReset
+from hbone.grpc.framing import MessageDecoder, compress, message_prefix
+from hbone.grpc.status import Status, status_from_exception, status_from_h2_error
+
+__all__ = ["MessageReader", "frame", "status_of"]
+
+# Below this size the prefix and body are joined into one buffer (one DATA frame); above it they are queued
+# separately so a large body is never copied just to put five bytes in front of it.
+_JOIN_LIMIT = 64 * 1024
+
+
+class _Readable(Protocol):
+    async def read(self, n: int = -1) -> bytes: ...
+
+
+class MessageReader:
+    """Whole messages from one direction of a stream. `read()` returns None at a clean end of stream."""
+
+    __slots__ = ("_decoder", "_pending", "_stream")
+
+    def __init__(self, stream: _Readable, max_message_size: int, encoding: str | None) -> None:
+        self._stream = stream
+        self._decoder = MessageDecoder(max_message_size, encoding)
+        self._pending: deque[bytes] = deque()
+
+    async def read(self) -> bytes | None:
+        pending = self._pending
+        while not pending:
+            data = await self._stream.read()
+            if not data:
+                self._decoder.close()  # a partial message left over is a truncated stream
+                return None
+            pending.extend(self._decoder.feed(data))
+        return pending.popleft()
+
+
+def frame(body: bytes, max_size: int, encoding: str | None) -> list[bytes]:
+    """Buffers to write for one message: compressed with ``encoding`` (None: identity), checked against max_size."""
+    if len(body) > max_size:
+        raise GrpcError(GrpcStatus.RESOURCE_EXHAUSTED, f"Sent message larger than max ({len(body)} vs. {max_size})")
+    if encoding is not None:
+        body = compress(body, encoding)
+        prefix = message_prefix(len(body), True)
+    else:
+        prefix = message_prefix(len(body), False)
+    if len(body) <= _JOIN_LIMIT:
+        return [prefix + body]
+    return [prefix, body]
+
+
+def status_of(exc: BaseException) -> Status:
+    """The status a call ends with when ``exc`` interrupted it (stream resets per PROTOCOL-HTTP2.md "Errors")."""
+    if isinstance(exc, StreamReset):
+        return status_from_h2_error(exc.code, str(exc))
+    if isinstance(exc, ConnectionLost):
+        return Status(GrpcStatus.UNAVAILABLE, str(exc))
+    if isinstance(exc, HboneError):
+        return status_from_exception(exc)
+    return Status(GrpcStatus.UNKNOWN, f"{type(exc).__name__}: {exc}")

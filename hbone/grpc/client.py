@@ -1,0 +1,467 @@
+"""The gRPC client: a `Channel` over one reused HTTP/2 connection (h2c, TLS, mesh mTLS, or inside an HBONE tunnel).
+
+Calls follow grpc/doc/PROTOCOL-HTTP2.md: Request-Headers, Length-Prefixed-Messages, END_STREAM; the response is
+Response-Headers, messages, Trailers, or a single Trailers-Only HEADERS frame. A per-call ``timeout`` is sent as
+``grpc-timeout`` and enforced locally too: when it passes, the stream is reset with CANCEL and the call raises
+DEADLINE_EXCEEDED. `ClientCall.cancel()` (or cancelling the awaiting task) resets with CANCEL as well. Every
+failure surfaces as `GrpcError(status, message, details)`; stream resets and lost connections are mapped per the
+spec's "Errors" table (`hbone.grpc.call.status_of`).
+
+The channel keeps one connection and opens every call on it, waiting for a slot at the server's
+SETTINGS_MAX_CONCURRENT_STREAMS; a connection that received GOAWAY finishes its calls while new ones go to a fresh
+connection (RFC 9113 §6.8).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl as _ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+from hbone.errors import ConnectionLost, GrpcError, GrpcStatus, H2ErrorCode, HboneError, StreamReset
+from hbone.grpc.call import MessageReader, frame, status_of
+from hbone.grpc.codec import Codec, RawCodec
+from hbone.grpc.framing import DEFAULT_MAX_MESSAGE_SIZE, SUPPORTED_ENCODINGS
+from hbone.grpc.metadata import DEFAULT_USER_AGENT, Metadata, MetadataLike, encode_timeout
+from hbone.grpc.status import Status, parse_response_headers, parse_trailers
+from hbone.grpc.transport import connect_over
+from hbone.net.connection import H2Connection, connect
+from hbone.net.settings import H2Settings
+from hbone.net.stream import Stream
+from hbone.net.tlsstream import ByteStream
+from hbone.tls import MeshTls, check_server_peer
+
+__all__ = ["Channel", "ClientCall"]
+
+MiB = 1024 * 1024
+_RAW = RawCodec()
+_STATUS_KEY = b"grpc-status"
+
+
+def _split_target(target: str) -> tuple[str, int]:
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"target {target!r} must be host:port")
+    return host.strip("[]"), int(port)
+
+
+class Channel:
+    """A client for one gRPC server address. Close it with `await channel.close()` (or ``async with``)."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        ssl: _ssl.SSLContext | None = None,
+        tls: MeshTls | None = None,
+        expected_identities: Sequence[str] = (),
+        authority: str | None = None,
+        settings: H2Settings | None = None,
+        max_receive_message_size: int = 4 * MiB,
+        max_send_message_size: int = 4 * MiB,
+        metadata: Sequence[tuple[str, str | bytes]] = (),
+        metadata_provider: Callable[[], Awaitable[Sequence[tuple[str, str]]]] | None = None,
+        tunnel: Callable[[], Awaitable[ByteStream]] | None = None,
+        compression: str | None = None,
+        connect_timeout: float = 10.0,
+        user_agent: str = DEFAULT_USER_AGENT,
+    ) -> None:
+        if ssl is not None and tls is not None:
+            raise ValueError("give either ssl (server-auth TLS) or tls (mesh mTLS), not both")
+        self.target = target
+        self._host, self._port = _split_target(target)
+        self._ssl = ssl
+        self._tls = tls
+        self._expected = tuple(expected_identities)
+        self._settings = settings or H2Settings.client()
+        self._tunnel = tunnel
+        self._connect_timeout = connect_timeout
+        self.max_receive_message_size = max_receive_message_size or DEFAULT_MAX_MESSAGE_SIZE
+        self.max_send_message_size = max_send_message_size
+        self.compression = compression.lower() if compression and compression.lower() != "identity" else None
+        self._metadata_provider = metadata_provider
+        scheme = b"https" if ssl is not None or tls is not None else b"http"
+        self._pseudo = ((b":method", b"POST"), (b":scheme", scheme))
+        self._authority = (authority or target).encode()
+        self._tail: list[tuple[bytes, bytes]] = [
+            (b"te", b"trailers"),
+            (b"content-type", b"application/grpc"),
+            (b"user-agent", user_agent.encode()),
+            (b"grpc-accept-encoding", ",".join(e for e in SUPPORTED_ENCODINGS if e != "identity").encode()),
+        ]
+        self._tail += [(k.encode(), v.encode()) for k, v in Metadata.of(metadata).to_headers()]
+        self._paths: dict[str, bytes] = {}
+        self._conn: H2Connection | None = None
+        self._old: set[H2Connection] = set()
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    async def __aenter__(self) -> Channel:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    # --- calls ---------------------------------------------------------------------------------------------------
+
+    async def unary(
+        self,
+        path: str,
+        request: Any,
+        *,
+        request_codec: Codec[Any] = _RAW,
+        response_codec: Codec[Any] = _RAW,
+        timeout: float | None = None,  # noqa: ASYNC109 - the call's gRPC deadline, sent as grpc-timeout
+        metadata: MetadataLike = (),
+        compression: str | None = None,
+    ) -> Any:
+        """One request, one response."""
+        call = ClientCall(
+            self,
+            path,
+            request_codec=request_codec,
+            response_codec=response_codec,
+            timeout=timeout,
+            metadata=metadata,
+            compression=compression,
+        )
+        async with call:
+            await call._send_only(request)
+            return await call._recv_one()
+
+    async def server_stream(
+        self,
+        path: str,
+        request: Any,
+        *,
+        request_codec: Codec[Any] = _RAW,
+        response_codec: Codec[Any] = _RAW,
+        timeout: float | None = None,  # noqa: ASYNC109 - the call's gRPC deadline, sent as grpc-timeout
+        metadata: MetadataLike = (),
+        compression: str | None = None,
+    ) -> AsyncIterator[Any]:
+        """One request, a stream of responses: ``async for reply in channel.server_stream(...)``."""
+        call = ClientCall(
+            self,
+            path,
+            request_codec=request_codec,
+            response_codec=response_codec,
+            timeout=timeout,
+            metadata=metadata,
+            compression=compression,
+        )
+        async with call:
+            await call._send_only(request)
+            while (reply := await call.recv()) is not None:
+                yield reply
+
+    def stream(
+        self,
+        path: str,
+        *,
+        request_codec: Codec[Any] = _RAW,
+        response_codec: Codec[Any] = _RAW,
+        timeout: float | None = None,
+        metadata: MetadataLike = (),
+        compression: str | None = None,
+    ) -> ClientCall:
+        """A client-streaming or bidi call: ``async with channel.stream(path) as call: ...``."""
+        return ClientCall(
+            self,
+            path,
+            request_codec=request_codec,
+            response_codec=response_codec,
+            timeout=timeout,
+            metadata=metadata,
+            compression=compression,
+        )
+
+    # --- connection ----------------------------------------------------------------------------------------------
+
+    def _headers(
+        self, path: str, timeout: float | None, metadata: MetadataLike, encoding: str | None, extra: Sequence[Any]
+    ) -> list[tuple[bytes, bytes]]:
+        raw_path = self._paths.get(path)
+        if raw_path is None:
+            parts = path.split("/")
+            if len(parts) != 3 or parts[0] or not parts[1] or not parts[2]:
+                raise GrpcError(GrpcStatus.INTERNAL, f"method path {path!r} is not /package.Service/Method")
+            raw_path = self._paths[path] = path.encode()
+        headers = [*self._pseudo, (b":path", raw_path), (b":authority", self._authority), *self._tail]
+        if timeout is not None:
+            headers.append((b"grpc-timeout", encode_timeout(timeout).encode()))
+        if encoding is not None:
+            headers.append((b"grpc-encoding", encoding.encode()))
+        if metadata or extra:
+            md = Metadata.of(metadata)
+            if extra:
+                md = Metadata((*md.pairs, *Metadata.of(extra).pairs))
+            headers += [(k.encode(), v.encode()) for k, v in md.to_headers()]
+        return headers
+
+    async def _connection(self) -> H2Connection:
+        conn = self._conn
+        if conn is not None and conn.is_usable:
+            return conn
+        async with self._lock:
+            if self._closed:
+                raise GrpcError(GrpcStatus.UNAVAILABLE, "channel is closed")
+            conn = self._conn
+            if conn is not None and conn.is_usable:
+                return conn
+            if conn is not None and not conn.closed:
+                self._old.add(conn)  # GOAWAY: it finishes its calls on its own
+            self._old = {c for c in self._old if not c.closed}
+            self._conn = conn = await self._dial()
+            return conn
+
+    async def _dial(self) -> H2Connection:
+        if self._tunnel is not None:
+            carrier = await self._tunnel()
+            return await connect_over(carrier, self._settings, peername=(self._host, self._port))
+        ctx = self._ssl if self._tls is None else self._tls.client_context()
+        # Mesh mTLS identifies the server by SPIFFE SAN (no SNI, like ztunnel); plain TLS checks the host name.
+        hostname = None if ctx is None else ("" if self._tls is not None else self._host)
+        conn = await connect(
+            self._host,
+            self._port,
+            ssl=ctx,
+            settings=self._settings,
+            server_hostname=hostname,
+            connect_timeout=self._connect_timeout,
+        )
+        if self._tls is not None:
+            try:
+                check_server_peer(conn.ssl_object, self._expected)
+            except HboneError:
+                await conn.close()
+                raise
+        return conn
+
+    async def _open(self, headers: list[tuple[bytes, bytes]]) -> Stream:
+        conn = await self._connection()
+        try:
+            return await conn.open_stream(headers)
+        except (StreamReset, ConnectionLost):
+            if conn.is_usable:
+                raise
+            # GOAWAY raced our open: the stream was not processed, so one retry on a new connection is safe.
+            return await (await self._connection()).open_stream(headers)
+
+    async def close(self) -> None:
+        """Close the connections (calls still running fail with UNAVAILABLE)."""
+        self._closed = True
+        conns = [c for c in (self._conn, *self._old) if c is not None]
+        self._conn = None
+        self._old.clear()
+        await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
+
+
+class ClientCall:
+    """One call in progress. Use as an async context manager; leaving it early cancels the call."""
+
+    def __init__(
+        self,
+        channel: Channel,
+        path: str,
+        *,
+        request_codec: Codec[Any],
+        response_codec: Codec[Any],
+        timeout: float | None,
+        metadata: MetadataLike,
+        compression: str | None,
+    ) -> None:
+        self._channel = channel
+        self.path = path
+        self._codec_in = response_codec
+        self._codec_out = request_codec
+        self._timeout = timeout
+        self._metadata = metadata
+        comp = compression if compression is not None else channel.compression
+        self._encoding = comp.lower() if comp and comp.lower() != "identity" else None
+        self._stream: Stream | None = None
+        self._reader: MessageReader | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._expired = False
+        self._cancelled = False
+        #: The final status once the call ended (None while running).
+        self.status: Status | None = None
+        self.initial_metadata: Metadata | None = None
+        self.trailing_metadata: Metadata | None = None
+
+    async def __aenter__(self) -> ClientCall:
+        await self._start()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self._release()
+
+    async def _start(self) -> None:
+        loop = asyncio.get_running_loop()
+        extra: Sequence[Any] = ()
+        if self._channel._metadata_provider is not None:
+            extra = await self._channel._metadata_provider()
+        headers = self._channel._headers(self.path, self._timeout, self._metadata, self._encoding, extra)
+        try:
+            if self._timeout is None:
+                self._stream = await self._channel._open(headers)
+            else:
+                deadline = loop.time() + self._timeout
+                async with asyncio.timeout_at(deadline):
+                    self._stream = await self._channel._open(headers)
+                self._timer = loop.call_at(deadline, self._expire)
+        except TimeoutError:
+            raise self._end(Status(GrpcStatus.DEADLINE_EXCEEDED, "Deadline Exceeded (waiting for a stream)")) from None
+        except GrpcError as exc:
+            raise self._end(Status(exc.status, exc.message, exc.details)) from None
+        except HboneError as exc:
+            raise self._end(status_of(exc)) from None
+
+    # --- sending -------------------------------------------------------------------------------------------------
+
+    async def send(self, message: Any) -> None:
+        """Send one request message (waits while the stream's send buffer is full)."""
+        stream = self._running()
+        if stream is None:
+            return
+        try:
+            body = self._codec_out.encode(message)
+            for buf in frame(body, self._channel.max_send_message_size, self._encoding):
+                stream.write(buf)
+            await stream.drain()
+        except HboneError as exc:
+            raise self._fail(exc) from None
+
+    async def done_sending(self) -> None:
+        """Half-close: no more requests (END_STREAM)."""
+        stream = self._running()
+        if stream is None:
+            return
+        try:
+            stream.write_eof()
+        except HboneError as exc:
+            raise self._fail(exc) from None
+
+    async def _send_only(self, message: Any) -> None:
+        stream = self._running()
+        if stream is None:
+            return
+        try:
+            for buf in frame(self._codec_out.encode(message), self._channel.max_send_message_size, self._encoding):
+                stream.write(buf)
+            stream.write_eof()
+            await stream.drain()
+        except HboneError as exc:
+            raise self._fail(exc) from None
+
+    def _running(self) -> Stream | None:
+        """The stream while the call runs; None if it ended OK; raises the final status if it failed."""
+        if self.status is not None:
+            if self.status.ok:
+                return None
+            raise self.status.to_error()
+        assert self._stream is not None, "call not started: use 'async with'"
+        return self._stream
+
+    # --- receiving -----------------------------------------------------------------------------------------------
+
+    async def recv(self) -> Any:
+        """The next response, or None at the end of a successful call; raises GrpcError for any other status."""
+        stream = self._running()
+        if stream is None:
+            return None
+        try:
+            reader = self._reader
+            if reader is None:
+                reader = await self._read_headers(stream)
+                if reader is None:
+                    return self._result()
+            data = await reader.read()
+        except HboneError as exc:
+            raise self._fail(exc) from None
+        if data is None:
+            trailers = stream.trailers
+            if trailers is None:
+                raise self._end(Status(GrpcStatus.INTERNAL, "server ended the stream without trailers"))
+            status, self.trailing_metadata = parse_trailers(trailers)
+            self._end(status)
+            return self._result()
+        try:
+            return self._codec_in.decode(data)
+        except HboneError as exc:
+            raise self._fail(exc) from None
+
+    async def _recv_one(self) -> Any:
+        reply = await self.recv()
+        if reply is None:
+            raise self._end(Status(GrpcStatus.INTERNAL, "server sent no response message"), force=True)
+        if await self.recv() is not None:
+            raise self._end(Status(GrpcStatus.INTERNAL, "server sent more than one response message"), force=True)
+        return reply
+
+    async def _read_headers(self, stream: Stream) -> MessageReader | None:
+        headers = await stream.response_headers()
+        if any(k == _STATUS_KEY for k, _ in headers):  # Trailers-Only
+            status, self.trailing_metadata = parse_trailers(headers)
+            self.initial_metadata = Metadata()
+            self._end(status)
+            return None
+        info = parse_response_headers(headers)
+        self.initial_metadata = info.metadata
+        self._reader = MessageReader(stream, self._channel.max_receive_message_size, info.encoding)
+        return self._reader
+
+    def _result(self) -> None:
+        assert self.status is not None
+        if not self.status.ok:
+            raise self.status.to_error()
+
+    # --- ending --------------------------------------------------------------------------------------------------
+
+    def cancel(self) -> None:
+        """Abandon the call: RST_STREAM(CANCEL); later operations raise CANCELLED."""
+        if self.status is None:
+            self._cancelled = True
+            self._end(Status(GrpcStatus.CANCELLED, "call cancelled by the client"))
+
+    def _expire(self) -> None:
+        self._timer = None
+        if self.status is None:
+            self._expired = True
+            self._end(Status(GrpcStatus.DEADLINE_EXCEEDED, "Deadline Exceeded"))
+
+    def _fail(self, exc: BaseException) -> GrpcError:
+        """The error for an operation interrupted by ``exc``; a status the server already sent wins."""
+        if self.status is not None:
+            return self.status.to_error()
+        stream = self._stream
+        if isinstance(exc, GrpcError):
+            return self._end(Status(exc.status, exc.message, exc.details))
+        if stream is not None and stream.error is not None and stream.trailers is not None:
+            status, self.trailing_metadata = parse_trailers(stream.trailers)
+            return self._end(status)
+        return self._end(status_of(exc))
+
+    def _end(self, status: Status, *, force: bool = False) -> GrpcError:
+        if self.status is None or force:
+            self.status = status
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._release()
+        return self.status.to_error()
+
+    def _release(self) -> None:
+        """Free the stream: a call that is not finished both ways is reset (CANCEL)."""
+        stream = self._stream
+        if self.status is None:
+            self._cancelled = True
+            self.status = Status(GrpcStatus.CANCELLED, "call abandoned by the client")
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if stream is not None and not stream.closed:
+            with contextlib.suppress(HboneError):
+                stream.reset(H2ErrorCode.CANCEL)
