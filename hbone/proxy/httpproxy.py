@@ -1,0 +1,132 @@
+"""HTTP/1.1 CONNECT proxy front end (RFC 9110 §9.3.6), default 127.0.0.1:15081.
+
+`curl -p -x http://127.0.0.1:15081 URL` and every `HTTPS_PROXY`-aware client speak it. The request head is parsed
+by the sans-IO `HttpConnectParser`; the destination is routed like SOCKS5. Failures answer with a status and a
+one-line text body that says why: 407 (credentials), 403 (route or policy), 502 (upstream refused or
+unreachable), 504 (upstream timed out), 4xx for malformed requests. 200 goes out only once the upstream is open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import Mapping
+
+from hbone.errors import ConnectRefused, Denied, HboneError, ProtocolError
+from hbone.proxy.accesslog import AccessRecord
+from hbone.proxy.frontend import Dialer, fmt_addr, relay
+from hbone.wire.httpconnect import (
+    HttpConnectParser,
+    HttpConnectRequest,
+    connection_established,
+    error_response,
+    error_response_for,
+    status_for,
+)
+
+log = logging.getLogger("hbone.httpproxy")
+
+DEFAULT_LISTEN = ("127.0.0.1", 15081)
+
+
+class ProxyAuthRequired(Denied):
+    """Missing or wrong Proxy-Authorization (answer 407 with a Basic challenge)."""
+
+    http_status = 407
+
+
+def proxy_status_for(exc: BaseException) -> int:
+    """A remote HBONE server's 401/403 is a policy refusal here (403); its 503 is a bad gateway (502)."""
+    if isinstance(exc, ProxyAuthRequired):
+        return 407
+    if isinstance(exc, ConnectRefused):
+        return 403 if exc.status in (401, 403) else 502
+    return status_for(exc)
+
+
+class HttpConnectProxy:
+    """Serves CONNECT requests; `users` enables `Proxy-Authorization: Basic` checking."""
+
+    def __init__(
+        self,
+        dialer: Dialer,
+        *,
+        users: Mapping[str, str] | None = None,
+        realm: str = "hbone",
+        handshake_timeout: float = 10.0,
+    ) -> None:
+        self.dialer = dialer
+        self.users = dict(users or {})
+        self.realm = realm
+        self.handshake_timeout = handshake_timeout
+        self.total = 0
+
+    async def start(self, host: str = DEFAULT_LISTEN[0], port: int = DEFAULT_LISTEN[1]) -> asyncio.Server:
+        return await asyncio.start_server(self.handle, host, port, reuse_address=True)
+
+    def _check_auth(self, request: HttpConnectRequest) -> None:
+        if not self.users:
+            return
+        creds = request.credentials
+        if creds is None:
+            raise ProxyAuthRequired("proxy authentication required (Basic)")
+        want = self.users.get(creds.username)
+        if want is None or not hmac.compare_digest(want.encode(), creds.password.encode("utf-8", "surrogateescape")):
+            raise ProxyAuthRequired(f"wrong user name or password for {creds.username!r}")
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.total += 1
+        peer = writer.get_extra_info("peername")
+        record = AccessRecord("http-connect", mode="HTTP-CONNECT", src_addr=fmt_addr(peer))
+        parser = HttpConnectParser()
+        try:
+            request = await self._read_request(parser, reader)
+        except ProtocolError as e:
+            await _answer_and_close(writer, error_response_for(e, realm=self.realm))
+            record.finish(e.http_status, f"bad request: {e}")
+            return
+        except (TimeoutError, ConnectionError) as e:
+            writer.transport.abort()
+            record.finish(408, f"request head not received: {e!r}")
+            return
+        if request is None:
+            writer.close()
+            record.finish(400, "client closed before a complete request")
+            return
+        src = (str(peer[0]), int(peer[1])) if peer else None
+        try:
+            self._check_auth(request)
+            upstream = await self.dialer.open(request.target, src=src, record=record)
+        except (HboneError, OSError) as e:
+            status = proxy_status_for(e)
+            await _answer_and_close(writer, error_response(status, _why(e, request), realm=self.realm))
+            record.finish(status, str(e))
+            return
+        writer.write(connection_established())
+        await relay(reader, writer, upstream, record, parser.take_leftover())
+
+    async def _read_request(self, parser: HttpConnectParser, reader: asyncio.StreamReader) -> HttpConnectRequest | None:
+        async with asyncio.timeout(self.handshake_timeout):
+            while True:
+                data = await reader.read(8192)
+                if not data:
+                    return None
+                request = parser.feed(data)
+                if request is not None:
+                    return request
+
+
+def _why(exc: BaseException, request: HttpConnectRequest) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if str(request.target) in text else f"{request.target}: {text}"
+
+
+async def _answer_and_close(writer: asyncio.StreamWriter, data: bytes) -> None:
+    try:
+        writer.write(data)
+        await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()

@@ -1,0 +1,116 @@
+"""SOCKS5 front end (RFC 1928 CONNECT, RFC 1929 username/password), ztunnel's 127.0.0.1:15080.
+
+The sans-IO state machine (`hbone.wire.socks5`) does the protocol; this shell reads the greeting and request,
+asks the route table where the destination goes (HBONE via a server, direct, or refused), answers with the reply
+code that says why a connect failed, and relays. The reply is sent only after the upstream is open, so a client
+sees "connection refused" / "not allowed" rather than a tunnel that closes at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import Mapping
+
+from hbone.errors import ConnectRefused, HboneError
+from hbone.proxy.accesslog import AccessRecord
+from hbone.proxy.frontend import Dialer, DialFailed, Upstream, fmt_addr, relay
+from hbone.wire.socks5 import ConnectRequest, ProtocolViolation, ReplyCode, Socks5Server, reply_code_for
+
+log = logging.getLogger("hbone.socks5")
+
+DEFAULT_LISTEN = ("127.0.0.1", 15080)
+
+
+def socks_reply_for(exc: BaseException) -> ReplyCode:
+    """REP for a failed open: the HBONE server's 401/403 is 'not allowed'; an OS error keeps its meaning."""
+    if isinstance(exc, ConnectRefused) and exc.status in (401, 403):
+        return ReplyCode.NOT_ALLOWED
+    if isinstance(exc, DialFailed) and exc.os_error is not None:
+        return reply_code_for(exc.os_error)
+    return reply_code_for(exc)
+
+
+class Socks5Proxy:
+    """Serves SOCKS5 clients; `users` turns on RFC 1929 authentication (constant-time password compare)."""
+
+    def __init__(
+        self, dialer: Dialer, *, users: Mapping[str, str] | None = None, handshake_timeout: float = 10.0
+    ) -> None:
+        self.dialer = dialer
+        self.users = dict(users or {})
+        self.handshake_timeout = handshake_timeout
+        self.total = 0
+
+    def _verify(self, user: str, password: str) -> bool:
+        want = self.users.get(user)
+        return want is not None and hmac.compare_digest(want.encode(), password.encode("utf-8", "surrogateescape"))
+
+    async def start(self, host: str = DEFAULT_LISTEN[0], port: int = DEFAULT_LISTEN[1]) -> asyncio.Server:
+        return await asyncio.start_server(self.handle, host, port, reuse_address=True)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.total += 1
+        peer = writer.get_extra_info("peername")
+        record = AccessRecord("socks5", mode="SOCKS5", src_addr=fmt_addr(peer))
+        machine = Socks5Server(require_auth=bool(self.users), verifier=self._verify if self.users else None)
+        try:
+            request = await self._negotiate(machine, reader, writer, record)
+        except (TimeoutError, ConnectionError) as e:
+            writer.transport.abort()
+            record.finish(408 if isinstance(e, TimeoutError) else 499, f"handshake: {e!r}")
+            return
+        if request is None:
+            return
+        src = (str(peer[0]), int(peer[1])) if peer else None
+        try:
+            upstream: Upstream = await self.dialer.open(request.target, src=src, record=record)
+        except (HboneError, OSError) as e:
+            code = socks_reply_for(e)
+            machine.reply(code)
+            await _flush_and_close(writer, machine.data_to_send())
+            record.finish(getattr(e, "http_status", 502), f"{code.name}: {e}")
+            return
+        local = writer.get_extra_info("sockname")
+        machine.reply(ReplyCode.SUCCEEDED, (local[0], local[1]) if local else None)
+        writer.write(machine.data_to_send())
+        await relay(reader, writer, upstream, record, machine.take_leftover())
+
+    async def _negotiate(
+        self,
+        machine: Socks5Server,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        record: AccessRecord,
+    ) -> ConnectRequest | None:
+        async with asyncio.timeout(self.handshake_timeout):
+            while True:
+                data = await reader.read(4096)
+                if not data:
+                    writer.close()
+                    record.finish(400, "client closed during the SOCKS handshake")
+                    return None
+                for event in machine.feed(data):
+                    if isinstance(event, ProtocolViolation):
+                        await _flush_and_close(writer, machine.data_to_send())
+                        record.finish(400, f"protocol: {event.error}")
+                        return None
+                    if isinstance(event, ConnectRequest):
+                        writer.write(machine.data_to_send())
+                        return event
+                out = machine.data_to_send()
+                if out:
+                    writer.write(out)
+                    await writer.drain()
+
+
+async def _flush_and_close(writer: asyncio.StreamWriter, data: bytes) -> None:
+    try:
+        if data:
+            writer.write(data)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
