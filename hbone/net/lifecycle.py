@@ -1,0 +1,322 @@
+"""The life and death of one HTTP/2 connection: PING keepalive, GOAWAY, graceful drain, close and teardown.
+
+`ConnectionLifecycle` is a mixin of `hbone.net.connection.H2Connection`; it owns the connection's end states and
+timers, while the driver owns framing, streams and flow control. The split keeps each module readable; the
+public API (`drain`, `close`, `abort`, `wait_closed`, `closed`, `goaway_*`) is reached through `H2Connection`.
+
+- Keepalive (ztunnel behaviour): PING every `ping_interval`; no ACK within `ping_timeout` drops the connection
+  without a graceful close, because a peer that does not read would make a graceful close wait forever.
+- Drain (RFC 9113 §6.8): GOAWAY with the highest stream id we saw, let those streams finish until a deadline,
+  reset what is left, close.
+- A GOAWAY from the peer stops new streams here, fails our streams above its last_stream_id as refused (safe to
+  retry elsewhere), and closes the connection once the remaining streams are done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import h2.events as ev
+import h2.exceptions as h2x
+
+from hbone.errors import ConnectionLost, H2ErrorCode, HboneError
+from hbone.net.stream import StreamRefused
+
+if TYPE_CHECKING:
+    from hbone.net.h2tuning import TunedH2Connection
+    from hbone.net.settings import H2Settings
+    from hbone.net.stream import Stream
+
+# The driver's logger name, so log filters and tests keep working after the split.
+log = logging.getLogger("hbone.net.connection")
+
+
+class _LogLimiter:
+    """Per-process budget for per-connection error logs, so a flood of bad peers cannot flood stderr."""
+
+    def __init__(self, per_window: int = 20, window: float = 10.0) -> None:
+        self.per_window, self.window = per_window, window
+        self.start, self.count, self.suppressed = 0.0, 0, 0
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        if now - self.start > self.window:
+            if self.suppressed:
+                log.warning("suppressed %d HTTP/2 connection error logs", self.suppressed)
+            self.start, self.count, self.suppressed = now, 0, 0
+        self.count += 1
+        if self.count > self.per_window:
+            self.suppressed += 1
+            return False
+        return True
+
+
+_limiter = _LogLimiter()
+
+
+def code_name(code: int) -> str:
+    """An HTTP/2 error code's name for messages (hex when unknown)."""
+    try:
+        return H2ErrorCode(code).name
+    except ValueError:
+        return f"0x{code:x}"
+
+
+class ConnectionLifecycle:
+    """Keepalive, GOAWAY, drain and close for `H2Connection` (a mixin: it works on the driver's state)."""
+
+    # --- provided by the driver ----------------------------------------------------------------------------------
+    _loop: asyncio.AbstractEventLoop
+    settings: H2Settings
+    _h2: TunedH2Connection
+    _transport: asyncio.Transport | None
+    _streams: dict[int, Stream]
+    _blocked: dict[int, Stream]
+    _tasks: set[asyncio.Task[None]]
+    _capacity_waiters: deque[asyncio.Future[None]]
+    _flush_handle: asyncio.Handle | None
+    _registry: set[Any] | None
+
+    def _flush(self) -> None:
+        raise NotImplementedError
+
+    def _h2_reset(self, sid: int, code: int) -> None:
+        raise NotImplementedError
+
+    def _fail_stream(self, stream: Stream, exc: HboneError) -> None:
+        raise NotImplementedError
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        raise NotImplementedError
+
+    # --- state ---------------------------------------------------------------------------------------------------
+
+    def _init_lifecycle(self) -> None:
+        self._closing = False  # no new streams: GOAWAY sent or received, or closing
+        self._closed = False  # torn down: every stream failed
+        self._close_exc: HboneError | None = None
+        self._closed_fut: asyncio.Future[None] = self._loop.create_future()
+        self._idle_fut: asyncio.Future[None] | None = None
+        self._first_bytes: asyncio.Future[None] = self._loop.create_future()
+        self.goaway_sent_last_id: int | None = None
+        #: (error_code, last_stream_id) of a GOAWAY received from the peer.
+        self.goaway_received: tuple[int, int] | None = None
+        self._ping_timer: asyncio.TimerHandle | None = None
+        self._ping_deadline: asyncio.TimerHandle | None = None
+        self._ping_payload: bytes | None = None
+        self._ping_seq = 0
+        self._errors_logged = 0
+
+    @property
+    def is_usable(self) -> bool:
+        """May new streams be opened? False once GOAWAY was sent or received or the connection closed."""
+        return self._transport is not None and not self._closing and not self._closed
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def wait_closed(self) -> None:
+        """Wait until the transport is gone."""
+        await asyncio.shield(self._closed_fut)
+
+    def _raise_if_unusable(self) -> None:
+        if self._closed or self._transport is None:
+            raise self._close_exc or ConnectionLost("HTTP/2 connection is closed")
+        if self._closing:
+            raise ConnectionLost("HTTP/2 connection is going away (GOAWAY); open a new one")
+
+    # --- transport end (asyncio.BufferedProtocol) ---------------------------------------------------------------
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport; connection_lost fails the streams
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = self._close_exc or ConnectionLost(f"connection lost: {exc}" if exc else "connection closed by peer")
+        self._teardown(reason)
+        self._transport = None
+        if self._registry is not None:
+            self._registry.discard(self)
+        if not self._closed_fut.done():
+            self._closed_fut.set_result(None)
+
+    # --- GOAWAY ----------------------------------------------------------------------------------------------
+
+    def _on_goaway(self, event: ev.ConnectionTerminated) -> None:
+        code, last = int(event.error_code), event.last_stream_id
+        self.goaway_received = (code, last)
+        self._closing = True
+        for sid, stream in list(self._streams.items()):
+            if stream.local and sid > last:  # RFC 9113 §6.8: not processed by the peer, safe to retry
+                self._h2_reset(sid, H2ErrorCode.CANCEL)
+                self._fail_stream(stream, StreamRefused(f"stream {sid} above GOAWAY last_stream_id {last}"))
+        self._fail_capacity_waiters(ConnectionLost("peer sent GOAWAY"))
+        if code != H2ErrorCode.NO_ERROR:
+            detail = event.additional_data or b""
+            self._abort(ConnectionLost(f"peer sent GOAWAY {code_name(code)} {detail!r}"), None)
+
+    def _send_goaway(self, code: int) -> None:
+        self._closing = True
+        self._fail_capacity_waiters(ConnectionLost("connection is going away"))
+        if self.goaway_sent_last_id is not None or self._transport is None:
+            return
+        last = self._h2.highest_inbound_stream_id
+        try:
+            self._h2.close_connection(error_code=code, last_stream_id=last)
+        except h2x.ProtocolError:
+            return
+        self.goaway_sent_last_id = last
+
+    def _maybe_idle(self) -> None:
+        """After GOAWAY, the last stream finishing ends a drain() wait, or closes a connection the peer left."""
+        if not self._closing or self._streams or self._closed:
+            return
+        if self._idle_fut is not None:
+            if not self._idle_fut.done():
+                self._idle_fut.set_result(None)
+        elif self.goaway_received is not None:
+            self._loop.call_soon(self._close_now, ConnectionLost("connection closed after peer's GOAWAY"))
+
+    # --- shutdown -----------------------------------------------------------------------------------------------
+
+    async def drain(self, deadline: float | None = None) -> None:
+        """Graceful shutdown (RFC 9113 §6.8): GOAWAY now, let running streams finish for `deadline` seconds
+        (default `settings.drain_deadline`), then reset what is left and close."""
+        if self._closed:
+            await self.wait_closed()
+            return
+        timeout = self.settings.drain_deadline if deadline is None else deadline
+        self._send_goaway(H2ErrorCode.NO_ERROR)
+        self._flush()
+        if self._streams:
+            self._idle_fut = self._loop.create_future()
+            await asyncio.wait([self._idle_fut], timeout=timeout)
+        for stream in list(self._streams.values()):
+            stream.reset(H2ErrorCode.CANCEL)
+        await self.close()
+
+    async def close(self) -> None:
+        """Close now: GOAWAY, fail every stream with ConnectionLost, close the transport and wait for it."""
+        if not self._closed and self._transport is not None:
+            if not self._first_bytes.done() and self._transport.get_extra_info("ssl_object") is not None:
+                # performance-notes.md: closing a TLS 1.3 client right after the handshake can race the server's
+                # SETTINGS / session tickets and stall; wait (briefly) for the peer's first bytes.
+                await asyncio.wait([self._first_bytes], timeout=1.0)
+            self._close_now(ConnectionLost("connection closed locally"))
+        try:
+            await asyncio.wait_for(self.wait_closed(), 5.0)
+        except TimeoutError:
+            self.abort()
+
+    def abort(self) -> None:
+        """Drop the connection at once (no GOAWAY); streams fail with ConnectionLost."""
+        self._teardown(ConnectionLost("connection aborted locally"))
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _close_now(self, exc: HboneError) -> None:
+        if self._closed or self._transport is None:
+            return
+        self._send_goaway(H2ErrorCode.NO_ERROR)
+        self._flush()
+        self._teardown(exc)
+        self._transport.close()
+
+    def _abort(self, exc: HboneError, code: int | None) -> None:
+        """Fatal error: GOAWAY(code) if given, fail everything, close the transport after flushing."""
+        if self._closed:
+            return
+        if code is not None:
+            self._send_goaway(code)
+        self._flush()
+        self._close_exc = exc
+        self._teardown(exc)
+        if self._transport is not None:
+            self._transport.close()
+
+    def _protocol_error(self, exc: h2x.ProtocolError) -> None:
+        code = int(getattr(exc, "error_code", H2ErrorCode.PROTOCOL_ERROR))
+        self._log_error("HTTP/2 protocol error from peer", exc)
+        # h2 queues a GOAWAY for frame-level errors; a bad preface raises before it does, so send one ourselves.
+        if self._h2.outbound_size() == 0:
+            self._send_goaway(code)
+        self.goaway_sent_last_id = self._h2.highest_inbound_stream_id
+        self._abort(ConnectionLost(f"HTTP/2 protocol error ({code_name(code)}): {exc}"), None)
+
+    def _teardown(self, exc: HboneError) -> None:
+        """Fail every stream, waiter, timer and handler task; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._closing = True
+        for handle in (self._ping_timer, self._ping_deadline, self._flush_handle):
+            if handle is not None:
+                handle.cancel()
+        self._ping_timer = self._ping_deadline = self._flush_handle = None
+        for stream in list(self._streams.values()):
+            stream._fail(exc, keep_received=True)
+        self._streams.clear()
+        self._blocked.clear()
+        self._fail_capacity_waiters(exc)
+        if self._idle_fut is not None and not self._idle_fut.done():
+            self._idle_fut.set_result(None)
+        for task in list(self._tasks):
+            task.cancel()
+
+    def _fail_capacity_waiters(self, exc: HboneError) -> None:
+        while self._capacity_waiters:
+            fut = self._capacity_waiters.popleft()
+            if not fut.done():
+                fut.set_exception(exc)
+                fut.exception()  # mark retrieved: the waiter may have been cancelled meanwhile
+
+    # --- keepalive ---------------------------------------------------------------------------------------------
+
+    def _arm_ping(self) -> None:
+        interval = self.settings.ping_interval
+        if interval is not None and not self._closed:
+            self._ping_timer = self._loop.call_later(interval, self._send_ping)
+
+    def _send_ping(self) -> None:
+        self._ping_timer = None
+        if self._closed:
+            return
+        self._ping_seq += 1
+        self._ping_payload = self._ping_seq.to_bytes(8, "big")
+        try:
+            self._h2.ping(self._ping_payload)
+        except h2x.ProtocolError:
+            return
+        self._flush()
+        self._ping_deadline = self._loop.call_later(self.settings.ping_timeout, self._ping_timed_out)
+
+    def _on_ping_ack(self, event: ev.PingAckReceived) -> None:
+        if event.ping_data != self._ping_payload:
+            return
+        self._ping_payload = None
+        if self._ping_deadline is not None:
+            self._ping_deadline.cancel()
+            self._ping_deadline = None
+        self._arm_ping()
+
+    def _ping_timed_out(self) -> None:
+        self._ping_deadline = None
+        exc = ConnectionLost(f"keepalive: no PING ACK within {self.settings.ping_timeout}s")
+        self._log_error("dropping HTTP/2 connection", exc)
+        self._close_exc = exc
+        self._teardown(exc)
+        if self._transport is not None:
+            self._transport.abort()  # the peer is not reading: a graceful close could wait forever
+
+    # --- error logs --------------------------------------------------------------------------------------------
+
+    def _log_error(self, what: str, exc: BaseException) -> None:
+        # At most 3 logs per connection and a per-process budget (performance-notes.md: unread stderr blocks).
+        self._errors_logged += 1
+        if self._errors_logged <= 3 and _limiter.allow():
+            expected = isinstance(exc, (HboneError, h2x.H2Error))
+            log.warning("%s (peer %s): %s", what, self.get_extra_info("peername"), exc, exc_info=not expected)
