@@ -17,6 +17,7 @@ from hbone.errors import ConnectRefused, PeerIdentityError, TunnelError
 from hbone.identity import IdentityManager
 from hbone.identity.spiffe import SpiffeId
 from hbone.net.connection import connect
+from hbone.net.settings import H2Settings
 from hbone.proxy.inbound import InboundConfig, InboundHandler, policy_authorizer
 from hbone.server import HboneServer
 from hbone.testing import TestCA, start_echo_server
@@ -49,11 +50,13 @@ class Node:
 
 
 @contextlib.asynccontextmanager
-async def bob_node(ca: TestCA, config: InboundConfig | None = None, sa: str = "bob") -> AsyncIterator[Node]:
+async def bob_node(
+    ca: TestCA, config: InboundConfig | None = None, sa: str = "bob", settings: H2Settings | None = None
+) -> AsyncIterator[Node]:
     tls = mesh(ca, "ns", sa)
     cfg = config or InboundConfig()
     cfg.tls = tls
-    server = HboneServer(tls, InboundHandler(cfg))
+    server = HboneServer(tls, InboundHandler(cfg), settings=settings)
     _, port = await server.listen("127.0.0.1", 0)
     _, h2c_port = await server.listen("127.0.0.1", 0, plaintext=True)
     try:
@@ -168,22 +171,42 @@ async def test_server_first_and_half_close_both_ways(ca: TestCA) -> None:
             up.close()
 
 
-async def test_1000_concurrent_streams_on_pooled_connections(ca: TestCA) -> None:
-    async with bob_node(ca) as bob, echo() as echo_port:
+async def test_1000_concurrent_streams_on_one_pooled_connection(ca: TestCA) -> None:
+    async with bob_node(ca, settings=H2Settings.server(max_concurrent_streams=1000)) as bob, echo() as echo_port:
         client = HboneClient(mesh(ca, "ns", "alice"), max_streams=1000)
         ep = Endpoint.parse(f"127.0.0.1:{bob.port}")
+        target = f"127.0.0.1:{echo_port}"
         try:
+            # all 1000 open at the same time, then every one carries its own payload both ways
+            tunnels = await asyncio.gather(*(client.open(target, ep) for _ in range(1000)))
+            assert client.pool.dials == 1
+            assert client.pool.stats()["streams"] == 1000
 
-            async def one(i: int) -> bool:
+            async def exchange(i: int) -> bool:
+                t = tunnels[i]
                 payload = hashlib.sha256(str(i).encode()).digest() * 64
-                return await round_trip(client, f"127.0.0.1:{echo_port}", ep, payload) == payload
+                t.write(payload)
+                t.write_eof()
+                got = b""
+                while chunk := await t.read():
+                    got += chunk
+                return got == payload
 
-            results = await asyncio.gather(*(one(i) for i in range(1000)))
-            assert all(results)
-            # bob advertises 200 concurrent streams: the pool stacked them on few connections, dialing one at a time
-            assert 1 <= client.pool.dials <= 10
+            assert all(await asyncio.gather(*(exchange(i) for i in range(1000))))
         finally:
             await client.close()
+
+        # with ztunnel's client cap of 100 streams per connection, 300 open tunnels need 3 connections
+        small = HboneClient(mesh(ca, "ns", "alice"), max_streams=100)
+        try:
+            held = await asyncio.gather(*(small.open(target, ep) for _ in range(300)))
+            assert small.pool.dials == 3
+            for t in held:
+                t.write(b"z")
+                t.write_eof()
+            assert [await t.read() for t in held] == [b"z"] * 300
+        finally:
+            await small.close()
 
 
 async def test_pool_reuses_one_connection(ca: TestCA) -> None:
