@@ -107,7 +107,7 @@ async def test_envoy_nack_shows_in_csds_and_metrics_without_resend(tmp_path: Pat
                 if g.type_url == CLUSTER_T and g.client_status == config_dump_shared_pb2.ClientResourceStatus.NACKED
             ]
             assert nacked, client
-            assert "timeout" in nacked[0].error_state.details.lower(), nacked[0].error_state.details
+            assert "duration" in nacked[0].error_state.details.lower(), nacked[0].error_state.details
             assert any(g.name == "bad" for g in nacked)
 
             # No resend loop: over an observation window the CDS push count and Envoy's rejects stay flat.

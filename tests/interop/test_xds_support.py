@@ -5,6 +5,7 @@ Synchronisation is always by polling an observable (a log line, a Prometheus cou
 deadline; never by sleeping a guessed amount.
 """
 
+# ruff: noqa: ASYNC109  (a deadline argument is the API of these polling helpers)
 from __future__ import annotations
 
 import asyncio
