@@ -128,7 +128,7 @@ class Channel:
             compression=compression,
         )
         async with call:
-            await call._send_only(request)
+            await call.send_last(request)
             return await call._recv_one()
 
     async def server_stream(
@@ -153,7 +153,7 @@ class Channel:
             compression=compression,
         )
         async with call:
-            await call._send_only(request)
+            await call.send_last(request)
             while (reply := await call.recv()) is not None:
                 yield reply
 
@@ -290,6 +290,8 @@ class ClientCall:
         self.status: Status | None = None
         self.initial_metadata: Metadata | None = None
         self.trailing_metadata: Metadata | None = None
+        #: The server's ``grpc-encoding`` for its messages (None: uncompressed), once its headers arrived.
+        self.response_encoding: str | None = None
 
     async def __aenter__(self) -> ClientCall:
         await self._start()
@@ -344,7 +346,8 @@ class ClientCall:
         except HboneError as exc:
             raise self._fail(exc) from None
 
-    async def _send_only(self, message: Any) -> None:
+    async def send_last(self, message: Any) -> None:
+        """Send one message and half-close in the same write (what a unary or server-streaming call does)."""
         stream = self._running()
         if stream is None:
             return
@@ -410,6 +413,7 @@ class ClientCall:
             return None
         info = parse_response_headers(headers)
         self.initial_metadata = info.metadata
+        self.response_encoding = info.encoding
         self._reader = MessageReader(stream, self._channel.max_receive_message_size, info.encoding)
         return self._reader
 
