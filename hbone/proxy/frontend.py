@@ -17,7 +17,7 @@ import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from hbone.client import Endpoint, HboneClient
 from hbone.errors import ConfigError, H2ErrorCode, HboneError, UpstreamUnreachable
@@ -125,8 +125,10 @@ async def dial_tcp(
     except TimeoutError as e:
         raise DialTimeout(f"connect to {host}:{port} timed out after {connect_timeout}s") from e
     except ssl.SSLError as e:
-        detail = getattr(e, "verify_message", None) or e.reason or str(e)
-        raise DialFailed(f"TLS to {host}:{port} failed: {detail}") from e
+        name = server_hostname if server_hostname is not None else host
+        if isinstance(e, ssl.SSLCertVerificationError):
+            raise DialFailed(f"TLS to {name} ({host}:{port}): certificate verify failed: {e.verify_message}") from e
+        raise DialFailed(f"TLS to {name} ({host}:{port}) failed: {e.reason or e}") from e
     except OSError as e:
         why = os.strerror(e.errno) if e.errno else str(e)
         raise DialFailed(f"connect to {host}:{port} failed: {why}", e) from e
@@ -152,6 +154,14 @@ def route_headers(route: Route) -> list[tuple[str, str]]:
             raise ConfigError(f"route {route.name!r}: cannot read token_file {route.token_file}: {e}") from e
         headers.append(("authorization", f"Bearer {token}"))
     return headers
+
+
+class Opener(Protocol):
+    """Anything that opens upstreams for a front end: a `Dialer`, or the H2R gateway in front of one."""
+
+    async def open(
+        self, target: Authority, *, src: tuple[str, int] | None = None, record: AccessRecord | None = None
+    ) -> Upstream: ...
 
 
 class Dialer:
@@ -236,3 +246,33 @@ def errno_of(exc: BaseException) -> int | None:
 
 def is_refused(exc: BaseException) -> bool:
     return errno_of(exc) == errno.ECONNREFUSED
+
+
+async def join(a: Any, b: Any, *, chunk: int = 64 * 1024) -> tuple[int, int]:
+    """Relay between two stream-shaped ends (tunnel to tunnel) with half-close; returns bytes (a->b, b->a).
+
+    On an error in either direction both ends are reset and the error is raised.
+    """
+    counts = [0, 0]
+
+    async def copy(src: Any, dst: Any, i: int) -> None:
+        while data := await src.read(chunk):
+            await dst.send(data)
+            counts[i] += len(data)
+        dst.write_eof()
+
+    tasks = [asyncio.ensure_future(copy(a, b, 0)), asyncio.ensure_future(copy(b, a, 1))]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        a.reset()
+        b.reset()
+        raise
+    for end in (a, b):
+        waiter = getattr(end, "wait_closed", None)
+        if waiter is not None:
+            await waiter()
+    return counts[0], counts[1]

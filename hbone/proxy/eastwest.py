@@ -1,0 +1,209 @@
+"""East-west gateways: the :15443 SNI gateway and the ztunnel-style double-HBONE gateway (plus its client side).
+
+SNI gateway (Istio's east-west gateway, `AUTO_PASSTHROUGH`): read the TLS ClientHello without terminating it,
+map the SNI (`outbound_.PORT_.SUBSET_.HOST`, or a natural `host` on `default_port`) to a target, and forward every
+byte received (the ClientHello included) over HBONE; the mTLS session stays end to end between the two
+workloads. A route's `token_file` adds `authorization: Bearer` for hops that ask for it. A ClientHello that is
+garbage or never completes is refused with a TLS alert and a close; nothing reaches an upstream.
+
+Double HBONE (reference §1): the gateway accepts an outer CONNECT to `svc-fqdn:port`, resolves the service to an
+endpoint workload on its network and forwards the inner bytes (TLS + HTTP/2 of the inner tunnel) opaquely to that
+workload's HBONE port. `open_double_hbone` is the client: outer tunnel to the gateway, then a fresh mTLS + h2
+connection inside it (never pooled, like ztunnel) verified against the target's identities.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from hbone.client import Endpoint, HboneClient
+from hbone.errors import ConnectRefused, HboneError, ProtocolError, TunnelError, UpstreamUnreachable
+from hbone.identity.spiffe import SpiffeId
+from hbone.net.connection import H2Connection, connect
+from hbone.net.splice import SpliceResult, splice
+from hbone.net.stream import Stream
+from hbone.proxy.accesslog import AccessRecord
+from hbone.proxy.frontend import Opener, fmt_addr, relay
+from hbone.proxy.inbound import Resolver
+from hbone.proxy.routing import RouteDenied
+from hbone.state.snapshot import MeshSnapshot
+from hbone.tls import check_server_peer
+from hbone.wire.authority import Authority, parse_authority
+from hbone.wire.clienthello import ClientHello, ClientHelloReader, sni_target
+from hbone.wire.tracecontext import TraceParent
+from hbone.wire.tunnel_request import connect_request, parse_tunnel_response
+
+log = logging.getLogger("hbone.eastwest")
+
+SNI_GATEWAY_PORT = 15443
+# TLS alerts (RFC 8446 §6): a fatal alert record in TLS 1.0 record framing, which every client parses.
+ALERT_DECODE_ERROR = 50
+ALERT_INTERNAL_ERROR = 80
+ALERT_UNRECOGNIZED_NAME = 112
+
+
+def tls_alert(description: int) -> bytes:
+    return bytes((21, 3, 1, 0, 2, 2, description))
+
+
+class SniGateway:
+    """The :15443 listener: ClientHello → SNI → route → HBONE, bytes untouched."""
+
+    def __init__(
+        self, opener: Opener, *, default_port: int = 443, hello_timeout: float = 10.0, max_hello: int = 16 * 1024
+    ) -> None:
+        self.opener = opener
+        self.default_port = default_port
+        self.hello_timeout = hello_timeout
+        self.max_hello = max_hello
+        self.refused = 0
+
+    async def start(self, host: str = "0.0.0.0", port: int = SNI_GATEWAY_PORT) -> asyncio.Server:
+        return await asyncio.start_server(self.handle, host, port, reuse_address=True)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        record = AccessRecord("sni-gateway", mode="SNI", src_addr=fmt_addr(peer))
+        hello = ClientHelloReader(self.max_hello)
+        try:
+            parsed: ClientHello | None = None
+            async with asyncio.timeout(self.hello_timeout):
+                while parsed is None:
+                    parsed = hello.feed(await _read_or_eof(reader))
+            if parsed.server_name is None:
+                raise ProtocolError("ClientHello has no server_name; the SNI gateway routes by SNI only")
+            target = sni_target(parsed.server_name, self.default_port)
+        except ProtocolError as e:
+            return await self._refuse(writer, record, ALERT_DECODE_ERROR, 400, f"bad ClientHello: {e}")
+        except (TimeoutError, ConnectionError, EOFError) as e:
+            return await self._refuse(writer, record, None, 408, f"no complete ClientHello: {e!r}")
+        record.dst_addr = str(target)
+        src = (str(peer[0]), int(peer[1])) if peer else None
+        try:
+            upstream = await self.opener.open(target, src=src, record=record)
+        except RouteDenied as e:
+            return await self._refuse(writer, record, ALERT_UNRECOGNIZED_NAME, 403, str(e))
+        except (HboneError, OSError) as e:
+            return await self._refuse(writer, record, ALERT_INTERNAL_ERROR, getattr(e, "http_status", 502), str(e))
+        await relay(reader, writer, upstream, record, hello.data)
+
+    async def _refuse(
+        self, writer: asyncio.StreamWriter, record: AccessRecord, alert: int | None, status: int, why: str
+    ) -> None:
+        self.refused += 1
+        log.info("SNI gateway refused %s: %s", record.src_addr, why)
+        with contextlib.suppress(ConnectionError, OSError):
+            if alert is not None:
+                writer.write(tls_alert(alert))
+                await writer.drain()
+        writer.close()
+        record.finish(status, why)
+
+
+async def _read_or_eof(reader: asyncio.StreamReader) -> bytes:
+    data = await reader.read(4096)
+    if not data:
+        raise EOFError("client closed before the ClientHello was complete")
+    return data
+
+
+# --- double HBONE: the gateway's resolver ---------------------------------------------------------------------------
+
+
+def static_resolver(table: Mapping[str, str], fallback: Resolver | None = None) -> Resolver:
+    """`svc-fqdn:port` → `ip:hbone-port` from a fixed map (config files, tests)."""
+    parsed = {str(parse_authority(k)): parse_authority(v) for k, v in table.items()}
+
+    async def resolve(target: Authority) -> tuple[str, int]:
+        hit = parsed.get(str(target))
+        if hit is not None:
+            return (str(hit.ip) if hit.ip is not None else hit.host), hit.port
+        if fallback is not None:
+            return await fallback(target)
+        raise UpstreamUnreachable(f"no service {target} on this network")
+
+    return resolve
+
+
+def mesh_resolver(snapshot: Callable[[], MeshSnapshot], *, network: str = "", hbone_port: int = 15008) -> Resolver:
+    """`svc-fqdn:port` → an endpoint workload of that service on `network`, at its HBONE port."""
+
+    async def resolve(target: Authority) -> tuple[str, int]:
+        if target.ip is not None:
+            return str(target.ip), hbone_port
+        snap = snapshot()
+        svc = snap.service_by_host(target.host)
+        if svc is None:
+            raise UpstreamUnreachable(f"unknown service {target.host}")
+        for ep in snap.endpoints(svc, target.port):
+            if ep.address is not None and ep.workload.network == network:
+                return str(ep.address), hbone_port
+        raise UpstreamUnreachable(f"service {target} has no endpoint on network {network or '(default)'}")
+
+    return resolve
+
+
+# --- double HBONE: the client ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class DoubleTunnel:
+    """The inner tunnel: `stream` carries the application bytes, end to end with the target workload."""
+
+    stream: Stream
+    inner_identity: SpiffeId
+    outer_identity: SpiffeId | None
+    _conn: H2Connection
+    _relay: asyncio.Task[SpliceResult]
+
+    async def close(self) -> None:
+        await self._conn.close()
+        self._relay.cancel()
+        with contextlib.suppress(asyncio.CancelledError, HboneError):
+            await self._relay
+
+
+async def open_double_hbone(
+    client: HboneClient,
+    gateway: Endpoint,
+    target: str | Authority,
+    inner_identities: Sequence[str | SpiffeId],
+    *,
+    network: str | None = None,
+    forwarded_for: str | None = None,
+) -> DoubleTunnel:
+    """Outer CONNECT `target` via `gateway`, then mTLS + CONNECT `target` inside it (x-forwarded-network)."""
+    if client.tls is None:
+        raise TunnelError("double HBONE needs a workload certificate for the inner mTLS")
+    tgt = target if isinstance(target, Authority) else parse_authority(target)
+    outer = await client.open(tgt, gateway, forwarded_for=forwarded_for)
+    # A socketpair lets asyncio's own TLS and our H2Connection run over the outer stream unchanged.
+    near, far = socket.socketpair()
+    reader, writer = await asyncio.open_connection(sock=near)
+    task = asyncio.ensure_future(splice(outer.stream, reader, writer))  # type: ignore[arg-type]
+    try:
+        conn = await connect(sock=far, ssl=client.tls.client_context(), server_hostname="", settings=client.settings)
+        inner_identity = check_server_peer(conn.ssl_object, inner_identities)
+        headers = connect_request(
+            tgt,
+            baggage=client.metadata,
+            forwarded_for=forwarded_for,
+            traceparent=TraceParent.generate(),
+            forwarded_network=network,
+        )
+        stream = await conn.open_stream(headers)
+        resp = parse_tunnel_response(await stream.response_headers())
+        if not resp.ok:
+            stream.reset()
+            raise ConnectRefused(resp.status, "inner CONNECT refused by the target workload")
+    except BaseException:
+        task.cancel()
+        outer.reset()
+        far.close()
+        raise
+    return DoubleTunnel(stream, inner_identity, outer.peer_identity, conn, task)
