@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from hbone.grpc.server import GrpcServer
 from hbone.identity import FileSource as CertFileSource
 from hbone.identity import IdentityManager
+from hbone.net.settings import H2Settings
 from hbone.tls import MeshTls, TlsOptions, server_context
 from microxds.cache import (
     LinearCache,
@@ -91,6 +92,9 @@ class ServeOptions:
     streams_per_second: float = 200.0
     stream_burst: int = 200
     max_message_size: int = 64 * MiB
+    # The HTTP/2 driver keeps one receive buffer per connection; 256 KiB suits tunnels, but an xDS server holds
+    # thousands of mostly idle connections, so a small buffer keeps RSS per client low.
+    read_buffer_size: int = 32 * 1024
     extra: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -243,19 +247,20 @@ class ControlPlane:
             self._identity = IdentityManager(CertFileSource(opts.certs))
             await self._identity.start()
             mesh = MeshTls(self._identity)
+        h2 = H2Settings.server(read_buffer_size=opts.read_buffer_size)
         if opts.listen:
             host, port = parse_address(opts.listen, "127.0.0.1")
-            self.addresses["plaintext"] = await grpc.listen(host, port)
+            self.addresses["plaintext"] = await grpc.listen(host, port, settings=h2)
         if opts.tls_listen and self._identity is not None:
             # Server-auth TLS for Envoy and gRPC clients: TLS 1.2 allowed (Envoy's upstream default maximum),
             # client certificates optional but verified when sent, so their SPIFFE id reaches the access rule.
             ctx = server_context(self._identity.current, TlsOptions(allow_tls12=True, require_client_cert=False))
             ctx.verify_mode = ssl.CERT_OPTIONAL
             host, port = parse_address(opts.tls_listen)
-            self.addresses["tls"] = await grpc.listen(host, port, ssl_context=ctx)
+            self.addresses["tls"] = await grpc.listen(host, port, ssl_context=ctx, settings=h2)
         if opts.hbone_listen:
             host, port = parse_address(opts.hbone_listen)
-            self.addresses["hbone"] = await grpc.listen(host, port, tls=mesh)
+            self.addresses["hbone"] = await grpc.listen(host, port, tls=mesh, settings=h2)
         if opts.metrics_listen:
             host, port = parse_address(opts.metrics_listen, "127.0.0.1")
             self._metrics_server = MetricsServer(self.prom, self.ready)

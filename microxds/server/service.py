@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
@@ -144,9 +145,9 @@ class XdsService:
             self.denied += 1
             log.warning("denied %s: node %r in group %r", caller, node.id, group)
         self.access.check(caller, group)
-        yield first
+        yield _Interned(first)
         while (req := await call.recv()) is not None:
-            yield req
+            yield _Interned(req)
 
     async def _serve(self, call: Call, make: Callable[[str], StreamCore[Any, Any]]) -> None:
         try:
@@ -224,6 +225,30 @@ class XdsService:
                 await call.send(self.client_status(req, caller))
         except MicroxdsError as exc:
             raise _status_of(exc) from None
+
+
+class _Interned:
+    """A request whose resource names are interned strings.
+
+    Thousands of clients subscribe to the same names; the subscription state keeps each name it is given, so
+    without interning every client holds its own copy of every name (about 55 bytes x 2,000 names per client in
+    the benchmark). `sys.intern` makes them share one string per name; interned strings are freed when unused.
+    """
+
+    __slots__ = ("_req", "initial_resource_versions", "resource_names", "resource_names_subscribe",
+                 "resource_names_unsubscribe")  # fmt: skip
+
+    def __init__(self, req: Any) -> None:
+        self._req = req
+        if isinstance(req, discovery_pb2.DeltaDiscoveryRequest):
+            self.resource_names_subscribe = [sys.intern(n) for n in req.resource_names_subscribe]
+            self.resource_names_unsubscribe = list(req.resource_names_unsubscribe)
+            self.initial_resource_versions = {sys.intern(n): v for n, v in req.initial_resource_versions.items()}
+        else:
+            self.resource_names = [sys.intern(n) for n in req.resource_names]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._req, name)
 
 
 def string_matches(m: string_pb2.StringMatcher, value: str) -> bool:
