@@ -1,0 +1,339 @@
+"""Composition root of a self-configuring node proxy (`microxds agent`), ztunnel-like.
+
+    control plane ──Delta xDS (Address, Authorization)──► AmbientHandler ──► MeshState ──► snapshots
+    control plane ──CreateCertificate (per local workload)──► IdentityManager ──► MeshTls
+    :15008 on each local workload's IP ──► InboundHandler (authorize = snapshot.authorize, re-checked on change)
+    forward ports / front ends ──► OutboundProxy (Router: VIP/host → endpoint, waypoint, gateway) ──► HboneClient
+
+The control plane is microxds (mTLS with a node certificate; the node identity may impersonate its workloads) or
+istiod (server-auth TLS plus a bearer token, `NodeProfile`). Nothing here parses protobuf or speaks a protocol:
+those live in `microxds.client`, `microxds.istio` and `hbone`. Channels are injectable for tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import datetime as dt
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hbone.authz.engine import Decision
+from hbone.authz.model import Connection
+from hbone.client import HboneClient
+from hbone.errors import ConfigError, HboneError
+from hbone.grpc.client import Channel
+from hbone.identity import FileSource, IdentityManager
+from hbone.net.stream import Stream
+from hbone.proxy.inbound import InboundConfig, InboundHandler, PeerInfo
+from hbone.proxy.outbound import OutboundProxy, Router
+from hbone.server import HboneServer
+from hbone.state import MeshSnapshot, MeshState, StateChange, Workload
+from hbone.tls import MeshTls
+from hbone.wire.authority import Authority, parse_authority
+from hbone.wire.baggage import PeerMetadata
+from microxds.client.ads import AdsClient, channel_opener
+from microxds.client.ambient import AmbientHandler
+from microxds.client.state import DeltaSession, TypeSpec
+from microxds.istio.ca import DEFAULT_TTL, IstioCASource
+from microxds.istio.node import NodeProfile
+from microxds.resources import ADDRESS, AUTHORIZATION
+from microxds.server.app import parse_address
+
+log = logging.getLogger("microxds.agent")
+
+
+@dataclass(frozen=True)
+class WorkloadRef:
+    """A local workload, found in the mesh state by `namespace/name` (or uid when it contains more slashes)."""
+
+    ref: str
+
+    def find(self, snap: MeshSnapshot) -> Workload | None:
+        w = snap.workload(self.ref)
+        if w is not None:
+            return w
+        ns, _, name = self.ref.rpartition("/")
+        for cand in snap.workloads_in_namespace(ns or "default"):
+            if cand.name == name:
+                return cand
+        return None
+
+
+@dataclass(frozen=True)
+class Forward:
+    """A plain TCP port on the workload's address whose connections go to `target` through the mesh."""
+
+    listen: str  # host:port
+    target: str  # vip:port or hostname:port
+    workload: str  # WorkloadRef of the source
+
+
+@dataclass
+class AgentConfig:
+    xds_address: str
+    ca_address: str | None = None  # default: the xDS address
+    transport: str = "mtls"  # mtls (node certificate) | tls (server-auth + bearer token) | plaintext
+    certs: Path | None = None  # node identity for mtls
+    control_plane_identities: tuple[str, ...] = ()  # accepted control-plane SPIFFE ids (mtls); empty = any
+    workloads: tuple[str, ...] = ()
+    forwards: tuple[Forward, ...] = ()
+    hbone_port: int = 15008
+    network: str = ""
+    cert_ttl: dt.timedelta = DEFAULT_TTL
+    impersonate: bool = True  # the node identity asks for its workloads' certificates
+    on_demand: bool = False
+    profile: NodeProfile = field(default_factory=lambda: NodeProfile(token_path=None))
+    ready_timeout: float = 30.0
+
+
+# --- inbound enforcement -----------------------------------------------------------------------------------------
+
+_current: contextvars.ContextVar[Stream] = contextvars.ContextVar("hbone_inbound_stream")
+
+
+class EnforcingInbound:
+    """Wraps an `InboundHandler`: decides with the current snapshot and remembers every admitted connection, so a
+    policy change can close the ones now denied (ztunnel `AuthorizationPolicyLateRejection`, reference §4)."""
+
+    def __init__(self, state: MeshState, config: InboundConfig) -> None:
+        self.state = state
+        config.authorize = self.authorize
+        self.handler = InboundHandler(config)
+        self.open: dict[Stream, Connection] = {}
+        self.late_rejections = 0
+        self.denied = 0
+
+    def authorize(self, conn: Connection) -> Decision:
+        decision = self.state.snapshot().authorize(conn)
+        if not decision.allowed:
+            self.denied += 1
+        elif (stream := _current.get(None)) is not None:
+            self.open[stream] = conn  # `authorize` runs inside the stream's handler, in its context
+        return decision
+
+    async def __call__(self, stream: Stream, peer: PeerInfo) -> None:
+        token = _current.set(stream)
+        try:
+            await self.handler(stream, peer)
+        finally:
+            _current.reset(token)
+            self.open.pop(stream, None)
+
+    def recheck(self, snap: MeshSnapshot) -> int:
+        closed = 0
+        for stream, conn in list(self.open.items()):
+            decision = snap.authorize(conn)
+            if not decision.allowed:
+                log.info("closing %s -> %s:%d: %s", conn.src_identity, conn.dst_ip, conn.dst_port, decision.reason)
+                with contextlib.suppress(HboneError):
+                    stream.reset()
+                self.open.pop(stream, None)
+                closed += 1
+        self.late_rejections += closed
+        return closed
+
+
+# --- local workloads ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LocalWorkload:
+    workload: Workload
+    identity: IdentityManager
+    tls: MeshTls
+    client: HboneClient
+    inbound: EnforcingInbound
+    server: HboneServer
+    address: tuple[str, int]
+
+
+class Agent:
+    """`await start()` (returns once xDS is ready and local workloads are serving), then `await stop()`."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        xds_channel: Channel | None = None,
+        ca_channel: Channel | None = None,
+    ) -> None:
+        self.config = config
+        self.state = MeshState()
+        self.handler = AmbientHandler(self.state)
+        self._xds_channel = xds_channel
+        self._ca_channel = ca_channel
+        self.node_identity: IdentityManager | None = None
+        self.node_tls: MeshTls | None = None
+        self.ads: AdsClient | None = None
+        self.workloads: dict[str, LocalWorkload] = {}
+        self.router = Router(network=config.network, hbone_port=config.hbone_port)
+        self.outbound = OutboundProxy(self.router, self.state.snapshot, self._client_for, network=config.network)
+        self.forward_addresses: dict[str, tuple[str, int]] = {}
+        self._forward_servers: list[asyncio.Server] = []
+        self._pending: dict[str, asyncio.Task[None]] = {}
+        self._unsubscribe: Callable[[], None] | None = None
+        self._closing = False
+        self.workload_ready = asyncio.Event()
+
+    # -- control plane --------------------------------------------------------------------------------------------
+
+    def _channel(self, address: str, *, ca: bool) -> Channel:
+        cfg = self.config
+        if cfg.transport == "mtls":
+            if self.node_tls is None:
+                raise ConfigError("transport mtls needs certs: a node certificate directory")
+            return Channel(address, tls=self.node_tls, expected_identities=cfg.control_plane_identities)
+        provider = cfg.profile.metadata_provider(ca=ca)
+        if cfg.transport == "tls":
+            return Channel(address, ssl=cfg.profile.ssl_context(ca=ca), metadata_provider=provider)
+        if cfg.transport == "plaintext":
+            return Channel(address, metadata_provider=provider)
+        raise ConfigError(f"unknown transport {cfg.transport!r}: use mtls, tls or plaintext")
+
+    async def start(self) -> None:
+        cfg = self.config
+        if cfg.transport == "mtls" and cfg.certs is not None:
+            self.node_identity = IdentityManager(FileSource(cfg.certs))
+            await self.node_identity.start()
+            self.node_tls = MeshTls(self.node_identity)
+        if self._xds_channel is None:
+            self._xds_channel = self._channel(cfg.xds_address, ca=False)
+        if self._ca_channel is None:
+            ca_address = cfg.ca_address or cfg.xds_address
+            same = ca_address == cfg.xds_address
+            self._ca_channel = self._xds_channel if same else self._channel(ca_address, ca=True)
+        types = (TypeSpec(ADDRESS, on_demand=cfg.on_demand), TypeSpec(AUTHORIZATION))
+        session = DeltaSession(cfg.profile.node(), types, self.handler)
+        self.ads = AdsClient(channel_opener(self._xds_channel), session, name=cfg.profile.node_id)
+        self._unsubscribe = self.state.subscribe(self._on_change)
+        self.ads.start()
+        try:
+            await asyncio.wait_for(self.ads.ready.wait(), cfg.ready_timeout)
+        except TimeoutError:
+            raise ConfigError(
+                f"no xDS configuration from {cfg.xds_address} within {cfg.ready_timeout}s ({self.ads.last_error})"
+            ) from None
+        if cfg.on_demand:
+            for ref in cfg.workloads:
+                with contextlib.suppress(TimeoutError):
+                    await self.ads.lookup(ADDRESS, ref if ref.count("/") > 1 else f"Kubernetes//Pod/{ref}")
+        self._reconcile(self.state.snapshot())
+        if self._pending:
+            await asyncio.gather(*self._pending.values())
+        for fwd in cfg.forwards:
+            await self._start_forward(fwd)
+
+    async def stop(self) -> None:
+        self._closing = True
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        for task in self._pending.values():
+            task.cancel()
+        for srv in self._forward_servers:
+            srv.close()
+        if self.ads is not None:
+            await self.ads.stop()
+        for lw in self.workloads.values():
+            await lw.server.close()
+            await lw.client.close()
+            await lw.identity.stop()
+        for ch in {self._xds_channel, self._ca_channel}:
+            if ch is not None:
+                await ch.close()
+        if self.node_identity is not None:
+            await self.node_identity.stop()
+
+    # -- state changes ----------------------------------------------------------------------------------------
+
+    def _on_change(self, change: StateChange, snap: MeshSnapshot) -> None:
+        if change.policies or change.workloads:
+            for lw in self.workloads.values():
+                lw.inbound.recheck(snap)
+        if change.workloads:
+            self._reconcile(snap)
+
+    def _reconcile(self, snap: MeshSnapshot) -> None:
+        """Start serving every configured local workload the mesh now knows."""
+        if self._closing:
+            return
+        for ref in self.config.workloads:
+            if ref in self.workloads or ref in self._pending:
+                continue
+            w = WorkloadRef(ref).find(snap)
+            if w is None:
+                continue
+            task = asyncio.get_running_loop().create_task(self._start_workload(ref, w))
+            self._pending[ref] = task
+            task.add_done_callback(lambda _t, r=ref: self._pending.pop(r, None))  # type: ignore[misc]
+
+    async def _start_workload(self, ref: str, w: Workload) -> None:
+        cfg = self.config
+        if not w.addresses:
+            raise ConfigError(f"local workload {ref} has no address to listen on")
+        assert self._ca_channel is not None
+        source = IstioCASource(self._ca_channel, w.identity, ttl=cfg.cert_ttl, impersonate=cfg.impersonate)
+        identity = IdentityManager(source)
+        await identity.start()
+        tls = MeshTls(identity)
+        meta = PeerMetadata(
+            cluster=w.cluster_id, namespace=w.namespace, workload_name=w.workload_name or w.name,
+            service_name=w.canonical_name, service_version=w.canonical_revision,
+            region=w.locality.region, zone=w.locality.zone,
+        )  # fmt: skip
+        client = HboneClient(tls, metadata=meta)
+        inbound = EnforcingInbound(
+            self.state,
+            InboundConfig(
+                namespace=w.namespace, tls=tls, response_baggage=meta,
+                own_ports=frozenset({cfg.hbone_port, 15008, 15006, 15001}),
+            ),
+        )  # fmt: skip
+        server = HboneServer(tls, inbound, grpc=None)  # type: ignore[arg-type]  # InboundHandler's call signature
+        address = await server.listen(str(w.addresses[0]), cfg.hbone_port)
+        self.workloads[ref] = LocalWorkload(w, identity, tls, client, inbound, server, address)
+        log.info("serving %s (%s) on %s:%d", ref, w.identity, *address)
+        if len(self.workloads) == len(cfg.workloads):
+            self.workload_ready.set()
+
+    # -- outbound -------------------------------------------------------------------------------------------------
+
+    def local(self, ref: str) -> LocalWorkload:
+        lw = self.workloads.get(ref)
+        if lw is None:
+            raise ConfigError(f"{ref} is not a local workload of this agent (or not started yet)")
+        return lw
+
+    def _client_for(self, source: Workload | None) -> HboneClient:
+        for lw in self.workloads.values():
+            if source is not None and lw.workload.uid == source.uid:
+                return lw.client
+        raise ConfigError(f"no local workload {source.uid if source else '(none)'} to send from")
+
+    async def _start_forward(self, fwd: Forward) -> None:
+        src = self.local(fwd.workload)
+        target = parse_authority(fwd.target)
+        host, port = parse_address(fwd.listen, "127.0.0.1")
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await self.outbound.handle(self.local(fwd.workload).workload, target, reader, writer)
+            except (HboneError, OSError) as exc:
+                log.info("forward %s -> %s failed: %s", fwd.listen, fwd.target, exc)
+
+        srv = await asyncio.start_server(handle, host, port)
+        self._forward_servers.append(srv)
+        sock: Any = srv.sockets[0].getsockname()
+        self.forward_addresses[fwd.listen] = (sock[0], sock[1])
+        log.info("forward %s:%d -> %s as %s", sock[0], sock[1], fwd.target, src.workload.identity)
+
+    async def open(self, source_ref: str, target: str | Authority) -> Stream:
+        """Open a mesh tunnel from a local workload to `target` (for front ends, tools and tests)."""
+        src = self.local(source_ref).workload
+        tgt = target if isinstance(target, Authority) else parse_authority(target)
+        route = self.router.route(self.state.snapshot(), src, tgt)
+        return await self.outbound.open_route(src, route)
