@@ -1,0 +1,175 @@
+"""The long-running processes of the HBONE benchmark: sink, echo, TCP relay, TLS sink, and a launcher for the
+`hbone` CLI. Each runs in its own OS process (so each gets a core) until SIGTERM.
+
+    python _hbone_peers.py [--uvloop] sink|echo|tls-sink|relay|cli ...
+
+Our own peers print `READY <port>` on stdout once listening; `hbone serve/forward` print their own banner.
+
+Sink protocol (shared with `_hbone_loads.py`): the client sends an 8-byte big-endian length, then that many
+bytes; the sink answers one byte `K` when it has counted them all, and closes when the client closes. An
+explicit ack instead of a half-close lets the same sink serve TCP, TLS (which cannot half-close) and tunnels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import socket
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+HEADER = 8
+ACK = b"K"
+READ_BUFFER = 256 * 1024
+
+
+class Sink(asyncio.BufferedProtocol):
+    """Counts length-prefixed messages and acks each; one reused receive buffer (no per-read allocation)."""
+
+    def __init__(self) -> None:
+        self._buf = memoryview(bytearray(READ_BUFFER))
+        self._header = bytearray()
+        self._remaining: int | None = None  # None while reading a header
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]  # uvloop transports are not asyncio.Transport
+        _nodelay(transport)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        view = self._buf[:nbytes]
+        while view:
+            if self._remaining is None:
+                take = HEADER - len(self._header)
+                self._header += view[:take]
+                view = view[take:]
+                if len(self._header) < HEADER:
+                    return
+                self._remaining = int.from_bytes(self._header, "big")
+                self._header.clear()
+            else:
+                take = min(self._remaining, len(view))
+                self._remaining -= take
+                view = view[take:]
+            if self._remaining == 0:
+                assert self._transport is not None
+                self._transport.write(ACK)
+                self._remaining = None
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+
+
+class Echo(asyncio.Protocol):
+    """Writes back whatever arrives (1 KiB request/response latency); closes after the client's FIN."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport: asyncio.Transport = transport  # type: ignore[assignment]
+        _nodelay(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._transport.write(data)
+
+    def eof_received(self) -> bool:
+        return False
+
+
+def _nodelay(transport: asyncio.BaseTransport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(64 * 1024):
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()  # pass the half-close on
+    except OSError:
+        writer.transport.abort()
+
+
+def relay_handler(host: str, port: int) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    """A plain asyncio streams relay (the same I/O style as `hbone.net.splice` on its TCP side)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(host, port)
+        except OSError:
+            writer.transport.abort()
+            return
+        for w in (writer, up_writer):
+            _nodelay(w.transport)
+        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        for w in (writer, up_writer):
+            w.close()
+
+    return handle
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host, int(port)
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    loop = asyncio.get_running_loop()
+    server: asyncio.Server
+    if args.role == "sink":
+        server = await loop.create_server(Sink, "127.0.0.1", 0)
+    elif args.role == "echo":
+        server = await loop.create_server(Echo, "127.0.0.1", 0)
+    elif args.role == "tls-sink":
+        # Exactly the TLS configuration of the HBONE listener (TLS 1.3, mTLS, same certificate), minus HTTP/2.
+        from hbone.identity.bundle import load_bundle
+        from hbone.identity.manager import IdentityManager
+        from hbone.tls import MeshTls
+
+        tls = MeshTls(IdentityManager.fixed(load_bundle(args.certs)))
+        server = await loop.create_server(Sink, "127.0.0.1", 0, ssl=tls.server_context())
+    else:
+        host, port = _split(args.to)
+        server = await asyncio.start_server(relay_handler(host, port), "127.0.0.1", 0)
+    print(f"READY {server.sockets[0].getsockname()[1]}", flush=True)
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    await stop.wait()
+    server.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--uvloop", action="store_true", help="run the event loop on uvloop")
+    sub = parser.add_subparsers(dest="role", required=True)
+    sub.add_parser("sink")
+    sub.add_parser("echo")
+    sub.add_parser("tls-sink").add_argument("--certs", type=Path, required=True)
+    sub.add_parser("relay").add_argument("--to", required=True, help="upstream HOST:PORT")
+    sub.add_parser("cli").add_argument("argv", nargs=argparse.REMAINDER, help="arguments of `hbone`")
+    args = parser.parse_args(argv)
+    if args.uvloop:
+        import uvloop
+
+        # A policy, not a runner argument: the hbone CLI calls asyncio.run() itself.
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    if args.role == "cli":
+        from hbone.cli import main as hbone_main
+
+        return int(hbone_main(args.argv))
+    asyncio.run(_serve(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
