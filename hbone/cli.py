@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from hbone.errors import HboneError
 
 # Modules under hbone.commands that contribute subcommands, in help order.
-COMMAND_MODULES = ("ca", "demo", "tunnel")
+COMMAND_MODULES = ("ca", "demo", "tunnel", "grpc", "frontends")
 
 
 def build_parser() -> argparse.ArgumentParser:

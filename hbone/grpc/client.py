@@ -292,6 +292,13 @@ class ClientCall:
         self.trailing_metadata: Metadata | None = None
         #: The server's ``grpc-encoding`` for its messages (None: uncompressed), once its headers arrived.
         self.response_encoding: str | None = None
+        #: The raw response header block (a Trailers-Only response's too), for debugging tools.
+        self.raw_headers: list[tuple[bytes, bytes]] | None = None
+
+    @property
+    def raw_trailers(self) -> list[tuple[bytes, bytes]] | None:
+        """The raw trailer block, once received (None for Trailers-Only responses and unfinished calls)."""
+        return self._stream.trailers if self._stream is not None else None
 
     async def __aenter__(self) -> ClientCall:
         await self._start()
@@ -405,7 +412,7 @@ class ClientCall:
         return reply
 
     async def _read_headers(self, stream: Stream) -> MessageReader | None:
-        headers = await stream.response_headers()
+        headers = self.raw_headers = await stream.response_headers()
         if any(k == _STATUS_KEY for k, _ in headers):  # Trailers-Only
             status, self.trailing_metadata = parse_trailers(headers)
             self.initial_metadata = Metadata()

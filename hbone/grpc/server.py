@@ -18,6 +18,7 @@ accepts calls, NOT_SERVING once `shutdown()` starts.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -52,6 +53,12 @@ Kind = Literal["unary", "server_stream", "client_stream", "bidi"]
 # stream. Short calls never pay for the watcher task (streaming handlers notice a reset in recv/send anyway).
 _WATCH_AFTER = 0.02
 _OK = Status(GrpcStatus.OK)
+_OK_TRAILERS = [(b"grpc-status", b"0")]
+
+
+@functools.cache
+def _plain_response_headers(encoding: str | None) -> list[tuple[bytes, bytes]]:
+    return [(k.encode(), v.encode()) for k, v in response_headers(encoding)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +153,10 @@ class ServerCall:
 
     def _send_headers(self) -> None:
         self._headers_sent = True
-        self._stream.send_headers(response_headers(self._encoding, self._initial_md))
+        if self._initial_md:
+            self._stream.send_headers(response_headers(self._encoding, self._initial_md))
+        else:  # the common case: the same few headers every time, encoded once
+            self._stream.send_headers(_plain_response_headers(self._encoding))
 
     async def _recv_one(self) -> Any:
         request = await self.recv()
@@ -226,7 +236,10 @@ class ServerCall:
             return
         try:
             if self._headers_sent:
-                stream.send_trailers(trailers(status, self._trailing_md))
+                if status is _OK and not self._trailing_md:
+                    stream.send_trailers(_OK_TRAILERS)
+                else:
+                    stream.send_trailers(trailers(status, self._trailing_md))
             else:
                 stream.send_headers(trailers_only(status, self._trailing_md), end_stream=True)
         except HboneError as exc:
