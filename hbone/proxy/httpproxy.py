@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 from hbone.errors import ConnectRefused, Denied, HboneError, ProtocolError
 from hbone.proxy.accesslog import AccessRecord
-from hbone.proxy.frontend import Dialer, fmt_addr, relay
+from hbone.proxy.frontend import Opener, fmt_addr, relay
 from hbone.wire.httpconnect import (
     HttpConnectParser,
     HttpConnectRequest,
@@ -50,7 +50,7 @@ class HttpConnectProxy:
 
     def __init__(
         self,
-        dialer: Dialer,
+        dialer: Opener,
         *,
         users: Mapping[str, str] | None = None,
         realm: str = "hbone",

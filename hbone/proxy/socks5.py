@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 from hbone.errors import ConnectRefused, HboneError
 from hbone.proxy.accesslog import AccessRecord
-from hbone.proxy.frontend import Dialer, DialFailed, Upstream, fmt_addr, relay
+from hbone.proxy.frontend import DialFailed, Opener, Upstream, fmt_addr, relay
 from hbone.wire.socks5 import ConnectRequest, ProtocolViolation, ReplyCode, Socks5Server, reply_code_for
 
 log = logging.getLogger("hbone.socks5")
@@ -36,7 +36,7 @@ class Socks5Proxy:
     """Serves SOCKS5 clients; `users` turns on RFC 1929 authentication (constant-time password compare)."""
 
     def __init__(
-        self, dialer: Dialer, *, users: Mapping[str, str] | None = None, handshake_timeout: float = 10.0
+        self, dialer: Opener, *, users: Mapping[str, str] | None = None, handshake_timeout: float = 10.0
     ) -> None:
         self.dialer = dialer
         self.users = dict(users or {})

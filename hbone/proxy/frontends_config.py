@@ -1,0 +1,186 @@
+"""Configuration of the capture front ends and gateways: one YAML file, one listener entry per mode.
+
+```yaml
+certs: ./etc/certs                  # our workload identity (Istio or SPIFFE layout)
+dial_timeout: 10s
+default_route: deny                 # what a destination no route matches gets: deny | direct
+routes:                             # hbone.proxy.routing: first match wins
+  - {name: mesh, match: {hosts: ["*.svc.cluster.local"]}, via: 10.0.0.5:15008}
+listeners:
+  - {type: socks5, listen: 127.0.0.1:15080, users: {alice: secret}}
+  - {type: http-connect, listen: 127.0.0.1:15081}
+  - {type: redirect, listen: 127.0.0.1:15001}               # or tproxy
+  - {type: inbound-plaintext, listen: 0.0.0.0:15006, proxy_protocol: true, capture: redirect}
+  - {type: sni-gateway, listen: 0.0.0.0:15443, default_port: 443}
+  - {type: double-hbone-gateway, listen: 0.0.0.0:15008, services: {"echo.ns.svc.cluster.local:80": "10.1.0.7:15008"}}
+  - {type: egress, listen: 0.0.0.0:15008, allow: [{match: {hosts: [api.example.com]}, tls: {}}]}
+  - {type: h2r-gateway, listen: 0.0.0.0:15441, hbone_listen: 0.0.0.0:15008, names: {bob.example: "spiffe://..."}}
+  - {type: h2r-node, gateway: gw.example:15441, gateway_identities: ["spiffe://..."], names: [bob.example]}
+  - {type: ingress-tcp, listen: 0.0.0.0:9000, target: db.ns.svc.cluster.local:5432}
+  - {type: ingress-tls-passthrough, listen: 0.0.0.0:443, hosts: {"shop.example.com": "shop.ns.svc.cluster.local:443"}}
+  - {type: ingress-tls-terminate, listen: 0.0.0.0:8443, certs: {"shop.example.com": ./shop-tls}, hosts: {...}}
+  - {type: ingress-http, listen: 0.0.0.0:8080, hosts: {"shop.example.com": "shop.ns.svc.cluster.local:80"}}
+```
+Unknown keys and types are errors, so a typo never silently changes behaviour. Ingress targets are routed through
+the same route table (so `via` applies to them too).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hbone.config import parse_duration
+from hbone.errors import ConfigError, ProtocolError
+from hbone.proxy.routing import RouteTable, table_from_list
+from hbone.wire.authority import Authority, parse_authority
+
+#: listener type → (default listen address or None when it has none, allowed extra keys)
+LISTENER_TYPES: dict[str, tuple[str | None, frozenset[str]]] = {
+    "socks5": ("127.0.0.1:15080", frozenset({"users"})),
+    "http-connect": ("127.0.0.1:15081", frozenset({"users"})),
+    "redirect": ("127.0.0.1:15001", frozenset()),
+    "tproxy": ("127.0.0.1:15001", frozenset()),
+    "inbound-plaintext": ("0.0.0.0:15006", frozenset({"proxy_protocol", "capture"})),
+    "sni-gateway": ("0.0.0.0:15443", frozenset({"default_port"})),
+    "double-hbone-gateway": ("0.0.0.0:15008", frozenset({"services", "network"})),
+    "egress": ("0.0.0.0:15008", frozenset({"allow"})),
+    "h2r-gateway": ("0.0.0.0:15441", frozenset({"hbone_listen", "names"})),
+    "h2r-node": (None, frozenset({"gateway", "gateway_identities", "names"})),
+    "ingress-tcp": (None, frozenset({"target"})),
+    "ingress-tls-passthrough": ("0.0.0.0:443", frozenset({"hosts", "default_port"})),
+    "ingress-tls-terminate": ("0.0.0.0:443", frozenset({"hosts", "certs"})),
+    "ingress-http": ("0.0.0.0:80", frozenset({"hosts"})),
+}
+_TOP = {"certs", "dial_timeout", "default_route", "routes", "listeners", "mark"}
+
+
+@dataclass(frozen=True)
+class ListenerSpec:
+    type: str
+    listen: Authority | None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.options.get(key, default)
+
+    @property
+    def host(self) -> str:
+        assert self.listen is not None
+        return str(self.listen.ip) if self.listen.ip is not None else self.listen.host
+
+    @property
+    def port(self) -> int:
+        assert self.listen is not None
+        return self.listen.port
+
+
+@dataclass
+class FrontendsConfig:
+    certs: Path | None = None
+    dial_timeout: float = 10.0
+    mark: int | None = None
+    routes: RouteTable = field(default_factory=RouteTable)
+    listeners: list[ListenerSpec] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "config") -> FrontendsConfig:
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{source}: the top level must be a mapping")
+        unknown = sorted(set(data) - _TOP)
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(_TOP))}")
+        cfg = cls()
+        if data.get("certs") is not None:
+            cfg.certs = Path(str(data["certs"]))
+        if "dial_timeout" in data:
+            cfg.dial_timeout = parse_duration(data["dial_timeout"], f"{source}: dial_timeout")
+        if data.get("mark") is not None:
+            cfg.mark = _int(data["mark"], f"{source}: mark")
+        cfg.routes = table_from_list(data.get("routes"), f"{source}: routes", str(data.get("default_route", "deny")))
+        items = data.get("listeners") or []
+        if not isinstance(items, list):
+            raise ConfigError(f"{source}: listeners must be a list")
+        cfg.listeners = [listener_from_dict(item, f"{source}: listeners[{i}]") for i, item in enumerate(items)]
+        return cfg
+
+
+def _int(value: Any, where: str) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: expected an integer")
+    try:
+        return int(value, 0) if isinstance(value, str) else int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+
+
+def address(value: Any, where: str) -> Authority:
+    try:
+        return parse_authority(str(value))
+    except ProtocolError as e:
+        raise ConfigError(f"{where}: {e}") from e
+
+
+def listener_from_dict(data: Any, where: str) -> ListenerSpec:
+    if not isinstance(data, Mapping) or "type" not in data:
+        raise ConfigError(f"{where}: expected a mapping with a type")
+    kind = str(data["type"])
+    if kind not in LISTENER_TYPES:
+        raise ConfigError(f"{where}: unknown listener type {kind!r}; known: {', '.join(LISTENER_TYPES)}")
+    default_listen, extra = LISTENER_TYPES[kind]
+    unknown = sorted(set(data) - {"type", "listen"} - extra)
+    if unknown:
+        allowed = ", ".join(sorted({"listen"} | extra)) if default_listen else ", ".join(sorted(extra))
+        raise ConfigError(f"{where} ({kind}): unknown key(s) {', '.join(unknown)}; known: {allowed}")
+    listen_text = data.get("listen", default_listen)
+    if kind == "ingress-tcp" and listen_text is None:
+        raise ConfigError(f"{where} (ingress-tcp): listen is required")
+    listen = address(listen_text, f"{where}.listen") if listen_text is not None else None
+    options = {k: v for k, v in data.items() if k not in ("type", "listen")}
+    _check(kind, options, where)
+    return ListenerSpec(kind, listen, options)
+
+
+def _check(kind: str, options: Mapping[str, Any], where: str) -> None:
+    """Validate the shape of each type's options now, not when the first connection arrives."""
+    for key in ("users", "services", "names", "hosts", "certs"):
+        value = options.get(key)
+        if value is not None and key != "names" and not isinstance(value, Mapping):
+            raise ConfigError(f"{where}.{key}: expected a mapping")
+    if kind in ("ingress-tcp",) and "target" not in options:
+        raise ConfigError(f"{where} (ingress-tcp): target HOST:PORT is required")
+    if "target" in options:
+        address(options["target"], f"{where}.target")
+    for key in ("services", "hosts"):
+        for name, target in (options.get(key) or {}).items():
+            address(target, f"{where}.{key}[{name}]")
+    if kind == "h2r-node":
+        if "gateway" not in options:
+            raise ConfigError(f"{where} (h2r-node): gateway HOST:PORT is required")
+        address(options["gateway"], f"{where}.gateway")
+        if not isinstance(options.get("names", []), list):
+            raise ConfigError(f"{where}.names: expected a list of names this node serves")
+    if kind == "h2r-gateway" and not isinstance(options.get("names", {}), Mapping):
+        raise ConfigError(f"{where}.names: expected a mapping name → SPIFFE id")
+    if kind == "ingress-tls-terminate" and not options.get("certs"):
+        raise ConfigError(f"{where} (ingress-tls-terminate): certs {{sni: DIR}} is required")
+    if kind == "inbound-plaintext" and str(options.get("capture", "redirect")) not in ("redirect", "tproxy"):
+        raise ConfigError(f"{where}.capture: must be redirect or tproxy")
+
+
+def load_frontends_config(path: Path) -> FrontendsConfig:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from e
+    return FrontendsConfig.from_dict(data, str(path))
