@@ -156,7 +156,7 @@ services:
         await self.start_control_plane()
         await self.start_app("bob")
         await self.start_agent("bob")
-        fwd = Forward(f"{self.ip('alice')}:0", f"bob.default.svc.cluster.local:80", "default/alice")
+        fwd = Forward(f"{self.ip('alice')}:0", "bob.default.svc.cluster.local:80", "default/alice")
         await self.start_agent("alice", (fwd,))
 
     def forward_port(self) -> int:
@@ -184,7 +184,7 @@ services:
 
     # -- probes -----------------------------------------------------------------------------------------------------
 
-    async def round_trip(self, payload: bytes = b"hello bob", timeout: float = 5.0) -> bytes:
+    async def round_trip(self, payload: bytes = b"hello bob", timeout: float = 5.0) -> bytes:  # noqa: ASYNC109
         """alice → (forward port) → mesh → bob's echo app; returns what came back (b"" when refused)."""
         reader, writer = await asyncio.open_connection(self.ip("alice"), self.forward_port())
         try:
@@ -223,7 +223,7 @@ async def demo(keep: bool) -> int:
             return 0 if ok and denied and allowed else 1
 
 
-async def _wait_for(mesh: LocalMesh, *, expect_ok: bool, timeout: float = 5.0) -> bool:
+async def _wait_for(mesh: LocalMesh, *, expect_ok: bool, timeout: float = 5.0) -> bool:  # noqa: ASYNC109
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if bool(await mesh.round_trip(b"ping")) == expect_ok:

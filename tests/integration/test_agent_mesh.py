@@ -35,7 +35,7 @@ resources:
 """
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:  # noqa: ASYNC109
     """Poll a condition that has no event to wait on (state held by another component)."""
     deadline = time.monotonic() + timeout
     while not predicate():
