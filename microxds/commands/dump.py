@@ -88,13 +88,19 @@ def to_dict(message: Message) -> dict[str, Any]:
     types are imported on demand, as the config loader does."""
     for _ in range(64):
         try:
-            return dict(json_format.MessageToDict(message, preserving_proto_field_name=True))
+            return _plain(json_format.MessageToDict(message, preserving_proto_field_name=True))
         except (TypeError, KeyError) as exc:
             m = _MISSING.search(str(exc))
             if m is None:
                 raise
             message_class(m.group(1).removeprefix(PREFIX))
-    return dict(json_format.MessageToDict(message, preserving_proto_field_name=True))
+    return _plain(json_format.MessageToDict(message, preserving_proto_field_name=True))
+
+
+def _plain(value: Any) -> dict[str, Any]:
+    # json_format returns OrderedDicts for Any fields, which yaml.safe_dump refuses; JSON types are plain.
+    result: dict[str, Any] = json.loads(json.dumps(value))
+    return result
 
 
 def decode(packed: any_pb2.Any) -> tuple[str, str | None, dict[str, Any]]:
@@ -148,7 +154,10 @@ def render(resp: Any, delta: bool, as_json: bool, out: TextIO) -> None:
 
 
 async def dump(args: argparse.Namespace, out: TextIO) -> int:
-    type_url = resolve_type(args.type)
+    try:
+        type_url = resolve_type(args.type)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     names = list(args.names)
     if not names and type_url not in (CLUSTER, LISTENER):
         names = ["*"]  # non-LDS/CDS types have no legacy wildcard
