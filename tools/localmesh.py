@@ -71,6 +71,9 @@ class LocalMesh:
         self.agents: dict[str, Agent] = {}
         self._apps: list[asyncio.Server] = []
         self.extra_config = ""
+        #: When set, a `waypoint` workload (its own loopback IP) serves HBONE on this port and bob's service names
+        #: it as its waypoint (the Envoy waypoint interop test).
+        self.waypoint_port: int | None = None
 
     def ip(self, name: str) -> str:
         return f"{self.subnet}.{ {'alice': 2, 'bob': 3, 'waypoint': 4}[name] }"
@@ -78,17 +81,25 @@ class LocalMesh:
     # -- files ----------------------------------------------------------------------------------------------------
 
     def base_config(self) -> str:
+        waypoint_workload = waypoint_ref = ""
+        if self.waypoint_port is not None:
+            wp = self.ip("waypoint")
+            waypoint_workload = f"""
+  - {{ name: waypoint, namespace: default, addresses: ["{wp}"], serviceAccount: waypoint }}"""
+            waypoint_ref = f"""
+    waypoint: {{ address: "{wp}", port: {self.waypoint_port} }}"""
         return f"""
 workloads:
   - {{ name: alice, namespace: default, addresses: ["{self.ip("alice")}"], serviceAccount: alice,
       labels: {{ app: alice }} }}
-  - {{ name: bob, namespace: default, addresses: ["{self.ip("bob")}"], serviceAccount: bob, labels: {{ app: bob }} }}
+  - {{ name: bob, namespace: default, addresses: ["{self.ip("bob")}"], serviceAccount: bob, labels: {{ app: bob }} }}\
+{waypoint_workload}
 services:
   - name: bob
     namespace: default
     addresses: ["{SERVICE_VIP}"]
     ports: [{{ port: 80, targetPort: {APP_PORT} }}]
-    workloads: [bob]
+    workloads: [bob]{waypoint_ref}
 """
 
     def write_config(self, extra: str = "") -> None:
