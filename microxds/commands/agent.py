@@ -1,0 +1,165 @@
+"""`microxds agent`: run a self-configuring node proxy (ztunnel-like) against microxds or istiod."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import signal
+import sys
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from microxds.agent import Agent, AgentConfig, Forward
+from microxds.errors import ConfigError
+from microxds.istio.node import NodeProfile
+
+HELP = """\
+Get certificates (Istio CA API) and workloads, services and authorization policies (Delta xDS: istio.workload.Address,
+istio.security.Authorization) from a control plane, serve HBONE on each local workload's address, enforce the
+policies there (re-checking open connections on every change), and forward local ports into the mesh.
+Against microxds: --transport mtls with a node certificate (--certs); against istiod: --istiod (XDS_ADDRESS,
+XDS_ROOT_CA, token, node id and metadata from the environment, as ztunnel reads them).
+"""
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(text: str) -> dt.timedelta:
+    """`90s`, `30m`, `24h`, `90d` or plain seconds."""
+    try:
+        if text and text[-1] in _UNITS:
+            return dt.timedelta(seconds=float(text[:-1]) * _UNITS[text[-1]])
+        return dt.timedelta(seconds=float(text))
+    except ValueError:
+        raise ConfigError(f"bad duration {text!r}: use e.g. 90s, 30m, 24h") from None
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser("agent", help="run a self-configuring node proxy", description=HELP)
+    p.add_argument("--config", type=Path, metavar="FILE", help="agent YAML (see examples/mesh-agent-alice.yaml)")
+    p.add_argument("--xds-address", metavar="HOST:PORT", help="control plane (default 127.0.0.1:15012)")
+    p.add_argument("--ca-address", metavar="HOST:PORT", help="CA (default: the xDS address)")
+    p.add_argument("--transport", choices=["mtls", "tls", "plaintext"], help="to the control plane (default mtls)")
+    p.add_argument("--certs", type=Path, metavar="DIR", help="node certificate for --transport mtls")
+    p.add_argument("--workload", action="append", default=[], metavar="NS/NAME", help="a local workload (repeat)")
+    p.add_argument(
+        "--forward",
+        action="append",
+        default=[],
+        metavar="LISTEN=TARGET",
+        help="forward LISTEN (host:port) to TARGET (vip:port or host:port) from the first workload",
+    )
+    p.add_argument("--hbone-port", type=int, help="HBONE port on every workload address (default 15008)")
+    p.add_argument("--on-demand", action="store_true", help="Address on demand (XDS_ON_DEMAND)")
+    p.add_argument("--istiod", action="store_true", help="istiod profile: settings from the environment")
+    p.set_defaults(func=run)
+
+
+def config_from_yaml(path: Path) -> AgentConfig:
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read agent config: {exc}", file=str(path)) from None
+    if not isinstance(raw, dict):
+        raise ConfigError("the agent config must be a mapping", file=str(path))
+    return config_from_dict(raw, base=path.parent, source=str(path))
+
+
+def config_from_dict(raw: dict[str, Any], *, base: Path = Path("."), source: str = "config") -> AgentConfig:
+    known = {f.name for f in fields(AgentConfig)} | {"node"}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"unknown keys {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}", file=source)
+    if "xds_address" not in raw:
+        raise ConfigError("xds_address is required", file=source)
+    node = raw.get("node") or {}
+    profile_fields = {f.name for f in fields(NodeProfile)}
+    if not isinstance(node, dict) or set(node) - profile_fields:
+        raise ConfigError(f"node: keys must be among {', '.join(sorted(profile_fields))}", file=source)
+    kw: dict[str, Any] = {k: v for k, v in raw.items() if k != "node"}
+    if kw.get("certs") is not None:
+        kw["certs"] = base / str(kw["certs"])
+    if "cert_ttl" in kw:
+        kw["cert_ttl"] = duration(str(kw["cert_ttl"]))
+    for key in ("workloads", "control_plane_identities"):
+        if key in kw:
+            kw[key] = tuple(str(v) for v in kw[key] or ())
+    fwds = []
+    for item in kw.get("forwards") or ():
+        if not isinstance(item, dict) or not {"listen", "target"} <= set(item):
+            raise ConfigError("each forward needs listen and target (and workload)", file=source)
+        default = kw.get("workloads", ("",))[0] if kw.get("workloads") else ""
+        fwds.append(Forward(str(item["listen"]), str(item["target"]), str(item.get("workload", default))))
+    kw["forwards"] = tuple(fwds)
+    kw["profile"] = NodeProfile(**{"token_path": None, **node})
+    return AgentConfig(**kw)
+
+
+def config_from_args(args: argparse.Namespace) -> AgentConfig:
+    if args.config is not None:
+        cfg = config_from_yaml(args.config)
+    elif args.istiod:
+        profile = NodeProfile.from_env()
+        cfg = AgentConfig(xds_address=profile.xds_address, ca_address=profile.ca_address, transport="tls",
+                          profile=profile, on_demand=profile.on_demand)  # fmt: skip
+    else:
+        cfg = AgentConfig(xds_address="127.0.0.1:15012")
+    changes: dict[str, Any] = {}
+    for flag, key in (("xds_address", "xds_address"), ("ca_address", "ca_address"), ("transport", "transport"),
+                      ("certs", "certs"), ("hbone_port", "hbone_port")):  # fmt: skip
+        value = getattr(args, flag)
+        if value is not None:
+            changes[key] = value
+    if args.workload:
+        changes["workloads"] = tuple(args.workload)
+    if args.on_demand:
+        changes["on_demand"] = True
+    cfg = replace(cfg, **changes)
+    if args.forward:
+        if not cfg.workloads:
+            raise ConfigError("--forward needs a --workload to send from")
+        extra = []
+        for spec in args.forward:
+            listen, sep, target = spec.partition("=")
+            if not sep:
+                raise ConfigError(f"--forward {spec!r}: use LISTEN=TARGET")
+            extra.append(Forward(listen, target, cfg.workloads[0]))
+        cfg = replace(cfg, forwards=(*cfg.forwards, *extra))
+    if not cfg.workloads:
+        raise ConfigError("no local workloads: give --workload NS/NAME or workloads: in --config")
+    if cfg.transport == "mtls" and cfg.certs is None:
+        raise ConfigError("--transport mtls needs --certs DIR (the node certificate)")
+    return cfg
+
+
+async def serve(cfg: AgentConfig) -> None:
+    agent = Agent(cfg)
+    await agent.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        for ref, lw in agent.workloads.items():
+            print(f"microxds agent: {ref} {lw.workload.identity} hbone {lw.address[0]}:{lw.address[1]}", flush=True)
+        for fwd, (host, port) in agent.forward_addresses.items():
+            target = next(f.target for f in cfg.forwards if f.listen == fwd)
+            print(f"microxds agent: forward {host}:{port} -> {target}", flush=True)
+        await stop.wait()
+    finally:
+        await agent.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    try:
+        asyncio.run(serve(cfg))
+    except KeyboardInterrupt:
+        print("microxds agent: stopped", file=sys.stderr)
+    return 0
