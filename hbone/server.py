@@ -92,11 +92,18 @@ class HboneServer:
         return self.tls.trust_domain
 
     async def listen(
-        self, host: str, port: int, *, plaintext: bool = False, ssl_context: ssl.SSLContext | None = None
+        self,
+        host: str,
+        port: int,
+        *,
+        plaintext: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
+        backlog: int = 4096,
     ) -> tuple[str, int]:
         """Start a listener: mTLS with the mesh identity (default), h2c with `plaintext` (trusted networks and
         tests only), or TLS with a caller's `ssl_context` (e.g. server-auth only, callers authenticated by JWT;
-        a client certificate, if any, is reported but need not be in our trust domain)."""
+        a client certificate, if any, is reported but need not be in our trust domain). The large default `backlog`
+        absorbs reconnect storms (thousands of proxies after a control-plane restart) instead of dropping SYNs."""
         check = False
         ctx: ssl.SSLContext | None = None
         if ssl_context is not None:
@@ -107,7 +114,12 @@ class HboneServer:
             ctx, check = self.tls.server_context(), True
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            lambda: _ServerConnection(self, ctx is not None, check), host, port, ssl=ctx, reuse_address=True
+            lambda: _ServerConnection(self, ctx is not None, check),
+            host,
+            port,
+            ssl=ctx,
+            reuse_address=True,
+            backlog=backlog,
         )
         self.servers.append(server)
         sock: Any = server.sockets[0].getsockname()
