@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from hbone.errors import ConnectionLost, HboneError
@@ -145,9 +146,15 @@ class ByteStreamTransport(asyncio.Transport):
         self._protocol.connection_lost(exc)
 
 
-async def connect_over(carrier: ByteStream, settings: H2Settings | None = None, **extra: Any) -> H2Connection:
-    """A client `H2Connection` (h2c framing) speaking over ``carrier``."""
-    conn = H2Connection(client=True, settings=settings)
+async def connect_over(
+    carrier: ByteStream,
+    settings: H2Settings | None = None,
+    *,
+    factory: Callable[..., H2Connection] = H2Connection,
+    **extra: Any,
+) -> H2Connection:
+    """A client connection (h2c framing) speaking over ``carrier``; ``factory`` builds it (an H2Connection class)."""
+    conn = factory(client=True, settings=settings)
     transport = ByteStreamTransport(carrier, conn, extra)
     transport.start()
     if conn.closed:
