@@ -17,7 +17,7 @@ import contextlib
 import contextvars
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from typing import Any
 from hbone.authz.engine import Decision
 from hbone.authz.model import Connection
 from hbone.client import HboneClient
-from hbone.errors import ConfigError, HboneError
+from hbone.errors import ConfigError, HboneError, UpstreamUnreachable
 from hbone.grpc.client import Channel
 from hbone.identity import FileSource, IdentityManager
 from hbone.net.stream import Stream
@@ -33,6 +33,7 @@ from hbone.proxy.inbound import InboundConfig, InboundHandler, PeerInfo
 from hbone.proxy.outbound import OutboundProxy, Router
 from hbone.server import HboneServer
 from hbone.state import MeshSnapshot, MeshState, StateChange, Workload
+from hbone.state.endpoints import resolve_target_port
 from hbone.tls import MeshTls
 from hbone.wire.authority import Authority, parse_authority
 from hbone.wire.baggage import PeerMetadata
@@ -289,7 +290,7 @@ class Agent:
         inbound = EnforcingInbound(
             self.state,
             InboundConfig(
-                namespace=w.namespace, tls=tls, response_baggage=meta,
+                namespace=w.namespace, tls=tls, response_baggage=meta, resolve=self._resolver(w),
                 own_ports=frozenset({cfg.hbone_port, 15008, 15006, 15001}),
             ),
         )  # fmt: skip
@@ -299,6 +300,21 @@ class Agent:
         log.info("serving %s (%s) on %s:%d", ref, w.identity, *address)
         if len(self.workloads) == len(cfg.workloads):
             self.workload_ready.set()
+
+    def _resolver(self, w: Workload) -> Callable[[Authority], Awaitable[tuple[str, int]]]:
+        """Inbound targets: an IP as given; a service hostname (double HBONE, east-west) through the service
+        table, preferring our namespace, to this workload's target port (ztunnel does the same)."""
+
+        async def resolve(target: Authority) -> tuple[str, int]:
+            if target.ip is not None:
+                return str(target.ip), target.port
+            svc = self.state.snapshot().service_by_host(target.host, w.namespace)
+            port = resolve_target_port(svc, target.port, w) if svc is not None else None
+            if port is None or not w.addresses:
+                raise UpstreamUnreachable(f"no service port {target} on {w.uid}")
+            return str(w.addresses[0]), port
+
+        return resolve
 
     # -- outbound -------------------------------------------------------------------------------------------------
 
