@@ -95,6 +95,8 @@ def _sub_simple(
     default = LISTENER_TYPES[kind][0]
     if default is not None:
         p.add_argument("--listen", default=default, help=f"HOST:PORT (default {default})")
+    elif kind != "h2r-node":
+        p.add_argument("--listen", required=True, help="HOST:PORT")
     p.add_argument("--certs", type=Path, help="our certificate directory (Istio or SPIFFE layout)")
     p.add_argument("--config", type=Path, help="YAML with routes/certs (see README); flags add the listener")
     if outbound:

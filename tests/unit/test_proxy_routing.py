@@ -148,3 +148,35 @@ def test_egress_rules_and_error_codes() -> None:
 
 class SpiffeIdLike(str):
     """fnmatch works on the text form; a str stands in for SpiffeId."""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["socks5", "--via", "127.0.0.1:15008", "--certs", "/c", "--user", "u:p"],
+        ["http-proxy", "--listen", "127.0.0.1:9", "--direct"],
+        ["sni-gateway", "--via", "10.0.0.1:15008", "--token-file", "/t", "--default-port", "8443"],
+        ["egress", "--allow", "api.example.com:443", "--caller", "spiffe://td/ns/a/sa/*", "--tls"],
+        ["double-hbone-gateway", "--service", "echo.ns.svc.cluster.local:80=10.0.0.7:15008"],
+        ["ingress", "--listen", "0.0.0.0:9000", "--target", "db.ns:5432", "--via", "10.0.0.1:15008"],
+        ["capture", "redirect", "--via", "10.0.0.1:15008"],
+        ["capture", "tproxy", "--direct"],
+        ["capture", "inbound", "--proxy-protocol"],
+        ["h2r", "gateway", "--name", "bob.example=spiffe://td/ns/ns/sa/bob", "--hbone-listen", "0.0.0.0:15008"],
+        ["h2r", "node", "--gateway", "gw.example:15441", "--name", "bob.example"],
+    ],
+)
+def test_every_mode_is_a_subcommand_and_a_listener_type(argv: list[str]) -> None:
+    from hbone.cli import build_parser
+    from hbone.commands.frontends import config_from_args
+
+    args = build_parser().parse_args(argv)
+    cfg = config_from_args(args)
+    assert len(cfg.listeners) == 1 and cfg.listeners[0].type == args.kind
+
+
+def test_print_rules_command(capsys: pytest.CaptureFixture[str]) -> None:
+    from hbone.cli import main
+
+    assert main(["capture", "print-rules", "--format", "nft", "--inbound-port", "15006"]) == 0
+    assert "redirect to :15006" in capsys.readouterr().out
