@@ -23,13 +23,13 @@ def parse(*argv: str) -> argparse.Namespace:
 
 
 def test_example_agent_files_load() -> None:
-    alice = config_from_yaml(EXAMPLES / "mesh-agent-alice.yaml")
+    alice = config_from_yaml(EXAMPLES / "mesh-agent-alice.yml")
     assert alice.workloads == ("default/alice",) and alice.transport == "mtls"
     assert alice.certs == EXAMPLES / "../.mesh/node"
     assert alice.cert_ttl == dt.timedelta(hours=24)
     assert alice.forwards == (Forward("127.0.0.2:9080", "bob.default.svc.cluster.local:80", "default/alice"),)
     assert alice.profile.node_id == "ztunnel~127.0.0.2~ztunnel-alice.istio-system~istio-system.svc.cluster.local"
-    assert config_from_yaml(EXAMPLES / "mesh-agent-bob.yaml").workloads == ("default/bob",)
+    assert config_from_yaml(EXAMPLES / "mesh-agent-bob.yml").workloads == ("default/bob",)
 
 
 def test_example_mesh_config_is_valid_for_microxds() -> None:
