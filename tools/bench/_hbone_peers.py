@@ -1,7 +1,8 @@
-"""The long-running processes of the HBONE benchmark: sink, echo, TCP relay, TLS sink, and a launcher for the
-`hbone` CLI. Each runs in its own OS process (so each gets a core) until SIGTERM.
+"""The long-running processes of the HBONE benchmark: sink, echo, TCP relay, TLS sink, a bare HTTP/2 server
+that answers 200 (h2-ok), and a launcher for the `hbone` CLI. Each runs in its own OS process (so each gets a
+core) until SIGTERM.
 
-    python _hbone_peers.py [--uvloop] sink|echo|tls-sink|relay|cli ...
+    python _hbone_peers.py [--uvloop] sink|echo|tls-sink|h2-ok|relay|cli ...
 
 Our own peers print `READY <port>` on stdout once listening; `hbone serve/forward` print their own banner.
 
@@ -19,6 +20,10 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hbone.net.stream import Stream
 
 HEADER = 8
 ACK = b"K"
@@ -117,6 +122,16 @@ def relay_handler(host: str, port: int) -> Callable[[asyncio.StreamReader, async
     return handle
 
 
+async def _answer_ok(stream: Stream) -> None:
+    """h2-ok: answer 200 at once and read to END_STREAM; no upstream dial, no authorization, no access log.
+
+    Tunnel churn against it measures the HTTP/2 driver and pool alone (the driver ends our side on return).
+    """
+    stream.send_headers([(":status", "200")])
+    while await stream.read(65536):
+        pass
+
+
 def _split(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     return host, int(port)
@@ -129,14 +144,18 @@ async def _serve(args: argparse.Namespace) -> None:
         server = await loop.create_server(Sink, "127.0.0.1", 0)
     elif args.role == "echo":
         server = await loop.create_server(Echo, "127.0.0.1", 0)
-    elif args.role == "tls-sink":
-        # Exactly the TLS configuration of the HBONE listener (TLS 1.3, mTLS, same certificate), minus HTTP/2.
+    elif args.role in ("tls-sink", "h2-ok"):
+        # Exactly the TLS configuration of the HBONE listener (TLS 1.3, mTLS, same certificate).
         from hbone.identity.bundle import load_bundle
         from hbone.identity.manager import IdentityManager
+        from hbone.net.connection import serve as h2_serve
         from hbone.tls import MeshTls
 
-        tls = MeshTls(IdentityManager.fixed(load_bundle(args.certs)))
-        server = await loop.create_server(Sink, "127.0.0.1", 0, ssl=tls.server_context())
+        ctx = MeshTls(IdentityManager.fixed(load_bundle(args.certs))).server_context()
+        if args.role == "tls-sink":
+            server = await loop.create_server(Sink, "127.0.0.1", 0, ssl=ctx)
+        else:
+            server = await h2_serve(_answer_ok, "127.0.0.1", 0, ssl=ctx)
     else:
         host, port = _split(args.to)
         server = await asyncio.start_server(relay_handler(host, port), "127.0.0.1", 0)
@@ -155,6 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("sink")
     sub.add_parser("echo")
     sub.add_parser("tls-sink").add_argument("--certs", type=Path, required=True)
+    sub.add_parser("h2-ok").add_argument("--certs", type=Path, required=True)
     sub.add_parser("relay").add_argument("--to", required=True, help="upstream HOST:PORT")
     sub.add_parser("cli").add_argument("argv", nargs=argparse.REMAINDER, help="arguments of `hbone`")
     args = parser.parse_args(argv)

@@ -198,6 +198,11 @@ def build_cases(a: argparse.Namespace, addr: dict[str, str], certs: dict[str, Pa
                  ("LOAD", "churn", srv, "--target", sink, "--parallel", str(n), "--seconds", secs, "--certs", cli),
                  ("serve", "sink"))
         )  # fmt: skip
+    cases.append(
+        Case("churn-h2-50", "rate", "same, 50 in flight, bare HTTP/2 server answering 200 (no dial, authz, log)",
+             ("LOAD", "churn", addr["h2-ok"], "--target", sink, "--parallel", "50", "--seconds", secs, "--certs", cli),
+             ("h2-ok",), "churn-50")
+    )  # fmt: skip
     if "s_server" in addr:
         c = certs["cli"]
         cases.append(
@@ -233,6 +238,7 @@ def start_fleet(fleet: Fleet, a: argparse.Namespace, certs: dict[str, Path], pro
     addr["sink"] = fleet.start("sink", peer("sink"), ready)
     addr["echo"] = fleet.start("echo", peer("echo"), ready)
     addr["tls-sink"] = fleet.start("tls-sink", peer("tls-sink", "--certs", str(certs["srv"])), ready)
+    addr["h2-ok"] = fleet.start("h2-ok", peer("h2-ok", "--certs", str(certs["srv"]), profile_as="h2-ok"), ready)
     addr["relay"] = fleet.start("relay", peer("relay", "--to", addr["sink"]), ready)
     addr["relay-b"] = fleet.start("relay-b", peer("relay", "--to", addr["echo"]), ready)
     addr["relay-a"] = fleet.start("relay-a", peer("relay", "--to", addr["relay-b"]), ready)
@@ -482,6 +488,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         addr = start_fleet(fleet, a, certs, a.profile)
         cases = build_cases(a, addr, certs)
+        # One small untimed pass first: pooled connections dialled, code paths and caches warm in every process.
+        small = argparse.Namespace(**{**vars(a), "bytes": 8 * MB, "lat_count": 200, "seconds": 0.3})
+        for case in build_cases(small, addr, certs):
+            try:
+                run_case(fleet, case, a.uvloop, a.case_timeout, None, -1)
+            except (RuntimeError, ValueError, KeyError) as e:
+                print(f"[warm-up] {case.key}: FAILED {e}", file=sys.stderr, flush=True)
         for rep in range(a.repeats):
             for case in cases:
                 out = results.setdefault(case.key, Outcome())
