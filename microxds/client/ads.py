@@ -21,7 +21,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from hbone.errors import GrpcError, HboneError
 from hbone.grpc.client import Channel
 from hbone.grpc.codec import ProtoCodec
-from microxds.client.state import Backoff, DeltaSession, resets_backoff
+from microxds.client.state import Backoff, DeltaSession, SotwSession, resets_backoff
 
 log = logging.getLogger("microxds.client")
 
@@ -38,20 +38,25 @@ class BidiCall(Protocol):
 StreamOpener = Callable[[], AbstractAsyncContextManager[BidiCall]]
 
 
-def channel_opener(channel: Channel, path: str = DELTA_ADS) -> StreamOpener:
-    """Open Delta ADS calls on a gRPC channel (the channel redials when its connection is gone)."""
-    req = ProtoCodec(discovery_pb2.DeltaDiscoveryRequest)
-    resp = ProtoCodec(discovery_pb2.DeltaDiscoveryResponse)
+def channel_opener(channel: Channel, *, sotw: bool = False) -> StreamOpener:
+    """Open Delta (or SotW) ADS calls on a gRPC channel (the channel redials when its connection is gone)."""
+    if sotw:
+        req: ProtoCodec[Any] = ProtoCodec(discovery_pb2.DiscoveryRequest)
+        resp: ProtoCodec[Any] = ProtoCodec(discovery_pb2.DiscoveryResponse)
+    else:
+        req, resp = ProtoCodec(discovery_pb2.DeltaDiscoveryRequest), ProtoCodec(discovery_pb2.DeltaDiscoveryResponse)
+    path = SOTW_ADS if sotw else DELTA_ADS
     return lambda: channel.stream(path, request_codec=req, response_codec=resp)
 
 
 class AdsClient:
-    """Keeps a Delta session connected. `start()`, await `ready`, `lookup()` names on demand, `stop()`."""
+    """Keeps a Delta (or SotW) session connected. `start()`, await `ready`, `lookup()` names on demand (Delta),
+    `stop()`."""
 
     def __init__(
         self,
         opener: StreamOpener,
-        session: DeltaSession,
+        session: DeltaSession | SotwSession,
         *,
         backoff: Backoff | None = None,
         name: str = "xds",
@@ -144,17 +149,20 @@ class AdsClient:
 
         Returns whether the resource exists. A server that never answers (no such name) times out as False.
         """
-        found = self.session.lookup_state(type_url, name)
+        session = self.session
+        if not isinstance(session, DeltaSession):
+            raise TypeError("on-demand lookups need a Delta session")
+        found = session.lookup_state(type_url, name)
         if found is not None:
             return found
-        req = self.session.subscribe(type_url, name)
+        req = session.subscribe(type_url, name)
         call = self._call
         if req is not None and call is not None:
             with contextlib.suppress(GrpcError, HboneError):
                 await call.send(req)  # a broken stream re-subscribes on the next initial request
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while (found := self.session.lookup_state(type_url, name)) is None:
+        while (found := session.lookup_state(type_url, name)) is None:
             left = deadline - loop.time()
             if left <= 0:
                 return False

@@ -300,6 +300,9 @@ class SotwSession:
     def ready(self) -> bool:
         return all(s.acked for s in self.types.values())
 
+    def resources_received(self) -> int:
+        return sum(s.stats.resources for s in self.types.values())
+
 
 # --- reconnect backoff -----------------------------------------------------------------------------------------
 
