@@ -12,7 +12,7 @@ from hbone.errors import HboneError
 from microxds.errors import MicroxdsError
 
 # Modules under microxds.commands that contribute subcommands, in help order.
-COMMAND_MODULES = ("serve", "dump")
+COMMAND_MODULES = ("serve", "dump", "agent")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
-    if args.command == "serve" and not args.verbose:
+    if args.command in ("serve", "agent") and not args.verbose:
         level = logging.INFO  # a server reports what it loaded and where it listens
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
 import signal
 from pathlib import Path
 from typing import Any
 
+from hbone.identity import load_ca
 from microxds.errors import ConfigError
 from microxds.server.access import AccessPolicy, JwtVerifier, load_policy
 from microxds.server.app import DEFAULT_LINEAR_TYPES, ControlPlane, ServeOptions, node_hash_from_spec, parse_address
@@ -36,6 +38,17 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--metrics-listen", metavar="ADDR", help="Prometheus /metrics and /ready, e.g. 127.0.0.1:15014")
     p.add_argument("--access", type=Path, metavar="FILE", help="access rules: which identities read which groups")
+    p.add_argument(
+        "--ca", type=Path, metavar="DIR", help="serve the Istio CA API, signing with this dev CA (hbone ca init)"
+    )
+    p.add_argument(
+        "--ca-trusted-node",
+        action="append",
+        default=[],
+        metavar="SPIFFE_GLOB",
+        help="node identity allowed to ask for other identities (ImpersonatedIdentity); repeatable",
+    )
+    p.add_argument("--ca-max-ttl", type=float, default=90 * 86400, metavar="S", help="longest TTL signed (90d)")
     p.add_argument("--allow-all", action="store_true", help="no access control at all (trusted networks only)")
     p.add_argument("--jwt-key", action="append", default=[], type=Path, metavar="PEM", help="JWT public key")
     p.add_argument("--jwt-issuer", metavar="ISS", help="required JWT issuer")
@@ -69,7 +82,13 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         if args.jwt_key
         else None
     )
+    ca = load_ca(args.ca) if args.ca else None
+    if ca is not None and not args.hbone_listen:
+        raise ConfigError("--ca needs --hbone-listen: the CA signs for the caller's verified mTLS identity")
     return ServeOptions(
+        ca=ca,
+        ca_trusted_node_identities=tuple(args.ca_trusted_node),
+        ca_max_ttl=dt.timedelta(seconds=args.ca_max_ttl),
         config=args.config,
         listen=None if args.listen == "off" else args.listen,
         tls_listen=args.tls_listen,

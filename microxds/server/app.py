@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import ssl
 from collections.abc import Callable, Mapping
@@ -26,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from hbone.grpc.server import GrpcServer
 from hbone.identity import FileSource as CertFileSource
 from hbone.identity import IdentityManager
+from hbone.identity.certs import CertificateAuthority
 from hbone.net.settings import H2Settings
 from hbone.tls import MeshTls, TlsOptions, server_context
 from microxds.cache import (
@@ -39,6 +41,7 @@ from microxds.cache import (
     node_id_hash,
 )
 from microxds.errors import ConfigError
+from microxds.istio.ca import MAX_TTL, register_ca
 from microxds.resources import ADDRESS, ENDPOINT, WORKLOAD, Resource
 from microxds.server.access import AccessPolicy, JwtVerifier
 from microxds.server.pushqueue import Debouncer, PushQueue
@@ -96,6 +99,10 @@ class ServeOptions:
     # thousands of mostly idle connections, so a small buffer keeps RSS per client low.
     read_buffer_size: int = 32 * 1024
     extra: Mapping[str, str] = field(default_factory=dict)
+    #: Dev CA (Istio CA API) served next to xDS; callers are identified on the HBONE mTLS listener.
+    ca: CertificateAuthority | None = None
+    ca_trusted_node_identities: tuple[str, ...] = ()
+    ca_max_ttl: dt.timedelta = MAX_TTL
 
 
 class MetricsServer:
@@ -239,6 +246,8 @@ class ControlPlane:
         opts = self.options
         grpc = GrpcServer(max_receive_message_size=opts.max_message_size, max_send_message_size=opts.max_message_size)
         self.service.register(grpc)
+        if opts.ca is not None:
+            register_ca(grpc, opts.ca, trusted_node_identities=opts.ca_trusted_node_identities, max_ttl=opts.ca_max_ttl)
         self._grpc = grpc
         mesh: MeshTls | None = None
         if opts.tls_listen or opts.hbone_listen:

@@ -17,13 +17,6 @@ from tools.localmesh import ISTIOD_ID, LocalMesh
 pytestmark = pytest.mark.timeout(60)
 ROOT = str(Path(__file__).resolve().parents[2])
 
-# `microxds agent` until microxds/cli.py lists the module: the same register() the CLI will call.
-RUN_AGENT = (
-    "import argparse, sys; from microxds.commands.agent import register; "
-    "p = argparse.ArgumentParser(); register(p.add_subparsers()); a = p.parse_args(sys.argv[1:]); "
-    "sys.exit(a.func(a))"
-)
-
 
 async def test_agent_process_forwards_through_the_mesh(tmp_path: Path) -> None:
     mesh = LocalMesh(tmp_path)
@@ -43,7 +36,7 @@ async def test_agent_process_forwards_through_the_mesh(tmp_path: Path) -> None:
         }))  # fmt: skip
         env = {**os.environ, "PYTHONPATH": ROOT}
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", RUN_AGENT, "agent", "--config", str(config),
+            sys.executable, "-m", "microxds.cli", "agent", "--config", str(config),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
         )  # fmt: skip
         try:
