@@ -122,7 +122,7 @@ class EgressHandler(InboundHandler):
                 return rule
         raise RouteDenied(f"egress to {target} is not allowed for {caller or 'an unauthenticated caller'}")
 
-    async def _handle(self, stream: Stream, peer: PeerInfo, record: AccessRecord) -> None:
+    async def handle_stream(self, stream: Stream, peer: PeerInfo, record: AccessRecord) -> None:
         record.direction = "egress"
         try:
             req = parse_tunnel_request(stream.request_headers)
@@ -130,14 +130,14 @@ class EgressHandler(InboundHandler):
             if req.mode is TunnelMode.POST and req.path == INNER_MTLS_PATH:
                 raise BadRequest("the egress gateway takes plain CONNECT/POST tunnels, not inner mTLS")
             rule = self.allowed(req.target, peer.identity)
-            host, port = await self._admit(req, peer, record)
+            host, port = await self.admit(req, peer, record)
             reader, writer = await self._dial_out(req.target, host, port, rule)
             record.policy = f"{rule.name}+{record.policy}" if record.policy else rule.name
         except HboneError as e:
-            self._refuse(stream, e.http_status, str(e))
+            self.refuse(stream, e.http_status, str(e))
             record.finish(e.http_status, str(e))
             return
-        await self._splice(stream, stream, reader, writer, record)
+        await self.relay(stream, stream, reader, writer, record)
 
     async def _dial_out(
         self, target: Authority, host: str, port: int, rule: EgressRule

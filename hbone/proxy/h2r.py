@@ -175,17 +175,17 @@ class H2RInbound(InboundHandler):
         super().__init__(config or InboundConfig())
         self.gateway = gateway
 
-    async def _handle(self, stream: Stream, peer: PeerInfo, record: AccessRecord) -> None:
+    async def handle_stream(self, stream: Stream, peer: PeerInfo, record: AccessRecord) -> None:
         record.direction = "h2r-gateway"
         try:
             req = parse_tunnel_request(stream.request_headers)
             record.dst_addr = str(req.target)
             if self.gateway.lookup(req.target.host) is None:
-                return await super()._handle(stream, peer, record)
+                return await super().handle_stream(stream, peer, record)
             inner, ident = await self.gateway.open(req.target.host, req.target, forwarded_for=record.src_addr)
             record.dst_identity = str(ident)
         except HboneError as e:
-            self._refuse(stream, e.http_status, str(e))
+            self.refuse(stream, e.http_status, str(e))
             record.finish(e.http_status, str(e))
             return
         stream.send_headers(tunnel_response(200))

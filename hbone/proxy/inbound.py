@@ -88,7 +88,12 @@ def _is_local(ip: str) -> bool:
 
 
 class InboundHandler:
-    """Handles HBONE CONNECT/POST streams on one listener. Call it with each incoming stream."""
+    """Handles HBONE CONNECT/POST streams on one listener. Call it with each incoming stream.
+
+    Gateways (egress, H2R, PROXY v2 inbound) subclass it; these methods are the supported override points:
+    `handle_stream` (the whole per-stream flow), `admit` (resolve + self-call check + authorization, returns the
+    address to dial), `dial` (upstream TCP connect), `relay` (answer 200 and splice) and `refuse` (error status).
+    """
 
     def __init__(self, config: InboundConfig) -> None:
         self.config = config
@@ -102,23 +107,23 @@ class InboundHandler:
         self.total += 1
         self.active += 1
         try:
-            await self._handle(stream, peer, record)
+            await self.handle_stream(stream, peer, record)
         finally:
             self.active -= 1
 
-    async def _handle(self, stream: Stream, peer: PeerInfo, record: AccessRecord) -> None:
+    async def handle_stream(self, stream: Stream, peer: PeerInfo, record: AccessRecord) -> None:
         try:
             req = parse_tunnel_request(stream.request_headers)
             record.mode, record.dst_addr = req.mode.value, str(req.target)
             if req.mode is TunnelMode.POST and req.path == INNER_MTLS_PATH:
                 return await self._handle_inner_tls(stream, req, peer, record)
-            host, port = await self._admit(req, peer, record)
-            reader, writer = await self._dial(host, port)
+            host, port = await self.admit(req, peer, record)
+            reader, writer = await self.dial(host, port)
         except HboneError as e:
-            self._refuse(stream, e.http_status, str(e))
+            self.refuse(stream, e.http_status, str(e))
             record.finish(e.http_status, str(e))
             return
-        await self._splice(stream, stream, reader, writer, record)
+        await self.relay(stream, stream, reader, writer, record)
 
     async def _handle_inner_tls(self, stream: Stream, req: TunnelRequest, peer: PeerInfo, record: AccessRecord) -> None:
         """POST to /_hbone/mtls: answer 200 at once (the middle box needs it), then authenticate end to end.
@@ -133,15 +138,15 @@ class InboundHandler:
             inner = await TlsStream.server(stream, self.config.tls.server_context())
             ident = check_client_peer(inner.ssl_object, self.config.tls.trust_domain)
             record.src_identity = str(ident)
-            host, port = await self._admit(req, PeerInfo(ident, peer.address), record)
-            reader, writer = await self._dial(host, port)
+            host, port = await self.admit(req, PeerInfo(ident, peer.address), record)
+            reader, writer = await self.dial(host, port)
         except HboneError as e:
             stream.reset(e.h2_code)
             record.finish(e.http_status, f"inner: {e}")
             return
-        await self._splice(stream, inner, reader, writer, record)
+        await self.relay(stream, inner, reader, writer, record)
 
-    async def _splice(
+    async def relay(
         self,
         stream: Stream,
         pipe: Stream | TlsStream,
@@ -162,7 +167,7 @@ class InboundHandler:
         record.bytes_sent, record.bytes_received = result.from_stream, result.to_stream
         record.finish(200, "ok" if result.error is None else f"broken: {result.error}")
 
-    async def _admit(self, req: TunnelRequest, peer: PeerInfo, record: AccessRecord) -> tuple[str, int]:
+    async def admit(self, req: TunnelRequest, peer: PeerInfo, record: AccessRecord) -> tuple[str, int]:
         host, port = await self.config.resolve(req.target)
         if port in self.config.own_ports and _is_local(host):
             raise SelfCall(f"refusing a tunnel to this proxy's own port {port}")
@@ -179,7 +184,7 @@ class InboundHandler:
             raise Denied(decision.reason if decision.reason.startswith("denied") else f"denied: {decision.reason}")
         return host, port
 
-    async def _dial(self, host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def dial(self, host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), self.config.dial_timeout)
         except TimeoutError as e:
@@ -193,7 +198,7 @@ class InboundHandler:
         return reader, writer
 
     @staticmethod
-    def _refuse(stream: Stream, status: int, why: str) -> None:
+    def refuse(stream: Stream, status: int, why: str) -> None:
         try:
             stream.send_headers([(":status", str(status)), ("content-type", "text/plain")])
             stream.write(why.encode()[:512] + b"\n")

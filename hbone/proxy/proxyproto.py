@@ -25,7 +25,7 @@ class ProxyProtocolInbound(InboundHandler):
         super().__init__(config)
         self.ports = ports
 
-    async def _splice(
+    async def relay(
         self,
         stream: Stream,
         pipe: Stream | TlsStream,
@@ -38,4 +38,4 @@ class ProxyProtocolInbound(InboundHandler):
             src = parse_authority(record.src_addr)
             if src.ip is not None and src.ip.version == (6 if ":" in str(dst[0]) else 4):
                 writer.write(proxy_header(src, (str(dst[0]), int(dst[1])), client_identity=record.src_identity))
-        await super()._splice(stream, pipe, reader, writer, record)
+        await super().relay(stream, pipe, reader, writer, record)
