@@ -171,8 +171,15 @@ class ServerCall:
         if kind == "unary":
             await self.send(await method.handler(await self._recv_one(), self))
         elif kind == "server_stream":
-            async for reply in method.handler(await self._recv_one(), self):
-                await self.send(reply)
+            replies = method.handler(await self._recv_one(), self)
+            try:
+                async for reply in replies:
+                    await self.send(reply)
+            finally:
+                # Close the handler's generator now (its finally blocks run here), not whenever GC finds it.
+                aclose = getattr(replies, "aclose", None)
+                if aclose is not None:
+                    await aclose()
         elif kind == "client_stream":
             await self.send(await method.handler(self))
         else:

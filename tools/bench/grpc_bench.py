@@ -290,9 +290,17 @@ def bench(impl: str, loop_name: str, args: argparse.Namespace) -> dict[str, list
     return results
 
 
-def report(loop_name: str, table: dict[str, dict[str, list[dict[str, float]]]], impls: list[str], cases: list[str]) -> None:
+Table = dict[str, dict[str, list[dict[str, float]]]]
+
+
+def report(loop_name: str, table: Table, impls: list[str], cases: list[str]) -> None:
     print(f"\n== event loop: {loop_name} ==")
-    print(f"{'case':<10} {'impl':<8} {'median/s':>10} {'min':>10} {'max':>10} {'srv cpu ms/1k':>14} {'cli cpu ms/1k':>14}")
+    cols = ("median/s", "min", "max")
+    print(
+        f"{'case':<10} {'impl':<8} "
+        + " ".join(f"{c:>10}" for c in cols)
+        + f" {'srv cpu ms/1k':>14} {'cli cpu ms/1k':>14}"
+    )
     medians: dict[tuple[str, str], float] = {}
     for case in cases:
         for impl in impls:
@@ -304,7 +312,8 @@ def report(loop_name: str, table: dict[str, dict[str, list[dict[str, float]]]], 
             medians[(case, impl)] = med
             srv = statistics.median(r["server_cpu_per_k"] for r in runs) * 1000
             cli = statistics.median(r["client_cpu_per_k"] for r in runs) * 1000
-            print(f"{case:<10} {impl:<8} {med:>10.0f} {min(rates):>10.0f} {max(rates):>10.0f} {srv:>14.1f} {cli:>14.1f}")
+            spread = f"{med:>10.0f} {min(rates):>10.0f} {max(rates):>10.0f}"
+            print(f"{case:<10} {impl:<8} {spread} {srv:>14.1f} {cli:>14.1f}")
     print("ratios of medians (ours / other):")
     for case in cases:
         ours = medians.get((case, "ours"))
