@@ -20,6 +20,7 @@ resource with the aliases the client asked for.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping
+from itertools import chain
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
@@ -30,6 +31,9 @@ from microxds.resources import Resource
 from microxds.server.sotw import push_order
 from microxds.server.status import ClientStatus, StatusRegistry
 from microxds.server.subscription import Subscription
+from microxds.server.wire import WireResponse, delta_entry, delta_entry_with_aliases
+
+DeltaResponse = WireResponse[discovery_pb2.DeltaDiscoveryResponse]
 
 
 class _Reply:
@@ -74,7 +78,7 @@ class DeltaStream:
 
     # -- inputs -------------------------------------------------------------------------------------------
 
-    def handle(self, req: discovery_pb2.DeltaDiscoveryRequest) -> list[discovery_pb2.DeltaDiscoveryResponse]:
+    def handle(self, req: discovery_pb2.DeltaDiscoveryRequest) -> list[DeltaResponse]:
         if self.closed:
             raise ProtocolError("request on a closed stream")
         watch = self._watch or self._open(req)
@@ -128,10 +132,10 @@ class DeltaStream:
             return [self._response(type_url, sub, reply)]
         return []
 
-    def flush(self) -> list[discovery_pb2.DeltaDiscoveryResponse]:
+    def flush(self) -> list[DeltaResponse]:
         """Push accumulated cache changes: O(changed names) per client, in push order."""
         pending, self._pending = self._pending, {}
-        out: list[discovery_pb2.DeltaDiscoveryResponse] = []
+        out: list[DeltaResponse] = []
         if self._watch is None or self.closed:
             return out
         for type_url in push_order(pending):
@@ -140,7 +144,7 @@ class DeltaStream:
             names: Collection[str] = changed
             view = self._watch.resources(type_url)
             if not sub.wildcard and not self._watch.aliases(type_url) and len(changed) > len(sub.names) + len(sub.sent):
-                names = (sub.names | sub.sent.keys()) & changed
+                names = {n for n in chain(sub.names, sub.sent) if n in changed}
             reply = _Reply()
             for name in names:
                 res = view.get(name)
@@ -216,25 +220,26 @@ class DeltaStream:
         if sub.forget(name) and gone and type_url not in self._never_remove:
             reply.removed.append(name)
 
-    def _response(self, type_url: str, sub: Subscription, reply: _Reply) -> discovery_pb2.DeltaDiscoveryResponse:
+    def _response(self, type_url: str, sub: Subscription, reply: _Reply) -> DeltaResponse:
         for name, res in reply.send.items():
             sub.record(name, res.version)
+        sub.settle()
         self._nonce += 1
         nonce = str(self._nonce)
         version = sub.version()
-        resp = discovery_pb2.DeltaDiscoveryResponse(
+        head = discovery_pb2.DeltaDiscoveryResponse(
             system_version_info=version, type_url=type_url, nonce=nonce, removed_resources=reply.removed
         )
-        resp.resources.extend(self._wrap(sub, reply.send.values()))
         self.status.sent(type_url, version, nonce, len(reply.send) + len(reply.removed))
-        return resp
+        return WireResponse(head, self._entries(sub, reply.send.values()))
 
     @staticmethod
-    def _wrap(sub: Subscription, resources: Iterable[Resource]) -> list[discovery_pb2.Resource]:
-        out = []
-        for res in resources:
-            wrapped = discovery_pb2.Resource(name=res.name, version=res.version, resource=res.to_any())
-            if res.aliases and sub.names:
-                wrapped.aliases.extend(a for a in res.aliases if a in sub.names)
-            out.append(wrapped)
-        return out
+    def _entries(sub: Subscription, resources: Iterable[Resource]) -> list[bytes]:
+        """Shared pre-encoded entries; only a resource echoing this client's aliases is encoded per client."""
+        names = sub.names
+        return [
+            delta_entry_with_aliases(res, [a for a in res.aliases if a in names])
+            if res.aliases and names and any(a in names for a in res.aliases)
+            else delta_entry(res)
+            for res in resources
+        ]

@@ -209,6 +209,12 @@ class PushQueue:
         self.admission = TokenBucket(streams_per_second, stream_burst, clock=clock)
         self.pushes = 0
 
+    @staticmethod
+    async def _send_all(responses: Sequence[Resp], send: Callable[[Resp], Awaitable[None]]) -> int:
+        for resp in responses:
+            await send(resp)
+        return len(responses)
+
     async def serve(
         self,
         core: StreamCore[Req, Resp],
@@ -222,15 +228,14 @@ class PushQueue:
         try:
             await self.admission.acquire()
 
+            # Lock order is always stream lock -> push slot, and a slot holder only waits for its own sends, so
+            # streams cannot deadlock each other.
             async def pusher() -> None:
                 while True:
                     await dirty.wait()
-                    async with self._slots:
+                    async with lock, self._slots:
                         dirty.clear()  # changes arriving from here on are merged into the next push
-                        async with lock:
-                            for resp in core.flush():
-                                self.pushes += 1
-                                await send(resp)
+                        self.pushes += await self._send_all(core.flush(), send)
 
             reader = asyncio.current_task()
             push_task = asyncio.create_task(pusher())
@@ -246,8 +251,14 @@ class PushQueue:
             try:
                 async for request in requests:
                     async with lock:
-                        for resp in core.handle(request):
-                            await send(resp)
+                        responses = core.handle(request)
+                        if responses:
+                            # Answers to requests (the initial sync of a reconnect storm above all) take a push
+                            # slot too, so only `max_in_flight` large responses are being encoded and buffered at
+                            # once; plain ACKs, which answer nothing, never wait for one.
+                            async with self._slots:
+                                await self._send_all(responses, send)
+                        del responses  # an idle stream must not pin its last (possibly large) response
             except asyncio.CancelledError:
                 if not failed or reader is None:
                     raise

@@ -31,8 +31,9 @@ from microxds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 from microxds.server.access import AccessPolicy, Caller, JwtVerifier, bearer_token
 from microxds.server.delta import DeltaStream
 from microxds.server.pushqueue import PushQueue, StreamCore
-from microxds.server.sotw import SotwStream
+from microxds.server.sotw import SotwResponse, SotwStream
 from microxds.server.status import StatusRegistry
+from microxds.server.wire import ResponseCodec
 
 log = logging.getLogger("microxds.server")
 
@@ -105,9 +106,10 @@ class XdsService:
         self.denied = 0
 
     def register(self, server: Registrar) -> None:
-        sotw_req, sotw_resp = ProtoCodec(discovery_pb2.DiscoveryRequest), ProtoCodec(discovery_pb2.DiscoveryResponse)
+        # Responses may be pre-assembled `WireResponse`s (shared resource bytes), sent without re-encoding.
+        sotw_req, sotw_resp = ProtoCodec(discovery_pb2.DiscoveryRequest), ResponseCodec(discovery_pb2.DiscoveryResponse)
         delta_req = ProtoCodec(discovery_pb2.DeltaDiscoveryRequest)
-        delta_resp = ProtoCodec(discovery_pb2.DeltaDiscoveryResponse)
+        delta_resp = ResponseCodec(discovery_pb2.DeltaDiscoveryResponse)
         server.add_bidi(f"/{ADS_SERVICE}/StreamAggregatedResources", self._sotw_handler(None), sotw_req, sotw_resp)
         server.add_bidi(f"/{ADS_SERVICE}/DeltaAggregatedResources", self._delta_handler(None), delta_req, delta_resp)
         for type_url, (service, kind) in PER_TYPE_SERVICES.items():
@@ -177,10 +179,12 @@ class XdsService:
 
     def _fetch_handler(
         self, type_url: str
-    ) -> Callable[[discovery_pb2.DiscoveryRequest, Call], Awaitable[discovery_pb2.DiscoveryResponse]]:
+    ) -> Callable[[discovery_pb2.DiscoveryRequest, Call], Awaitable[SotwResponse | discovery_pb2.DiscoveryResponse]]:
         """REST-style Fetch<Type>: one request, the current resources, no watch left behind."""
 
-        async def handler(req: discovery_pb2.DiscoveryRequest, call: Call) -> discovery_pb2.DiscoveryResponse:
+        async def handler(
+            req: discovery_pb2.DiscoveryRequest, call: Call
+        ) -> SotwResponse | discovery_pb2.DiscoveryResponse:
             try:
                 caller = self.caller_of(call)
                 self.access.check(caller, self.group_of(req.node))

@@ -33,9 +33,11 @@ from microxds.errors import ProtocolError
 from microxds.resources import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, Resource
 from microxds.server.status import ClientStatus, StatusRegistry
 from microxds.server.subscription import Subscription
+from microxds.server.wire import WireResponse, sotw_entry
 
 FULL_STATE_TYPES = frozenset({LISTENER, CLUSTER})
 LEGACY_WILDCARD_TYPES = frozenset({LISTENER, CLUSTER})
+SotwResponse = WireResponse[discovery_pb2.DiscoveryResponse]
 _ORDER = {t: i for i, t in enumerate(PUSH_ORDER)}
 
 
@@ -75,7 +77,7 @@ class SotwStream:
 
     # -- inputs -------------------------------------------------------------------------------------------
 
-    def handle(self, req: discovery_pb2.DiscoveryRequest) -> list[discovery_pb2.DiscoveryResponse]:
+    def handle(self, req: discovery_pb2.DiscoveryRequest) -> list[SotwResponse]:
         """Process one request; returns the responses to send now (possibly none)."""
         if self.closed:
             raise ProtocolError("request on a closed stream")
@@ -103,7 +105,7 @@ class SotwStream:
         first = not ts.sent_nonce
         if not first and not change:
             return []  # rule 5: a plain ACK/NACK; never resend
-        out: list[discovery_pb2.DiscoveryResponse] = []
+        out: list[SotwResponse] = []
         view = watch.resources(type_url)
         if type_url in self._full_state:
             desired = self._desired(sub, view)
@@ -122,10 +124,10 @@ class SotwStream:
                 self._send_subset(type_url, sub, send.values(), out)
         return out
 
-    def flush(self) -> list[discovery_pb2.DiscoveryResponse]:
+    def flush(self) -> list[SotwResponse]:
         """Push the cache changes accumulated since the last flush, in push order."""
         pending, self._pending = self._pending, {}
-        out: list[discovery_pb2.DiscoveryResponse] = []
+        out: list[SotwResponse] = []
         if self._watch is None or self.closed:
             return out
         for type_url in push_order(pending):
@@ -202,7 +204,7 @@ class SotwStream:
         type_url: str,
         sub: Subscription,
         desired: Mapping[str, Resource],
-        out: list[discovery_pb2.DiscoveryResponse],
+        out: list[SotwResponse],
     ) -> None:
         """Rule 8: every resource the client should have; whatever is missing is deleted on the client."""
         changed = [r for n, r in desired.items() if sub.sent.get(n) != r.version]
@@ -219,13 +221,13 @@ class SotwStream:
         type_url: str,
         sub: Subscription,
         resources: Collection[Resource],
-        out: list[discovery_pb2.DiscoveryResponse],
+        out: list[SotwResponse],
     ) -> None:
         for res in resources:
             sub.record(res.name, res.version)
         out.append(self._response(type_url, sub, resources, len(resources)))
 
-    def _warm_endpoints(self, clusters: Iterable[Resource], out: list[discovery_pb2.DiscoveryResponse]) -> None:
+    def _warm_endpoints(self, clusters: Iterable[Resource], out: list[SotwResponse]) -> None:
         """Kuma PR #331: after CDS, answer EDS for the changed clusters even when their CLAs are unchanged."""
         sub = self._subs.get(ENDPOINT)
         if sub is None or self._watch is None:
@@ -239,13 +241,11 @@ class SotwStream:
         if send:
             self._send_subset(ENDPOINT, sub, send.values(), out)
 
-    def _response(
-        self, type_url: str, sub: Subscription, resources: Iterable[Resource], count: int
-    ) -> discovery_pb2.DiscoveryResponse:
+    def _response(self, type_url: str, sub: Subscription, resources: Iterable[Resource], count: int) -> SotwResponse:
+        sub.settle()
         self._nonce += 1
         nonce = str(self._nonce)
         version = sub.version()
-        resp = discovery_pb2.DiscoveryResponse(version_info=version, type_url=type_url, nonce=nonce)
-        resp.resources.extend([r.to_any() for r in resources])  # shared, pre-serialised Anys (copied by upb)
+        head = discovery_pb2.DiscoveryResponse(version_info=version, type_url=type_url, nonce=nonce)
         self.status.sent(type_url, version, nonce, count)
-        return resp
+        return WireResponse(head, [sotw_entry(r) for r in resources])  # each resource encoded once, shared

@@ -154,7 +154,7 @@ class ClientStatus:
                 if resources is not None and (res := resources.get(name)) is not None and res.version == version:
                     cfg.xds_config.CopyFrom(res.to_any())
                 yield cfg
-            for name in sorted(sub.names - sub.sent.keys()):  # requested but never sent: NOT_SENT
+            for name in sorted(n for n in sub.names if n not in sub.sent):  # requested but never sent: NOT_SENT
                 yield csds_pb2.ClientConfig.GenericXdsConfig(
                     type_url=type_url, name=name, config_status=csds_pb2.NOT_SENT, client_status=_REQUESTED
                 )

@@ -11,16 +11,152 @@ resources to return"):
   nothing unsubscribed; subscribing and unsubscribing "*" in one request means "nothing" (Istio on-demand,
   `delta.go` `deltaWatchedResources`) (Delta rule 7).
 * Unsubscribing a name never subscribed is a no-op (Delta rule 4).
+
+Memory (reference §5 complaint 6): thousands of clients usually subscribe to the same names and hold the same
+versions, so both halves of the state are structurally shared. Name sets are immutable and interned (one frozenset
+per distinct set, however many clients use it). What a client holds is a shared, interned name -> version map plus
+a small private overlay of differences (`SentVersions`), folded back into a shared map when it grows. An idle
+client subscribed to 2,000 names then costs a few hundred bytes here instead of ~115 KiB.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import weakref
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from microxds.cache.versions import SetDigest
 
 WILDCARD = "*"
+_NO_NAMES: frozenset[str] = frozenset()
+
+
+class _VersionMap(dict[str, str]):
+    """An immutable-by-convention name -> version map that may be shared by many clients (weakly interned)."""
+
+    __slots__ = ("__weakref__",)
+
+
+_EMPTY_MAP = _VersionMap()
+# Interning registries. Keys are content hashes; a hit is confirmed by equality, so a collision only costs sharing.
+_NAME_SETS: weakref.WeakValueDictionary[int, frozenset[str]] = weakref.WeakValueDictionary()
+_VERSION_MAPS: weakref.WeakValueDictionary[tuple[str, int], _VersionMap] = weakref.WeakValueDictionary()
+
+
+def intern_names(names: frozenset[str]) -> frozenset[str]:
+    """The shared frozenset equal to `names` (registered if it is the first of its kind)."""
+    if not names:
+        return _NO_NAMES
+    key = hash(names)
+    shared = _NAME_SETS.get(key)
+    if shared is None:
+        _NAME_SETS[key] = names
+        return names
+    return shared if shared == names else names
+
+
+def _intern_versions(merged: _VersionMap, digest: str) -> _VersionMap:
+    key = (digest, len(merged))
+    shared = _VERSION_MAPS.get(key)
+    if shared is None:
+        _VERSION_MAPS[key] = merged
+        return merged
+    return shared if shared == merged else merged
+
+
+class SentVersions(Mapping[str, str]):
+    """name -> version the client holds: a shared base map plus a private overlay (None = not held).
+
+    `record`/`forget` touch only the overlay (O(1)); `settle()` folds a large overlay into a new base, interned
+    by its content digest, so clients that went through the same pushes end up sharing one map again.
+    """
+
+    __slots__ = ("_base", "_digest", "_len", "_over")
+
+    def __init__(self) -> None:
+        self._base: _VersionMap = _EMPTY_MAP
+        self._over: dict[str, str | None] = {}
+        self._len = 0
+        self._digest = SetDigest()
+
+    def __getitem__(self, name: str) -> str:
+        version = self.get(name)
+        if version is None:
+            raise KeyError(name)
+        return version
+
+    def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        over = self._over
+        if over and name in over:
+            v = over[name]
+            return default if v is None else v
+        return self._base.get(name, default)
+
+    def __contains__(self, name: object) -> bool:
+        over = self._over
+        if over and name in over:
+            return over[name] is not None
+        return name in self._base
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> Iterator[str]:
+        over = self._over
+        if not over:
+            return iter(self._base)
+        return self._iter_merged()
+
+    def _iter_merged(self) -> Iterator[str]:
+        over = self._over
+        yield from (n for n in self._base if n not in over)
+        yield from (n for n, v in over.items() if v is not None)
+
+    def record(self, name: str, version: str) -> None:
+        old = self.get(name)
+        if old == version:
+            return
+        if old is None:
+            self._len += 1
+        else:
+            self._digest.remove(name, old)
+        self._digest.add(name, version)
+        if self._base.get(name) == version:
+            del self._over[name]
+        else:
+            self._over[name] = version
+
+    def forget(self, name: str) -> bool:
+        old = self.get(name)
+        if old is None:
+            return False
+        self._len -= 1
+        self._digest.remove(name, old)
+        if name in self._base:
+            self._over[name] = None
+        else:
+            del self._over[name]
+        return True
+
+    def clear(self) -> None:
+        self._base, self._over, self._len = _EMPTY_MAP, {}, 0
+        self._digest.clear()
+
+    def settle(self) -> None:
+        """Fold the overlay into a shared base once it outgrows 1/16 of the base (amortised O(1) per change)."""
+        if len(self._over) <= 16 + len(self._base) // 16:
+            return
+        merged = _VersionMap(self._base)
+        for name, version in self._over.items():
+            if version is None:
+                del merged[name]
+            else:
+                merged[name] = version
+        self._base = _intern_versions(merged, self._digest.hexdigest())
+        self._over = {}
+
+    def digest(self) -> str:
+        return self._digest.hexdigest()
 
 
 @dataclass(slots=True)
@@ -37,18 +173,17 @@ class SubscriptionChange:
 
 
 class Subscription:
-    """One type on one stream: the subscription plus the client's known resources (`sent`)."""
+    """One type on one stream: the subscription (`names`, `wildcard`) plus the client's known resources (`sent`)."""
 
-    __slots__ = ("_digest", "_ever_named", "names", "sent", "wildcard")
+    __slots__ = ("_ever_named", "names", "sent", "wildcard")
 
     def __init__(self) -> None:
         self.wildcard = False
-        self.names: set[str] = set()
+        self.names: frozenset[str] = _NO_NAMES  # interned: never mutate, replace
         self._ever_named = False
-        # name -> version the client was last sent (or, in delta, declared via initial_resource_versions).
-        # A NACKed response stays recorded, so the same rejected content is never sent again (go #564, istio #21111).
-        self.sent: dict[str, str] = {}
-        self._digest = SetDigest()
+        # What the client was last sent (or, in delta, declared via initial_resource_versions). A NACKed response
+        # stays recorded, so the same rejected content is never sent again (go #564, istio #21111).
+        self.sent = SentVersions()
 
     def covers(self, name: str) -> bool:
         return self.wildcard or name in self.names
@@ -57,20 +192,22 @@ class Subscription:
 
     def apply_sotw(self, names: Iterable[str], *, legacy_wildcard: bool) -> SubscriptionChange:
         """Replace the subscription with a SotW `resource_names` list (each request is the full list)."""
-        requested = set(names)
+        requested = frozenset(names)
         if not requested and not self._ever_named and legacy_wildcard:
-            wildcard, explicit = True, set[str]()
+            wildcard, explicit = True, _NO_NAMES
         else:
             self._ever_named = self._ever_named or bool(requested)
             wildcard = WILDCARD in requested
-            explicit = requested - {WILDCARD}
+            explicit = requested - {WILDCARD} if wildcard else requested
         change = SubscriptionChange(
-            requested=explicit - self.names,
-            removed=self.names - explicit,
+            requested=set(explicit - self.names),
+            removed=set(self.names - explicit),
             wildcard_added=wildcard and not self.wildcard,
             wildcard_removed=self.wildcard and not wildcard,
         )
-        self.wildcard, self.names = wildcard, explicit
+        self.wildcard = wildcard
+        if explicit != self.names:
+            self.names = intern_names(explicit)
         return change
 
     def apply_delta(self, subscribe: Iterable[str], unsubscribe: Iterable[str], *, first: bool) -> SubscriptionChange:
@@ -85,9 +222,11 @@ class Subscription:
             self.wildcard = False
         sub.discard(WILDCARD)
         unsub.discard(WILDCARD)
-        removed = unsub & self.names  # unknown names: no-op (delta rule 4)
-        self.names |= sub
-        self.names -= unsub
+        names = self.names
+        removed = unsub & names  # unknown names: no-op (delta rule 4)
+        if removed or not sub <= names:
+            # O(subscribed) per changing request: the price of an immutable, shareable set.
+            self.names = intern_names((names | sub) - unsub)
         return SubscriptionChange(
             requested=sub - unsub,
             removed=removed,
@@ -98,27 +237,21 @@ class Subscription:
     # -- what the client holds ----------------------------------------------------------------------------
 
     def record(self, name: str, version: str) -> None:
-        old = self.sent.get(name)
-        if old == version:
-            return
-        if old is not None:
-            self._digest.remove(name, old)
-        self.sent[name] = version
-        self._digest.add(name, version)
+        self.sent.record(name, version)
 
     def forget(self, name: str) -> bool:
-        old = self.sent.pop(name, None)
-        if old is None:
-            return False
-        self._digest.remove(name, old)
-        return True
+        return self.sent.forget(name)
 
     def replace_sent(self, pairs: Mapping[str, str]) -> None:
-        self.sent = {}
-        self._digest.clear()
+        self.sent.clear()
         for name, version in pairs.items():
-            self.record(name, version)
+            self.sent.record(name, version)
+        self.sent.settle()
+
+    def settle(self) -> None:
+        """Call after a batch of `record`/`forget` (one response): lets clients share what they hold again."""
+        self.sent.settle()
 
     def version(self) -> str:
         """SotW `version_info`: a digest of exactly what the client holds, equal on every replica."""
-        return self._digest.hexdigest()
+        return self.sent.digest()
