@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import json
 import signal
 import sys
@@ -17,6 +16,7 @@ from hbone.authz.defaults import DefaultMode, default_policies
 from hbone.client import Endpoint, HboneClient, Tunnel
 from hbone.config import ServeConfig, load_serve_config, parse_listen
 from hbone.errors import ConfigError, HboneError
+from hbone.grpc.server import GrpcServer
 from hbone.identity.bundle import load_bundle
 from hbone.identity.manager import FileSource, IdentityManager
 from hbone.net.splice import splice
@@ -148,7 +148,7 @@ async def serve(cfg: ServeConfig, ready: asyncio.Event | None = None) -> int:
         ready.set()
     await stop.wait()
     print("hbone serve: draining", file=sys.stderr, flush=True)
-    _set_health(server, serving=False)
+    _enter_drain(server)
     await server.drain(cfg.drain_timeout)
     await server.close()
     if manager is not None:
@@ -156,21 +156,15 @@ async def serve(cfg: ServeConfig, ready: asyncio.Event | None = None) -> int:
     return 0
 
 
-def _grpc_app() -> Any:
-    """The gRPC side of the listener (health service), when the gRPC package is available."""
-    # Imported by name until hbone.grpc.server lands everywhere; then this becomes a plain import.
-    try:
-        module = importlib.import_module("hbone.grpc.server")
-    except ImportError:
-        return None
-    return module.GrpcServer()
+def _grpc_app() -> GrpcServer:
+    """The gRPC side of every listener: grpc.health.v1.Health, SERVING while we accept traffic."""
+    return GrpcServer()
 
 
-def _set_health(server: HboneServer, *, serving: bool) -> None:
-    health = getattr(server.grpc, "health", None)
-    if health is not None:
-        with contextlib.suppress(Exception):
-            health.set_status("", "SERVING" if serving else "NOT_SERVING")
+def _enter_drain(server: HboneServer) -> None:
+    # Health flips to NOT_SERVING (Watch streams see it) before GOAWAY goes out.
+    if isinstance(server.grpc, GrpcServer):
+        server.grpc.health.enter_graceful_shutdown()
 
 
 # --- connect / forward ---------------------------------------------------------------------------------------------

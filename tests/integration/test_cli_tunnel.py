@@ -13,7 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from hbone.grpc.client import Channel
+from hbone.grpc.codec import ProtoCodec
+from hbone.grpc.health import ServingStatus, health_messages
+from hbone.identity import IdentityManager, load_bundle
 from hbone.testing import TestCA, start_echo_server
+from hbone.tls import MeshTls
 
 pytestmark = pytest.mark.timeout(60)
 HBONE = [sys.executable, "-m", "hbone.cli"]
@@ -104,6 +109,20 @@ async def test_serve_probe_connect_forward(certs: Path) -> None:
             # default authorization is same-namespace: mallory (namespace "other") gets 401
             rc, out, _ = await run("probe", via, "--target", target, "--certs", str(certs / "mallory"), "--json")
             assert rc == 1 and json.loads(out)["status"] == 401
+
+            # gRPC health on the same listeners: mTLS (caller authenticated) and h2c
+            req_cls, resp_cls = health_messages()
+            alice_tls = MeshTls(IdentityManager.fixed(load_bundle(certs / "alice")))
+            for ch in (Channel(via, tls=alice_tls), Channel(f"127.0.0.1:{h2c}")):
+                async with ch:
+                    resp = await ch.unary(
+                        "/grpc.health.v1.Health/Check",
+                        req_cls(),
+                        request_codec=ProtoCodec(req_cls),
+                        response_codec=ProtoCodec(resp_cls),
+                        timeout=10,
+                    )
+                    assert resp.status == ServingStatus.SERVING
 
             rc, out, err = await run(
                 "connect", target, "--via", via, "--certs", str(certs / "alice"), stdin=b"through stdin\n"
