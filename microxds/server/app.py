@@ -44,7 +44,7 @@ from microxds.errors import ConfigError
 from microxds.istio.ca import MAX_TTL, register_ca
 from microxds.resources import ADDRESS, ENDPOINT, WORKLOAD, Resource
 from microxds.server.access import AccessPolicy, JwtVerifier
-from microxds.server.pushqueue import Debouncer, PushQueue
+from microxds.server.pushqueue import Debouncer, PushQueue, release_memory_after_bursts
 from microxds.server.service import XdsService
 from microxds.server.status import StatusRegistry, XdsMetrics
 from microxds.sources.configsnapshot import ConfigSnapshot
@@ -96,8 +96,12 @@ class ServeOptions:
     stream_burst: int = 200
     max_message_size: int = 64 * MiB
     # The HTTP/2 driver keeps one receive buffer per connection; 256 KiB suits tunnels, but an xDS server holds
-    # thousands of mostly idle connections, so a small buffer keeps RSS per client low.
-    read_buffer_size: int = 32 * 1024
+    # thousands of mostly idle connections whose requests are small (an ACK is ~100 bytes, a 1,000-name
+    # subscription ~10 KiB: a few reads). 4 KiB instead of 32 KiB also stops these long-lived buffers from
+    # fragmenting the heap between the big transient buffers of an initial sync (measured: -200 KiB RSS/client).
+    read_buffer_size: int = 4 * 1024
+    # Return freed heap memory to the OS after push bursts (glibc only; see `release_memory_after_bursts`).
+    release_memory: bool = True
     extra: Mapping[str, str] = field(default_factory=dict)
     #: Dev CA (Istio CA API) served next to xDS; callers are identified on the HBONE mTLS listener.
     ca: CertificateAuthority | None = None
@@ -240,6 +244,8 @@ class ControlPlane:
         self.apply(snap)
         self._debouncer = Debouncer(self._on_config, quiet=self.options.quiet, max_delay=self.options.max_delay)
         self._tasks.append(asyncio.create_task(self.source.run(self._debouncer.trigger, self._on_config_error)))
+        if self.options.release_memory:
+            self._tasks.append(asyncio.create_task(release_memory_after_bursts(self.queue)))
         await self._start_listeners()
 
     async def _start_listeners(self) -> None:

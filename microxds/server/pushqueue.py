@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import heapq
 import itertools
+import logging
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from typing import Generic, Protocol, TypeVar
+
+log = logging.getLogger("microxds.server")
 
 T = TypeVar("T")
 Req = TypeVar("Req")
@@ -207,12 +211,13 @@ class PushQueue:
         self.max_in_flight = max_in_flight
         self._slots = asyncio.Semaphore(max_in_flight)
         self.admission = TokenBucket(streams_per_second, stream_burst, clock=clock)
-        self.pushes = 0
+        self.pushes = 0  # pushes caused by cache changes
+        self.responses = 0  # every response sent, request answers included
 
-    @staticmethod
-    async def _send_all(responses: Sequence[Resp], send: Callable[[Resp], Awaitable[None]]) -> int:
+    async def _send_all(self, responses: Sequence[Resp], send: Callable[[Resp], Awaitable[None]]) -> int:
         for resp in responses:
             await send(resp)
+        self.responses += len(responses)
         return len(responses)
 
     async def serve(
@@ -273,3 +278,37 @@ class PushQueue:
         finally:
             core.on_dirty = None
             core.close()
+
+
+def _malloc_trim() -> Callable[[], object] | None:
+    """glibc's `malloc_trim(0)`, or None elsewhere (musl, macOS: nothing to do or no such call)."""
+    try:
+        fn = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_size_t]
+    return lambda: fn(0)
+
+
+async def release_memory_after_bursts(queue: PushQueue, *, interval: float = 1.0) -> None:
+    """Hand freed heap pages back to the OS once a burst of responses is over.
+
+    A reconnect storm's initial syncs allocate and free megabytes of response buffers between long-lived
+    per-connection objects; glibc keeps those holes in RSS for good (go-control-plane #597 shows the same
+    retention in Go). When responses were sent during the last `interval` but none during this one, one
+    `malloc_trim(0)` (a few ms, it only touches free chunks) returns them; idle servers never call it.
+    """
+    trim = _malloc_trim()
+    if trim is None:
+        return
+    seen = queue.responses
+    busy = False
+    while True:
+        await asyncio.sleep(interval)
+        now = queue.responses
+        if now != seen:
+            seen, busy = now, True
+        elif busy:
+            busy = False
+            trim()
+            log.debug("returned freed heap memory to the OS after a push burst")

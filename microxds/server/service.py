@@ -147,7 +147,10 @@ class XdsService:
             self.denied += 1
             log.warning("denied %s: node %r in group %r", caller, node.id, group)
         self.access.check(caller, group)
-        yield _Interned(first)
+        interned = _Interned(first)
+        del first, node  # a first request can name thousands of resources: don't pin it for the stream's life
+        yield interned
+        del interned
         while (req := await call.recv()) is not None:
             yield _Interned(req)
 

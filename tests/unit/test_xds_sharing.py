@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
+import pytest
 from envoy.service.discovery.v3 import discovery_pb2
 
 from microxds.cache import LinearCache
 from microxds.cache.versions import digest_of
 from microxds.resources import ENDPOINT
+from microxds.server import pushqueue
 from microxds.server.delta import DeltaStream
 from microxds.server.subscription import SentVersions, Subscription
 from microxds.server.wire import ResponseCodec
@@ -70,3 +75,18 @@ def test_wire_response_is_a_valid_message() -> None:
     assert sorted(x.name for x in parsed.resources) == ["e1", "e2"]
     assert parsed.nonce == r.nonce and parsed.type_url == ENDPOINT and parsed.system_version_info
     assert all(x.resource.value == cache.view[x.name].value for x in parsed.resources)
+
+
+async def test_freed_memory_is_released_once_after_a_burst(monkeypatch: pytest.MonkeyPatch) -> None:
+    trims: list[int] = []
+    monkeypatch.setattr(pushqueue, "_malloc_trim", lambda: lambda: trims.append(1))
+    queue = pushqueue.PushQueue()
+    task = asyncio.create_task(pushqueue.release_memory_after_bursts(queue, interval=0.01))
+    await asyncio.sleep(0.05)
+    assert trims == []  # idle: never trims
+    queue.responses += 5
+    await asyncio.sleep(0.06)
+    assert trims == [1]  # one trim after the burst, not one per tick
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
