@@ -234,9 +234,10 @@ async def test_openssl_s_client_sees_tls13_alpn_h2_and_needs_a_certificate(ca: T
     assert "Verify return code: 0 (ok)" in ok.stdout, ok.stdout
     assert str(alice.identity) in ok.stdout
     assert srv.accepted == [alice.identity]
-    # Without a client certificate the server aborts: a "certificate required" alert (TLS 1.3), or a reset when
-    # the alert loses the race with the close. Either way no application byte reaches the client.
+    # Without a client certificate the server aborts: a "certificate required" alert (TLS 1.3), or, when the
+    # close wins the race with the alert, a reset or a bare EOF. Either way no application byte reaches the client.
     out = bare.stdout + bare.stderr
     assert str(alice.identity) not in bare.stdout
-    assert "certificate required" in out or "errno=104" in out, out
+    refusals = ("certificate required", "errno=104", "unexpected eof while reading")
+    assert any(r in out for r in refusals), out
     assert srv.accepted == [alice.identity]
