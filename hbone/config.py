@@ -167,14 +167,18 @@ class ServeConfig:
 
 
 def load_serve_config(path: Path) -> ServeConfig:
+    return ServeConfig.from_dict(read_yaml(path), str(path))
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file; errors name the file and line (`path:LINE: invalid YAML: ...`)."""
     try:
         text = path.read_text()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror})") from e
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
         raise ConfigError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from e
-    return ServeConfig.from_dict(data, str(path))

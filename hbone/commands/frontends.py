@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import signal
 import sys
 from pathlib import Path
 
+from hbone.commands.runtime import stop_on_signals
 from hbone.errors import ConfigError
 from hbone.proxy.capture_rules import RuleOptions, iptables_rules, nft_rules
 from hbone.proxy.frontends_config import (
@@ -201,11 +200,7 @@ async def run(cfg: FrontendsConfig, ready: asyncio.Event | None = None, stop: as
     await runtime.start()
     for line in runtime.describe():
         print(f"hbone: {line}", file=sys.stderr, flush=True)
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals(stop)
     if ready is not None:
         ready.set()
     try:

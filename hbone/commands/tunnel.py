@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import signal
 import sys
 import time
 from pathlib import Path
@@ -14,6 +12,7 @@ from typing import Any
 
 from hbone.authz.defaults import DefaultMode, default_policies
 from hbone.client import Endpoint, HboneClient, Tunnel
+from hbone.commands.runtime import stop_on_signals
 from hbone.config import ServeConfig, load_serve_config, parse_listen
 from hbone.errors import ConfigError, HboneError
 from hbone.grpc.server import GrpcServer
@@ -139,11 +138,7 @@ async def serve(cfg: ServeConfig, ready: asyncio.Event | None = None) -> int:
         file=sys.stderr,
         flush=True,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     if ready is not None:
         ready.set()
     await stop.wait()
@@ -217,11 +212,7 @@ async def _forward(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     try:
         await stop.wait()
     finally:

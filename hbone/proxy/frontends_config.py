@@ -32,9 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from hbone.config import parse_duration
+from hbone.config import parse_duration, read_yaml
 from hbone.errors import ConfigError, ProtocolError
 from hbone.proxy.routing import RouteTable, table_from_list
 from hbone.wire.authority import Authority, parse_authority
@@ -173,14 +171,4 @@ def _check(kind: str, options: Mapping[str, Any], where: str) -> None:
 
 
 def load_frontends_config(path: Path) -> FrontendsConfig:
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read ({e.strerror})") from e
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise ConfigError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from e
-    return FrontendsConfig.from_dict(data, str(path))
+    return FrontendsConfig.from_dict(read_yaml(path), str(path))

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
-import signal
 import sys
 from dataclasses import fields, replace
 from pathlib import Path
@@ -14,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from hbone.commands.runtime import stop_on_signals
 from microxds.agent import Agent, AgentConfig, Forward
 from microxds.errors import ConfigError
 from microxds.istio.node import NodeProfile
@@ -140,11 +139,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
 async def serve(cfg: AgentConfig) -> None:
     agent = Agent(cfg)
     await agent.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     try:
         for ref, lw in agent.workloads.items():
             print(f"microxds agent: {ref} {lw.workload.identity} hbone {lw.address[0]}:{lw.address[1]}", flush=True)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
-import signal
 from pathlib import Path
 from typing import Any
 
+from hbone.commands.runtime import stop_on_signals
 from hbone.identity import load_ca
 from microxds.errors import ConfigError
 from microxds.server.access import AccessPolicy, JwtVerifier, load_policy
@@ -111,11 +110,7 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
 async def serve(options: ServeOptions) -> None:
     plane = ControlPlane(options)
     await plane.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     try:
         # One line on stdout per listener, so scripts (and tests) can read ports bound with :0.
         for name, (host, port) in plane.addresses.items():
