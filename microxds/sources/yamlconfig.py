@@ -21,7 +21,7 @@ it and every error found is reported as `file:line: reason`.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -125,10 +125,10 @@ def _build_scope(
 
 def _index(
     built: list[tuple[str, Message, Located]], group: str, errors: list[ConfigError]
-) -> tuple[dict[str, dict[str, Resource]], dict[tuple[str, str, str], str]]:
+) -> tuple[dict[str, dict[str, Resource]], dict[tuple[str, str, str], Located]]:
     """Serialise each message once, reject unnamed and duplicate resources."""
     types: dict[str, dict[str, Resource]] = {}
-    origins: dict[tuple[str, str, str], str] = {}
+    origins: dict[tuple[str, str, str], Located] = {}
     for type_url, msg, item in built:
         try:
             name = resource_name(msg, type_url)
@@ -141,7 +141,7 @@ def _index(
             continue
         by_name = types.setdefault(type_url, {})
         if name in by_name:
-            first = origins[(group, type_url, name)]
+            first = origins[(group, type_url, name)].where
             short = type_url.removeprefix(PREFIX)
             errors.append(
                 DuplicateResourceError(
@@ -151,7 +151,7 @@ def _index(
             continue
         aliases = address_aliases(msg) if type_url == ADDRESS else ()
         by_name[name] = Resource.of(msg, type_url=type_url, name=name, aliases=aliases)
-        origins[(group, type_url, name)] = item.where
+        origins[(group, type_url, name)] = item
     return types, origins
 
 
@@ -212,7 +212,25 @@ def build_snapshot(documents: Iterable[Document]) -> ConfigSnapshot:
     if errors:
         raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
     files = tuple(dict.fromkeys(d.file for d in docs))
-    return ConfigSnapshot(freeze(types), MappingProxyType(views), MappingProxyType(origins), tuple(warnings), files)
+    return ConfigSnapshot(freeze(types), MappingProxyType(views), _Origins(origins), tuple(warnings), files)
+
+
+class _Origins(Mapping[tuple[str, str, str], str]):
+    """(group, type_url, name) -> "file:line", the line found only when asked (it may compose a JSON file)."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: dict[tuple[str, str, str], Located]) -> None:
+        self._items = items
+
+    def __getitem__(self, key: tuple[str, str, str]) -> str:
+        return self._items[key].where
+
+    def __iter__(self) -> Iterator[tuple[str, str, str]]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 def parse_texts(files: Iterable[tuple[str, str]]) -> ConfigSnapshot:

@@ -7,6 +7,8 @@ JSON is parsed by the same loader (it is, for config purposes, a YAML subset), s
 
 from __future__ import annotations
 
+import contextlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,13 +25,29 @@ except AttributeError:  # pragma: no cover - depends on how PyYAML was built
 Path = tuple[str | int, ...]
 
 
-@dataclass(frozen=True, slots=True)
 class Document:
-    """One YAML document: its plain value and the node tree it came from."""
+    """One YAML document: its plain value and the node tree it came from (for `file:line`).
 
-    file: str
-    data: Any
-    node: yaml.Node | None
+    A JSON file is parsed with the C `json` module and its line-tracking node tree is only composed when a line
+    is asked for (an error, a warning, `ConfigSnapshot.origin`), so reloading a valid 2,000-resource JSON file
+    does not pay for the YAML composer (~60% of a reload before).
+    """
+
+    __slots__ = ("_node", "_text", "data", "file")
+
+    def __init__(self, file: str, data: Any, node: yaml.Node | None, *, text: str | None = None) -> None:
+        self.file = file
+        self.data = data
+        self._node = node
+        self._text = text  # set when `node` is to be composed on first use
+
+    @property
+    def node(self) -> yaml.Node | None:
+        if self._node is None and self._text is not None:
+            text, self._text = self._text, None
+            with contextlib.suppress(yaml.YAMLError):
+                self._node = _Loader(text).get_single_node()
+        return self._node
 
     def line(self, path: Path = ()) -> int:
         """1-based line of the value at `path` (keys and list indices); the nearest known ancestor otherwise."""
@@ -44,6 +62,11 @@ class Document:
 
 def load_documents(text: str, file: str) -> list[Document]:
     """Parse every document in `text`. A syntax error becomes ConfigError at the line YAML reports."""
+    if file.endswith(".json"):
+        try:
+            return [Document(file, json.loads(text), None, text=text)]
+        except ValueError:
+            pass  # not strict JSON (YAML in a .json file, or a syntax error): the YAML loader reports the line
     loader = _Loader(text)
     docs: list[Document] = []
     try:
