@@ -257,9 +257,10 @@ def run(n: int, workers: int) -> dict[str, Any]:
                 retries += msg[2]
             sync_s = time.time() - t_connect
             cpu_sync = cpu_seconds(proc.pid) - cpu0
-            idle_deadline = time.time() + 1.0
+            # Idle means idle: send buffers drained and the server's after-burst heap release (1 s quiet) has run.
+            idle_deadline = time.time() + 3.0
             while time.time() < idle_deadline:
-                time.sleep(0.1)  # quiet period so transient send buffers drain before the RSS sample
+                time.sleep(0.1)  # quiet period before the RSS sample
             synced_rss = rss_kib(proc.pid)
             # A rewrite with the same resources: the config source re-parses everything (O(total)), nothing is pushed.
             cpu_before = cpu_seconds(proc.pid)
