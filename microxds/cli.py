@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from hbone.cli import event_loop_policy
 from hbone.errors import HboneError
 from microxds.errors import MicroxdsError
 
@@ -34,7 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level = logging.INFO  # a server reports what it loaded and where it listens
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        result = args.func(args)
+        with event_loop_policy():  # uvloop when installed, as `hbone` (HBONE_NO_UVLOOP=1 opts out)
+            result = args.func(args)
     except (MicroxdsError, HboneError) as e:
         print(f"microxds: error: {e}", file=sys.stderr)
         return 2

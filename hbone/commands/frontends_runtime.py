@@ -60,12 +60,12 @@ class Runtime:
             raise
 
     def _note(self, spec: ListenerSpec, server: asyncio.Server | tuple[str, int]) -> None:
-        if isinstance(server, asyncio.Server):
+        if isinstance(server, tuple):
+            self.bound.append(f"{spec.type} listening {server[0]}:{server[1]}")
+        else:  # not isinstance(asyncio.Server): uvloop's servers do not derive from it (the CLI runs on uvloop)
             self.servers.append(server)
             sock: Any = server.sockets[0].getsockname()
             self.bound.append(f"{spec.type} listening {sock[0]}:{sock[1]}")
-        else:
-            self.bound.append(f"{spec.type} listening {server[0]}:{server[1]}")
 
     async def _hbone(self, spec: ListenerSpec, handler: InboundHandler, host: str, port: int) -> None:
         server = HboneServer(self._need_tls(spec), handler)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import socket
 import sys
@@ -178,15 +179,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("relay").add_argument("--to", required=True, help="upstream HOST:PORT")
     sub.add_parser("cli").add_argument("argv", nargs=argparse.REMAINDER, help="arguments of `hbone`")
     args = parser.parse_args(argv)
-    if args.uvloop:
-        import uvloop
-
-        # A policy, not a runner argument: the hbone CLI calls asyncio.run() itself.
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     if args.role == "cli":
+        # The hbone CLI picks uvloop itself when installed; the asyncio runs opt out so both loops are measured.
+        if not args.uvloop:
+            os.environ["HBONE_NO_UVLOOP"] = "1"
         from hbone.cli import main as hbone_main
 
         return int(hbone_main(args.argv))
+    if args.uvloop:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     asyncio.run(_serve(args))
     return 0
 
