@@ -13,6 +13,12 @@ Why each exists (reference/performance-notes.md, python-hyper/h2#1181):
    frames, which makes the graceful drain of RFC 9113 §6.8 impossible. Our state machine stays open; the driver
    enforces "no new streams" itself. h2 also discards queued outbound bytes on GOAWAY; we keep them.
 
+4. Flow control: h2's `WindowManager` returns credit only once half a window was consumed, so with 4 MiB
+   stream windows credit arrives in 2 MiB steps and both peers idled 30-50% in the profile (RESULTS-hbone.md).
+   Our managers return it once 1/`window_update_divisor` of the window was consumed. Still only bytes the
+   application consumed are credited (`acknowledge_received_data`), so memory per stream stays one window.
+5. Received WINDOW_UPDATE frames get the same cheap repr as DATA (the sender sees one per credit step).
+
 `tests/unit/test_net_h2tuning.py` fails if any internal relied on here changes. Pinned: h2>=4.1,<4.5,
 hyperframe>=6.0,<6.2.
 """
@@ -25,7 +31,9 @@ from typing import Any
 from h2.config import H2Configuration
 from h2.connection import ConnectionInputs, ConnectionState, H2ConnectionStateMachine
 from h2.connection import H2Connection as _StockH2Connection
-from hyperframe.frame import DataFrame, Frame
+from h2.stream import H2Stream
+from h2.windows import WindowManager
+from hyperframe.frame import DataFrame, Frame, WindowUpdateFrame
 
 from hbone.net.settings import H2Settings
 
@@ -38,8 +46,49 @@ _END_STREAM = 0x1
 class _QuietDataFrame(DataFrame):  # type: ignore[misc]
     """A received DATA frame whose repr() does not serialise and hex the payload."""
 
+    def __repr__(self) -> str:
+        return f"DataFrame(stream_id={self.stream_id}, <{len(self.data)} bytes>)"
+
     def _body_repr(self) -> str:
         return f"<{len(self.data)} bytes>"
+
+
+class _QuietWindowUpdateFrame(WindowUpdateFrame):  # type: ignore[misc]
+    """A received WINDOW_UPDATE whose repr() skips hyperframe's generic flag formatting."""
+
+    def __repr__(self) -> str:
+        return f"WindowUpdateFrame(stream_id={self.stream_id}, +{self.window_increment})"
+
+
+_QUIET = {DataFrame: _QuietDataFrame, WindowUpdateFrame: _QuietWindowUpdateFrame}
+
+
+class _EagerWindowManager(WindowManager):  # type: ignore[misc]
+    """h2's WindowManager, but credit goes back once 1/`divisor` of the window was processed (h2: 1/2)."""
+
+    divisor = 4
+    max_window_size: int
+    current_window_size: int
+    _bytes_processed: int
+
+    def _maybe_update_window(self) -> int | None:
+        processed = self._bytes_processed
+        if not processed:
+            return None
+        size = self.max_window_size
+        current = self.current_window_size
+        # h2's rule for an exhausted window stays: any 1 KiB (or 1/4 of a tiny window) is worth an update.
+        if processed >= size // self.divisor or (current == 0 and processed > min(1024, size // 4)):
+            increment = min(processed, size - current)
+            self._bytes_processed = 0
+            self.current_window_size = current + increment
+            return increment
+        return 0
+
+
+def _eager(manager: WindowManager, divisor: int) -> None:
+    manager.__class__ = _EagerWindowManager
+    manager.divisor = divisor
 
 
 def _graceful_transitions() -> dict[Any, Any]:
@@ -57,18 +106,27 @@ class _GracefulStateMachine(H2ConnectionStateMachine):  # type: ignore[misc]
 
 
 class TunedH2Connection(_StockH2Connection):  # type: ignore[misc]
-    """`h2.connection.H2Connection` with the three adjustments described in the module docstring."""
+    """`h2.connection.H2Connection` with the adjustments described in the module docstring."""
 
     _data_to_send: bytearray
 
-    def __init__(self, config: H2Configuration) -> None:
+    def __init__(self, config: H2Configuration, window_update_divisor: int = 2) -> None:
         super().__init__(config=config)
         self.state_machine = _GracefulStateMachine()
-        self._frame_dispatch_table[_QuietDataFrame] = self._frame_dispatch_table[DataFrame]
+        for stock, quiet in _QUIET.items():
+            self._frame_dispatch_table[quiet] = self._frame_dispatch_table[stock]
+        self._window_divisor = window_update_divisor
+        _eager(self._inbound_flow_control_window_manager, window_update_divisor)
+
+    def _begin_new_stream(self, stream_id: int, allowed_ids: Any) -> H2Stream:
+        stream: H2Stream = super()._begin_new_stream(stream_id, allowed_ids)
+        _eager(stream._inbound_window_manager, self._window_divisor)
+        return stream
 
     def _receive_frame(self, frame: Frame) -> Any:
-        if frame.__class__ is DataFrame:
-            frame.__class__ = _QuietDataFrame
+        quiet = _QUIET.get(frame.__class__)
+        if quiet is not None:
+            frame.__class__ = quiet
         return super()._receive_frame(frame)
 
     def _prepare_for_sending(self, frames: list[Frame]) -> None:
@@ -112,4 +170,4 @@ def make_h2(*, client: bool, settings: H2Settings) -> TunedH2Connection:
         validate_inbound_headers=True,
         normalize_inbound_headers=True,
     )
-    return TunedH2Connection(config)
+    return TunedH2Connection(config, settings.window_update_divisor)

@@ -161,8 +161,23 @@ async def test_peer_goaway_with_error_fails_everything() -> None:
     assert pair.conn.closed and pair.transport.closed
 
 
-async def test_data_frames_sent_at_most_16k_even_if_peer_allows_more() -> None:
-    pair = Pair(peer_settings={h2.settings.SettingCodes.MAX_FRAME_SIZE: 1 << 20})
+async def test_data_frames_sent_at_most_64k_even_if_peer_allows_more() -> None:
+    codes = h2.settings.SettingCodes
+    pair = Pair(peer_settings={codes.MAX_FRAME_SIZE: 1 << 20, codes.INITIAL_WINDOW_SIZE: 1 << 20})
+    pair.peer.increment_flow_control_window(1 << 20)
+    await pair.to_peer()
+    pair.to_conn()
+    await pair.to_peer()  # our ACK of the peer's SETTINGS: its 1 MiB frame limit applies from the next batch
+    stream = await pair.conn.open_stream(CONNECT)
+    stream.write(b"y" * 150_000)
+    events = await pair.to_peer()
+    sizes = [len(e.data) for e in events if isinstance(e, h2.events.DataReceived)]
+    assert sizes == [65_536, 65_536, 150_000 - 131_072]
+    assert stream.bytes_out == 150_000
+
+
+async def test_data_frames_follow_a_smaller_peer_limit() -> None:
+    pair = Pair()  # the peer keeps the RFC 9113 default of 16 KiB
     await pair.to_peer()
     pair.to_conn()
     stream = await pair.conn.open_stream(CONNECT)
@@ -170,7 +185,6 @@ async def test_data_frames_sent_at_most_16k_even_if_peer_allows_more() -> None:
     events = await pair.to_peer()
     sizes = [len(e.data) for e in events if isinstance(e, h2.events.DataReceived)]
     assert sizes == [16_384, 16_384, 40_000 - 32_768]
-    assert stream.bytes_out == 40_000
 
 
 async def test_ping_timeout_uses_timers() -> None:
@@ -192,7 +206,7 @@ def test_settings_defaults_and_validation() -> None:
     assert (client.max_concurrent_streams, server.max_concurrent_streams) == (100, 200)
     assert (client.max_header_list_size, server.max_header_list_size) == (16 * KiB, 64 * KiB)
     assert client.initial_stream_window == 4 * MiB and client.connection_window == 16 * MiB
-    assert client.max_frame_size == 1 * MiB and client.max_send_frame_size == 16 * KiB
+    assert client.max_frame_size == 1 * MiB and client.max_send_frame_size == 64 * KiB
     assert (client.ping_interval, client.ping_timeout, client.drain_deadline) == (10.0, 20.0, 5.0)
     assert server.max_send_buffer < client.max_send_buffer
     assert H2Settings.server(max_concurrent_streams=5).max_concurrent_streams == 5

@@ -9,10 +9,11 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+import h2.settings
 import pytest
-from hyperframe.frame import DataFrame
+from hyperframe.frame import DataFrame, WindowUpdateFrame
 
-from hbone.net.h2tuning import TunedH2Connection, _QuietDataFrame, make_h2
+from hbone.net.h2tuning import TunedH2Connection, _QuietDataFrame, _QuietWindowUpdateFrame, make_h2
 from hbone.net.settings import H2Settings
 
 REQUEST = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/x"), (b":authority", b"a")]
@@ -51,6 +52,21 @@ def test_h2_internals_still_exist() -> None:
     assert isinstance(stock(True).state_machine, h2.connection.H2ConnectionStateMachine)
     # the per-batch frame size limit comes from max_inbound_frame_size (the driver presets it)
     assert "self.incoming_buffer.max_frame_size = self.max_inbound_frame_size" in inspect.getsource(base.receive_data)
+    # 4. flow control: managers are created per connection / per stream, and the update rule is one method
+    from h2.stream import H2Stream
+    from h2.windows import WindowManager
+
+    assert "WindowManager(" in inspect.getsource(H2Stream.__init__)
+    assert "self._inbound_window_manager" in inspect.getsource(H2Stream.acknowledge_received_data)
+    assert isinstance(stock(True)._inbound_flow_control_window_manager, WindowManager)
+    assert "H2Stream(" in inspect.getsource(base._begin_new_stream)
+    assert list(inspect.signature(base._begin_new_stream).parameters) == ["self", "stream_id", "allowed_ids"]
+    assert "self._maybe_update_window()" in inspect.getsource(WindowManager.process_bytes)
+    assert "max_window_size // 2" in inspect.getsource(WindowManager._maybe_update_window)
+    manager = WindowManager(100)
+    assert (manager._bytes_processed, manager.current_window_size, manager.max_window_size) == (0, 100, 100)
+    # 5. received WINDOW_UPDATE frames go through the same dispatch table
+    assert WindowUpdateFrame in stock(True)._frame_dispatch_table
     # header list limit lives on the hpack decoder
     assert stock(False).decoder.max_header_list_size == base.DEFAULT_MAX_HEADER_LIST_SIZE
 
@@ -131,6 +147,52 @@ def test_quiet_frame_repr_is_short() -> None:
     frame = _QuietDataFrame(1, data=b"q" * 100_000)
     assert len(repr(frame)) < 100
     assert isinstance(frame, DataFrame)
+
+
+def test_quiet_window_update_repr() -> None:
+    frame = _QuietWindowUpdateFrame(3, window_increment=7)
+    assert repr(frame) == "WindowUpdateFrame(stream_id=3, +7)"
+    assert isinstance(frame, WindowUpdateFrame)
+
+
+def _stream_credit(src: h2.connection.H2Connection, dst: h2.connection.H2Connection) -> list[int]:
+    return [e.delta for e in pump(src, dst) if isinstance(e, h2.events.WindowUpdated) and e.stream_id == 1]
+
+
+@pytest.mark.parametrize("divisor", [2, 4, 8])
+def test_credit_returns_after_one_nth_of_the_window(divisor: int) -> None:
+    """Credit goes back once 1/divisor of a window was consumed, and never more than was consumed."""
+    window = 1 << 20
+    settings = H2Settings.server(
+        initial_stream_window=window, connection_window=4 * window, window_update_divisor=divisor
+    )
+    server = make_h2(client=False, settings=settings)
+    server.local_settings = h2.settings.Settings(
+        client=False, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window}
+    )
+    server.initiate_connection()
+    server.increment_flow_control_window(4 * window - 65_535)
+    client = stock(True)
+    client.initiate_connection()
+    client.receive_data(bytes(server.data_to_send()))
+    client.update_settings({})
+    pump(client, server)
+    pump(server, client)  # our SETTINGS ACKed: the 1 MiB stream window applies
+    client.send_headers(1, REQUEST)
+    chunk = 16_384
+    for _ in range(window // chunk - 1):  # not the whole window: h2's "exhausted window" rule stays out of it
+        client.send_data(1, b"x" * chunk)
+    events = pump(client, server)
+    assert sum(len(e.data) for e in events if isinstance(e, h2.events.DataReceived)) == window - chunk
+    step = window // divisor
+    consumed = 0
+    while consumed + chunk < step:
+        server.acknowledge_received_data(chunk, 1)
+        consumed += chunk
+    assert _stream_credit(server, client) == []  # below 1/divisor of the window: nothing yet
+    server.acknowledge_received_data(chunk, 1)
+    consumed += chunk
+    assert _stream_credit(server, client) == [consumed]  # exactly what was consumed, once 1/divisor is reached
 
 
 def test_goaway_keeps_streams_alive_both_ways() -> None:
