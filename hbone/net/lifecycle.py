@@ -91,7 +91,7 @@ class ConnectionLifecycle:
         raise NotImplementedError
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        raise NotImplementedError
+        return self._transport.get_extra_info(name, default) if self._transport is not None else default
 
     # --- state ---------------------------------------------------------------------------------------------------
 

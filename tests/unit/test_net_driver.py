@@ -31,6 +31,9 @@ class FakeTransport(asyncio.Transport):
     def write(self, data: Any) -> None:
         self.out += data
 
+    def get_write_buffer_size(self) -> int:
+        return 0
+
     def is_closing(self) -> bool:
         return self.closed
 
@@ -239,3 +242,37 @@ async def test_complete_response_survives_connection_loss() -> None:
     assert await stream.read() == b""
     with pytest.raises(ConnectionLost):
         await stream.send(b"too late")
+
+
+async def test_small_write_on_idle_connection_goes_out_at_once() -> None:
+    """Latency: the first small write of a loop iteration is not held back a turn; larger ones are coalesced."""
+    pair = Pair()
+    await pair.to_peer()
+    pair.to_conn()
+    await pair.to_peer()
+    stream = await pair.conn.open_stream(CONNECT)
+    assert pair.transport.out  # HEADERS written without waiting for the loop
+    await pair.to_peer()  # next iteration
+    stream.write(b"ping")
+    stream.write(b"pong")  # same iteration: coalesced, goes out with the scheduled flush
+    assert len(pair.transport.out) == 9 + 4  # one DATA frame so far
+    events = await pair.to_peer()
+    data = [e.data for e in events if isinstance(e, h2.events.DataReceived)]
+    assert data == [b"ping", b"pong"]
+    stream.write(b"z" * 20_000)  # larger than a small write: waits for the end of the iteration
+    assert not pair.transport.out
+    events = await pair.to_peer()
+    assert sum(len(e.data) for e in events if isinstance(e, h2.events.DataReceived)) == 20_000
+
+
+async def test_writes_while_handling_a_read_batch_are_one_write() -> None:
+    pair = Pair()
+    writes: list[int] = []
+    real_write = pair.transport.write
+    pair.transport.write = lambda data: (writes.append(len(data)), real_write(data))  # type: ignore[method-assign]
+    await pair.to_peer()
+    writes.clear()
+    pair.peer.ping(b"12345678")
+    pair.peer.ping(b"87654321")
+    pair.to_conn()  # SETTINGS, two PINGs: ACKs for all three go out in one write at the end of the batch
+    assert len(writes) == 1

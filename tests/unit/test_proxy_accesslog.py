@@ -1,0 +1,41 @@
+"""One access-log record per tunnel: the fields, the JSON line, and no work when nobody listens at INFO."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+
+import pytest
+
+from hbone.proxy.accesslog import AccessRecord
+
+
+def test_as_dict_has_every_field_but_the_start_time() -> None:
+    record = AccessRecord("inbound", src_identity="spiffe://td/ns/a/sa/b", dst_addr="10.0.0.1:80", bytes_sent=5)
+    expected = dataclasses.asdict(record)
+    del expected["started"]
+    assert record.as_dict() == expected
+    assert list(record.as_dict()) == list(expected)  # same order as the dataclass, as before
+
+
+def test_finish_logs_one_json_line(caplog: pytest.LogCaptureFixture) -> None:
+    record = AccessRecord("inbound", mode="POST", src_addr="1.2.3.4:5")
+    with caplog.at_level(logging.INFO, logger="hbone.access"):
+        record.finish(200, "ok")
+    [entry] = [r for r in caplog.records if r.name == "hbone.access"]
+    fields = json.loads(entry.getMessage())
+    assert fields == entry.access  # type: ignore[attr-defined]
+    assert (fields["status"], fields["result"], fields["mode"]) == (200, "ok", "POST")
+    assert "started" not in fields and fields["duration_ms"] >= 0
+
+
+def test_finish_skips_formatting_when_info_is_off(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record = AccessRecord("inbound")
+    monkeypatch.setattr(AccessRecord, "as_dict", lambda self: pytest.fail("formatted a record nobody logs"))
+    with caplog.at_level(logging.WARNING, logger="hbone.access"):
+        record.finish(503, "upstream refused")
+    assert record.status == 503 and record.result == "upstream refused"
+    assert not [r for r in caplog.records if r.name == "hbone.access"]
