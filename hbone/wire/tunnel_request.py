@@ -151,7 +151,8 @@ def _check_extra(extra: Iterable[tuple[str, str]]) -> list[HeaderPair]:
 def _check_name(name: str) -> None:
     """RFC 9113 §8.2.1: lowercase field names; §8.2.2: no connection-specific fields."""
     bare = name[1:] if name.startswith(":") else name
-    if not bare or any(c not in _NAME_CHARS for c in bare):
+    # issuperset runs in C; a per-character generator was most of parse_tunnel_request's ~7% of churn CPU
+    if not bare or not _NAME_CHARS.issuperset(bare):
         raise BadRequest(f"header name {name!r} must be a lowercase token (RFC 9113 §8.2.1)")
     if name in _CONNECTION_SPECIFIC:
         raise BadRequest(f"header {name!r} is connection-specific and not allowed in HTTP/2 (RFC 9113 §8.2.2)")
@@ -159,9 +160,9 @@ def _check_name(name: str) -> None:
 
 def _check_value(name: str, value: str) -> str:
     """RFC 9113 §8.2.1: no NUL, CR or LF; no leading or trailing whitespace."""
-    for ch in value:
-        if ch in "\x00\r\n":
-            raise BadRequest(f"header {name!r} value contains forbidden character {ch!r}")
+    if "\x00" in value or "\r" in value or "\n" in value:  # substring tests run in C (tunnel churn profile)
+        ch = next(c for c in value if c in "\x00\r\n")
+        raise BadRequest(f"header {name!r} value contains forbidden character {ch!r}")
     if value != value.strip(" \t"):
         raise BadRequest(f"header {name!r} value has leading or trailing whitespace")
     return value
