@@ -35,6 +35,7 @@ from h2.stream import H2Stream
 from h2.windows import WindowManager
 from hyperframe.frame import DataFrame, Frame, WindowUpdateFrame
 
+from hbone.net.h2memory import compact_settings
 from hbone.net.settings import H2Settings
 
 # hyperframe's frame header layout: 24-bit length split as (u16, u8), type, flags, 31-bit stream id.
@@ -117,6 +118,8 @@ class TunedH2Connection(_StockH2Connection):  # type: ignore[misc]
             self._frame_dispatch_table[quiet] = self._frame_dispatch_table[stock]
         self._window_divisor = window_update_divisor
         _eager(self._inbound_flow_control_window_manager, window_update_divisor)
+        compact_settings(self.local_settings)
+        compact_settings(self.remote_settings)
 
     def _begin_new_stream(self, stream_id: int, allowed_ids: Any) -> H2Stream:
         stream: H2Stream = super()._begin_new_stream(stream_id, allowed_ids)

@@ -1,0 +1,91 @@
+"""Compact h2 settings: same behaviour as h2's own `Settings`, a fraction of the memory."""
+
+from __future__ import annotations
+
+import collections
+import sys
+
+import pytest
+from h2.settings import SettingCodes, Settings
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hbone.net.h2memory import CompactSettings, compact_settings
+from hbone.net.h2tuning import make_h2
+from hbone.net.settings import H2Settings
+
+
+def test_guard_h2_still_keeps_a_dict_of_queues() -> None:
+    # If this fails, h2 changed how Settings stores values: re-check hbone/net/h2memory.py before upgrading.
+    s = Settings(client=False)
+    assert isinstance(s._settings, dict)
+    assert all(isinstance(v, collections.deque) for v in s._settings.values())
+
+
+def test_connections_use_compact_settings() -> None:
+    conn = make_h2(client=False, settings=H2Settings.server())
+    assert isinstance(conn.local_settings, CompactSettings)
+    assert isinstance(conn.remote_settings, CompactSettings)
+    conn.initiate_connection()
+    conn.local_settings.acknowledge()
+    assert conn.local_settings.initial_window_size == 65535
+
+
+def test_smaller() -> None:
+    stock = Settings(client=False)
+    small = Settings(client=False)
+    compact_settings(small)
+    size = lambda s: sum(sys.getsizeof(v) for v in s._settings.values())  # noqa: E731
+    assert size(small) * 4 < size(stock)
+
+
+_KEYS = [
+    SettingCodes.HEADER_TABLE_SIZE,
+    SettingCodes.INITIAL_WINDOW_SIZE,
+    SettingCodes.MAX_FRAME_SIZE,
+    SettingCodes.MAX_CONCURRENT_STREAMS,
+    SettingCodes.MAX_HEADER_LIST_SIZE,
+    0xF0,
+]
+_VALUES = {SettingCodes.MAX_FRAME_SIZE: st.integers(16384, 2**24 - 1)}
+_op = st.one_of(
+    st.tuples(st.just("set"), st.sampled_from(_KEYS), st.integers(0, 2**20)),
+    st.tuples(st.just("ack"), st.none(), st.none()),
+    st.tuples(st.just("get"), st.sampled_from(_KEYS), st.none()),
+)
+
+
+def _apply(s: Settings, op: tuple[str, int | None, int | None]) -> object:
+    kind, key, value = op
+    try:
+        if kind == "set":
+            if key == SettingCodes.MAX_FRAME_SIZE:
+                value = max(16384, min(int(value or 0), 2**24 - 1))
+            s[key] = value
+            return None
+        if kind == "ack":
+            return sorted((int(k), c.original_value, c.new_value) for k, c in s.acknowledge().items())
+        return s[key]
+    except (KeyError, Exception) as e:
+        return type(e).__name__
+
+
+@given(st.booleans(), st.lists(_op, max_size=40))
+def test_same_behaviour_as_h2(client: bool, ops: list[tuple[str, int | None, int | None]]) -> None:
+    stock, small = Settings(client=client), Settings(client=client)
+    compact_settings(small)
+    for op in ops:
+        assert _apply(stock, op) == _apply(small, op)
+    assert [_apply(stock, ("get", k, None)) for k in _KEYS] == [_apply(small, ("get", k, None)) for k in _KEYS]
+    assert len(stock) == len(small) and list(stock) == list(small)
+
+
+@pytest.mark.parametrize("client", [True, False])
+def test_unknown_key_is_keyerror_until_acknowledged(client: bool) -> None:
+    s = Settings(client=client)
+    compact_settings(s)
+    s[0xF0] = 7
+    with pytest.raises(KeyError):
+        s[0xF0]
+    s.acknowledge()
+    assert s[0xF0] == 7
