@@ -103,12 +103,21 @@ def _tproxy(o: RuleOptions, tool: str, loop: str, cidrs: list[str], version: int
         f"-j TPROXY --on-ip {on_ip} --on-port {o.outbound_port} --tproxy-mark {mark}"
     )
     if o.inbound_port is not None:
-        ports = "".join(f" ! --dport {p}" for p in o.exclude_ports[:1])
+        ports = _not_ports(o.exclude_ports)
         lines.append(
             f"{tool} -t mangle -A PREROUTING ! -i lo -p tcp{ports} "
             f"-j TPROXY --on-ip {on_ip} --on-port {o.inbound_port} --tproxy-mark {mark}"
         )
     return lines
+
+
+def _not_ports(ports: tuple[int, ...]) -> str:
+    """`! --dport P`, or multiport for several (iptables allows one negated --dport per rule)."""
+    if not ports:
+        return ""
+    if len(ports) == 1:
+        return f" ! --dport {ports[0]}"
+    return f" -m multiport ! --dports {','.join(map(str, ports))}"
 
 
 def nft_rules(o: RuleOptions) -> list[str]:
