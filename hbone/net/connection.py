@@ -23,6 +23,7 @@ import h2.exceptions as h2x
 from h2.settings import SettingCodes, Settings
 
 from hbone.errors import ConnectionLost, H2ErrorCode, HboneError, LimitExceeded, ProtocolError, StreamReset
+from hbone.net.h2memory import compact_settings
 from hbone.net.h2tuning import make_h2
 from hbone.net.lifecycle import ConnectionLifecycle, code_name
 from hbone.net.settings import H2Settings
@@ -203,6 +204,8 @@ class H2Connection(ConnectionLifecycle, asyncio.BufferedProtocol):
         if self.client:
             values[SettingCodes.ENABLE_PUSH] = 0
         self._h2.local_settings = Settings(client=self.client, initial_values=values)
+        # A fresh Settings is a deque per setting again (~5 KiB per connection, xds_memprobe.py): compact it too.
+        compact_settings(self._h2.local_settings)
         self._h2.decoder.max_header_list_size = 2 * self.settings.max_header_list_size
         # h2 raises its frame-size limit only when a read batch *starts* after our SETTINGS were ACKed, so a peer
         # that sends the ACK and a large frame in one segment would hit FRAME_SIZE_ERROR. Accept what we

@@ -89,3 +89,16 @@ def test_unknown_key_is_keyerror_until_acknowledged(client: bool) -> None:
         s[0xF0]
     s.acknowledge()
     assert s[0xF0] == 7
+
+
+async def test_driver_keeps_settings_compact_after_connection_made() -> None:
+    # connection_made installs a new local Settings with our values; it must be compacted as well.
+    from hbone.net.connection import H2Connection
+    from tests.unit.test_net_driver import FakeTransport
+
+    for client in (True, False):
+        conn = H2Connection(client=client, settings=H2Settings.server(ping_interval=None))
+        conn.connection_made(FakeTransport())
+        assert isinstance(conn._h2.local_settings, CompactSettings)
+        assert isinstance(conn._h2.remote_settings, CompactSettings)
+        assert conn._h2.local_settings.max_concurrent_streams == 200
