@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hbone.errors import H2ErrorCode, HboneError, StreamReset, TunnelError
 
@@ -36,6 +36,22 @@ class StreamRefused(StreamReset):
 
 class StreamClosed(TunnelError):
     """An operation on a stream whose side is already closed (write after write_eof, headers twice)."""
+
+
+class StreamConsumer(Protocol):
+    """Takes a stream's received bytes by callback instead of `read()` (the protocol splice, `hbone.net.pipe`).
+
+    Called from inside the connection's event dispatch. The consumer credits what it consumed with
+    `Stream.credit()`; uncredited bytes keep the peer's window closed, exactly like unread bytes.
+    """
+
+    def stream_data(self, data: bytes) -> None: ...
+
+    def stream_eof(self) -> None: ...
+
+    def stream_closed(self) -> None: ...
+
+    def stream_failed(self, exc: HboneError) -> None: ...
 
 
 def encode_headers(headers: HeaderInput) -> HeaderList:
@@ -76,7 +92,7 @@ class Stream:
         self._headers_sent = local  # a client stream is opened with its request headers
         # receive side
         self._recv: deque[bytes] = deque()
-        self._recv_len = 0
+        self._recv_len = 0  # received and not yet credited (read, or credited by the consumer)
         self._recv_eof = False
         self._discarded = False  # received bytes were dropped by a reset: reads raise instead of EOF
         self._read_waiter: asyncio.Future[None] | None = None
@@ -90,6 +106,7 @@ class Stream:
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._error: HboneError | None = None
         self._closed_event = asyncio.Event()
+        self._consumer: StreamConsumer | None = None
 
     @property
     def connection(self) -> H2Connection:
@@ -200,6 +217,42 @@ class Stream:
         """True when the peer ended its side and every received byte was read."""
         return self._recv_eof and not self._recv
 
+    def attach(self, consumer: StreamConsumer) -> None:
+        """Deliver received bytes, END_STREAM, close and failure to `consumer` from now on (no more `read()`).
+
+        Bytes that arrived before are handed over first; then the end or failure, if it already happened.
+        """
+        self._consumer = consumer
+        pending = list(self._recv)
+        self._recv.clear()
+        for data in pending:  # already counted in _recv_len: the consumer credits them
+            consumer.stream_data(data)
+        if self._error is not None:
+            consumer.stream_failed(self._error)
+            return
+        if self._recv_eof:
+            consumer.stream_eof()
+        if self.closed:
+            consumer.stream_closed()
+
+    def credit(self, n: int) -> None:
+        """A consumer is done with `n` received bytes: return them to the peer's windows (RFC 9113 §6.9)."""
+        if n > 0 and self._error is None:
+            self._recv_len -= n
+            self._conn._ack_id(self.stream_id, n)
+
+    def drained(self) -> asyncio.Future[None] | None:
+        """None while at most `max_send_buffer` bytes are queued; else a future done once the queue has drained
+        to half of it, or the stream broke (the callback form of `drain()`)."""
+        if self._send_len <= self._conn.settings.max_send_buffer and self._error is None:
+            return None
+        fut = self._loop.create_future()
+        if self._error is not None:
+            fut.set_result(None)
+        else:
+            self._drain_waiters.append(fut)
+        return fut
+
     # --- writing -------------------------------------------------------------------------------------------------
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -293,15 +346,20 @@ class Stream:
         self._response_event.set()
 
     def _on_data(self, data: bytes) -> None:
-        self._recv.append(data)
         self._recv_len += len(data)
         self.bytes_in += len(data)
+        if self._consumer is not None:
+            self._consumer.stream_data(data)
+            return
+        self._recv.append(data)
         self._wake_reader()
 
     def _on_end(self, trailers: HeaderList | None = None) -> None:
         if trailers is not None:
             self._trailers_in = trailers
         self._recv_eof = True
+        if self._consumer is not None:
+            self._consumer.stream_eof()
         self._wake_reader()
         if self._response is None and self.local:
             self._response_event.set()  # ended without response headers: response_headers() raises
@@ -332,10 +390,14 @@ class Stream:
         self._wake_drainers()
         self._response_event.set()
         self._closed_event.set()
+        if self._consumer is not None:
+            self._consumer.stream_failed(exc)
         return unread
 
     def _finish(self) -> None:
         self._closed_event.set()
+        if self._consumer is not None:
+            self._consumer.stream_closed()
 
     def _wake_reader(self) -> None:
         fut = self._read_waiter

@@ -19,6 +19,7 @@ from hbone.authz.engine import Decision, evaluate
 from hbone.authz.model import Connection, Policy
 from hbone.errors import BadRequest, Denied, HboneError, SelfCall, UpstreamUnreachable
 from hbone.identity.spiffe import SpiffeId
+from hbone.net.pipe import TcpPipe, open_pipe
 from hbone.net.splice import splice
 from hbone.net.stream import Stream
 from hbone.net.tlsstream import TlsStream
@@ -99,6 +100,9 @@ class InboundHandler:
         self.config = config
         self.active = 0
         self.total = 0
+        # The protocol splice (hbone.net.pipe) replaces dial + relay unless a subclass overrides either of them.
+        cls = type(self)
+        self._pipe_ok = cls.dial is InboundHandler.dial and cls.relay is InboundHandler.relay
 
     async def __call__(self, stream: Stream, peer: PeerInfo) -> None:
         record = AccessRecord(
@@ -118,11 +122,16 @@ class InboundHandler:
             if req.mode is TunnelMode.POST and req.path == INNER_MTLS_PATH:
                 return await self._handle_inner_tls(stream, req, peer, record)
             host, port = await self.admit(req, peer, record)
-            reader, writer = await self.dial(host, port)
+            if self._pipe_ok:
+                pipe = await self._dial_pipe(host, port)
+            else:
+                reader, writer = await self.dial(host, port)
         except HboneError as e:
             self.refuse(stream, e.http_status, str(e))
             record.finish(e.http_status, str(e))
             return
+        if self._pipe_ok:
+            return await self._relay_pipe(stream, pipe, record)
         await self.relay(stream, stream, reader, writer, record)
 
     async def _handle_inner_tls(self, stream: Stream, req: TunnelRequest, peer: PeerInfo, record: AccessRecord) -> None:
@@ -183,6 +192,29 @@ class InboundHandler:
         if not decision.allowed:
             raise Denied(decision.reason if decision.reason.startswith("denied") else f"denied: {decision.reason}")
         return host, port
+
+    async def _relay_pipe(self, stream: Stream, pipe: TcpPipe, record: AccessRecord) -> None:
+        """`relay` for the protocol splice: the same answer, byte counts and records, no tasks."""
+        try:
+            stream.send_headers(tunnel_response(200, peer=self.config.response_baggage))
+        except HboneError as e:
+            pipe.abort()
+            record.bytes_sent, record.bytes_received = stream.bytes_in, stream.bytes_out
+            record.finish(200, f"broken: {e}")
+            return
+        pipe.start(stream)
+        result = await pipe.wait()
+        record.bytes_sent, record.bytes_received = result.from_stream, result.to_stream
+        record.finish(200, "ok" if result.error is None else f"broken: {result.error}")
+
+    async def _dial_pipe(self, host: str, port: int) -> TcpPipe:
+        try:
+            return await open_pipe(host, port, self.config.dial_timeout)
+        except TimeoutError as e:
+            raise UpstreamUnreachable(f"connect to {host}:{port} timed out after {self.config.dial_timeout}s") from e
+        except OSError as e:
+            why = os.strerror(e.errno) if e.errno else str(e)
+            raise UpstreamUnreachable(f"connect to {host}:{port} failed: {why}") from e
 
     async def dial(self, host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         try:

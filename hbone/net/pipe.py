@@ -1,0 +1,239 @@
+"""The protocol splice: one TCP connection and one HTTP/2 tunnel stream joined by callbacks, without tasks.
+
+`hbone.net.splice.splice()` relays between asyncio streams with two tasks, and every chunk wakes a task one loop
+turn after it arrived. Here the TCP side is an `asyncio.Protocol` and the stream delivers its DATA by callback
+(`Stream.attach`), so a chunk is written onward in the same callback that received it. Tunnel churn profile
+(RESULTS-hbone.md): the two splice tasks, `asyncio.wait` and the StreamReader/StreamWriter pair were the largest
+per-tunnel cost outside the HTTP/2 driver.
+
+Semantics are `splice()`'s (RFC 9113 §8.5):
+- TCP FIN -> END_STREAM after the queued data; END_STREAM -> TCP FIN (`write_eof`) after the buffered data.
+- A TCP error (reset) resets the stream with CONNECT_ERROR; a stream reset or connection loss aborts the TCP
+  connection; the error is reported in `SpliceResult.error`, which is None after a clean close both ways.
+- Backpressure: TCP reading pauses while the stream holds more than `max_send_buffer` queued bytes, and resumes at
+  half of it. Received stream bytes are credited to the peer's windows only while the TCP transport is below its
+  high-water mark; above it the credit is withheld, so the peer can never make us hold more than one window
+  beyond the transport's buffer limit.
+- Byte counts: `to_stream` is TCP -> stream, `from_stream` is stream -> TCP, as in `SpliceResult`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from hbone.errors import H2ErrorCode, HboneError, StreamReset
+from hbone.net.splice import SpliceResult
+from hbone.net.stream import Stream
+
+
+class TcpPipe(asyncio.Protocol):
+    """The TCP side of a protocol splice. Create it as the protocol of a TCP transport, then call `start(stream)`
+    once the stream may carry data (after the 200 answer, or on the client after the tunnel opened); `done`
+    resolves with the `SpliceResult` when both directions ended or one broke."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._loop = loop or asyncio.get_running_loop()
+        self.done: asyncio.Future[SpliceResult] = self._loop.create_future()
+        self.result = SpliceResult()
+        self.transport: asyncio.Transport | None = None
+        self.stream: Stream | None = None
+        self._early: list[bytes] = []  # TCP bytes that arrived before start() (server-first upstreams)
+        self._tcp_eof = False  # FIN received from TCP
+        self._stream_eof = False  # END_STREAM received
+        self._stream_closed = False  # both directions of the stream are finished
+        self._lost = False  # TCP transport gone
+        self._read_paused = False
+        self._draining = False  # reading paused until the stream's send queue drains
+        self._send_limit = 0  # the stream's max_send_buffer
+        self._write_paused = False
+        self._withheld = 0  # stream bytes written to TCP while it was over its high-water mark: not yet credited
+
+    # --- asyncio.Protocol (TCP side) ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop transports are not asyncio.Transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small messages go out at once
+            except (OSError, AttributeError):
+                pass
+
+    def data_received(self, data: bytes) -> None:
+        stream = self.stream
+        if stream is None:  # before start(): hold one read's worth and stop reading
+            self._early.append(data)
+            self._pause_reading()
+            return
+        try:
+            stream.write(data)
+        except HboneError as exc:  # the stream broke or its sending side is closed
+            self._fail(exc)
+            return
+        self.result.to_stream += len(data)
+        if stream.buffered > self._send_limit:
+            self._wait_drained(stream)
+
+    def eof_received(self) -> bool:
+        self._tcp_eof = True
+        if self.stream is not None:
+            self._end_stream(self.stream)
+        return True  # keep our sending side open: TCP half-close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        if self.done.done():
+            return
+        if exc is not None:
+            self._fail(exc)
+            return
+        if not self._tcp_eof:  # closed without a FIN first: the same as a FIN for the stream direction
+            self.eof_received()
+        self._maybe_done()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._withheld and self.stream is not None:
+            n, self._withheld = self._withheld, 0
+            self.stream.credit(n)
+
+    # --- hbone.net.stream.StreamConsumer (stream side) ----------------------------------------------------------
+
+    def stream_data(self, data: bytes) -> None:
+        if self._lost or self.transport is None or self.transport.is_closing():
+            # splice(): the write to a closed TCP connection surfaces as a reset of the stream (CONNECT_ERROR).
+            self._fail(ConnectionResetError("upstream TCP connection is closed"))
+            return
+        self.transport.write(data)
+        n = len(data)
+        self.result.from_stream += n
+        if self._write_paused:
+            self._withheld += n
+        elif self.stream is not None:
+            self.stream.credit(n)
+
+    def stream_eof(self) -> None:
+        self._stream_eof = True
+        t = self.transport
+        if t is not None and not self._lost and t.can_write_eof():
+            t.write_eof()  # after the buffered bytes; TLS transports cannot half-close
+        self._maybe_done()
+
+    def stream_closed(self) -> None:
+        self._stream_closed = True
+        self._maybe_done()
+
+    def stream_failed(self, exc: HboneError) -> None:
+        self._fail(exc)
+
+    # --- control -----------------------------------------------------------------------------------------------
+
+    def start(self, stream: Stream) -> None:
+        """Join `stream`: flush what TCP sent so far, then relay both ways."""
+        self.stream = stream
+        self._send_limit = stream.connection.settings.max_send_buffer
+        early, self._early = self._early, []
+        for data in early:
+            self.data_received(data)
+            if self.done.done():
+                return
+        if self._tcp_eof:
+            self._end_stream(stream)
+        stream.attach(self)
+        if not self._draining and not self.done.done():
+            self._resume_reading()
+
+    def abort(self, code: int = H2ErrorCode.CANCEL) -> None:
+        """Reset the stream with `code` and abort TCP (cancellation)."""
+        if self.done.done():
+            return
+        self._finish_with(asyncio.CancelledError())
+        if self.stream is not None:
+            self.stream.reset(code)
+
+    async def wait(self) -> SpliceResult:
+        """`done`, but cancelling the caller aborts both sides (CANCEL), like cancelling `splice()`."""
+        try:
+            return await asyncio.shield(self.done)
+        except asyncio.CancelledError:
+            self.abort(H2ErrorCode.CANCEL)
+            raise
+
+    # --- internals ---------------------------------------------------------------------------------------------
+
+    def _end_stream(self, stream: Stream) -> None:
+        try:
+            stream.write_eof()  # TCP FIN -> END_STREAM after the queued data
+        except HboneError as exc:
+            self._fail(exc)
+            return
+        self._maybe_done()
+
+    def _wait_drained(self, stream: Stream) -> None:
+        if self._draining:
+            return
+        fut = stream.drained()
+        if fut is not None:
+            self._draining = True
+            self._pause_reading()
+            fut.add_done_callback(self._on_drained)
+
+    def _on_drained(self, fut: asyncio.Future[None]) -> None:
+        self._draining = False
+        stream = self.stream
+        if self.done.done() or stream is None:
+            return
+        if stream.error is not None:
+            self._fail(stream.error)
+            return
+        self._resume_reading()
+
+    def _pause_reading(self) -> None:
+        if not self._read_paused and self.transport is not None and not self._lost:
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._read_paused and self.transport is not None and not self._lost:
+            self._read_paused = False
+            self.transport.resume_reading()
+
+    def _maybe_done(self) -> None:
+        if self.done.done() or not (self._tcp_eof and self._stream_eof and self._stream_closed):
+            return
+        stream = self.stream
+        err = stream.error if stream is not None else None
+        if isinstance(err, StreamReset) and err.code != H2ErrorCode.NO_ERROR:
+            self.result.error = err
+        self.done.set_result(self.result)
+        if self.transport is not None:
+            self.transport.close()
+
+    def _fail(self, exc: BaseException) -> None:
+        """What broke the splice: reset the stream (CANCEL for our own errors, CONNECT_ERROR for TCP's, as
+        `splice()`), abort TCP."""
+        if self.done.done():
+            return
+        self._finish_with(exc)
+        if self.stream is not None:
+            self.stream.reset(H2ErrorCode.CANCEL if isinstance(exc, HboneError) else H2ErrorCode.CONNECT_ERROR)
+
+    def _finish_with(self, exc: BaseException) -> None:
+        # done first: the reset that follows calls back into stream_failed(), which must see us finished.
+        self.result.error = exc
+        self.done.set_result(self.result)
+        self._early.clear()
+        if self.transport is not None:
+            self.transport.abort()
+
+
+async def open_pipe(host: str, port: int, connect_timeout: float | None = None) -> TcpPipe:
+    """Connect to `host:port` (an IP or a name) with a `TcpPipe` as the protocol. Raises OSError / TimeoutError."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(connect_timeout):  # no extra task, unlike wait_for() on Python 3.11
+        _, pipe = await loop.create_connection(lambda: TcpPipe(loop), host, port)
+    return pipe

@@ -1,0 +1,259 @@
+"""TcpPipe (the protocol splice) driven in memory: our server driver against a stock h2 client, a fake TCP
+transport on the other side. Pins down splice()'s semantics: half-close both ways, backpressure bounds, resets
+both ways, byte counts. No timing: every step is a direct call or one loop turn."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+
+from hbone.errors import H2ErrorCode, StreamReset
+from hbone.net.connection import H2Connection
+from hbone.net.pipe import TcpPipe
+from hbone.net.settings import H2Settings, KiB
+from hbone.net.stream import Stream
+
+pytestmark = pytest.mark.timeout(10)
+CONNECT = [(b":method", b"CONNECT"), (b":authority", b"10.0.0.1:80")]
+
+
+class FakeTransport(asyncio.Transport):
+    """Records what is written; `size` is what get_write_buffer_size() reports."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = bytearray()
+        self.eof = self.closed = self.aborted = False
+        self.reading = True
+
+    def write(self, data: Any) -> None:
+        self.out += data
+
+    def write_eof(self) -> None:
+        self.eof = True
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = self.aborted = True
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+def feed(proto: H2Connection, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        buf = proto.get_buffer(len(view))
+        n = min(len(buf), len(view))
+        buf[:n] = view[:n]
+        proto.buffer_updated(n)
+        view = view[n:]
+
+
+class Harness:
+    """A stock h2 client -> our server driver -> one stream joined to a TcpPipe over a fake TCP transport."""
+
+    def __init__(self, settings: H2Settings | None = None) -> None:
+        self.h2_out = FakeTransport()
+        self.tcp = FakeTransport()
+        self.streams: asyncio.Queue[Stream] = asyncio.Queue()
+        self.release = asyncio.get_running_loop().create_future()
+        self.conn = H2Connection(
+            client=False, settings=settings or H2Settings.server(ping_interval=None), handler=self._handler
+        )
+        self.peer = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        self.peer.initiate_connection()
+        self.conn.connection_made(self.h2_out)
+        self.pipe = TcpPipe()
+        self.pipe.connection_made(self.tcp)
+        self.sid = 1
+
+    async def _handler(self, stream: Stream) -> None:
+        self.streams.put_nowait(stream)
+        await self.release
+
+    async def open(self, start: bool = True) -> Stream:
+        self.peer.send_headers(self.sid, CONNECT)
+        self.to_server()
+        stream = await self.streams.get()
+        if start:
+            stream.send_headers([(":status", "200")])
+            self.pipe.start(stream)
+        await self.to_peer()
+        return stream
+
+    def to_server(self) -> None:
+        feed(self.conn, bytes(self.peer.data_to_send()))
+
+    async def to_peer(self) -> list[h2.events.Event]:
+        await asyncio.sleep(0)  # let scheduled flushes and callbacks run
+        data = bytes(self.h2_out.out)
+        self.h2_out.out.clear()
+        events = list(self.peer.receive_data(data)) if data else []
+        self.peer_data = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
+        for e in events:
+            if isinstance(e, h2.events.DataReceived):
+                self.peer.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
+        return events
+
+    def send(self, data: bytes, end: bool = False) -> None:
+        self.peer.send_data(self.sid, data, end_stream=end)
+        self.to_server()
+
+
+def kinds(events: list[h2.events.Event]) -> list[type[Any]]:
+    return [type(e) for e in events]
+
+
+async def test_half_close_both_ways_and_byte_counts() -> None:
+    h = Harness()
+    await h.open()
+    h.send(b"hello", end=True)  # END_STREAM -> TCP FIN after the bytes
+    assert bytes(h.tcp.out) == b"hello" and h.tcp.eof
+    assert not h.pipe.done.done()  # the other direction is still open
+    h.pipe.data_received(b"world!")
+    events = await h.to_peer()
+    assert h.peer_data == b"world!" and h2.events.StreamEnded not in kinds(events)
+    assert h.pipe.eof_received() is True  # keep the transport: TCP half-close
+    events = await h.to_peer()
+    assert h2.events.StreamEnded in kinds(events)  # TCP FIN -> END_STREAM
+    result = await h.pipe.wait()
+    assert result.error is None
+    assert (result.from_stream, result.to_stream) == (5, 6)
+    assert h.tcp.closed and not h.tcp.aborted
+
+
+async def test_tcp_first_half_close_and_bytes_before_start() -> None:
+    h = Harness()
+    h.pipe.data_received(b"SSH-2.0-x\r\n")  # a server-first upstream, before the 200 went out
+    assert not h.tcp.reading  # held, bounded to what already arrived
+    stream = await h.open(start=False)
+    h.send(b"early")  # the client did not wait for the 200
+    stream.send_headers([(":status", "200")])
+    h.pipe.start(stream)
+    assert h.tcp.reading and bytes(h.tcp.out) == b"early"
+    h.pipe.eof_received()
+    events = await h.to_peer()
+    assert h.peer_data == b"SSH-2.0-x\r\n" and h2.events.StreamEnded in kinds(events)
+    assert not h.pipe.done.done() and not h.tcp.eof
+    h.send(b"", end=True)
+    result = await h.pipe.wait()
+    assert h.tcp.eof and result.error is None
+    assert (result.from_stream, result.to_stream) == (5, 11)
+
+
+async def test_tcp_reading_pauses_while_the_stream_queue_is_full() -> None:
+    h = Harness(H2Settings.server(ping_interval=None, max_send_buffer=32 * KiB))
+    await h.open()
+    chunk = bytes(16 * KiB)
+    sent = 0
+    while h.tcp.reading:  # the peer grants 64 KiB of window and no more until it reads
+        h.pipe.data_received(chunk)
+        sent += len(chunk)
+        assert sent < 256 * KiB
+    stream = h.pipe.stream
+    assert stream is not None and stream.buffered > 32 * KiB
+    assert sent <= 65_535 + 32 * KiB + len(chunk)  # bound: window + send buffer + one read
+    while not h.tcp.reading:  # the peer reads (WINDOW_UPDATEs), the queue drains, reading resumes
+        await h.to_peer()
+        h.to_server()
+        await asyncio.sleep(0)
+    assert stream.buffered <= 16 * KiB
+    assert h.pipe.result.to_stream == sent
+
+
+async def test_stream_credit_withheld_while_tcp_is_over_its_high_water_mark() -> None:
+    settings = H2Settings.server(ping_interval=None, initial_stream_window=65_535, connection_window=1 << 20)
+    h = Harness(settings)
+    await h.open()
+    h.pipe.pause_writing()
+    h.send(bytes(40_000))  # more than 1/4 of the window: normally credited at once
+    events = await h.to_peer()
+    assert not any(isinstance(e, h2.events.WindowUpdated) and e.stream_id == h.sid for e in events)
+    assert len(h.tcp.out) == 40_000
+    assert h.peer.local_flow_control_window(h.sid) == 65_535 - 40_000  # the peer may send one window, no more
+    h.pipe.resume_writing()
+    events = await h.to_peer()
+    assert any(isinstance(e, h2.events.WindowUpdated) and e.stream_id == h.sid for e in events)
+    assert h.peer.local_flow_control_window(h.sid) == 65_535
+
+
+async def test_stream_reset_by_peer_aborts_tcp() -> None:
+    h = Harness()
+    await h.open()
+    h.send(b"abc")
+    h.peer.reset_stream(h.sid, H2ErrorCode.CANCEL)
+    h.to_server()
+    result = await h.pipe.wait()
+    assert h.tcp.aborted
+    assert isinstance(result.error, StreamReset) and result.error.code == H2ErrorCode.CANCEL
+    assert result.from_stream == 3
+
+
+async def test_tcp_reset_resets_the_stream_with_connect_error() -> None:
+    h = Harness()
+    await h.open()
+    h.pipe.data_received(b"xy")
+    h.pipe.connection_lost(ConnectionResetError(104, "reset by peer"))
+    events = await h.to_peer()
+    resets = [e for e in events if isinstance(e, h2.events.StreamReset)]
+    assert resets and resets[0].error_code == H2ErrorCode.CONNECT_ERROR
+    result = await h.pipe.wait()
+    assert isinstance(result.error, ConnectionResetError) and result.to_stream == 2
+
+
+async def test_data_after_tcp_closed_resets_the_stream() -> None:
+    h = Harness()
+    await h.open()
+    h.pipe.connection_lost(None)  # closed without error: the stream direction ends (END_STREAM)
+    events = await h.to_peer()
+    assert h2.events.StreamEnded in kinds(events)
+    h.send(b"too late")  # nowhere to write it
+    events = await h.to_peer()
+    resets = [e for e in events if isinstance(e, h2.events.StreamReset)]
+    assert resets and resets[0].error_code == H2ErrorCode.CONNECT_ERROR
+    assert isinstance((await h.pipe.wait()).error, ConnectionResetError)
+
+
+async def test_cancelling_the_waiter_resets_with_cancel_and_aborts_tcp() -> None:
+    h = Harness()
+    await h.open()
+    waiter = asyncio.ensure_future(h.pipe.wait())
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    events = await h.to_peer()
+    resets = [e for e in events if isinstance(e, h2.events.StreamReset)]
+    assert resets and resets[0].error_code == H2ErrorCode.CANCEL
+    assert h.tcp.aborted
+
+
+async def test_connection_loss_aborts_tcp() -> None:
+    h = Harness()
+    await h.open()
+    h.conn.connection_lost(None)
+    result = await h.pipe.wait()
+    assert h.tcp.aborted and result.error is not None
