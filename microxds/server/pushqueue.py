@@ -20,7 +20,7 @@ import heapq
 import itertools
 import logging
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 log = logging.getLogger("microxds.server")
 
@@ -227,35 +227,14 @@ class PushQueue:
         send: Callable[[Resp], Awaitable[None]],
     ) -> None:
         """Drive one stream until `requests` ends; always closes `core`. Send errors propagate to the caller."""
-        dirty = asyncio.Event()
-        lock = asyncio.Lock()  # one writer at a time keeps responses in the order their nonces were issued
-        core.on_dirty = dirty.set
+        reader = asyncio.current_task()
+        pusher: _Pusher[Req, Resp] = _Pusher(self, core, send, reader)
+        core.on_dirty = pusher.dirty
         try:
             await self.admission.acquire()
-
-            # Lock order is always stream lock -> push slot, and a slot holder only waits for its own sends, so
-            # streams cannot deadlock each other.
-            async def pusher() -> None:
-                while True:
-                    await dirty.wait()
-                    async with lock, self._slots:
-                        dirty.clear()  # changes arriving from here on are merged into the next push
-                        self.pushes += await self._send_all(core.flush(), send)
-
-            reader = asyncio.current_task()
-            push_task = asyncio.create_task(pusher())
-            failed: list[BaseException] = []
-
-            def on_push_done(task: asyncio.Task[None]) -> None:
-                # A failed push (send error) ends the stream at once, not at the next request.
-                if not task.cancelled() and (exc := task.exception()) is not None and reader is not None:
-                    failed.append(exc)
-                    reader.cancel()
-
-            push_task.add_done_callback(on_push_done)
             try:
                 async for request in requests:
-                    async with lock:
+                    async with pusher.lock:
                         responses = core.handle(request)
                         if responses:
                             # Answers to requests (the initial sync of a reconnect storm above all) take a push
@@ -265,19 +244,83 @@ class PushQueue:
                                 await self._send_all(responses, send)
                         del responses  # an idle stream must not pin its last (possibly large) response
             except asyncio.CancelledError:
-                if not failed or reader is None:
+                if pusher.failed is None or reader is None:
                     raise
                 reader.uncancel()
             finally:
-                push_task.remove_done_callback(on_push_done)
-                push_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await push_task
-            if failed:
-                raise failed[0]
+                await pusher.stop()
+            if pusher.failed is not None:
+                raise pusher.failed
         finally:
             core.on_dirty = None
             core.close()
+
+
+class _Pusher(Generic[Req, Resp]):
+    """Pushes one stream's cache changes. A task exists only while a push is pending or being sent.
+
+    An idle xDS stream used to keep a pusher task parked on an `asyncio.Event` for its whole life: a Task, its
+    coroutine frame and the Event's waiter deque, ~2 KiB per client (tools/bench/xds_memprobe.py). Now `dirty()`
+    (the cache's callback) starts a task that sends until no change is left, then ends.
+    """
+
+    __slots__ = ("_closed", "_core", "_pending", "_queue", "_reader", "_send", "_task", "failed", "lock")
+
+    def __init__(
+        self,
+        queue: PushQueue,
+        core: StreamCore[Req, Resp],
+        send: Callable[[Resp], Awaitable[None]],
+        reader: asyncio.Task[Any] | None,
+    ) -> None:
+        self._queue = queue
+        self._core = core
+        self._send = send
+        self._reader = reader
+        self._pending = False
+        self._closed = False
+        self._task: asyncio.Task[None] | None = None
+        self.failed: BaseException | None = None
+        #: One writer at a time keeps responses in the order their nonces were issued.
+        self.lock = asyncio.Lock()
+
+    def dirty(self) -> None:
+        self._pending = True
+        if self._task is None and not self._closed:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+            self._task.add_done_callback(self._done)
+
+    async def _run(self) -> None:
+        queue = self._queue
+        # Lock order is always stream lock -> push slot, and a slot holder only waits for its own sends, so
+        # streams cannot deadlock each other.
+        while self._pending:
+            async with self.lock, queue._slots:
+                self._pending = False  # changes arriving from here on are merged into the next push
+                queue.pushes += await queue._send_all(self._core.flush(), self._send)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._task = None
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            # A failed push (send error) ends the stream at once, not at the next request.
+            self._closed = True
+            self.failed = exc
+            if self._reader is not None:
+                self._reader.cancel()
+        elif self._pending:
+            self.dirty()  # a change landed after the loop's last check, before this callback
+
+    async def stop(self) -> None:
+        self._closed = True
+        task = self._task
+        if task is not None:
+            task.remove_done_callback(self._done)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 def _malloc_trim() -> Callable[[], object] | None:
