@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl as _ssl
+import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
@@ -54,7 +55,7 @@ class H2Connection(ConnectionLifecycle, asyncio.BufferedProtocol):
         self._registry = registry
         self._h2 = make_h2(client=client, settings=self.settings)
         self._transport: asyncio.Transport | None = None
-        self._rview = memoryview(bytearray(self.settings.read_buffer_size))
+        self._rview = _receive_buffer(self.settings.read_buffer_size)
         self._streams: dict[int, Stream] = {}
         self._blocked: dict[int, Stream] = {}  # streams with queued data waiting for window or the transport
         self._tasks: set[asyncio.Task[None]] = set()
@@ -539,6 +540,25 @@ class H2Connection(ConnectionLifecycle, asyncio.BufferedProtocol):
         data = self._h2.data_to_send()
         if data and self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
+
+
+_buffers = threading.local()
+
+
+def _receive_buffer(size: int) -> memoryview:
+    """The receive buffer of `size` bytes shared by every connection of this thread.
+
+    The event loop fills it (`get_buffer`) and calls `buffer_updated` at once, and `h2.receive_data` copies what
+    it keeps before returning, so no connection needs the buffer between two reads: one per size and thread
+    replaces one per connection (4 KiB for each idle xDS client, 256 KiB for each tunnel connection).
+    """
+    views: dict[int, memoryview] | None = getattr(_buffers, "views", None)
+    if views is None:
+        views = _buffers.views = {}
+    view = views.get(size)
+    if view is None:
+        view = views[size] = memoryview(bytearray(size))
+    return view
 
 
 _EVENT_HANDLERS = {
