@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from hbone.client import Endpoint, HboneClient
+from hbone.config import parse_duration
 from hbone.errors import ConfigError
 from hbone.identity.manager import FileSource, IdentityManager
 from hbone.proxy.eastwest import SniGateway, static_resolver
@@ -35,6 +36,7 @@ class Runtime:
         self.hbone_servers: list[HboneServer] = []
         self.gateways: list[H2RGateway] = []
         self.nodes: list[H2RNode] = []
+        self.ingresses: list[Ingress] = []
         self.bound: list[str] = []
 
     def _need_tls(self, spec: ListenerSpec) -> MeshTls:
@@ -125,14 +127,16 @@ class Runtime:
 
     async def _start_ingress(self, spec: ListenerSpec, opener: Opener) -> None:
         opts = spec.options
-        ingress = Ingress(opener, hosts=parse_hosts(opts.get("hosts") or {}))
+        timeout = parse_duration(opts.get("request_timeout", "15s"), f"{spec.type}: request_timeout")
+        ingress = Ingress(opener, hosts=parse_hosts(opts.get("hosts") or {}), request_timeout=timeout)
+        self.ingresses.append(ingress)
         if spec.type == "ingress-tcp":
             server = await ingress.start_tcp(spec.host, spec.port, address(opts["target"], "target"))
         elif spec.type == "ingress-tls-passthrough":
             server = await ingress.start_tls_passthrough(spec.host, spec.port)
         elif spec.type == "ingress-tls-terminate":
             certs = {str(k): Path(str(v)) for k, v in opts["certs"].items()}
-            server = await ingress.start_tls_terminate(spec.host, spec.port, certs)
+            server = await ingress.start_tls_terminate(spec.host, spec.port, certs, http=bool(opts.get("http")))
         else:
             server = await ingress.start_http(spec.host, spec.port)
         self._note(spec, server)
@@ -150,6 +154,8 @@ class Runtime:
             await hb.close()
         for gw in self.gateways:
             await gw.close()
+        for ingress in self.ingresses:
+            await ingress.close()
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 5)

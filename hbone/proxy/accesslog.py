@@ -28,6 +28,7 @@ class AccessRecord:
     status: int = 0  # HBONE status code answered / received
     result: str = ""  # "ok", or why not
     policy: str | None = None
+    request: str | None = None  # HTTP front ends: "METHOD host/path" of the one request this record is for
     started: float = field(default_factory=time.monotonic)
     duration_ms: float = 0.0
 
@@ -55,5 +56,6 @@ class AccessRecord:
             "status": self.status,
             "result": self.result,
             "policy": self.policy,
+            "request": self.request,
             "duration_ms": self.duration_ms,
         }

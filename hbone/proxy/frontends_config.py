@@ -19,7 +19,9 @@ listeners:
   - {type: ingress-tcp, listen: 0.0.0.0:9000, target: db.ns.svc.cluster.local:5432}
   - {type: ingress-tls-passthrough, listen: 0.0.0.0:443, hosts: {"shop.example.com": "shop.ns.svc.cluster.local:443"}}
   - {type: ingress-tls-terminate, listen: 0.0.0.0:8443, certs: {"shop.example.com": ./shop-tls}, hosts: {...}}
-  - {type: ingress-http, listen: 0.0.0.0:8080, hosts: {"shop.example.com": "shop.ns.svc.cluster.local:80"}}
+  # http: true on ingress-tls-terminate routes each request inside TLS (ALPN h2, http/1.1), like ingress-http
+  - {type: ingress-http, listen: 0.0.0.0:8080, hosts: {"shop.example.com": "shop.ns.svc.cluster.local:80"},
+     request_timeout: 15s}           # per request: Host / :authority picks the backend; 404/502/504
 ```
 Unknown keys and types are errors, so a typo never silently changes behaviour. Ingress targets are routed through
 the same route table (so `via` applies to them too).
@@ -51,8 +53,8 @@ LISTENER_TYPES: dict[str, tuple[str | None, frozenset[str]]] = {
     "h2r-node": (None, frozenset({"gateway", "gateway_identities", "names"})),
     "ingress-tcp": (None, frozenset({"target"})),
     "ingress-tls-passthrough": ("0.0.0.0:443", frozenset({"hosts", "default_port"})),
-    "ingress-tls-terminate": ("0.0.0.0:443", frozenset({"hosts", "certs"})),
-    "ingress-http": ("0.0.0.0:80", frozenset({"hosts"})),
+    "ingress-tls-terminate": ("0.0.0.0:443", frozenset({"hosts", "certs", "http", "request_timeout"})),
+    "ingress-http": ("0.0.0.0:80", frozenset({"hosts", "request_timeout"})),
 }
 _TOP = {"certs", "dial_timeout", "default_route", "routes", "listeners", "mark"}
 

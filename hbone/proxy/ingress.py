@@ -4,30 +4,25 @@ Each accepted connection is mapped to a mesh target (`hosts: {name: svc:port}`, 
 opened through the front ends' `Opener`, i.e. over HBONE with the gateway's own identity, so the destination's
 authorization policies judge the gateway; route-table deny rules apply here first.
 
-HTTP routing is per connection: the first request's `Host` (HTTP/1.1) or `:authority` (h2 prior knowledge,
-decoded with the sans-IO `h2` library without answering it) picks the backend, and the connection's bytes are
-then relayed untouched, so keep-alive and h2 multiplexing work end to end. A client that sends requests for a
-second host on the same connection reaches the first host's backend (browsers do not do this without
-certificate coalescing, which this gateway never advertises).
+HTTP (`ingress-http`, and `ingress-tls-terminate` with `http: true`, ALPN h2 + http/1.1) is routed per request:
+HTTP/1.1 requests by `Host` (`ingress_h1`), HTTP/2 streams by `:authority` (`ingress_h2`, h2c prior knowledge or
+ALPN h2). The backend is spoken to in the client's protocol (Envoy's USE_DOWNSTREAM_PROTOCOL): h2 backends
+must accept h2c prior knowledge.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-import h2.config
-import h2.connection
-import h2.events
-import h2.exceptions
-
 from hbone.errors import BadRequest, ConfigError, HboneError, ProtocolError
 from hbone.proxy.accesslog import AccessRecord
-from hbone.proxy.frontend import Opener, fmt_addr, relay
+from hbone.proxy.frontend import Opener, TcpPipe, fmt_addr, relay
+from hbone.proxy.ingress_h1 import H1Ingress
+from hbone.proxy.ingress_h2 import H2Backends, H2Ingress
 from hbone.proxy.routing import host_matches
 from hbone.wire.authority import Authority, parse_authority
 from hbone.wire.clienthello import ClientHello, ClientHelloReader
@@ -55,44 +50,30 @@ def parse_hosts(raw: Mapping[str, str]) -> dict[str, Authority]:
     return {k.lower(): parse_authority(v) for k, v in raw.items()}
 
 
-def _strip_port(host: str) -> str:
-    if host.startswith("["):
-        return host[1 : host.find("]")]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-
-
-def http1_host(head: bytes) -> str | None:
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"host":
-            return _strip_port(value.strip().decode("latin-1"))
-    return None
-
-
-def h2_authority(data: bytes) -> str | bool | None:
-    """The first request's :authority (or Host) from h2 bytes; False when more bytes are needed."""
-    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
-    conn.initiate_connection()
-    try:
-        events = conn.receive_data(data)
-    except h2.exceptions.ProtocolError as e:
-        raise BadRequest(f"invalid HTTP/2: {e}") from e
-    for event in events:
-        if isinstance(event, h2.events.RequestReceived):
-            headers = {bytes(k): bytes(v) for k, v in event.headers or ()}
-            value = headers.get(b":authority") or headers.get(b"host")
-            return _strip_port(value.decode("latin-1")) if value else None
-    return False
-
-
 class Ingress:
     """One ingress listener; `handle_*` are the per-type connection handlers."""
 
-    def __init__(self, opener: Opener, *, hosts: Mapping[str, Authority] | None = None, timeout: float = 10.0):
+    def __init__(
+        self,
+        opener: Opener,
+        *,
+        hosts: Mapping[str, Authority] | None = None,
+        timeout: float = 10.0,
+        request_timeout: float = 15.0,
+    ):
         self.opener = opener
         self.hosts = dict(hosts or {})
         self.timeout = timeout
         self._sni: dict[int, str | None] = {}
+        self.backends = H2Backends(opener)  # shared by every client connection of this listener
+        self.request_timeout = request_timeout
+
+    def route(self, host: str | None) -> Authority:
+        return lookup(self.hosts, host)
+
+    async def close(self) -> None:
+        """Close the pooled backend connections (the listener itself is closed by its owner)."""
+        await self.backends.close()
 
     async def _forward(
         self,
@@ -109,15 +90,6 @@ class Ingress:
             src = (str(peer[0]), int(peer[1])) if peer else None
             upstream = await self.opener.open(target, src=src, record=record)
         except (HboneError, OSError) as e:
-            with contextlib.suppress(ConnectionError, OSError):
-                if kind == "http" and not first.startswith(H2_PREFACE):
-                    status = 404 if isinstance(e, BadRequest) else 502
-                    body = f"{e}\n".encode()
-                    writer.write(
-                        f"HTTP/1.1 {status} Error\r\ncontent-type: text/plain\r\ncontent-length: {len(body)}\r\n"
-                        "connection: close\r\n\r\n".encode()
-                        + body
-                    )
             writer.close()
             record.finish(getattr(e, "http_status", 502), str(e))
             return
@@ -148,32 +120,33 @@ class Ingress:
         await self._forward(reader, writer, "tls-terminate", lambda: lookup(self.hosts, name))
 
     async def handle_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Sniff h2 prior knowledge (or read ALPN), then route each request of the connection."""
+        ssl_object = writer.get_extra_info("ssl_object")
+        scheme = "https" if ssl_object is not None else "http"
         buf = b""
-        host: str | None = None
         try:
-            async with asyncio.timeout(self.timeout):
-                while True:
-                    data = await reader.read(16384)
-                    if not data:
-                        raise EOFError("closed before a complete request head")
-                    buf += data
-                    if len(buf) > MAX_HEAD:
-                        raise BadRequest(f"no routable request in the first {MAX_HEAD} bytes")
-                    if buf.startswith(H2_PREFACE[: len(buf)]) and len(buf) < len(H2_PREFACE):
-                        continue
-                    if buf.startswith(H2_PREFACE):
-                        found = h2_authority(buf)
-                        if found is not False:
-                            host = found if isinstance(found, str) else None
+            if ssl_object is not None:
+                h2 = ssl_object.selected_alpn_protocol() == "h2"
+            else:
+                async with asyncio.timeout(self.timeout):
+                    while len(buf) < len(H2_PREFACE) and H2_PREFACE.startswith(buf):
+                        data = await reader.read(len(H2_PREFACE) - len(buf))
+                        if not data:
                             break
-                    elif b"\r\n\r\n" in buf:
-                        host = http1_host(buf)
-                        break
-        except (BadRequest, TimeoutError, EOFError, ConnectionError) as e:
-            log.info("ingress: no routable HTTP request: %s", e)
+                        buf += data
+                h2 = buf == H2_PREFACE
+            if h2:
+                peer = writer.get_extra_info("peername")
+                src = (str(peer[0]), int(peer[1])) if peer else None
+                front = H2Ingress(self.backends, self.route, request_timeout=self.request_timeout, scheme=scheme)
+                await front.serve(_Prefixed(reader, writer, buf), src)
+            else:
+                h1 = H1Ingress(self.opener, self.route, request_timeout=self.request_timeout, scheme=scheme)
+                await h1.serve(reader, writer, buf)
+        except (TimeoutError, ConnectionError, HboneError) as e:
+            log.info("ingress: HTTP connection ended: %r", e)
+        finally:
             writer.close()
-            return
-        await self._forward(reader, writer, "http", lambda: lookup(self.hosts, host), buf)
 
     # --- listeners -------------------------------------------------------------------------------------------
 
@@ -186,8 +159,12 @@ class Ingress:
     async def start_http(self, host: str, port: int) -> asyncio.Server:
         return await asyncio.start_server(self.handle_http, host, port, reuse_address=True)
 
-    async def start_tls_terminate(self, host: str, port: int, certs: Mapping[str, Path]) -> asyncio.Server:
-        contexts = {name.lower(): server_tls_context(path) for name, path in certs.items()}
+    async def start_tls_terminate(
+        self, host: str, port: int, certs: Mapping[str, Path], *, http: bool = False
+    ) -> asyncio.Server:
+        """TLS termination routed by SNI; with `http` the requests inside are routed one by one (ALPN h2/1.1)."""
+        alpn = ["h2", "http/1.1"] if http else []
+        contexts = {name.lower(): server_tls_context(path, alpn) for name, path in certs.items()}
         default = next(iter(contexts.values()))
 
         def pick(obj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
@@ -197,17 +174,34 @@ class Ingress:
                 chosen = next((c for p, c in contexts.items() if host_matches(p, name.lower())), None)
             obj.context = chosen or default
 
-        front = server_tls_context(next(iter(certs.values())))
+        front = server_tls_context(next(iter(certs.values())), alpn)
         front.sni_callback = pick
-        return await asyncio.start_server(self.handle_tls_terminated, host, port, ssl=front, reuse_address=True)
+        handler = self.handle_http if http else self.handle_tls_terminated
+        return await asyncio.start_server(handler, host, port, ssl=front, reuse_address=True)
 
 
-def server_tls_context(path: Path) -> ssl.SSLContext:
+class _Prefixed(TcpPipe):
+    """The client connection with the bytes already read for sniffing put back in front."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes) -> None:
+        super().__init__(reader, writer)
+        self._first = first
+
+    async def read(self, n: int = -1) -> bytes:
+        if self._first:
+            data, self._first = self._first, b""
+            return data
+        return await self.reader.read(n)
+
+
+def server_tls_context(path: Path, alpn: list[str] | None = None) -> ssl.SSLContext:
     """A TLS server context from a directory: `tls.crt` + `tls.key` (Kubernetes) or `cert-chain.pem` + `key.pem`."""
     for cert, key in (("tls.crt", "tls.key"), ("cert-chain.pem", "key.pem")):
         if (path / cert).exists() and (path / key).exists():
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.minimum_version = ssl.TLSVersion.TLSv1_2
             ctx.load_cert_chain(path / cert, path / key)
+            if alpn:
+                ctx.set_alpn_protocols(alpn)
             return ctx
     raise ConfigError(f"{path}: expected tls.crt + tls.key or cert-chain.pem + key.pem")

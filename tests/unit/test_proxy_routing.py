@@ -11,7 +11,8 @@ from hbone.proxy.capture_rules import RuleOptions, iptables_rules, nft_rules
 from hbone.proxy.egress import EgressRule, rule_from_dict
 from hbone.proxy.frontends_config import FrontendsConfig
 from hbone.proxy.httpproxy import proxy_status_for
-from hbone.proxy.ingress import h2_authority, http1_host, lookup, parse_hosts
+from hbone.proxy.ingress import lookup, parse_hosts
+from hbone.proxy.ingress_h2 import forwardable, request_authority, strip_port
 from hbone.proxy.redirect import CaptureMode
 from hbone.proxy.routing import Action, Match, RouteDenied, RouteTable, host_matches, table_from_list
 from hbone.proxy.socks5 import socks_reply_for
@@ -121,16 +122,11 @@ def test_ingress_host_lookup_and_sniffing() -> None:
     hosts = parse_hosts({"shop.example.com": "shop.ns:80", "*.example.com": "any.ns:80", "*": "fallback.ns:80"})
     assert lookup(hosts, "SHOP.example.com.") == A("shop.ns:80")
     assert lookup(hosts, "a.example.com") == A("any.ns:80") and lookup(hosts, "x.org") == A("fallback.ns:80")
-    assert http1_host(b"GET / HTTP/1.1\r\nHost: shop.example.com:8080\r\n\r\n") == "shop.example.com"
-    import h2.config
-    import h2.connection
-
-    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-    client.initiate_connection()
-    client.send_headers(1, [(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "h2.example")])
-    data = client.data_to_send()
-    assert h2_authority(data[:30]) is False
-    assert h2_authority(data) == "h2.example"
+    assert strip_port("shop.example.com:8080") == "shop.example.com" and strip_port("[fd00::1]:80") == "fd00::1"
+    assert request_authority([(b":authority", b"h2.example:443"), (b"host", b"other")]) == "h2.example"
+    assert request_authority([(b"host", b"h1.example")]) == "h1.example" and request_authority([]) is None
+    kept = forwardable([(b"connection", b"x"), (b"te", b"trailers"), (b"te", b"gzip"), (b"x-a", b"1")])
+    assert kept == [(b"te", b"trailers"), (b"x-a", b"1")]
 
 
 def test_egress_rules_and_error_codes() -> None:

@@ -1,0 +1,288 @@
+"""Ingress HTTP/1.1, routed per request: each request on a keep-alive connection picks its backend by `Host`.
+
+Requests are parsed with the sans-IO `hbone.wire.http1` reader and forwarded as HTTP/1.1 over an HBONE tunnel
+per backend, kept for the client connection's life (reopened when the backend closes it). Bodies keep their
+framing (Content-Length as is, chunked re-chunked with its trailers); a close-delimited response is re-framed as
+chunked for HTTP/1.1 clients so the client connection survives. Hop-by-hop headers are dropped (RFC 9110
+§7.6.1); `Upgrade` (WebSocket) is passed through and a 101 turns the connection into a byte relay. Pipelined
+requests are answered in order, one at a time. No route: 404 (the connection stays usable); upstream failure:
+502; no response head in time: 504. Each request is one access-log record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from hbone.errors import BadRequest, HboneError
+from hbone.proxy.accesslog import AccessRecord
+from hbone.proxy.frontend import Opener, Upstream, fmt_addr, relay
+from hbone.proxy.ingress_h2 import Lookup, strip_port
+from hbone.wire.authority import Authority
+from hbone.wire.http1 import (
+    Data,
+    EndOfMessage,
+    Event,
+    Framing,
+    Http1Error,
+    MessageReader,
+    Request,
+    Response,
+    encode_chunk,
+    encode_last_chunk,
+    encode_request,
+    encode_response,
+    end_to_end,
+    keep_alive,
+)
+
+log = logging.getLogger("hbone.ingress")
+
+
+class EventSource:
+    """The events of one side of an HTTP/1.1 connection, reading more bytes when the parser needs them."""
+
+    def __init__(self, read: Callable[[int], Awaitable[bytes]], parser: MessageReader, first: bytes = b"") -> None:
+        self.read = read
+        self.parser = parser
+        self.pending: deque[Event] = deque(parser.feed(first) if first else ())
+
+    async def next(self) -> Event | None:
+        """The next event of the current message; None at the end of it or at a clean EOF between messages."""
+        while not self.pending:
+            if self.parser.done:
+                return None
+            data = await self.read(64 * 1024)
+            events = self.parser.feed(data) if data else self.parser.eof()
+            if not data and not events:
+                return None
+            self.pending.extend(events)
+        return self.pending.popleft()
+
+    def restart(self, request_method: str = "GET") -> None:
+        self.parser.next_message(request_method)
+        self.pending.extend(self.parser.feed(b""))
+
+
+@dataclass
+class _Backend:
+    upstream: Upstream
+    responses: EventSource
+
+
+@dataclass
+class _Session:
+    """One client connection: its request events, its writer and the backend connections it opened."""
+
+    client: EventSource
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    src: tuple[str, int] | None
+    backends: dict[Authority, _Backend]
+
+
+def _reply(status: int, text: str, keep: bool) -> bytes:
+    body = f"{text}\n".encode()
+    headers = [("content-type", "text/plain; charset=utf-8"), ("content-length", str(len(body)))]
+    headers += [] if keep else [("connection", "close")]
+    return encode_response(Response(status, http.HTTPStatus(status).phrase, "HTTP/1.1", tuple(headers))) + body
+
+
+def _stale(pipe: Any) -> bool:
+    """A kept backend connection the backend has closed meanwhile (its EOF or error already arrived)."""
+    at_eof = getattr(pipe, "at_eof", False)
+    return bool(at_eof() if callable(at_eof) else at_eof) or getattr(pipe, "error", None) is not None
+
+
+class H1Ingress:
+    """Serves one client connection (`serve`), routing each request by its `Host`."""
+
+    def __init__(
+        self, opener: Opener, route: Lookup, *, request_timeout: float = 15.0, idle_timeout: float = 300.0,
+        scheme: str = "http",
+    ) -> None:  # fmt: skip
+        self.opener = opener
+        self.route = route
+        self.request_timeout = request_timeout
+        self.idle_timeout = idle_timeout
+        self.scheme = scheme
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes = b"") -> None:
+        peer = writer.get_extra_info("peername")
+        src = (str(peer[0]), int(peer[1])) if peer else None
+        client = EventSource(reader.read, MessageReader(), first)
+        session = _Session(client, reader, writer, src, {})
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self.idle_timeout):
+                        event = await client.next()
+                except Http1Error as e:
+                    writer.write(_reply(e.http_status, str(e), False))
+                    await writer.drain()
+                    return
+                if event is None:
+                    return
+                assert isinstance(event, Request)
+                if not await self._exchange(session, event):
+                    return
+                client.restart()
+        except (TimeoutError, ConnectionError, HboneError) as e:
+            log.debug("ingress http/1.1 connection from %s ended: %r", peer, e)
+        finally:
+            for backend in session.backends.values():
+                backend.upstream.close()
+            writer.close()
+
+    async def _exchange(self, session: _Session, req: Request) -> bool:
+        """Forward one request and its response; True when the client connection can carry the next one."""
+        client, writer, backends, src = session.client, session.writer, session.backends, session.src
+        record = AccessRecord("ingress-http", mode="HTTP/1.1", src_addr=fmt_addr(src))
+        host = req.get("host")
+        record.request = f"{req.method} {host or '-'}{req.target}"
+        keep = keep_alive(req)
+        try:
+            target = self.route(strip_port(host) if host else None)
+        except BadRequest as e:
+            while isinstance(await client.next(), Data):  # discard the body so the next request can follow
+                pass
+            writer.write(_reply(404, str(e), keep))
+            record.finish(404, str(e))
+            return keep
+        record.dst_addr = str(target)
+        try:
+            async with asyncio.timeout(self.request_timeout):
+                backend = backends.get(target)
+                if backend is None or _stale(backend.upstream.pipe):
+                    if backend is not None:
+                        backend.upstream.close()
+                    backend = await self._open(target, src, record, backends)
+        except (TimeoutError, HboneError, OSError) as e:
+            status = 504 if isinstance(e, TimeoutError) else 502
+            writer.write(_reply(status, f"upstream {target}: {e or 'timed out'}", False))
+            record.finish(status, str(e))
+            return False
+        backend.responses.parser.request_method = req.method
+        upgrade = req.get("upgrade") if "upgrade" in (req.get("connection") or "").lower() else None
+        chunked = client.parser.framing is Framing.CHUNKED
+        headers = end_to_end(req.headers)
+        headers += [("transfer-encoding", "chunked")] if chunked else []
+        headers += [("connection", "upgrade"), ("upgrade", upgrade)] if upgrade else []
+        headers += [("x-forwarded-for", src[0])] if src else []
+        headers.append(("x-forwarded-proto", self.scheme))
+        pipe = backend.upstream.pipe
+        sender = asyncio.ensure_future(self._send_body(client, pipe, encode_request(
+            Request(req.method, req.target, "HTTP/1.1", tuple(headers))), chunked, record))  # fmt: skip
+        try:
+            return await self._respond(session, req, backend, record, target=target, sender=sender, keep=keep)
+        finally:
+            if not sender.done():
+                sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, HboneError, OSError, Http1Error):
+                await sender
+
+    async def _open(
+        self, target: Authority, src: tuple[str, int] | None, record: AccessRecord, backends: dict[Authority, _Backend]
+    ) -> _Backend:
+        upstream = await self.opener.open(target, src=src, record=AccessRecord("ingress-h1-upstream"))
+        record.dst_identity = str(upstream.peer_identity) if upstream.peer_identity else None
+        backend = _Backend(upstream, EventSource(upstream.pipe.read, MessageReader(response=True)))
+        backends[target] = backend
+        return backend
+
+    @staticmethod
+    async def _send_body(client: EventSource, pipe: Any, head: bytes, chunked: bool, record: AccessRecord) -> bool:
+        await pipe.send(head)
+        while (event := await client.next()) is not None:
+            if isinstance(event, Data):
+                record.bytes_sent += len(event.data)
+                await pipe.send(encode_chunk(event.data) if chunked else event.data)
+            elif isinstance(event, EndOfMessage) and chunked:
+                await pipe.send(encode_last_chunk(event.trailers))
+        return True
+
+    async def _respond(
+        self,
+        session: _Session,
+        req: Request,
+        backend: _Backend,
+        record: AccessRecord,
+        *,
+        target: Authority,
+        sender: asyncio.Future[bool],
+        keep: bool,
+    ) -> bool:
+        writer, backends, responses = session.writer, session.backends, backend.responses
+        head: Response | None = None
+        rechunk = False
+        event: Event | None = None
+        try:
+            async with asyncio.timeout(self.request_timeout):
+                while True:
+                    event = await responses.next()
+                    if isinstance(event, Response) and 100 <= event.status < 200 and event.status != 101:
+                        writer.write(encode_response(event))  # 100 Continue and friends go straight through
+                        continue
+                    break
+            if not isinstance(event, Response):
+                raise Http1Error("backend closed the connection without a response")
+            head = event
+            if head.status == 101:
+                return await self._upgraded(session, head, backend, record, target)
+            framing = responses.parser.framing
+            open_ended = framing in (Framing.CHUNKED, Framing.UNTIL_CLOSE)
+            rechunk = open_ended and req.version == "HTTP/1.1"
+            reusable = keep_alive(head) and framing is not Framing.UNTIL_CLOSE
+            keep = keep and (rechunk or not open_ended)  # an HTTP/1.0 client learns the end from the close
+            headers = end_to_end(head.headers)
+            headers += [("transfer-encoding", "chunked")] if rechunk else []
+            headers += [] if keep else [("connection", "close")]
+            writer.write(encode_response(Response(head.status, head.reason, "HTTP/1.1", tuple(headers))))
+            while (event := await responses.next()) is not None:
+                if isinstance(event, Data):
+                    record.bytes_received += len(event.data)
+                    writer.write(encode_chunk(event.data) if rechunk else event.data)
+                    await writer.drain()
+                elif isinstance(event, EndOfMessage) and rechunk:
+                    writer.write(encode_last_chunk(event.trailers))
+            await writer.drain()
+        except (TimeoutError, HboneError, OSError) as e:
+            backends.pop(target, None)
+            backend.upstream.close()
+            if head is None:
+                status = 504 if isinstance(e, TimeoutError) else 502
+                writer.write(_reply(status, f"upstream {target}: {e or 'no response in time'}", False))
+                record.finish(status, str(e) or "timed out")
+            else:
+                writer.transport.abort()
+                record.finish(head.status, f"broken: {e}")
+            return False
+        record.finish(head.status, "ok")
+        if reusable:
+            responses.restart()
+        else:
+            backends.pop(target, None)
+            backend.upstream.close()
+        if not sender.done() and session.client.parser.done:  # the request is all here; let its last bytes go out
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.request_timeout):
+                    await asyncio.wait({sender})
+        # A response that came before the whole request body (e.g. an early 413) leaves the client mid-request.
+        return keep and sender.done() and not sender.cancelled() and sender.exception() is None
+
+    async def _upgraded(
+        self, session: _Session, head: Response, backend: _Backend, record: AccessRecord, target: Authority
+    ) -> bool:
+        """101 Switching Protocols: from here on the connection is an opaque byte relay (WebSocket)."""
+        headers = [*end_to_end(head.headers), ("connection", "upgrade"), ("upgrade", head.get("upgrade") or "")]
+        session.writer.write(encode_response(Response(101, head.reason, "HTTP/1.1", tuple(headers))))
+        session.writer.write(backend.responses.parser.take_buffered())
+        session.backends.pop(target, None)
+        await relay(session.reader, session.writer, backend.upstream, record, session.client.parser.take_buffered())
+        return False
