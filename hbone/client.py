@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -116,8 +117,11 @@ class HboneClient:
         max_streams: int = DEFAULT_MAX_STREAMS,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         connect_timeout: float = 10.0,
+        mark: int | None = None,
     ) -> None:
         self.tls = tls
+        #: SO_MARK on every dial (needs CAP_NET_ADMIN), so capture rules skip our own HBONE connections by mark.
+        self.mark = mark
         self.settings = settings or H2Settings.client()
         self.metadata = metadata
         self.connect_timeout = connect_timeout
@@ -135,12 +139,14 @@ class HboneClient:
     async def _dial(self, key: PoolKey) -> H2Connection:
         ctx = self.tls.client_context() if self.tls is not None else None
         try:
+            sock = await self._marked_socket(key.host, key.port) if self.mark is not None else None
             conn = await connect(
-                key.host,
-                key.port,
+                None if sock else key.host,
+                None if sock else key.port,
                 ssl=ctx,
                 settings=self.settings,
                 server_hostname="" if ctx else None,
+                sock=sock,
                 connect_timeout=self.connect_timeout,
             )
         except ConnectionLost as e:
@@ -165,6 +171,24 @@ class HboneClient:
                 await conn.close()
                 raise
         return conn
+
+    async def _marked_socket(self, host: str, port: int) -> socket.socket:
+        """A TCP socket carrying SO_MARK, connected (non-blocking) to host:port; errors as `connect` raises them."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                family, _, _, _, addr = (await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM))[0]
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                try:
+                    sock.setblocking(False)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.mark or 0)
+                    await loop.sock_connect(sock, addr)
+                except BaseException:
+                    sock.close()
+                    raise
+        except (OSError, TimeoutError) as exc:
+            raise ConnectionLost(f"cannot connect to {host}:{port}: {exc!r}") from exc
+        return sock
 
     async def open(
         self,

@@ -22,7 +22,7 @@ from hbone.proxy.frontends_config import (
     listener_from_dict,
     load_frontends_config,
 )
-from hbone.proxy.redirect import CaptureMode
+from hbone.proxy.redirect import DEFAULT_MARK, CaptureMode
 from hbone.proxy.routing import Action, Route, RouteTable, Via
 
 
@@ -70,9 +70,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rules.add_argument("--outbound-port", type=int, default=15001)
     rules.add_argument("--inbound-port", type=int, help="also capture inbound TCP to this port (e.g. 15006)")
     rules.add_argument("--include-cidr", action="append", default=[], help="capture only these destinations")
-    rules.add_argument("--exclude-port", action="append", type=int, help="destination ports never captured")
+    rules.add_argument(
+        "--exclude-port", action="append", type=int,
+        help="destination ports never captured (default: 15008, or none when the proxy marks its HBONE dials)",
+    )  # fmt: skip
     rules.add_argument("--exclude-uid", action="append", type=int, default=[], help="never capture this owner")
-    rules.add_argument("--mark", type=lambda s: int(s, 0), default=0x539, help="mark of the proxy's own traffic")
+    rules.add_argument(
+        "--mark", type=lambda s: int(s, 0),
+        help="SO_MARK the proxy puts on all its own connections (the frontends `mark:`); its traffic is skipped "
+        "by mark instead of by HBONE port (default mark 0x539, which only the proxy's direct dials carry)",
+    )  # fmt: skip
+    rules.add_argument("--config", type=Path, help="frontends YAML: take --mark from its `mark:`")
     rules.add_argument("--no-ipv6", action="store_true")
     rules.set_defaults(func=cmd_print_rules)
 
@@ -178,13 +186,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_print_rules(args: argparse.Namespace) -> int:
+    mark: int | None = args.mark
+    if mark is None and args.config is not None:
+        mark = load_frontends_config(args.config).mark
+    # With a configured mark every connection the proxy makes (HBONE dials included) carries it, so the mark
+    # rule alone keeps them out of capture; without one, HBONE dials are unmarked and 15008 must be excluded.
+    default_ports: tuple[int, ...] = () if mark is not None else (15008,)
     options = RuleOptions(
         mode=CaptureMode(args.mode),
         outbound_port=args.outbound_port,
         inbound_port=args.inbound_port,
         include_cidrs=tuple(args.include_cidr),
-        exclude_ports=tuple(args.exclude_port) if args.exclude_port is not None else (15008,),
-        mark=args.mark,
+        exclude_ports=tuple(args.exclude_port) if args.exclude_port is not None else default_ports,
+        mark=mark if mark is not None else DEFAULT_MARK,
         exclude_uids=tuple(args.exclude_uid),
         ipv6=not args.no_ipv6,
     )

@@ -50,7 +50,7 @@ class Runtime:
             self.manager = IdentityManager(FileSource(cfg.certs))
             await self.manager.start()
             self.tls = MeshTls(self.manager)
-            self.client = HboneClient(self.tls)
+            self.client = HboneClient(self.tls, mark=cfg.mark)  # marked dials: capture rules skip them by mark
         self.opener = Dialer(self.client, cfg.routes, dial_timeout=cfg.dial_timeout, mark=cfg.mark)
         # H2R gateways first: their registered names take precedence for every other front end.
         ordered = sorted(cfg.listeners, key=lambda s: s.type != "h2r-gateway")
