@@ -24,7 +24,7 @@ from hbone.errors import ConfigError, H2ErrorCode, HboneError, UpstreamUnreachab
 from hbone.identity.spiffe import SpiffeId
 from hbone.net.splice import splice
 from hbone.proxy.accesslog import AccessRecord
-from hbone.proxy.routing import Action, Decision, Route, RouteTable, Via
+from hbone.proxy.routing import Action, Decision, DoubleHbone, Route, RouteTable, Via
 from hbone.wire.authority import Authority
 from hbone.wire.tunnel_request import TunnelMode
 
@@ -188,9 +188,11 @@ class Dialer:
                 host, decision.target.port, connect_timeout=self.dial_timeout, mark=self.mark
             )
             return Upstream(TcpPipe(reader, writer), decision)
-        assert decision.route.via is not None  # table parsing guarantees it for hbone routes
         if self.client is None:
             raise ConfigError(f"route {decision.route.name!r} needs HBONE but no client is configured")
+        if decision.route.double_hbone is not None:
+            return await self._double(decision, decision.route.double_hbone, src, record)
+        assert decision.route.via is not None  # table parsing guarantees it for hbone routes
         tunnel = await self.client.open(
             decision.target,
             endpoint_for(decision.route.via),
@@ -200,6 +202,40 @@ class Dialer:
         if record is not None:
             record.dst_identity = str(tunnel.peer_identity) if tunnel.peer_identity else None
         return Upstream(tunnel.stream, decision, tunnel.peer_identity)
+
+    async def _double(
+        self, decision: Decision, double: DoubleHbone, src: tuple[str, int] | None, record: AccessRecord | None
+    ) -> Upstream:
+        from hbone.proxy.eastwest import open_double_hbone  # eastwest builds on this module
+
+        assert self.client is not None
+        gw = double.gateway
+        gateway = Endpoint(str(gw.ip) if gw.ip is not None else gw.host, gw.port, double.gateway_identities)
+        tunnel = await open_double_hbone(
+            self.client, gateway, decision.target, double.identities, network=double.network, forwarded_for=_fmt(src)
+        )
+        if record is not None:
+            record.mode = "DOUBLE-HBONE"
+            record.dst_identity = str(tunnel.inner_identity)
+        return Upstream(DoublePipe(tunnel), decision, tunnel.inner_identity)
+
+
+class DoublePipe:
+    """The inner stream of a double-HBONE tunnel; `close()` also closes the inner connection and outer tunnel."""
+
+    _closing: set[asyncio.Task[None]] = set()
+
+    def __init__(self, tunnel: Any) -> None:
+        self.tunnel = tunnel
+        self.stream = tunnel.stream
+
+    def __getattr__(self, name: str) -> Any:  # read/write/drain/send/write_eof/reset/wait_closed of the stream
+        return getattr(self.stream, name)
+
+    def close(self) -> None:
+        task = asyncio.ensure_future(self.tunnel.close())
+        DoublePipe._closing.add(task)
+        task.add_done_callback(DoublePipe._closing.discard)
 
 
 async def relay(

@@ -12,6 +12,9 @@ routes:
     identities: [spiffe://cluster.local/ns/ns/sa/gw]
     target: "{host}:{port}"         # optional rewrite of the tunnel authority
     token_file: /var/run/secrets/tokens/hop   # `authorization: Bearer` on the CONNECT
+  - name: remote                    # double HBONE: outer tunnel to a gateway, mTLS + CONNECT to the workload inside
+    match: {hosts: ["*.svc.remote.local"]}
+    double_hbone: {gateway: 10.9.0.1:15008, gateway_identities: [...], identities: [...], network: remote}
   - {name: lan, match: {cidrs: ["192.168.0.0/16"]}, action: direct}
   - {name: rest, action: deny}
 ```
@@ -82,6 +85,17 @@ class Via:
 
 
 @dataclass(frozen=True, slots=True)
+class DoubleHbone:
+    """Reach a workload on another network: outer CONNECT via `gateway`, inner mTLS verified against
+    `identities` (the workload's), `network` sent as x-forwarded-network (ztunnel's double HBONE)."""
+
+    gateway: Authority
+    gateway_identities: tuple[str, ...] = ()
+    identities: tuple[str, ...] = ()
+    network: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     name: str
     action: Action
@@ -92,6 +106,7 @@ class Route:
     #: File holding a bearer token for the hop (re-read per tunnel, like ztunnel's istio-token).
     token_file: str | None = None
     headers: tuple[tuple[str, str], ...] = ()
+    double_hbone: DoubleHbone | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +152,11 @@ def rewrite(template: str, target: Authority) -> Authority:
 
 # --- parsing from config mappings (still pure) ------------------------------------------------------------------
 
-_ROUTE_KEYS = {"name", "match", "action", "via", "identities", "post", "inner_tls", "target", "token_file", "headers"}
+_ROUTE_KEYS = {
+    "name", "match", "action", "via", "identities", "post", "inner_tls", "target", "token_file", "headers",
+    "double_hbone",
+}  # fmt: skip
+_DOUBLE_KEYS = {"gateway", "gateway_identities", "identities", "network"}
 _MATCH_KEYS = {"hosts", "cidrs", "ports"}
 
 
@@ -206,12 +225,15 @@ def route_from_dict(data: Mapping[str, Any], where: str = "route") -> Route:
             raise ConfigError(f"{where}.via: {e}") from e
         idents = tuple(str(i) for i in _list(data.get("identities"), f"{where}.identities"))
         via = Via(address, idents, bool(data.get("post", False)), bool(data.get("inner_tls", False)))
+    double = double_from_dict(data["double_hbone"], f"{where}.double_hbone") if data.get("double_hbone") else None
+    if double is not None and via is not None:
+        raise ConfigError(f"{where}: give via or double_hbone, not both")
     try:
-        action = Action(str(data.get("action", "hbone" if via else "direct")))
+        action = Action(str(data.get("action", "hbone" if via or double else "direct")))
     except ValueError:
         raise ConfigError(f"{where}.action: {data.get('action')!r} is not one of hbone, direct, deny") from None
-    if action is Action.HBONE and via is None:
-        raise ConfigError(f"{where}: action hbone needs via: HOST:PORT")
+    if action is Action.HBONE and via is None and double is None:
+        raise ConfigError(f"{where}: action hbone needs via: HOST:PORT (or double_hbone: {{gateway: ...}})")
     headers = data.get("headers") or {}
     if not isinstance(headers, Mapping):
         raise ConfigError(f"{where}.headers: expected a mapping")
@@ -224,10 +246,32 @@ def route_from_dict(data: Mapping[str, Any], where: str = "route") -> Route:
         str(target) if target is not None else None,
         str(data["token_file"]) if data.get("token_file") else None,
         tuple((str(k).lower(), str(v)) for k, v in headers.items()),
+        double,
     )
     if route.target is not None:
         rewrite(route.target, Authority("example.com", 1))  # fail at load time, not on the first connection
     return route
+
+
+def double_from_dict(data: Any, where: str) -> DoubleHbone:
+    if not isinstance(data, Mapping) or "gateway" not in data:
+        raise ConfigError(f"{where}: expected a mapping with gateway: HOST:PORT")
+    unknown = sorted(set(data) - _DOUBLE_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(_DOUBLE_KEYS))}")
+    try:
+        gateway = parse_authority(str(data["gateway"]))
+    except ProtocolError as e:
+        raise ConfigError(f"{where}.gateway: {e}") from e
+    identities = tuple(str(i) for i in _list(data.get("identities"), f"{where}.identities"))
+    if not identities:
+        raise ConfigError(f"{where}.identities: the workload's SPIFFE ids are required (inner mTLS is end to end)")
+    return DoubleHbone(
+        gateway,
+        tuple(str(i) for i in _list(data.get("gateway_identities"), f"{where}.gateway_identities")),
+        identities,
+        str(data["network"]) if data.get("network") is not None else None,
+    )
 
 
 def table_from_list(items: Any, where: str = "routes", default: str = "deny") -> RouteTable:
