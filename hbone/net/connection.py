@@ -189,6 +189,7 @@ class H2Connection(ConnectionLifecycle, asyncio.BufferedProtocol):
             SettingCodes.MAX_FRAME_SIZE: s.max_frame_size,
             SettingCodes.MAX_CONCURRENT_STREAMS: s.max_concurrent_streams,
             SettingCodes.MAX_HEADER_LIST_SIZE: s.max_header_list_size,
+            SettingCodes.HEADER_TABLE_SIZE: s.header_table_size,  # h2 sends it anyway (default 4096)
         }
         if self.client:
             values[SettingCodes.ENABLE_PUSH] = 0

@@ -55,6 +55,10 @@ class H2Settings:
     window_update_divisor: int = 4
     #: Size of the single reused receive buffer (asyncio.BufferedProtocol.get_buffer).
     read_buffer_size: int = 256 * KiB
+    #: SETTINGS_HEADER_TABLE_SIZE we advertise: the HPACK dynamic table the peer may fill in our decoder
+    #: (RFC 7541 §4.2). 4096 is the protocol default; a server of thousands of one-stream connections (xDS) gains
+    #: nothing from a table and can ask for less.
+    header_table_size: int = 4096
     #: Let h2 validate and normalise headers we send. Off: callers pass headers built and validated by hbone.wire.
     validate_outbound_headers: bool = False
 
@@ -77,6 +81,8 @@ class H2Settings:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be positive")
+        if not 0 <= self.header_table_size <= 2**32 - 1:
+            raise ConfigError(f"header_table_size {self.header_table_size} out of range [0, 2^32-1]")
         if self.ping_interval is not None and self.ping_interval <= 0:
             raise ConfigError("ping_interval must be positive or None")
         if self.ping_timeout <= 0 or self.drain_deadline < 0:

@@ -102,3 +102,22 @@ async def test_driver_keeps_settings_compact_after_connection_made() -> None:
         assert isinstance(conn._h2.local_settings, CompactSettings)
         assert isinstance(conn._h2.remote_settings, CompactSettings)
         assert conn._h2.local_settings.max_concurrent_streams == 200
+
+
+async def test_header_table_size_is_advertised() -> None:
+    from hbone.errors import ConfigError
+    from hbone.net.connection import H2Connection
+    from tests.unit.test_net_driver import FakeTransport
+
+    for size in (4096, 0):
+        conn = H2Connection(client=False, settings=H2Settings.server(ping_interval=None, header_table_size=size))
+        transport = FakeTransport()
+        conn.connection_made(transport)
+        assert conn._h2.local_settings.header_table_size == size
+        length = int.from_bytes(transport.out[:3], "big")  # the server's first frame is its SETTINGS
+        payload = bytes(transport.out[9 : 9 + length])
+        sent = {int.from_bytes(payload[i : i + 2], "big"): int.from_bytes(payload[i + 2 : i + 6], "big")
+                for i in range(0, length, 6)}  # fmt: skip
+        assert sent[SettingCodes.HEADER_TABLE_SIZE] == size
+    with pytest.raises(ConfigError):
+        H2Settings(header_table_size=-1)
