@@ -25,7 +25,13 @@ from hbone.tls import MeshTls, check_server_peer
 from hbone.wire.authority import Authority, parse_authority
 from hbone.wire.baggage import PeerMetadata
 from hbone.wire.tracecontext import TraceParent
-from hbone.wire.tunnel_request import TunnelMode, connect_request, parse_tunnel_response, post_request
+from hbone.wire.tunnel_request import (
+    TunnelMode,
+    cached_authority,
+    connect_request,
+    parse_tunnel_response,
+    post_request,
+)
 
 _MAX_ERROR_BODY = 1024
 #: POST-mode paths (the Go project's era-A names): the stream carries plain TCP bytes, or mTLS end to end.
@@ -127,14 +133,25 @@ class HboneClient:
         self.connect_timeout = connect_timeout
         self.pool = ConnectionPool(self._dial, max_streams=max_streams, idle_timeout=idle_timeout)
         self._peers: dict[int, SpiffeId | None] = {}
+        self._keys: dict[Endpoint, tuple[object, PoolKey]] = {}
 
     @property
     def identity(self) -> SpiffeId | None:
         return self.tls.manager.identity if self.tls is not None else None
 
     def _key(self, ep: Endpoint) -> PoolKey:
+        # Remembered per endpoint and certificate: `identity` parses the certificate's SAN on every access, which
+        # was ~2% of the churn client's CPU. A rotated certificate is a new `current` object, hence a new key.
+        current = self.tls.manager.current if self.tls is not None else None
+        hit = self._keys.get(ep)
+        if hit is not None and hit[0] is current:
+            return hit[1]
         extra = f"{ep.mode.value}|{ep.proxy_authority or ''}"
-        return PoolKey(str(self.identity or ""), tuple(sorted(ep.identities)), ep.host, ep.port, extra)
+        key = PoolKey(str(self.identity or ""), tuple(sorted(ep.identities)), ep.host, ep.port, extra)
+        if len(self._keys) >= 1024:
+            self._keys.clear()
+        self._keys[ep] = (current, key)
+        return key
 
     async def _dial(self, key: PoolKey) -> H2Connection:
         ctx = self.tls.client_context() if self.tls is not None else None
@@ -200,7 +217,7 @@ class HboneClient:
         extra_headers: Sequence[tuple[str, str]] = (),
     ) -> Tunnel:
         """Open a tunnel to `target` (ip:port or host:port) through the HBONE server at `endpoint`."""
-        tgt = target if isinstance(target, Authority) else parse_authority(target)
+        tgt = target if isinstance(target, Authority) else cached_authority(target)
         if endpoint.mode is TunnelMode.POST:
             headers = post_request(
                 tgt,

@@ -18,6 +18,14 @@ Why each exists (reference/performance-notes.md, python-hyper/h2#1181):
    Our managers return it once 1/`window_update_divisor` of the window was consumed. Still only bytes the
    application consumed are credited (`acknowledge_received_data`), so memory per stream stays one window.
 5. Received WINDOW_UPDATE frames get the same cheap repr as DATA (the sender sees one per credit step).
+6. Stream counting: h2 counts open streams on every new stream (`send_headers`, `_receive_headers_frame`) by
+   walking all of them, only to compare the count with SETTINGS_MAX_CONCURRENT_STREAMS (~3% of the churn client's
+   and server's CPU). `len(streams)` is an upper bound of that count; while it stays below both limits (and
+   `_PRUNE_AT`, which bounds how many closed streams wait for pruning) h2's check passes either way, so we skip
+   the walk. Otherwise h2's own walk runs: it counts exactly and prunes closed streams, as before.
+7. Header blocks we send are not Huffman-coded (`H2Settings.huffman_headers`): hpack's Huffman coder is pure
+   Python and was ~3% of each side's churn CPU (the random `traceparent` is a new literal on every request), for
+   ~20% smaller literals that loopback and LAN links do not need. Any peer decodes both forms (RFC 7541 §5.2).
 
 `tests/unit/test_net_h2tuning.py` fails if any internal relied on here changes. Pinned: h2>=4.1,<4.5,
 hyperframe>=6.0,<6.2.
@@ -33,6 +41,7 @@ from h2.connection import ConnectionInputs, ConnectionState, H2ConnectionStateMa
 from h2.connection import H2Connection as _StockH2Connection
 from h2.stream import H2Stream
 from h2.windows import WindowManager
+from hpack import Encoder
 from hyperframe.frame import DataFrame, Frame, WindowUpdateFrame
 
 from hbone.net.h2memory import compact_settings
@@ -62,6 +71,15 @@ class _QuietWindowUpdateFrame(WindowUpdateFrame):  # type: ignore[misc]
 
 
 _QUIET = {DataFrame: _QuietDataFrame, WindowUpdateFrame: _QuietWindowUpdateFrame}
+_PRUNE_AT = 100  # closed h2 streams may wait this long for h2's walk to prune them (item 6)
+
+
+class _PlainEncoder(Encoder):  # type: ignore[misc]
+    """An hpack encoder that never Huffman-codes literals (item 7)."""
+
+    def encode(self, headers: Any, huffman: bool = True) -> bytes:
+        encoded: bytes = super().encode(headers, huffman=False)
+        return encoded
 
 
 class _EagerWindowManager(WindowManager):  # type: ignore[misc]
@@ -111,8 +129,10 @@ class TunedH2Connection(_StockH2Connection):  # type: ignore[misc]
 
     _data_to_send: bytearray
 
-    def __init__(self, config: H2Configuration, window_update_divisor: int = 2) -> None:
+    def __init__(self, config: H2Configuration, window_update_divisor: int = 2, huffman: bool = True) -> None:
         super().__init__(config=config)
+        if not huffman:
+            self.encoder.__class__ = _PlainEncoder
         self.state_machine = _GracefulStateMachine()
         for stock, quiet in _QUIET.items():
             self._frame_dispatch_table[quiet] = self._frame_dispatch_table[stock]
@@ -125,6 +145,14 @@ class TunedH2Connection(_StockH2Connection):  # type: ignore[misc]
         stream: H2Stream = super()._begin_new_stream(stream_id, allowed_ids)
         _eager(stream._inbound_window_manager, self._window_divisor)
         return stream
+
+    def _open_streams(self, remainder: int) -> int:
+        count = len(self.streams)  # item 6: an upper bound of the open streams of either parity
+        limit = min(_PRUNE_AT, self.local_settings.max_concurrent_streams, self.remote_settings.max_concurrent_streams)
+        if count < limit:
+            return count
+        exact: int = super()._open_streams(remainder)
+        return exact
 
     def _receive_frame(self, frame: Frame) -> Any:
         quiet = _QUIET.get(frame.__class__)
@@ -173,4 +201,4 @@ def make_h2(*, client: bool, settings: H2Settings) -> TunedH2Connection:
         validate_inbound_headers=True,
         normalize_inbound_headers=True,
     )
-    return TunedH2Connection(config, settings.window_update_divisor)
+    return TunedH2Connection(config, settings.window_update_divisor, settings.huffman_headers)

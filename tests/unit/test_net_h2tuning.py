@@ -89,7 +89,7 @@ def _scenario(conn: h2.connection.H2Connection) -> bytes:
 
 
 def test_tuned_connection_sends_identical_bytes() -> None:
-    settings = H2Settings.client(validate_outbound_headers=True)
+    settings = H2Settings.client(validate_outbound_headers=True, huffman_headers=True)  # item 7 aside
     assert _scenario(make_h2(client=True, settings=settings)) == _scenario(stock(True))
 
 
@@ -238,3 +238,75 @@ def test_make_h2_configuration() -> None:
     assert conn.config.validate_inbound_headers
     conn = make_h2(client=False, settings=H2Settings.server(validate_outbound_headers=True))
     assert conn.config.validate_outbound_headers and not conn.config.client_side
+
+
+# --- 6. stream counting without the walk, 7. header blocks without Huffman ----------------------------------------
+
+
+def test_h2_still_counts_streams_only_to_compare_with_the_limit() -> None:
+    """Item 6 relies on h2 using the open-stream counts only in `value + 1 > max_open_streams` checks."""
+    base = h2.connection.H2Connection
+    assert "self.open_outbound_streams" in inspect.getsource(base.send_headers)
+    assert "self.open_inbound_streams" in inspect.getsource(base._receive_headers_frame)
+    for prop in (base.open_outbound_streams, base.open_inbound_streams):
+        assert "self._open_streams(" in inspect.getsource(prop.fget)
+    assert "to_delete" in inspect.getsource(base._open_streams)  # the walk still prunes closed streams
+
+
+def _open_and_close(client: h2.connection.H2Connection, server: h2.connection.H2Connection, sid: int) -> None:
+    client.send_headers(sid, REQUEST, end_stream=True)
+    pump(client, server)
+    server.send_headers(sid, [(b":status", b"200")], end_stream=True)
+    pump(server, client)
+
+
+def test_stream_limits_enforced_exactly_and_closed_streams_pruned() -> None:
+    from hbone.net.h2tuning import _PRUNE_AT
+
+    client = make_h2(client=True, settings=H2Settings.client())
+    server = make_h2(client=False, settings=H2Settings.server())
+    client.initiate_connection()
+    server.initiate_connection()
+    server.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 3})
+    pump(server, client)
+    pump(client, server)
+    for i in range(2 * _PRUNE_AT):  # closed streams never pile up beyond the pruning bound
+        _open_and_close(client, server, 1 + 2 * i)
+        assert len(client.streams) <= _PRUNE_AT and len(server.streams) <= _PRUNE_AT
+    sid = 1 + 4 * _PRUNE_AT
+    for k in range(3):  # three open streams are allowed, the fourth is not: exactly stock h2's answer
+        client.send_headers(sid + 2 * k, REQUEST)
+    with pytest.raises(h2.exceptions.TooManyStreamsError):
+        client.send_headers(sid + 6, REQUEST)
+    assert client.open_outbound_streams == 3
+
+
+def test_server_refuses_streams_above_its_limit_like_stock_h2() -> None:
+    server = make_h2(client=False, settings=H2Settings.server())
+    server.local_settings = h2.settings.Settings(client=False, initial_values={
+        h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 2})  # fmt: skip
+    client = stock(True)  # never sees the server's SETTINGS, so it does not enforce the limit itself
+    client.initiate_connection()
+    server.initiate_connection()
+    for sid in (1, 3):
+        client.send_headers(sid, REQUEST)
+    assert [type(e) for e in pump(client, server)].count(h2.events.RequestReceived) == 2
+    client.send_headers(5, REQUEST)
+    with pytest.raises(h2.exceptions.TooManyStreamsError):
+        pump(client, server)
+
+
+def test_header_blocks_sent_without_huffman_and_decoded_by_stock_h2() -> None:
+    value = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    headers = [*REQUEST, (b"traceparent", value)]
+    blocks = []
+    for huffman in (False, True):
+        conn = make_h2(client=True, settings=H2Settings.client(huffman_headers=huffman))
+        conn.initiate_connection()
+        conn.send_headers(1, headers)
+        blocks.append(bytes(conn.data_to_send()))
+        server = stock(False)
+        events = server.receive_data(blocks[-1])
+        request = next(e for e in events if isinstance(e, h2.events.RequestReceived))
+        assert list(request.headers) == headers  # stock h2 decodes both forms
+    assert value in blocks[0] and value not in blocks[1]  # the literal as-is, vs Huffman-coded
