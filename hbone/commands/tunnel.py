@@ -18,7 +18,9 @@ from hbone.errors import ConfigError, HboneError
 from hbone.grpc.server import GrpcServer
 from hbone.identity.bundle import load_bundle
 from hbone.identity.manager import FileSource, IdentityManager
+from hbone.net.pipe import AcceptedPipe
 from hbone.net.splice import splice
+from hbone.net.stream import Stream
 from hbone.proxy.inbound import InboundConfig, InboundHandler, policy_authorizer
 from hbone.server import HboneServer
 from hbone.tls import MeshTls
@@ -205,7 +207,19 @@ async def _forward(args: argparse.Namespace) -> int:
             return
         await splice(tunnel.stream, reader, writer)  # type: ignore[arg-type]
 
-    server = await asyncio.start_server(handle, str(listen.ip) if listen.ip else listen.host, listen.port)
+    async def open_stream() -> Stream:
+        return (await client.open(args.target, ep)).h2
+
+    def failed(exc: BaseException) -> None:
+        print(f"hbone forward: {exc}", file=sys.stderr)
+
+    host = str(listen.ip) if listen.ip else listen.host
+    tasks: set[asyncio.Task[None]] = set()
+    if ep.inner_tls:  # the stream carries TLS records: relay the plaintext with splice() over a TlsStream
+        server = await asyncio.start_server(handle, host, listen.port)
+    else:  # protocol splice: each chunk is relayed in the callback that received it (1 KiB round trip, RESULTS)
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: AcceptedPipe(open_stream, tasks, failed), host, listen.port)
     port = server.sockets[0].getsockname()[1]
     print(
         f"hbone forward: listening {listen.host}:{port} -> {args.target} via {ep.host}:{ep.port}",
@@ -217,6 +231,8 @@ async def _forward(args: argparse.Namespace) -> int:
         await stop.wait()
     finally:
         server.close()
+        for task in list(tasks):
+            task.cancel()
         await client.close()
     return 0
 

@@ -20,7 +20,7 @@ Semantics are `splice()`'s (RFC 9113 §8.5):
 from __future__ import annotations
 
 import asyncio
-import socket
+from collections.abc import Awaitable, Callable
 
 from hbone.errors import H2ErrorCode, HboneError, StreamReset
 from hbone.net.splice import SpliceResult
@@ -52,13 +52,9 @@ class TcpPipe(asyncio.Protocol):
     # --- asyncio.Protocol (TCP side) ---------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # No TCP_NODELAY here: asyncio and uvloop set it on every TCP socket they create or accept (checked with
+        # getsockopt on both loops); a second setsockopt per tunnel would be a wasted syscall.
         self.transport = transport  # type: ignore[assignment]  # uvloop transports are not asyncio.Transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small messages go out at once
-            except (OSError, AttributeError):
-                pass
 
     def data_received(self, data: bytes) -> None:
         stream = self.stream
@@ -237,3 +233,43 @@ async def open_pipe(host: str, port: int, connect_timeout: float | None = None) 
     async with asyncio.timeout(connect_timeout):  # no extra task, unlike wait_for() on Python 3.11
         _, pipe = await loop.create_connection(lambda: TcpPipe(loop), host, port)
     return pipe
+
+
+class AcceptedPipe(TcpPipe):
+    """A `TcpPipe` for an accepted TCP connection whose tunnel stream is opened after the accept (`hbone forward`):
+    one task per connection for the open, then callbacks only. Bytes the client sends meanwhile are held (one
+    read, reading paused) and go out first."""
+
+    def __init__(
+        self,
+        open_stream: Callable[[], Awaitable[Stream]],
+        tasks: set[asyncio.Task[None]],
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self._open_stream = open_stream
+        self._tasks = tasks
+        self._on_error = on_error
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        task = self._loop.create_task(self._run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self) -> None:
+        try:
+            stream = await self._open_stream()
+        except asyncio.CancelledError:
+            self.abort()
+            raise
+        except Exception as exc:  # the tunnel could not be opened: drop the client connection
+            self._finish_with(exc)
+            if self._on_error is not None:
+                self._on_error(exc)
+            return
+        if self.done.done():  # the client went away while the tunnel was being opened
+            stream.reset(H2ErrorCode.CANCEL)
+            return
+        self.start(stream)
+        await self.wait()

@@ -12,9 +12,9 @@ import h2.connection
 import h2.events
 import pytest
 
-from hbone.errors import H2ErrorCode, StreamReset
+from hbone.errors import ConnectRefused, H2ErrorCode, StreamReset
 from hbone.net.connection import H2Connection
-from hbone.net.pipe import TcpPipe
+from hbone.net.pipe import AcceptedPipe, TcpPipe
 from hbone.net.settings import H2Settings, KiB
 from hbone.net.stream import Stream
 
@@ -257,3 +257,68 @@ async def test_connection_loss_aborts_tcp() -> None:
     h.conn.connection_lost(None)
     result = await h.pipe.wait()
     assert h.tcp.aborted and result.error is not None
+
+
+# --- AcceptedPipe: the tunnel is opened after the TCP accept (hbone forward) ---------------------------------------
+
+
+async def test_accepted_pipe_sends_early_bytes_first_once_the_tunnel_is_open() -> None:
+    h = Harness()
+    opened: asyncio.Future[Stream] = asyncio.get_running_loop().create_future()
+
+    async def open_stream() -> Stream:
+        return await opened
+
+    tasks: set[asyncio.Task[None]] = set()
+    pipe = AcceptedPipe(open_stream, tasks)
+    tcp = FakeTransport()
+    pipe.connection_made(tcp)
+    pipe.data_received(b"GET / HTTP/1.0\r\n\r\n")  # the client talks before the tunnel exists
+    assert not tcp.reading and len(tasks) == 1
+    stream = await h.open(start=False)
+    stream.send_headers([(":status", "200")])
+    opened.set_result(stream)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert tcp.reading
+    await h.to_peer()
+    assert h.peer_data == b"GET / HTTP/1.0\r\n\r\n"
+    h.send(b"HTTP/1.0 200 OK\r\n\r\n", end=True)
+    pipe.eof_received()
+    result = await pipe.wait()
+    assert bytes(tcp.out) == b"HTTP/1.0 200 OK\r\n\r\n" and tcp.eof and result.error is None
+    await asyncio.gather(*tasks)  # the open task ends with the splice
+
+
+async def test_accepted_pipe_drops_the_client_when_the_tunnel_cannot_open() -> None:
+    errors: list[BaseException] = []
+
+    async def open_stream() -> Stream:
+        raise ConnectRefused(503, "no upstream")
+
+    tasks: set[asyncio.Task[None]] = set()
+    pipe = AcceptedPipe(open_stream, tasks, errors.append)
+    tcp = FakeTransport()
+    pipe.connection_made(tcp)
+    result = await pipe.wait()
+    assert tcp.aborted and isinstance(result.error, ConnectRefused) and errors == [result.error]
+
+
+async def test_accepted_pipe_resets_a_tunnel_opened_after_the_client_left() -> None:
+    h = Harness()
+    opened: asyncio.Future[Stream] = asyncio.get_running_loop().create_future()
+
+    async def open_stream() -> Stream:
+        return await opened
+
+    tasks: set[asyncio.Task[None]] = set()
+    pipe = AcceptedPipe(open_stream, tasks)
+    pipe.connection_made(FakeTransport())
+    pipe.connection_lost(ConnectionResetError(104, "reset"))
+    stream = await h.open(start=False)
+    stream.send_headers([(":status", "200")])
+    opened.set_result(stream)
+    await asyncio.gather(*tasks)
+    events = await h.to_peer()
+    resets = [e for e in events if isinstance(e, h2.events.StreamReset)]
+    assert resets and resets[0].error_code == H2ErrorCode.CANCEL
