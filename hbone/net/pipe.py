@@ -13,7 +13,7 @@ Semantics are `splice()`'s (RFC 9113 §8.5):
 - Backpressure: TCP reading pauses while the stream holds more than `max_send_buffer` queued bytes, and resumes at
   half of it. Received stream bytes are credited to the peer's windows only while the TCP transport is below its
   high-water mark; above it the credit is withheld, so the peer can never make us hold more than one window
-  beyond the transport's buffer limit.
+  beyond the transport's buffer limit. Credit goes back in steps of at most 32 KiB (1/8 of a window).
 - Byte counts: `to_stream` is TCP -> stream, `from_stream` is stream -> TCP, as in `SpliceResult`.
 """
 
@@ -25,6 +25,8 @@ from collections.abc import Awaitable, Callable
 from hbone.errors import H2ErrorCode, HboneError, StreamReset
 from hbone.net.splice import SpliceResult
 from hbone.net.stream import Stream
+
+_CREDIT_STEP = 32 * 1024
 
 
 class TcpPipe(asyncio.Protocol):
@@ -48,6 +50,8 @@ class TcpPipe(asyncio.Protocol):
         self._send_limit = 0  # the stream's max_send_buffer
         self._write_paused = False
         self._withheld = 0  # stream bytes written to TCP while it was over its high-water mark: not yet credited
+        self._owed = 0  # stream bytes written to TCP, credited in steps of `_credit_step`
+        self._credit_step = 0
 
     # --- asyncio.Protocol (TCP side) ---------------------------------------------------------------------------
 
@@ -94,7 +98,8 @@ class TcpPipe(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._write_paused = False
         if self._withheld and self.stream is not None:
-            n, self._withheld = self._withheld, 0
+            n, self._withheld = self._withheld + self._owed, 0
+            self._owed = 0
             self.stream.credit(n)
 
     # --- hbone.net.stream.StreamConsumer (stream side) ----------------------------------------------------------
@@ -109,8 +114,16 @@ class TcpPipe(asyncio.Protocol):
         self.result.from_stream += n
         if self._write_paused:
             self._withheld += n
-        elif self.stream is not None:
-            self.stream.credit(n)
+            return
+        # Credit in steps: per small message, h2's acknowledge_received_data was ~5% of a proxy's CPU in the 1 KiB
+        # round-trip profile, and it returns no WINDOW_UPDATE below 1/4 of a window anyway. The step is at most
+        # 1/8 of the stream window, so the peer can always send; bulk frames (64 KiB) are credited at once.
+        owed = self._owed + n
+        if owed >= self._credit_step and self.stream is not None:
+            self._owed = 0
+            self.stream.credit(owed)
+        else:
+            self._owed = owed
 
     def stream_eof(self) -> None:
         self._stream_eof = True
@@ -131,7 +144,9 @@ class TcpPipe(asyncio.Protocol):
     def start(self, stream: Stream) -> None:
         """Join `stream`: flush what TCP sent so far, then relay both ways."""
         self.stream = stream
-        self._send_limit = stream.connection.settings.max_send_buffer
+        settings = stream.connection.settings
+        self._send_limit = settings.max_send_buffer
+        self._credit_step = min(_CREDIT_STEP, settings.initial_stream_window // 8)
         early, self._early = self._early, []
         for data in early:
             self.data_received(data)

@@ -322,3 +322,14 @@ async def test_accepted_pipe_resets_a_tunnel_opened_after_the_client_left() -> N
     events = await h.to_peer()
     resets = [e for e in events if isinstance(e, h2.events.StreamReset)]
     assert resets and resets[0].error_code == H2ErrorCode.CANCEL
+
+
+async def test_small_messages_are_credited_in_bounded_steps() -> None:
+    settings = H2Settings.server(ping_interval=None, initial_stream_window=65_535, connection_window=1 << 20)
+    h = Harness(settings)
+    stream = await h.open()
+    step = 65_535 // 8
+    for _ in range(40):
+        h.send(bytes(1000))
+        assert stream._recv_len < step  # never more than one step uncredited
+    assert h.pipe.result.from_stream == 40_000 and len(h.tcp.out) == 40_000
