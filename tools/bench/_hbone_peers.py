@@ -1,8 +1,8 @@
 """The long-running processes of the HBONE benchmark: sink, echo, TCP relay, TLS sink, a bare HTTP/2 server
-that answers 200 (h2-ok), and a launcher for the `hbone` CLI. Each runs in its own OS process (so each gets a
-core) until SIGTERM.
+that answers 200 (h2-ok), an HTTP/2 server that is itself the sink of each tunnel stream (h2-sink), and a launcher
+for the `hbone` CLI. Each runs in its own OS process (so each gets a core) until SIGTERM.
 
-    python _hbone_peers.py [--uvloop] sink|echo|tls-sink|h2-ok|relay|cli ...
+    python _hbone_peers.py [--uvloop] sink|echo|tls-sink|h2-ok|h2-sink|relay|cli ...
 
 Our own peers print `READY <port>` on stdout once listening; `hbone serve/forward` print their own banner.
 
@@ -31,13 +31,40 @@ ACK = b"K"
 READ_BUFFER = 256 * 1024
 
 
+class Counter:
+    """The sink protocol's receiving side: counts length-prefixed messages; `feed` returns how many completed."""
+
+    def __init__(self) -> None:
+        self._header = bytearray()
+        self._remaining: int | None = None  # None while reading a header
+
+    def feed(self, view: memoryview) -> int:
+        done = 0
+        while view:
+            if self._remaining is None:
+                take = HEADER - len(self._header)
+                self._header += view[:take]
+                view = view[take:]
+                if len(self._header) < HEADER:
+                    return done
+                self._remaining = int.from_bytes(self._header, "big")
+                self._header.clear()
+            else:
+                take = min(self._remaining, len(view))
+                self._remaining -= take
+                view = view[take:]
+            if self._remaining == 0:
+                done += 1
+                self._remaining = None
+        return done
+
+
 class Sink(asyncio.BufferedProtocol):
     """Counts length-prefixed messages and acks each; one reused receive buffer (no per-read allocation)."""
 
     def __init__(self) -> None:
         self._buf = memoryview(bytearray(READ_BUFFER))
-        self._header = bytearray()
-        self._remaining: int | None = None  # None while reading a header
+        self._counter = Counter()
         self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -48,24 +75,10 @@ class Sink(asyncio.BufferedProtocol):
         return self._buf
 
     def buffer_updated(self, nbytes: int) -> None:
-        view = self._buf[:nbytes]
-        while view:
-            if self._remaining is None:
-                take = HEADER - len(self._header)
-                self._header += view[:take]
-                view = view[take:]
-                if len(self._header) < HEADER:
-                    return
-                self._remaining = int.from_bytes(self._header, "big")
-                self._header.clear()
-            else:
-                take = min(self._remaining, len(view))
-                self._remaining -= take
-                view = view[take:]
-            if self._remaining == 0:
-                assert self._transport is not None
-                self._transport.write(ACK)
-                self._remaining = None
+        acks = self._counter.feed(self._buf[:nbytes])
+        if acks:
+            assert self._transport is not None
+            self._transport.write(ACK * acks)
 
     def eof_received(self) -> bool:
         return False  # close our side too
@@ -133,6 +146,40 @@ async def _answer_ok(stream: Stream) -> None:
         pass
 
 
+class StreamSink:
+    """h2-sink: the sink protocol on the tunnel stream itself, taken by callback (`Stream.attach`) as the TLS sink
+    takes TLS records, and credited as consumed. One TLS connection, one stream, two processes: the like-for-like
+    counterpart of `tls-N` (RESULTS-hbone.md)."""
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+        self.counter = Counter()
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def stream_data(self, data: bytes) -> None:
+        acks = self.counter.feed(memoryview(data))
+        self.stream.credit(len(data))
+        if acks:
+            self.stream.write(ACK * acks)
+
+    def stream_eof(self) -> None:
+        self.stream.write_eof()
+
+    def stream_closed(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def stream_failed(self, exc: BaseException) -> None:
+        self.stream_closed()
+
+
+async def _sink_stream(stream: Stream) -> None:
+    stream.send_headers([(":status", "200")])
+    sink = StreamSink(stream)
+    stream.attach(sink)
+    await sink.done
+
+
 def _split(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     return host, int(port)
@@ -145,7 +192,7 @@ async def _serve(args: argparse.Namespace) -> None:
         server = await loop.create_server(Sink, "127.0.0.1", 0)
     elif args.role == "echo":
         server = await loop.create_server(Echo, "127.0.0.1", 0)
-    elif args.role in ("tls-sink", "h2-ok"):
+    elif args.role in ("tls-sink", "h2-ok", "h2-sink"):
         # Exactly the TLS configuration of the HBONE listener (TLS 1.3, mTLS, same certificate).
         from hbone.identity.bundle import load_bundle
         from hbone.identity.manager import IdentityManager
@@ -156,7 +203,7 @@ async def _serve(args: argparse.Namespace) -> None:
         if args.role == "tls-sink":
             server = await loop.create_server(Sink, "127.0.0.1", 0, ssl=ctx)
         else:
-            server = await h2_serve(_answer_ok, "127.0.0.1", 0, ssl=ctx)
+            server = await h2_serve(_answer_ok if args.role == "h2-ok" else _sink_stream, "127.0.0.1", 0, ssl=ctx)
     else:
         host, port = _split(args.to)
         server = await asyncio.start_server(relay_handler(host, port), "127.0.0.1", 0)
@@ -176,6 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("echo")
     sub.add_parser("tls-sink").add_argument("--certs", type=Path, required=True)
     sub.add_parser("h2-ok").add_argument("--certs", type=Path, required=True)
+    sub.add_parser("h2-sink").add_argument("--certs", type=Path, required=True)
     sub.add_parser("relay").add_argument("--to", required=True, help="upstream HOST:PORT")
     sub.add_parser("cli").add_argument("argv", nargs=argparse.REMAINDER, help="arguments of `hbone`")
     args = parser.parse_args(argv)

@@ -180,8 +180,11 @@ def build_cases(a: argparse.Namespace, addr: dict[str, str], certs: dict[str, Pa
                  ("LOAD", "bulk-tcp", addr["fwd-sink"], *bulk), ("fwd-sink", "serve", "sink"), f"socat-{n}"),
             Case(f"tls-{n}", "bulk", "plain TLS (asyncio TLS client → TLS sink)",
                  ("LOAD", "bulk-tls", addr["tls-sink"], *bulk, "--certs", cli), ("tls-sink",), f"tcp-{n}"),
-            Case(f"tunnel-{n}", "bulk", "tunnel: HboneClient → hbone serve → sink",
+            Case(f"tunnel-{n}", "bulk", "tunnel, 3 processes: HboneClient → hbone serve → TCP sink",
                  ("LOAD", "bulk-hbone", srv, "--target", sink, *bulk, "--certs", cli), ("serve", "sink"), f"tls-{n}"),
+            Case(f"tunnel-h2sink-{n}", "bulk", "tunnel, 2 processes: HboneClient → HTTP/2 server that is the sink",
+                 ("LOAD", "bulk-hbone", addr["h2-sink"], "--target", sink, *bulk, "--certs", cli), ("h2-sink",),
+                 f"tls-{n}"),
         ]  # fmt: skip
     lat = ("--count", str(a.lat_count), "--warmup", str(a.lat_count // 20))
     cases += [
@@ -239,6 +242,7 @@ def start_fleet(fleet: Fleet, a: argparse.Namespace, certs: dict[str, Path], pro
     addr["echo"] = fleet.start("echo", peer("echo"), ready)
     addr["tls-sink"] = fleet.start("tls-sink", peer("tls-sink", "--certs", str(certs["srv"])), ready)
     addr["h2-ok"] = fleet.start("h2-ok", peer("h2-ok", "--certs", str(certs["srv"]), profile_as="h2-ok"), ready)
+    addr["h2-sink"] = fleet.start("h2-sink", peer("h2-sink", "--certs", str(certs["srv"]), profile_as="h2-sink"), ready)
     addr["relay"] = fleet.start("relay", peer("relay", "--to", addr["sink"]), ready)
     addr["relay-b"] = fleet.start("relay-b", peer("relay", "--to", addr["echo"]), ready)
     addr["relay-a"] = fleet.start("relay-a", peer("relay", "--to", addr["relay-b"]), ready)
@@ -407,7 +411,10 @@ class Report:
 
     def targets(self) -> list[str]:
         rows = [
-            ("one tunnel stream vs plain TLS stream", "≥ 0.90x", self.paired("tunnel-1", "tls-1", "mbps"), 0.9, True),
+            ("one tunnel stream vs plain TLS stream: like for like (2 processes, tunnel-h2sink-1)", "≥ 0.90x",
+             self.paired("tunnel-h2sink-1", "tls-1", "mbps"), 0.9, True),
+            ("one tunnel stream vs plain TLS stream: via hbone serve to a TCP sink (3 processes, tunnel-1)",
+             "≥ 0.90x", self.paired("tunnel-1", "tls-1", "mbps"), 0.9, True),
             ("full hop vs socat TCP relay, 1 stream", "≥ 0.40x", self.paired("fullhop-1", "socat-1", "mbps"), 0.4,
              True),
             ("full hop vs socat TCP relay, 8 streams", "(info)", self.paired("fullhop-8", "socat-8", "mbps"), None,
