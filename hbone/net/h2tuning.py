@@ -26,6 +26,8 @@ Why each exists (reference/performance-notes.md, python-hyper/h2#1181):
 7. Header blocks we send are not Huffman-coded (`H2Settings.huffman_headers`): hpack's Huffman coder is pure
    Python and was ~3% of each side's churn CPU (the random `traceparent` is a new literal on every request), for
    ~20% smaller literals that loopback and LAN links do not need. Any peer decodes both forms (RFC 7541 §5.2).
+8. Received frames are parsed from the driver's read buffer without h2's two bulk copies of every byte
+   (`hbone.net.h2framebuffer`, which has its own guard tests).
 
 `tests/unit/test_net_h2tuning.py` fails if any internal relied on here changes. Pinned: h2>=4.1,<4.5,
 hyperframe>=6.0,<6.2.
@@ -44,6 +46,7 @@ from h2.windows import WindowManager
 from hpack import Encoder
 from hyperframe.frame import DataFrame, Frame, WindowUpdateFrame
 
+from hbone.net.h2framebuffer import ZeroCopyFrameBuffer
 from hbone.net.h2memory import compact_settings
 from hbone.net.settings import H2Settings
 
@@ -133,6 +136,7 @@ class TunedH2Connection(_StockH2Connection):  # type: ignore[misc]
         super().__init__(config=config)
         if not huffman:
             self.encoder.__class__ = _PlainEncoder
+        self.incoming_buffer = ZeroCopyFrameBuffer(server=not config.client_side)
         self.state_machine = _GracefulStateMachine()
         for stock, quiet in _QUIET.items():
             self._frame_dispatch_table[quiet] = self._frame_dispatch_table[stock]

@@ -1,0 +1,108 @@
+"""h2's FrameBuffer without the two bulk copies of every received byte (h2tuning item 8).
+
+Stock `h2.frame_buffer.FrameBuffer` appends each read to its own bytearray (copy 1), slices every frame body out
+of it (copy 2) and hyperframe's `parse_body` copies the payload into the frame (copy 3, the one the application
+keeps). In the 2-process tunnel profile (RESULTS-hbone.md) the receiver was CPU-bound at twice the TLS sink's
+CPU per GB. This buffer parses frames straight from the caller's memoryview and keeps only an incomplete tail
+frame (copied before `receive_data` returns, because the driver reuses its read buffer); the next read completes
+that frame with a copy of just its missing bytes.
+
+Safe because every hyperframe `parse_body` copies what it keeps out of the memoryview it is given (`.tobytes()`
+or struct unpacking); `tests/unit/test_net_h2framebuffer.py` checks that for every frame type, and that the frames
+produced for any split of a byte stream are identical to the stock buffer's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from h2.exceptions import FrameDataMissingError, ProtocolError
+from h2.frame_buffer import FrameBuffer
+from hyperframe.exceptions import InvalidDataError, InvalidFrameError
+from hyperframe.frame import Frame
+
+_EMPTY = memoryview(b"")
+
+
+class ZeroCopyFrameBuffer(FrameBuffer):  # type: ignore[misc]
+    """A drop-in `FrameBuffer`: same frames, same errors, same CONTINUATION handling (h2's own method)."""
+
+    _data: bytearray
+    _preamble: bytes
+    _preamble_len: int
+
+    def __init__(self, server: bool = False) -> None:
+        super().__init__(server=server)
+        self._view = _EMPTY  # what is being parsed: the caller's bytes, or one frame joined from our tail
+        self._pos = 0
+        self._rest = _EMPTY  # the caller's bytes after that joined frame
+
+    def add_data(self, data: Any) -> None:
+        view = memoryview(data)
+        if self._preamble_len:  # the client preface (RFC 9113 §3.4), exactly as stock h2 checks it
+            take = min(self._preamble_len, len(view))
+            if self._preamble[:take] != view[:take]:
+                raise ProtocolError("Invalid HTTP/2 preamble.")
+            view = view[take:]
+            self._preamble_len -= take
+            self._preamble = self._preamble[take:]
+        self._keep_tail()  # bytes added earlier and not parsed yet come first
+        tail = self._data
+        self._pos = 0
+        if not tail:
+            self._view, self._rest = view, _EMPTY
+            return
+        # Frames rarely end where a read ends: complete the pending frame with a copy of just its missing bytes,
+        # then parse the rest of this read in place.
+        need = -1
+        if len(tail) >= 9:
+            need = 9 + int.from_bytes(tail[:3], "big") - len(tail)
+        elif len(tail) + len(view) >= 9:
+            header = bytes(tail) + view[: 9 - len(tail)].tobytes()
+            need = 9 + int.from_bytes(header[:3], "big") - len(tail)
+        if 0 < need <= len(view):
+            self._data = tail + view[:need]  # a new object: no live memoryview blocks it
+            self._rest = view[need:]
+        else:  # still incomplete (or several frames were left unparsed): keep everything
+            self._data = tail + view
+            self._rest = _EMPTY
+        self._view = memoryview(self._data)
+
+    def _keep_tail(self) -> None:
+        """Own the unparsed rest (normally one incomplete frame); drop every view of the caller's buffer."""
+        if not self._view and not self._rest:
+            return  # nothing is being parsed: `_data` already holds the tail
+        tail = bytearray(self._view[self._pos :])
+        if self._rest:
+            tail += self._rest
+        self._data = tail
+        self._view = self._rest = _EMPTY
+        self._pos = 0
+
+    def __next__(self) -> Frame:
+        view, pos = self._view, self._pos
+        avail = len(view) - pos
+        if not avail and self._rest:  # the joined frame is done: go on in the caller's bytes
+            view, pos, avail = self._rest, 0, len(self._rest)
+            self._view, self._pos, self._rest = view, 0, _EMPTY
+        if avail < 9:
+            self._keep_tail()
+            raise StopIteration
+        try:
+            f, length = Frame.parse_frame_header(view[pos : pos + 9])
+        except (InvalidDataError, InvalidFrameError) as err:
+            raise ProtocolError(f"Received frame with invalid header: {err!s}") from err
+        if avail < length + 9:
+            self._keep_tail()
+            raise StopIteration
+        self._validate_frame_length(length)
+        body = pos + 9
+        try:
+            f.parse_body(view[body : body + length])
+        except InvalidDataError as err:
+            raise ProtocolError("Received frame with non-compliant data") from err
+        except InvalidFrameError as err:
+            raise FrameDataMissingError("Frame data missing or invalid") from err
+        self._pos = body + length
+        new_frame: Frame | None = self._update_header_buffer(f)
+        return new_frame if new_frame is not None else self.__next__()
