@@ -19,17 +19,16 @@ resource with the aliases the client asked for.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from itertools import chain
 
-from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
-from microxds.cache.types import Cache, CacheWatch, Changes
-from microxds.errors import ProtocolError
+from microxds.cache.types import Cache
 from microxds.resources import Resource
 from microxds.server.sotw import push_order
-from microxds.server.status import ClientStatus, StatusRegistry
+from microxds.server.status import StatusRegistry
+from microxds.server.streamcore import StreamCore
 from microxds.server.subscription import Subscription
 from microxds.server.wire import WireResponse, delta_entry, delta_entry_with_aliases
 
@@ -49,8 +48,10 @@ class _Reply:
         return bool(self.send or self.removed)
 
 
-class DeltaStream:
+class DeltaStream(StreamCore):
     """One Delta stream (ADS, or a single-type stream when `type_url` is given)."""
+
+    kind = "delta"
 
     def __init__(
         self,
@@ -61,37 +62,14 @@ class DeltaStream:
         type_url: str | None = None,
         never_remove_types: Collection[str] = (),
     ) -> None:
-        self._cache = cache
-        self._registry = registry
-        self.status: ClientStatus = (
-            registry.open(peer, "delta") if registry is not None else ClientStatus(0, peer, "delta", None)
-        )
-        self.type_url = type_url
+        super().__init__(cache, registry=registry, peer=peer, type_url=type_url)
         self._never_remove = frozenset(never_remove_types)
-        self.node: base_pb2.Node | None = None
-        self._watch: CacheWatch | None = None
-        self._subs: dict[str, Subscription] = {}
-        self._pending: dict[str, frozenset[str]] = {}
-        self._nonce = 0
-        self.on_dirty: Callable[[], None] | None = None
-        self.closed = False
 
     # -- inputs -------------------------------------------------------------------------------------------
 
     def handle(self, req: discovery_pb2.DeltaDiscoveryRequest) -> list[DeltaResponse]:
-        if self.closed:
-            raise ProtocolError("request on a closed stream")
-        watch = self._watch or self._open(req)
-        type_url = req.type_url or self.type_url
-        if not type_url:
-            raise ProtocolError("DeltaDiscoveryRequest without type_url on an aggregated stream")
-        if self.type_url is not None and type_url != self.type_url:
-            raise ProtocolError(f"{type_url} requested on a {self.type_url} stream")
-        sub = self._subs.get(type_url)
-        first = sub is None
-        if sub is None:
-            sub = self._subs[type_url] = Subscription()
-            self.status.track(type_url, sub)
+        watch, type_url, sub, first = self._begin(req)
+        if first:
             for name, version in req.initial_resource_versions.items():
                 sub.record(name, version)  # rule 6: what the client already holds from a previous stream
         self._ack(type_url, req)
@@ -157,37 +135,7 @@ class DeltaStream:
                 out.append(self._response(type_url, sub, reply))
         return out
 
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        if self._watch is not None:
-            self._watch.close()
-        if self._registry is not None:
-            self._registry.close(self.status)
-
-    @property
-    def pending(self) -> bool:
-        return bool(self._pending)
-
     # -- internals ----------------------------------------------------------------------------------------
-
-    def _open(self, req: discovery_pb2.DeltaDiscoveryRequest) -> CacheWatch:
-        node = base_pb2.Node()
-        if req.HasField("node"):
-            node.CopyFrom(req.node)
-        self.node = self.status.node = node
-        self._watch = self.status.watch = self._cache.watch(node, self._on_change)
-        return self._watch
-
-    def _on_change(self, changes: Changes) -> None:
-        for type_url, names in changes.items():
-            if type_url not in self._subs:
-                continue
-            current = self._pending.get(type_url)
-            self._pending[type_url] = names if current is None else current | names
-        if self._pending and self.on_dirty is not None:
-            self.on_dirty()
 
     def _ack(self, type_url: str, req: discovery_pb2.DeltaDiscoveryRequest) -> None:
         nonce = req.response_nonce

@@ -22,16 +22,15 @@ cluster only on an EDS response (Kuma PR #331), and its follow-up EDS request ma
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
-from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from microxds.cache.consistency import eds_name
-from microxds.cache.types import Cache, CacheWatch, Changes
-from microxds.errors import ProtocolError
+from microxds.cache.types import Cache
 from microxds.resources import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, Resource
-from microxds.server.status import ClientStatus, StatusRegistry
+from microxds.server.status import StatusRegistry
+from microxds.server.streamcore import StreamCore
 from microxds.server.subscription import Subscription
 from microxds.server.wire import WireResponse, sotw_entry
 
@@ -46,8 +45,10 @@ def push_order(type_urls: Iterable[str]) -> list[str]:
     return sorted(type_urls, key=lambda t: (_ORDER.get(t, len(_ORDER)), t))
 
 
-class SotwStream:
+class SotwStream(StreamCore):
     """One SotW stream (ADS, or a single-type stream when `type_url` is given)."""
+
+    kind = "sotw"
 
     def __init__(
         self,
@@ -59,38 +60,15 @@ class SotwStream:
         full_state_types: Collection[str] = FULL_STATE_TYPES,
         legacy_wildcard_types: Collection[str] = LEGACY_WILDCARD_TYPES,
     ) -> None:
-        self._cache = cache
-        self._registry = registry
-        self.status: ClientStatus = (
-            registry.open(peer, "sotw") if registry is not None else ClientStatus(0, peer, "sotw", None)
-        )
-        self.type_url = type_url
+        super().__init__(cache, registry=registry, peer=peer, type_url=type_url)
         self._full_state = frozenset(full_state_types)
         self._legacy = frozenset(legacy_wildcard_types)
-        self.node: base_pb2.Node | None = None
-        self._watch: CacheWatch | None = None
-        self._subs: dict[str, Subscription] = {}
-        self._pending: dict[str, frozenset[str]] = {}
-        self._nonce = 0
-        self.on_dirty: Callable[[], None] | None = None
-        self.closed = False
 
     # -- inputs -------------------------------------------------------------------------------------------
 
     def handle(self, req: discovery_pb2.DiscoveryRequest) -> list[SotwResponse]:
         """Process one request; returns the responses to send now (possibly none)."""
-        if self.closed:
-            raise ProtocolError("request on a closed stream")
-        watch = self._watch or self._open(req)
-        type_url = req.type_url or self.type_url
-        if not type_url:
-            raise ProtocolError("DiscoveryRequest without type_url on an aggregated stream")
-        if self.type_url is not None and type_url != self.type_url:
-            raise ProtocolError(f"{type_url} requested on a {self.type_url} stream")
-        sub = self._subs.get(type_url)
-        if sub is None:
-            sub = self._subs[type_url] = Subscription()
-            self.status.track(type_url, sub)
+        watch, type_url, sub, _ = self._begin(req)
         ts = self.status.types[type_url]
         nonce = req.response_nonce
         if ts.sent_nonce and nonce != ts.sent_nonce:
@@ -152,37 +130,7 @@ class SotwStream:
                 self._send_subset(type_url, sub, send, out)
         return out
 
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        if self._watch is not None:
-            self._watch.close()
-        if self._registry is not None:
-            self._registry.close(self.status)
-
-    @property
-    def pending(self) -> bool:
-        return bool(self._pending)
-
     # -- internals ----------------------------------------------------------------------------------------
-
-    def _open(self, req: discovery_pb2.DiscoveryRequest) -> CacheWatch:
-        node = base_pb2.Node()
-        if req.HasField("node"):
-            node.CopyFrom(req.node)  # rule 1: only the first request is guaranteed to carry it
-        self.node = self.status.node = node
-        self._watch = self.status.watch = self._cache.watch(node, self._on_change)
-        return self._watch
-
-    def _on_change(self, changes: Changes) -> None:
-        for type_url, names in changes.items():
-            if type_url not in self._subs:
-                continue  # never requested: the first request will read the current state
-            current = self._pending.get(type_url)
-            self._pending[type_url] = names if current is None else current | names
-        if self._pending and self.on_dirty is not None:
-            self.on_dirty()
 
     @staticmethod
     def _stale(name: str, view: Mapping[str, Resource], sub: Subscription) -> bool:
