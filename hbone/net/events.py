@@ -1,0 +1,205 @@
+"""HTTP/2 events from the peer, turned into stream state: requests, responses, data, ends, resets, settings.
+
+`ConnectionEvents` is a mixin of `hbone.net.connection.H2Connection`. The driver's `buffer_updated` feeds the
+received bytes to h2 and calls one handler per event through `dispatch_table`; the handlers start a server's
+request handler tasks (`_run_handler`) and hand headers, data, trailers and resets to the streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+import h2.events as ev
+from h2.settings import SettingCodes
+
+from hbone.errors import ConnectionLost, H2ErrorCode, HboneError, LimitExceeded, StreamReset
+from hbone.net.lifecycle import code_name
+from hbone.net.stream import HeaderList, Stream, StreamRefused, header_list_size
+
+if TYPE_CHECKING:
+    from hbone.net.connection import H2Connection, StreamHandler
+    from hbone.net.h2tuning import TunedH2Connection
+    from hbone.net.settings import H2Settings
+
+
+class ConnectionEvents:
+    """The h2 event handlers of `H2Connection` (a mixin: it works on the driver's state)."""
+
+    # --- provided by the driver ----------------------------------------------------------------------------------
+    _loop: asyncio.AbstractEventLoop
+    settings: H2Settings
+    _h2: TunedH2Connection
+    _handler: StreamHandler | None
+    _streams: dict[int, Stream]
+    _blocked: dict[int, Stream]
+    _tasks: set[asyncio.Task[None]]
+    _remote_settings_seen: bool
+    _closed: bool
+    goaway_sent_last_id: int | None
+
+    if TYPE_CHECKING:  # declarations only: real stubs here would shadow the other mixins' methods in the MRO
+
+        def _pump(self, stream: Stream) -> None: ...
+        def _pump_blocked(self) -> None: ...
+        def _stop_sending(self, stream: Stream) -> None: ...
+        def _local_end(self, stream: Stream) -> None: ...
+        def _h2_reset(self, sid: int, code: int) -> None: ...
+        def _ack_id(self, sid: int, n: int) -> None: ...
+        def _maybe_finish(self, stream: Stream) -> None: ...
+        def _fail_stream(self, stream: Stream, exc: HboneError) -> None: ...
+        def _log_error(self, what: str, exc: BaseException) -> None: ...
+
+    # --- event handlers (dispatched from buffer_updated) -----------------------------------------------------
+
+    def _on_request(self, event: ev.RequestReceived) -> None:
+        sid = event.stream_id
+        refuse = (
+            self._handler is None
+            or self._closed
+            or (self.goaway_sent_last_id is not None and sid > self.goaway_sent_last_id)
+            or len(self._streams) >= self.settings.max_concurrent_streams  # not h2's count: it walks every stream
+        )
+        if refuse:  # RFC 9113 §8.7: REFUSED_STREAM means "not processed, retry elsewhere"
+            self._h2_reset(sid, H2ErrorCode.REFUSED_STREAM)
+            return
+        headers: HeaderList = list(event.headers)
+        stream = Stream(cast("H2Connection", self), sid, local=False, request_headers=headers)
+        self._streams[sid] = stream
+        if header_list_size(headers) > self.settings.max_header_list_size:
+            # RFC 9113 §10.5.1 / RFC 6585 §5: answer 431 rather than tearing the connection down.
+            stream._reset_after_end = True
+            stream.send_headers([(b":status", b"431")], end_stream=True)
+            return
+        assert self._handler is not None
+        task = self._loop.create_task(self._run_handler(self._handler, stream))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_response(self, event: ev.ResponseReceived) -> None:
+        stream = self._streams.get(event.stream_id)
+        if stream is None:
+            return
+        headers: HeaderList = list(event.headers)
+        if header_list_size(headers) > self.settings.max_header_list_size:
+            self._h2_reset(stream.stream_id, H2ErrorCode.PROTOCOL_ERROR)
+            self._fail_stream(stream, LimitExceeded("response header list exceeds max_header_list_size"))
+            return
+        stream._on_response(headers)
+
+    def _on_trailers(self, event: ev.TrailersReceived) -> None:
+        stream = self._streams.get(event.stream_id)
+        if stream is not None:
+            stream._trailers_in = list(event.headers)
+
+    def _on_data(self, event: ev.DataReceived) -> None:
+        sid = event.stream_id
+        flow = event.flow_controlled_length
+        data = event.data
+        stream = self._streams.get(sid)
+        if stream is None or stream._error is not None:
+            self._ack_id(sid, flow)  # nobody will read it; give the window back at once
+            return
+        if flow > len(data):
+            self._ack_id(sid, flow - len(data))  # padding is never read by the application
+        if data:
+            stream._on_data(data)
+
+    def _on_stream_ended(self, event: ev.StreamEnded) -> None:
+        stream = self._streams.get(event.stream_id)
+        if stream is not None:
+            stream._on_end(stream._trailers_in)
+            self._maybe_finish(stream)
+
+    def _on_stream_reset(self, event: ev.StreamReset) -> None:
+        stream = self._streams.get(event.stream_id)
+        if stream is None:
+            return
+        code = int(event.error_code)
+        if code == H2ErrorCode.NO_ERROR and stream._recv_eof:
+            # RFC 9113 §8.1: after a complete response, RST_STREAM(NO_ERROR) only asks us to stop sending; the
+            # response must not be discarded.
+            self._stop_sending(stream)
+            return
+        exc: HboneError
+        if code == H2ErrorCode.REFUSED_STREAM:
+            exc = StreamRefused()
+        elif event.remote_reset:
+            exc = StreamReset(code, f"stream reset by peer ({code_name(code)})")
+        else:
+            exc = StreamReset(code, f"stream reset after a protocol error ({code_name(code)})")
+        self._fail_stream(stream, exc)
+
+    def _on_window_updated(self, event: ev.WindowUpdated) -> None:
+        if event.stream_id == 0:
+            self._pump_blocked()
+        else:
+            stream = self._blocked.get(event.stream_id)
+            if stream is not None:
+                self._pump(stream)
+
+    def _on_remote_settings(self, event: ev.RemoteSettingsChanged) -> None:
+        self._remote_settings_seen = True
+        if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+            self._pump_blocked()
+
+    def _on_settings_acked(self, event: ev.SettingsAcknowledged) -> None:
+        # h2 sets the decoder limit to the advertised value on ACK; keep headroom so that an oversized request
+        # gets a 431 on its stream (our check) and only a grossly oversized one kills the connection.
+        self._h2.decoder.max_header_list_size = 2 * self.settings.max_header_list_size
+
+    # --- server handlers -------------------------------------------------------------------------------------
+
+    async def _run_handler(self, handler: StreamHandler, stream: Stream) -> None:
+        try:
+            await handler(stream)
+        except asyncio.CancelledError:
+            stream.reset(H2ErrorCode.CANCEL)
+            raise
+        except Exception as exc:  # the exception is consumed here: no "Task exception was never retrieved"
+            if stream.error is None and not isinstance(exc, (StreamReset, ConnectionLost)):
+                self._log_error(f"stream {stream.stream_id} handler failed", exc)
+            stream.reset(exc.h2_code if isinstance(exc, HboneError) else H2ErrorCode.INTERNAL_ERROR)
+            return
+        if stream.closed or stream.error is not None:
+            return
+        if not stream._headers_sent:
+            stream.reset(H2ErrorCode.INTERNAL_ERROR)
+            return
+        # RFC 9113 §8.1: once the response is complete the server may reset a request it no longer reads.
+        stream._reset_after_end = True
+        if stream._local_closed:
+            self._local_end(stream)
+        else:
+            stream.write_eof()
+
+
+_EVENT_HANDLERS = {
+    ev.RequestReceived: "_on_request",
+    ev.ResponseReceived: "_on_response",
+    ev.TrailersReceived: "_on_trailers",
+    ev.DataReceived: "_on_data",
+    ev.StreamEnded: "_on_stream_ended",
+    ev.StreamReset: "_on_stream_reset",
+    ev.WindowUpdated: "_on_window_updated",
+    ev.RemoteSettingsChanged: "_on_remote_settings",
+    ev.SettingsAcknowledged: "_on_settings_acked",
+    ev.PingAckReceived: "_on_ping_ack",
+    ev.ConnectionTerminated: "_on_goaway",
+}
+
+
+_DISPATCH_TABLES: dict[type[Any], dict[type[Any], Callable[[Any, Any], None]]] = {}
+
+
+def dispatch_table(cls: type[ConnectionEvents]) -> dict[type[Any], Callable[[Any, Any], None]]:
+    """h2 event type -> handler function, once per class (so subclasses' overrides are honoured).
+
+    A dict of bound methods per connection cost ~2 KiB for every one of an xDS server's idle clients
+    (tools/bench/xds_memprobe.py); unbound functions called as `handler(self, event)` cost nothing per connection.
+    """
+    table = _DISPATCH_TABLES.get(cls)
+    if table is None:
+        table = _DISPATCH_TABLES[cls] = {event: getattr(cls, name) for event, name in _EVENT_HANDLERS.items()}
+    return table

@@ -1,0 +1,197 @@
+"""The send side of one HTTP/2 connection: flow-controlled DATA, stream ends and resets, window credit, writes.
+
+`ConnectionSending` is a mixin of `hbone.net.connection.H2Connection`. Each stream's queued bytes go into h2 only
+as far as the peer's windows and the transport allow (RFC 9113 §5.2, §6.9); streams that must wait are kept in
+`_blocked` and pumped again, round-robin, when a WINDOW_UPDATE or SETTINGS arrives or the transport resumes.
+The frames h2 produces are coalesced into one `transport.write` per loop iteration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import h2.exceptions as h2x
+
+from hbone.errors import H2ErrorCode, HboneError, LimitExceeded, StreamReset
+from hbone.net.lifecycle import code_name
+from hbone.net.stream import HeaderList, Stream
+
+if TYPE_CHECKING:
+    from hbone.net.h2tuning import TunedH2Connection
+    from hbone.net.settings import H2Settings
+
+_FLUSH_EARLY = 256 * 1024  # write out h2's buffer at once when it grows past this (bounds bursts)
+_FLUSH_NOW = 16 * 1024  # outside a read batch, an idle connection writes up to this much at once (latency)
+
+
+class ConnectionSending:
+    """Sending, resets, receive-window credit and transport writes for `H2Connection` (a mixin)."""
+
+    # --- provided by the driver ----------------------------------------------------------------------------------
+    _loop: asyncio.AbstractEventLoop
+    settings: H2Settings
+    _h2: TunedH2Connection
+    _transport: asyncio.Transport | None
+    _blocked: dict[int, Stream]
+    _write_paused: bool
+    _flush_handle: asyncio.Handle | None
+    _receiving: bool
+    _closed: bool
+
+    if TYPE_CHECKING:  # declarations only: real stubs here would shadow the other mixins' methods in the MRO
+
+        def _check_outbound_size(self, headers: HeaderList) -> None: ...
+        def _maybe_finish(self, stream: Stream) -> None: ...
+        def _fail_stream(self, stream: Stream, exc: HboneError) -> None: ...
+
+    def _send_headers(self, stream: Stream, headers: HeaderList, end_stream: bool) -> None:
+        try:
+            self._h2.send_headers(stream.stream_id, headers, end_stream=end_stream)
+        except h2x.ProtocolError as exc:
+            self._send_failed(stream, exc)
+            return
+        if end_stream:
+            self._local_end(stream)
+        self._schedule_flush()
+
+    def _pump(self, stream: Stream) -> None:
+        """Move a stream's queued bytes into h2 as far as windows allow, then its END_STREAM / trailers."""
+        if stream._error is not None or stream._local_closed:
+            return
+        sid = stream.stream_id
+        if self._write_paused or self._transport is None:
+            self._blocked[sid] = stream
+            return
+        h2c = self._h2
+        queue = stream._send
+        try:
+            if queue:
+                limit = min(self.settings.max_send_frame_size, h2c.max_outbound_frame_size)
+                window = h2c.local_flow_control_window(sid)
+                while queue and window > 0:
+                    chunk = queue[0]
+                    size = len(chunk)
+                    n = min(size, window, limit)
+                    if n == size:
+                        queue.popleft()
+                        h2c.send_data(sid, chunk)
+                    else:  # split with memoryview slices: no quadratic re-copying of the remainder
+                        view = chunk if isinstance(chunk, memoryview) else memoryview(chunk)
+                        h2c.send_data(sid, view[:n])
+                        queue[0] = view[n:]
+                    window -= n
+                    stream._send_len -= n
+                    stream.bytes_out += n
+                if stream._drain_waiters and stream._send_len <= self.settings.max_send_buffer // 2:
+                    stream._wake_drainers()
+                if h2c.outbound_size() >= _FLUSH_EARLY:
+                    self._flush()
+                else:
+                    self._schedule_flush()
+            if queue:
+                self._blocked.pop(sid, None)
+                self._blocked[sid] = stream  # re-append: round-robin among blocked streams
+                return
+            self._blocked.pop(sid, None)
+            if stream._drain_waiters:
+                stream._wake_drainers()
+            if stream._end_queued:
+                if stream._trailers_out is not None:
+                    self._check_outbound_size(stream._trailers_out)
+                    h2c.send_headers(sid, stream._trailers_out, end_stream=True)
+                else:
+                    h2c.end_stream(sid)
+                self._local_end(stream)
+                self._schedule_flush()
+        except h2x.ProtocolError as exc:
+            self._send_failed(stream, exc)
+        except LimitExceeded as exc:
+            self._h2_reset(sid, H2ErrorCode.INTERNAL_ERROR)
+            self._fail_stream(stream, exc)
+
+    def _pump_blocked(self) -> None:
+        for stream in list(self._blocked.values()):
+            if self._write_paused:
+                break
+            self._pump(stream)
+
+    def _send_failed(self, stream: Stream, exc: h2x.ProtocolError) -> None:
+        """h2 refused a send on this stream. Never fatal for the connection.
+
+        performance-notes.md pitfall: h2 processes a whole read batch before we see its events, so a RST_STREAM
+        later in the batch may already have closed the stream we are sending on. Its StreamReset event (with
+        the real code) is still to come; settle the stream on the next loop iteration if nothing else did.
+        """
+        self._blocked.pop(stream.stream_id, None)
+        stream._send.clear()
+        stream._send_len = 0
+        if isinstance(exc, h2x.StreamClosedError):
+            self._loop.call_soon(self._settle_closed, stream)
+        else:
+            self._h2_reset(stream.stream_id, H2ErrorCode.INTERNAL_ERROR)
+            self._fail_stream(stream, StreamReset(H2ErrorCode.INTERNAL_ERROR, f"h2 refused to send: {exc}"))
+
+    def _stop_sending(self, stream: Stream) -> None:
+        stream._send.clear()
+        stream._send_len = 0
+        stream._end_queued = True
+        stream._on_local_end()
+        stream._wake_drainers()
+        self._maybe_finish(stream)
+
+    def _settle_closed(self, stream: Stream) -> None:
+        if stream._error is None and not stream.closed:
+            self._fail_stream(stream, StreamReset(H2ErrorCode.STREAM_CLOSED, "stream closed while sending"))
+
+    def _local_end(self, stream: Stream) -> None:
+        stream._on_local_end()
+        if stream._reset_after_end and not stream._recv_eof:
+            self._h2_reset(stream.stream_id, H2ErrorCode.NO_ERROR)
+            self._fail_stream(stream, StreamReset(H2ErrorCode.NO_ERROR, "response complete; request not read"))
+            return
+        self._maybe_finish(stream)
+
+    def _reset_stream(self, stream: Stream, code: int) -> None:
+        self._h2_reset(stream.stream_id, code)
+        self._fail_stream(stream, StreamReset(code, f"stream reset locally ({code_name(code)})"))
+        self._schedule_flush()
+
+    def _h2_reset(self, sid: int, code: int) -> None:
+        try:
+            self._h2.reset_stream(sid, code)
+        except h2x.ProtocolError:
+            pass  # already closed in h2: nothing to reset
+        self._schedule_flush()
+
+    # --- receive-side credit -------------------------------------------------------------------------------------
+
+    def _ack_id(self, sid: int, n: int) -> None:
+        """Credit `n` consumed bytes to the stream and connection windows (RFC 9113 §6.9)."""
+        if n <= 0 or self._closed:
+            return
+        try:
+            self._h2.acknowledge_received_data(n, sid)
+        except h2x.ProtocolError:
+            return
+        self._schedule_flush()
+
+    # --- writing to the transport --------------------------------------------------------------------------------
+
+    def _schedule_flush(self) -> None:
+        # Coalesce the frames of one loop iteration into a single transport.write. But the first small write of an
+        # iteration on an idle connection goes out now: waiting a loop turn added to every hop's latency (RESULTS).
+        if self._flush_handle is not None or self._closed:
+            return
+        idle = self._transport is not None and not self._transport.get_write_buffer_size()
+        if idle and not self._receiving and 0 < self._h2.outbound_size() <= _FLUSH_NOW:
+            self._flush()
+        self._flush_handle = self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        data = self._h2.data_to_send()
+        if data and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
