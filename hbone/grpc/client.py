@@ -131,8 +131,7 @@ class Channel:
         compression: str | None = None,
     ) -> Any:
         """One request, one response."""
-        call = ClientCall(
-            self,
+        call = self.stream(
             path,
             request_codec=request_codec,
             response_codec=response_codec,
@@ -156,8 +155,7 @@ class Channel:
         compression: str | None = None,
     ) -> AsyncIterator[Any]:
         """One request, a stream of responses: ``async for reply in channel.server_stream(...)``."""
-        call = ClientCall(
-            self,
+        call = self.stream(
             path,
             request_codec=request_codec,
             response_codec=response_codec,
