@@ -8,7 +8,9 @@ from pathlib import Path
 
 from hbone.identity.bundle import write_bundle
 from hbone.identity.certs import CertificateAuthority, CertifiedKey
+from hbone.identity.manager import IdentityManager
 from hbone.identity.spiffe import SpiffeId
+from hbone.tls import MeshTls
 
 
 class TestCA:
@@ -40,6 +42,10 @@ class TestCA:
 
     def write(self, directory: Path, namespace: str = "default", service_account: str = "default") -> Path:
         return write_bundle(directory, self.issue(namespace, service_account))
+
+    def mesh_tls(self, namespace: str = "default", service_account: str = "default") -> MeshTls:
+        """TLS contexts for a freshly issued identity that never rotates (what most tests need)."""
+        return MeshTls(IdentityManager.fixed(self.issue(namespace, service_account)))
 
 
 async def start_echo_server(host: str = "127.0.0.1", port: int = 0) -> tuple[asyncio.Server, int]:

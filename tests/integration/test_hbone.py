@@ -31,10 +31,6 @@ def ca() -> TestCA:
     return TestCA()
 
 
-def mesh(ca: TestCA, ns: str, sa: str) -> MeshTls:
-    return MeshTls(IdentityManager.fixed(ca.issue(ns, sa)))
-
-
 @dataclass
 class Node:
     server: HboneServer
@@ -53,7 +49,7 @@ class Node:
 async def bob_node(
     ca: TestCA, config: InboundConfig | None = None, sa: str = "bob", settings: H2Settings | None = None
 ) -> AsyncIterator[Node]:
-    tls = mesh(ca, "ns", sa)
+    tls = ca.mesh_tls("ns", sa)
     cfg = config or InboundConfig()
     cfg.tls = tls
     server = HboneServer(tls, InboundHandler(cfg), settings=settings)
@@ -87,7 +83,7 @@ async def round_trip(client: HboneClient, target: str, ep: Endpoint, payload: by
 @pytest.mark.parametrize(("post", "inner"), [(False, False), (True, False), (True, True)])
 async def test_alice_to_bob_echo(ca: TestCA, post: bool, inner: bool) -> None:
     async with bob_node(ca) as bob, echo() as echo_port:
-        client = HboneClient(mesh(ca, "ns", "alice"))
+        client = HboneClient(ca.mesh_tls("ns", "alice"))
         ep = Endpoint.parse(f"127.0.0.1:{bob.port}", identities=[bob.identity], post=post, inner_tls=inner)
         try:
             assert await round_trip(client, f"127.0.0.1:{echo_port}", ep, b"hello bob") == b"hello bob"
@@ -115,7 +111,7 @@ async def test_64mib_each_way_intact(ca: TestCA) -> None:
     size = 64 * 1024 * 1024
     block = os.urandom(1024 * 1024)
     async with bob_node(ca) as bob, echo() as echo_port:
-        client = HboneClient(mesh(ca, "ns", "alice"))
+        client = HboneClient(ca.mesh_tls("ns", "alice"))
         try:
             tunnel = await client.open(f"127.0.0.1:{echo_port}", Endpoint.parse(f"127.0.0.1:{bob.port}"))
 
@@ -156,7 +152,7 @@ async def test_server_first_and_half_close_both_ways(ca: TestCA) -> None:
     up = await asyncio.start_server(server_first, "127.0.0.1", 0)
     up_port = up.sockets[0].getsockname()[1]
     async with bob_node(ca) as bob:
-        client = HboneClient(mesh(ca, "ns", "alice"))
+        client = HboneClient(ca.mesh_tls("ns", "alice"))
         try:
             tunnel = await client.open(f"127.0.0.1:{up_port}", Endpoint.parse(f"127.0.0.1:{bob.port}"))
             assert await tunnel.read() == b"220 welcome\n"
@@ -173,7 +169,7 @@ async def test_server_first_and_half_close_both_ways(ca: TestCA) -> None:
 
 async def test_1000_concurrent_streams_on_one_pooled_connection(ca: TestCA) -> None:
     async with bob_node(ca, settings=H2Settings.server(max_concurrent_streams=1000)) as bob, echo() as echo_port:
-        client = HboneClient(mesh(ca, "ns", "alice"), max_streams=1000)
+        client = HboneClient(ca.mesh_tls("ns", "alice"), max_streams=1000)
         ep = Endpoint.parse(f"127.0.0.1:{bob.port}")
         target = f"127.0.0.1:{echo_port}"
         try:
@@ -197,7 +193,7 @@ async def test_1000_concurrent_streams_on_one_pooled_connection(ca: TestCA) -> N
             await client.close()
 
         # with ztunnel's client cap of 100 streams per connection, 300 open tunnels need 3 connections
-        small = HboneClient(mesh(ca, "ns", "alice"), max_streams=100)
+        small = HboneClient(ca.mesh_tls("ns", "alice"), max_streams=100)
         try:
             held = await asyncio.gather(*(small.open(target, ep) for _ in range(300)))
             assert small.pool.dials == 3
@@ -211,7 +207,7 @@ async def test_1000_concurrent_streams_on_one_pooled_connection(ca: TestCA) -> N
 
 async def test_pool_reuses_one_connection(ca: TestCA) -> None:
     async with bob_node(ca) as bob, echo() as echo_port:
-        client = HboneClient(mesh(ca, "ns", "alice"))
+        client = HboneClient(ca.mesh_tls("ns", "alice"))
         ep = Endpoint.parse(f"127.0.0.1:{bob.port}")
         try:
             for _ in range(20):
@@ -226,7 +222,7 @@ async def test_unknown_upstream_is_503(ca: TestCA) -> None:
     server.close()
     await server.wait_closed()  # nothing listens on `port` now
     async with bob_node(ca) as bob:
-        client = HboneClient(mesh(ca, "ns", "alice"))
+        client = HboneClient(ca.mesh_tls("ns", "alice"))
         try:
             with pytest.raises(ConnectRefused) as err:
                 await client.open(f"127.0.0.1:{port}", Endpoint.parse(f"127.0.0.1:{bob.port}"))
@@ -238,7 +234,7 @@ async def test_unknown_upstream_is_503(ca: TestCA) -> None:
 
 async def test_self_call_is_503(ca: TestCA) -> None:
     async with bob_node(ca) as bob:
-        client = HboneClient(mesh(ca, "ns", "alice"))
+        client = HboneClient(ca.mesh_tls("ns", "alice"))
         try:
             with pytest.raises(ConnectRefused) as err:
                 await client.open("127.0.0.1:15008", Endpoint.parse(f"127.0.0.1:{bob.port}"))
@@ -288,8 +284,8 @@ async def test_denied_identity_is_401(ca: TestCA) -> None:
         authorize=policy_authorizer(default_policies(DefaultMode.SAME_NAMESPACE, bob_id)), namespace="ns"
     )
     async with bob_node(ca, cfg) as bob, echo() as echo_port:
-        same_ns = HboneClient(mesh(ca, "ns", "alice"))
-        other_ns = HboneClient(mesh(ca, "other", "mallory"))
+        same_ns = HboneClient(ca.mesh_tls("ns", "alice"))
+        other_ns = HboneClient(ca.mesh_tls("other", "mallory"))
         ep = Endpoint.parse(f"127.0.0.1:{bob.port}")
         try:
             assert await round_trip(same_ns, f"127.0.0.1:{echo_port}", ep, b"ok") == b"ok"
@@ -303,7 +299,7 @@ async def test_denied_identity_is_401(ca: TestCA) -> None:
 
 async def test_wrong_expected_san_is_refused(ca: TestCA) -> None:
     async with bob_node(ca) as bob, echo() as echo_port:
-        client = HboneClient(mesh(ca, "ns", "alice"))
+        client = HboneClient(ca.mesh_tls("ns", "alice"))
         try:
             ep = Endpoint.parse(f"127.0.0.1:{bob.port}", identities=[ca.spiffe("ns", "carol")])
             with pytest.raises(PeerIdentityError, match="not one of the expected"):
@@ -315,7 +311,7 @@ async def test_wrong_expected_san_is_refused(ca: TestCA) -> None:
 async def test_wrong_trust_domain_and_foreign_root_are_refused(ca: TestCA) -> None:
     async with bob_node(ca) as bob, echo() as echo_port:
         other_td = HboneClient(MeshTls(IdentityManager.fixed(ca.signer.issue(SpiffeId.istio("evil.td", "ns", "x")))))
-        foreign = HboneClient(mesh(TestCA(), "ns", "alice"))
+        foreign = HboneClient(TestCA().mesh_tls("ns", "alice"))
         ep = Endpoint.parse(f"127.0.0.1:{bob.port}")
         try:
             # bob's certificate does not chain to the foreign client's root: the client refuses bob
@@ -332,7 +328,7 @@ async def test_wrong_trust_domain_and_foreign_root_are_refused(ca: TestCA) -> No
 
 async def test_drain_lets_running_tunnels_finish(ca: TestCA) -> None:
     async with bob_node(ca) as bob, echo() as echo_port:
-        client = HboneClient(mesh(ca, "ns", "alice"))
+        client = HboneClient(ca.mesh_tls("ns", "alice"))
         ep = Endpoint.parse(f"127.0.0.1:{bob.port}")
         try:
             tunnel = await client.open(f"127.0.0.1:{echo_port}", ep)

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import pytest
 
 from hbone.client import HboneClient
-from hbone.identity import IdentityManager
 from hbone.identity.spiffe import SpiffeId
 from hbone.proxy.frontend import Dialer
 from hbone.proxy.httpproxy import HttpConnectProxy
@@ -30,10 +29,6 @@ from hbone.wire.httpconnect import encode_basic
 
 pytestmark = pytest.mark.timeout(30)
 IO = 10.0
-
-
-def mesh(ca: TestCA, ns: str, sa: str) -> MeshTls:
-    return MeshTls(IdentityManager.fixed(ca.issue(ns, sa)))
 
 
 @dataclass
@@ -58,7 +53,7 @@ class Node:
 async def hbone_node(
     ca: TestCA, sa: str = "bob", ns: str = "ns", resolve: Resolver | None = None, port: int = 0
 ) -> AsyncIterator[Node]:
-    tls = mesh(ca, ns, sa)
+    tls = ca.mesh_tls(ns, sa)
     cfg = InboundConfig(tls=tls, own_ports=frozenset())
     if resolve is not None:
         cfg.resolve = resolve
@@ -131,7 +126,7 @@ async def socks_connect(
 
 async def test_socks5_through_hbone_ipv4_and_domain(ca: TestCA) -> None:
     async with hbone_node(ca) as node, echo_server() as eport:
-        client = HboneClient(mesh(ca, "ns", "client"))
+        client = HboneClient(ca.mesh_tls("ns", "client"))
         proxy = Socks5Proxy(Dialer(client, via_table(node)))
         async with serving(lambda: proxy.start("127.0.0.1", 0)) as port:
             for host in ("127.0.0.1", "localhost"):
@@ -144,7 +139,7 @@ async def test_socks5_through_hbone_ipv4_and_domain(ca: TestCA) -> None:
 
 async def test_socks5_reply_codes_and_auth(ca: TestCA) -> None:
     async with hbone_node(ca) as node, echo_server() as eport:
-        client = HboneClient(mesh(ca, "ns", "client"))
+        client = HboneClient(ca.mesh_tls("ns", "client"))
         deny = Route("blocked", Action.DENY, Match(ports=(9,)))
         # 127.0.0.2 is dialed directly, rewritten to the loopback echo's address
         direct = Route("lan", Action.DIRECT, Match(hosts=("127.0.0.2",)), target="127.0.0.1:{port}")
@@ -191,7 +186,7 @@ async def http_connect(
 
 async def test_http_connect_statuses(ca: TestCA) -> None:
     async with hbone_node(ca) as node, echo_server() as eport:
-        client = HboneClient(mesh(ca, "ns", "client"))
+        client = HboneClient(ca.mesh_tls("ns", "client"))
         deny = Route("blocked", Action.DENY, Match(ports=(9,)))
         proxy = HttpConnectProxy(Dialer(client, via_table(node, deny)), users={"u": "p"})
         good = encode_basic("u", "p")
