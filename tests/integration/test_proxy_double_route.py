@@ -20,7 +20,6 @@ from tests.integration.test_proxy_mesh import (
     echo_through,
     hbone_node,
     http_connect,
-    mesh,
     serving,
     socks_connect,
 )
@@ -32,7 +31,7 @@ async def test_route_selects_double_hbone_for_connect_and_socks5() -> None:
     ca = TestCA()
     async with echo_server() as eport:
         workload = RecordingInbound(fixed("127.0.0.1", eport))
-        wl_server = HboneServer(mesh(ca, "ns", "echo"), workload)
+        wl_server = HboneServer(ca.mesh_tls("ns", "echo"), workload)
         _, wl_port = await wl_server.listen("127.0.0.1", 0)
         async with hbone_node(ca, "eastwest", "istio-system", resolve=fixed("127.0.0.1", wl_port).resolve) as gw:
             routes = table_from_list([{
@@ -45,7 +44,7 @@ async def test_route_selects_double_hbone_for_connect_and_socks5() -> None:
                     "network": "net-2",
                 },
             }])  # fmt: skip
-            client = HboneClient(mesh(ca, "ns", "proxy"))
+            client = HboneClient(ca.mesh_tls("ns", "proxy"))
             dialer = Dialer(client, routes)
             async with (
                 serving(lambda: HttpConnectProxy(dialer).start("127.0.0.1", 0)) as cport,

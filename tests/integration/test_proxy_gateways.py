@@ -24,7 +24,7 @@ from hbone.server import HboneServer
 from hbone.testing import TestCA
 from hbone.tls import check_server_peer
 from hbone.wire.authority import Authority, parse_authority
-from tests.integration.test_proxy_mesh import IO, echo_server, hbone_node, mesh, serving
+from tests.integration.test_proxy_mesh import IO, echo_server, hbone_node, serving
 
 pytestmark = pytest.mark.timeout(30)
 SVC = "echo.ns.svc.cluster.local"
@@ -96,13 +96,13 @@ async def test_sni_gateway_passthrough_token_and_refusals(ca: TestCA, tmp_path: 
     token.write_text("s3cret\n")
     sni_seen: list[str | None] = []
     async with tls_echo(ca, tmp_path, sni_seen) as (eport, root):
-        tls = mesh(ca, "ns", "bob")
+        tls = ca.mesh_tls("ns", "bob")
         inbound = RecordingInbound(fixed("127.0.0.1", eport))
         server = HboneServer(tls, inbound)
         _, hport = await server.listen("127.0.0.1", 0)
         via = Via(parse_authority(f"127.0.0.1:{hport}"))
         route = Route("mesh", Action.HBONE, Match(hosts=("*.svc.cluster.local",)), via, token_file=str(token))
-        client = HboneClient(mesh(ca, "istio-system", "eastwest"))
+        client = HboneClient(ca.mesh_tls("istio-system", "eastwest"))
         gw = SniGateway(Dialer(client, RouteTable((route,))))
         async with serving(lambda: gw.start("127.0.0.1", 0)) as gport:
             ctx = ssl.create_default_context(cafile=root)
@@ -134,12 +134,12 @@ async def test_sni_gateway_passthrough_token_and_refusals(ca: TestCA, tmp_path: 
 
 async def test_double_hbone_inner_tls_end_to_end(ca: TestCA) -> None:
     async with echo_server() as eport:
-        wl_tls = mesh(ca, "ns", "echo")
+        wl_tls = ca.mesh_tls("ns", "echo")
         workload = RecordingInbound(fixed("127.0.0.1", eport))
         wl_server = HboneServer(wl_tls, workload)
         _, wl_port = await wl_server.listen("127.0.0.1", 0)
         async with hbone_node(ca, "eastwest", "istio-system", resolve=fixed("127.0.0.1", wl_port).resolve) as gw:
-            client = HboneClient(mesh(ca, "ns", "client"))
+            client = HboneClient(ca.mesh_tls("ns", "client"))
             gw_ep = Endpoint("127.0.0.1", gw.port, (str(gw.identity),))
             tunnel = await open_double_hbone(client, gw_ep, f"{SVC}:8443", [ca.spiffe("ns", "echo")], network="n1")
             assert tunnel.inner_identity == ca.spiffe("ns", "echo") and tunnel.outer_identity == gw.identity
@@ -169,10 +169,10 @@ async def test_egress_tls_origination_and_allow_list(ca: TestCA, tmp_path: Path)
             tls=TlsOrigination(str(root)),
         )
         handler = EgressHandler(EgressConfig((rule,)))
-        server = HboneServer(mesh(ca, "istio-system", "egress"), handler)
+        server = HboneServer(ca.mesh_tls("istio-system", "egress"), handler)
         _, port = await server.listen("127.0.0.1", 0)
         ep = Endpoint("127.0.0.1", port)
-        client = HboneClient(mesh(ca, "ns", "client"))
+        client = HboneClient(ca.mesh_tls("ns", "client"))
         tunnel = await client.open(f"localhost:{eport}", ep)
         tunnel.write(b"plaintext in, TLS out")  # the echo only speaks TLS: the gateway originated it
         assert await asyncio.wait_for(tunnel.read(), IO) == b"plaintext in, TLS out"
@@ -183,7 +183,7 @@ async def test_egress_tls_origination_and_allow_list(ca: TestCA, tmp_path: Path)
         with pytest.raises(ConnectRefused) as refused:
             await client.open(f"localhost:{bad_port}", ep)  # certificate from a CA we do not trust
         assert refused.value.status == 503 and "certificate verify failed" in refused.value.detail
-        stranger = HboneClient(mesh(ca, "ns", "stranger"))
+        stranger = HboneClient(ca.mesh_tls("ns", "stranger"))
         with pytest.raises(ConnectRefused) as refused:
             await stranger.open(f"localhost:{eport}", ep)
         assert refused.value.status == 403 and "not allowed for" in refused.value.detail
@@ -194,19 +194,19 @@ async def test_egress_tls_origination_and_allow_list(ca: TestCA, tmp_path: Path)
 
 async def test_h2r_node_serves_through_gateway_and_reconnects(ca: TestCA) -> None:
     bob = ca.spiffe("ns", "bob")
-    gw_tls = mesh(ca, "istio-system", "gw")
+    gw_tls = ca.mesh_tls("istio-system", "gw")
     gateway = H2RGateway(gw_tls, names={"bob.h2r": str(bob)})
     _, h2r_port = await gateway.listen("127.0.0.1", 0)
     front = HboneServer(gw_tls, H2RInbound(gateway, InboundConfig(own_ports=frozenset())))
     _, front_port = await front.listen("127.0.0.1", 0)
     node_inbound = InboundHandler(InboundConfig(own_ports=frozenset(), resolve=local_names_resolver({"bob.h2r"})))
     node = H2RNode(
-        mesh(ca, "ns", "bob"),
+        ca.mesh_tls("ns", "bob"),
         Endpoint("127.0.0.1", h2r_port, (str(gw_tls.manager.identity),)),
         node_inbound,
         backoff_max=0.5,
     )
-    client = HboneClient(mesh(ca, "ns", "client"))
+    client = HboneClient(ca.mesh_tls("ns", "client"))
     async with echo_server() as eport:
         node.start()
         try:

@@ -20,7 +20,7 @@ from hbone.testing import TestCA
 from hbone.wire.authority import Authority, parse_authority
 from hbone.wire.proxyv2 import ProxyV2Reader
 from tests.integration.test_proxy_gateways import tls_echo, write_pem
-from tests.integration.test_proxy_mesh import IO, echo_server, hbone_node, mesh, serving
+from tests.integration.test_proxy_mesh import IO, echo_server, hbone_node, serving
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -48,7 +48,7 @@ async def test_ingress_listeners(ca: TestCA, tmp_path: Path) -> None:
             return "127.0.0.1", targets[str(target)]
 
         async with hbone_node(ca, "shop", "ns", resolve=resolve) as node:
-            client = HboneClient(mesh(ca, "istio-system", "ingress"))
+            client = HboneClient(ca.mesh_tls("istio-system", "ingress"))
             opener = Dialer(client, RouteTable.via(node.address, [str(node.identity)]))
             ingress = Ingress(
                 opener,
@@ -95,10 +95,10 @@ async def test_proxy_v2_header_with_client_identity(ca: TestCA) -> None:
 
     server = await asyncio.start_server(app, "127.0.0.1", 0)
     app_port = int(server.sockets[0].getsockname()[1])
-    tls = mesh(ca, "ns", "app")
+    tls = ca.mesh_tls("ns", "app")
     hb = HboneServer(tls, ProxyProtocolInbound(InboundConfig(own_ports=frozenset(), tls=tls)))
     _, port = await hb.listen("127.0.0.1", 0)
-    client = HboneClient(mesh(ca, "ns", "client"))
+    client = HboneClient(ca.mesh_tls("ns", "client"))
     try:
         tunnel = await client.open(f"127.0.0.1:{app_port}", Endpoint("127.0.0.1", port))
         assert await asyncio.wait_for(tunnel.read(), IO) == b"ok"

@@ -24,7 +24,7 @@ from hbone.proxy.routing import Action, Match, Route, RouteTable, Via
 from hbone.testing import TestCA
 from hbone.wire.authority import Authority, parse_authority
 from hbone.wire.http1 import Data, EndOfMessage, MessageReader, Request, Response, encode_chunk, encode_response
-from tests.integration.test_proxy_mesh import IO, hbone_node, mesh
+from tests.integration.test_proxy_mesh import IO, hbone_node
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -137,7 +137,7 @@ async def two_backends(ca: TestCA, request_timeout: float = 15.0) -> AsyncIterat
                       Via(parse_authority(n.address), (str(n.identity),)))
                 for n in (na, nb)
             )  # fmt: skip
-            client = HboneClient(mesh(ca, "istio-system", "ingress"))
+            client = HboneClient(ca.mesh_tls("istio-system", "ingress"))
             hosts = {"a.example": "svc-a.ns:80", "b.example": "svc-b.ns:80", "gone.example": "svc-gone.ns:80"}
             ingress = Ingress(
                 Dialer(client, RouteTable(routes)), hosts=parse_hosts(hosts), request_timeout=request_timeout

@@ -12,7 +12,7 @@ from hbone.commands.frontends_runtime import Runtime
 from hbone.errors import ConnectionLost
 from hbone.proxy.frontends_config import FrontendsConfig
 from hbone.testing import TestCA
-from tests.integration.test_proxy_mesh import echo_server, hbone_node, mesh
+from tests.integration.test_proxy_mesh import echo_server, hbone_node
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -20,8 +20,8 @@ pytestmark = pytest.mark.timeout(30)
 async def test_hbone_dial_carries_so_mark() -> None:
     ca = TestCA()
     async with echo_server() as eport, hbone_node(ca, "bob", "ns") as node:
-        client = HboneClient(mesh(ca, "ns", "client"), mark=0x539)
-        plain = HboneClient(mesh(ca, "ns", "client"))
+        client = HboneClient(ca.mesh_tls("ns", "client"), mark=0x539)
+        plain = HboneClient(ca.mesh_tls("ns", "client"))
         try:
             for c, expected in ((client, 0x539), (plain, 0)):
                 tunnel = await c.open(f"127.0.0.1:{eport}", Endpoint("127.0.0.1", node.port))
