@@ -28,6 +28,8 @@ Why each exists (reference/performance-notes.md, python-hyper/h2#1181):
    ~20% smaller literals that loopback and LAN links do not need. Any peer decodes both forms (RFC 7541 §5.2).
 8. Received frames are parsed from the driver's read buffer without h2's two bulk copies of every byte
    (`hbone.net.h2framebuffer`, which has its own guard tests).
+9. Received header blocks are checked by a one-pass C-speed test that can only accept; anything it does not
+   accept goes through h2's own validation, which decides (`hbone.net.h2headers`, with its own guard tests).
 
 `tests/unit/test_net_h2tuning.py` fails if any internal relied on here changes. Pinned: h2>=4.1,<4.5,
 hyperframe>=6.0,<6.2.
@@ -47,6 +49,7 @@ from hpack import Encoder
 from hyperframe.frame import DataFrame, Frame, WindowUpdateFrame
 
 from hbone.net.h2framebuffer import ZeroCopyFrameBuffer
+from hbone.net.h2headers import FastHeaderStream
 from hbone.net.h2memory import compact_settings
 from hbone.net.settings import H2Settings
 
@@ -148,6 +151,8 @@ class TunedH2Connection(_StockH2Connection):  # type: ignore[misc]
     def _begin_new_stream(self, stream_id: int, allowed_ids: Any) -> H2Stream:
         stream: H2Stream = super()._begin_new_stream(stream_id, allowed_ids)
         _eager(stream._inbound_window_manager, self._window_divisor)
+        if stream.__class__ is H2Stream:
+            stream.__class__ = FastHeaderStream  # item 9
         return stream
 
     def _open_streams(self, remainder: int) -> int:
