@@ -14,7 +14,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from hbone.errors import BadRequest, LimitExceeded
+from hbone.errors import BadRequest
+from hbone.wire.httpconnect import HeadersTooLarge
 
 DEFAULT_MAX_HEAD = 64 * 1024
 DEFAULT_MAX_HEADERS = 100
@@ -37,10 +38,9 @@ class Http1Error(BadRequest):
     """A malformed HTTP/1.1 message (400 for requests; a proxy answers 502 when a response is malformed)."""
 
 
-class HeadTooLarge(LimitExceeded):
-    """The head (or a chunk line, or the trailers) exceeds the configured limit (RFC 6585 §5: 431)."""
-
-    http_status = 431
+# The head, a chunk line or the trailers over the limit (431): the same error the CONNECT parser raises, so
+# callers map both parsers' limit failures the same way.
+HeadTooLarge = HeadersTooLarge
 
 
 class NotImplementedFraming(Http1Error):
