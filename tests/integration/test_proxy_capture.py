@@ -89,6 +89,20 @@ sys.stdout.write(data.decode())
 """
 
 
+async def dual_stack_echo(v4: str, v6: str, seen: list[str]) -> tuple[asyncio.Server, asyncio.Server, int]:
+    """An echo server on the host ends of the veth (same port on v4 and v6), recording each peer address."""
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(writer.get_extra_info("peername")[0])
+        while data := await reader.read(65536):
+            writer.write(data)
+        writer.close()
+
+    echo4 = await asyncio.start_server(echo, v4, 0)
+    port = int(echo4.sockets[0].getsockname()[1])
+    return echo4, await asyncio.start_server(echo, v6, port), port
+
+
 async def wait_for_log(peer: ProcessPeer, text: str, count: int) -> None:
     """Bounded wait for a child's readiness lines (it listens inside the namespace, out of our reach)."""
     async with asyncio.timeout(IO):
@@ -101,16 +115,7 @@ async def test_redirect_capture_in_netns_v4_and_v6(netns: tuple[str, str, str], 
     ns, v4h, v6h = netns
     ca = TestCA()
     seen: list[str] = []
-
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        seen.append(writer.get_extra_info("peername")[0])
-        while data := await reader.read(65536):
-            writer.write(data)
-        writer.close()
-
-    echo4 = await asyncio.start_server(echo, v4h, 0)
-    eport = int(echo4.sockets[0].getsockname()[1])
-    echo6 = await asyncio.start_server(echo, v6h, eport)
+    echo4, echo6, eport = await dual_stack_echo(v4h, v6h, seen)
     try:
         async with hbone_node(ca, "bob", "ns") as node:
             hb6 = await node.server.listen(v6h, 0)

@@ -60,16 +60,7 @@ async def test_tproxy_outbound_capture_in_netns_v4_and_v6(netns: tuple[str, str,
     ns, v4h, v6h = netns
     ca = TestCA()
     seen: list[str] = []
-
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        seen.append(writer.get_extra_info("peername")[0])
-        while data := await reader.read(65536):
-            writer.write(data)
-        writer.close()
-
-    echo4 = await asyncio.start_server(echo, v4h, 0)
-    eport = int(echo4.sockets[0].getsockname()[1])
-    echo6 = await asyncio.start_server(echo, v6h, eport)
+    echo4, echo6, eport = await capture.dual_stack_echo(v4h, v6h, seen)
     try:
         async with hbone_node(ca, "bob", "ns") as node:
             hb4 = await node.server.listen(v4h, 0)
