@@ -17,6 +17,7 @@ from hbone.net.connection import H2Connection
 from hbone.net.pipe import AcceptedPipe, TcpPipe
 from hbone.net.settings import H2Settings, KiB
 from hbone.net.stream import Stream
+from tests.unit.test_net_driver import feed  # feeds bytes through the BufferedProtocol path
 
 pytestmark = pytest.mark.timeout(10)
 CONNECT = [(b":method", b"CONNECT"), (b":authority", b"10.0.0.1:80")]
@@ -60,16 +61,6 @@ class FakeTransport(asyncio.Transport):
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return default
-
-
-def feed(proto: H2Connection, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        buf = proto.get_buffer(len(view))
-        n = min(len(buf), len(view))
-        buf[:n] = view[:n]
-        proto.buffer_updated(n)
-        view = view[n:]
 
 
 class Harness:
