@@ -10,11 +10,16 @@ that frame with a copy of just its missing bytes.
 Safe because every hyperframe `parse_body` copies what it keeps out of the memoryview it is given (`.tobytes()`
 or struct unpacking); `tests/unit/test_net_h2framebuffer.py` checks that for every frame type, and that the frames
 produced for any split of a byte stream are identical to the stock buffer's.
+
+With `plain_data` set (h2tuning item 10, `hbone.net.h2fastdata`), an unpadded DATA frame outside a header block
+comes out as a `PlainData` tuple instead of a hyperframe object: the frame header is read with one struct unpack
+and the payload copied once, with none of hyperframe's per-frame object, flag-set and padding work.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import struct
+from typing import Any, NamedTuple
 
 from h2.exceptions import FrameDataMissingError, ProtocolError
 from h2.frame_buffer import FrameBuffer
@@ -22,6 +27,16 @@ from hyperframe.exceptions import InvalidDataError, InvalidFrameError
 from hyperframe.frame import Frame
 
 _EMPTY = memoryview(b"")
+_HEADER = struct.Struct(">HBBBL")  # 24-bit length as (u16, u8), type, flags, reserved bit + 31-bit stream id
+_DATA, _PADDED = 0x0, 0x8
+
+
+class PlainData(NamedTuple):
+    """An unpadded DATA frame, unparsed: its stream, its flag byte (END_STREAM is 0x1) and its payload."""
+
+    stream_id: int
+    flags: int
+    data: bytes
 
 
 class ZeroCopyFrameBuffer(FrameBuffer):  # type: ignore[misc]
@@ -31,8 +46,9 @@ class ZeroCopyFrameBuffer(FrameBuffer):  # type: ignore[misc]
     _preamble: bytes
     _preamble_len: int
 
-    def __init__(self, server: bool = False) -> None:
+    def __init__(self, server: bool = False, plain_data: bool = False) -> None:
         super().__init__(server=server)
+        self.plain_data = plain_data  # yield PlainData for unpadded DATA frames (the caller must handle them)
         self._view = _EMPTY  # what is being parsed: the caller's bytes, or one frame joined from our tail
         self._pos = 0
         self._rest = _EMPTY  # the caller's bytes after that joined frame
@@ -79,7 +95,7 @@ class ZeroCopyFrameBuffer(FrameBuffer):  # type: ignore[misc]
         self._view = self._rest = _EMPTY
         self._pos = 0
 
-    def __next__(self) -> Frame:
+    def __next__(self) -> Frame | PlainData:
         view, pos = self._view, self._pos
         avail = len(view) - pos
         if not avail and self._rest:  # the joined frame is done: go on in the caller's bytes
@@ -88,6 +104,18 @@ class ZeroCopyFrameBuffer(FrameBuffer):  # type: ignore[misc]
         if avail < 9:
             self._keep_tail()
             raise StopIteration
+        if self.plain_data and not self._headers_buffer:
+            high, low, kind, flags, sid = _HEADER.unpack_from(view, pos)
+            length = (high << 8) | low
+            sid &= 0x7FFFFFFF
+            # Anything unusual (padding, stream 0, over the size limit) takes the general path and its errors.
+            if kind == _DATA and not flags & _PADDED and sid and length <= self.max_frame_size:
+                if avail < length + 9:
+                    self._keep_tail()
+                    raise StopIteration
+                body = pos + 9
+                self._pos = body + length
+                return PlainData(sid, flags, view[body : body + length].tobytes())
         try:
             f, length = Frame.parse_frame_header(view[pos : pos + 9])
         except (InvalidDataError, InvalidFrameError) as err:

@@ -30,6 +30,9 @@ Why each exists (reference/performance-notes.md, python-hyper/h2#1181):
    (`hbone.net.h2framebuffer`, which has its own guard tests).
 9. Received header blocks are checked by a one-pass C-speed test that can only accept; anything it does not
    accept goes through h2's own validation, which decides (`hbone.net.h2headers`, with its own guard tests).
+10. DATA frames on open streams, both ways, skip h2's general per-frame machinery (hyperframe objects, state
+   machines, event lists) when h2 would do nothing but window accounting (`hbone.net.h2fastdata`, with its own
+   equivalence and guard tests); everything else still goes through h2.
 
 `tests/unit/test_net_h2tuning.py` fails if any internal relied on here changes. Pinned: h2>=4.1,<4.5,
 hyperframe>=6.0,<6.2.
@@ -43,12 +46,16 @@ from typing import Any
 from h2.config import H2Configuration
 from h2.connection import ConnectionInputs, ConnectionState, H2ConnectionStateMachine
 from h2.connection import H2Connection as _StockH2Connection
+from h2.errors import ErrorCodes
+from h2.exceptions import ProtocolError
 from h2.stream import H2Stream
 from h2.windows import WindowManager
 from hpack import Encoder
+from hyperframe.exceptions import InvalidPaddingError
 from hyperframe.frame import DataFrame, Frame, WindowUpdateFrame
 
-from hbone.net.h2framebuffer import ZeroCopyFrameBuffer
+from hbone.net.h2fastdata import acknowledge_counted, receive_plain_data, send_plain_data
+from hbone.net.h2framebuffer import PlainData, ZeroCopyFrameBuffer
 from hbone.net.h2headers import FastHeaderStream
 from hbone.net.h2memory import compact_settings
 from hbone.net.settings import H2Settings
@@ -96,14 +103,19 @@ class _EagerWindowManager(WindowManager):  # type: ignore[misc]
     current_window_size: int
     _bytes_processed: int
 
+    def due(self, processed: int) -> bool:
+        """Whether `processed` consumed bytes call for a WINDOW_UPDATE (the rule of `_maybe_update_window`)."""
+        size = self.max_window_size
+        # h2's rule for an exhausted window stays: any 1 KiB (or 1/4 of a tiny window) is worth an update.
+        return processed >= size // self.divisor or (self.current_window_size == 0 and processed > min(1024, size // 4))
+
     def _maybe_update_window(self) -> int | None:
         processed = self._bytes_processed
         if not processed:
             return None
         size = self.max_window_size
         current = self.current_window_size
-        # h2's rule for an exhausted window stays: any 1 KiB (or 1/4 of a tiny window) is worth an update.
-        if processed >= size // self.divisor or (current == 0 and processed > min(1024, size // 4)):
+        if self.due(processed):
             increment = min(processed, size - current)
             self._bytes_processed = 0
             self.current_window_size = current + increment
@@ -139,7 +151,7 @@ class TunedH2Connection(_StockH2Connection):  # type: ignore[misc]
         super().__init__(config=config)
         if not huffman:
             self.encoder.__class__ = _PlainEncoder
-        self.incoming_buffer = ZeroCopyFrameBuffer(server=not config.client_side)
+        self.incoming_buffer = ZeroCopyFrameBuffer(server=not config.client_side, plain_data=True)
         self.state_machine = _GracefulStateMachine()
         for stock, quiet in _QUIET.items():
             self._frame_dispatch_table[quiet] = self._frame_dispatch_table[stock]
@@ -162,6 +174,35 @@ class TunedH2Connection(_StockH2Connection):  # type: ignore[misc]
             return count
         exact: int = super()._open_streams(remainder)
         return exact
+
+    def receive_data(self, data: Any) -> list[Any]:
+        """h2's `receive_data`, with unpadded DATA frames handled by `receive_plain_data` (item 10)."""
+        events: list[Any] = []
+        buffer = self.incoming_buffer
+        buffer.add_data(data)
+        buffer.max_frame_size = self.max_inbound_frame_size
+        try:
+            for item in buffer:
+                if item.__class__ is PlainData:
+                    events += receive_plain_data(self, item, _QuietDataFrame)
+                else:
+                    events += self._receive_frame(item)
+        except InvalidPaddingError as exc:  # the same answers as h2's receive_data
+            self._terminate_connection(ErrorCodes.PROTOCOL_ERROR)
+            raise ProtocolError("Received frame with invalid padding.") from exc
+        except ProtocolError as exc:
+            self._terminate_connection(exc.error_code)
+            raise
+        return events
+
+    def acknowledge_received_data(self, acknowledged_size: int, stream_id: int) -> None:
+        """h2's method; while neither window is due for an update, acknowledging is only counting (item 10)."""
+        if not acknowledge_counted(self, acknowledged_size, stream_id):
+            super().acknowledge_received_data(acknowledged_size, stream_id)
+
+    def send_plain_data(self, stream_id: int, data: bytes | memoryview) -> None:
+        """`send_data(stream_id, data)` (no END_STREAM, no padding) through the fast path (item 10)."""
+        send_plain_data(self, stream_id, data)
 
     def _receive_frame(self, frame: Frame) -> Any:
         quiet = _QUIET.get(frame.__class__)

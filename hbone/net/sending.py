@@ -21,7 +21,9 @@ if TYPE_CHECKING:
     from hbone.net.h2tuning import TunedH2Connection
     from hbone.net.settings import H2Settings
 
-_FLUSH_EARLY = 256 * 1024  # write out h2's buffer at once when it grows past this (bounds bursts)
+# Write h2's buffer out as soon as it holds one full-size DATA frame: with 256 KiB the sender used ~20% more CPU
+# per GB (bigger TLS writes, ciphertext piling up in the transport; RESULTS-hbone.md round 4).
+_FLUSH_EARLY = 64 * 1024
 _FLUSH_NOW = 16 * 1024  # outside a read batch, an idle connection writes up to this much at once (latency)
 
 
@@ -75,20 +77,23 @@ class ConnectionSending:
                     n = min(size, window, limit)
                     if n == size:
                         queue.popleft()
-                        h2c.send_data(sid, chunk)
+                        h2c.send_plain_data(sid, chunk)
                     else:  # split with memoryview slices: no quadratic re-copying of the remainder
                         view = chunk if isinstance(chunk, memoryview) else memoryview(chunk)
-                        h2c.send_data(sid, view[:n])
+                        h2c.send_plain_data(sid, view[:n])
                         queue[0] = view[n:]
                     window -= n
                     stream._send_len -= n
                     stream.bytes_out += n
+                    if h2c.outbound_size() >= _FLUSH_EARLY:
+                        self._flush()
+                        if self._write_paused:
+                            # Keep the rest in the stream's queue: feeding a paused transport piled megabytes of
+                            # ciphertext into its buffer, out of the CPU caches (RESULTS-hbone.md round 4).
+                            break
                 if stream._drain_waiters and stream._send_len <= self.settings.max_send_buffer // 2:
                     stream._wake_drainers()
-                if h2c.outbound_size() >= _FLUSH_EARLY:
-                    self._flush()
-                else:
-                    self._schedule_flush()
+                self._schedule_flush()
             if queue:
                 self._blocked.pop(sid, None)
                 self._blocked[sid] = stream  # re-append: round-robin among blocked streams
@@ -181,10 +186,10 @@ class ConnectionSending:
     def _schedule_flush(self) -> None:
         # Coalesce the frames of one loop iteration into a single transport.write. But the first small write of an
         # iteration on an idle connection goes out now: waiting a loop turn added to every hop's latency (RESULTS).
-        if self._flush_handle is not None or self._closed:
-            return
+        if self._flush_handle is not None or self._closed or self._receiving or not self._h2.outbound_size():
+            return  # already due; or buffer_updated writes at its end; or nothing to write
         idle = self._transport is not None and not self._transport.get_write_buffer_size()
-        if idle and not self._receiving and 0 < self._h2.outbound_size() <= _FLUSH_NOW:
+        if idle and self._h2.outbound_size() <= _FLUSH_NOW:
             self._flush()
         self._flush_handle = self._loop.call_soon(self._flush)
 

@@ -1,0 +1,130 @@
+"""DATA frames in both directions without h2's general per-frame machinery (h2tuning item 10).
+
+Why: after items 1-9, a bulk tunnel still paid ~10 µs of Python per 64 KiB DATA frame on each side (hyperframe
+frame objects and flag sets, h2's connection and stream state machines with enum hashing, event lists), which
+kept one tunnel stream well below a plain TLS stream (RESULTS-hbone.md, round 4).
+
+The fast paths handle only the common case, and only when h2 itself would accept the frame with no effect other
+than window accounting and one `DataReceived` event (receive) or one frame in the outbound buffer (send):
+
+- receive: the connection is open, the stream exists in OPEN or HALF_CLOSED_LOCAL with its headers received, no
+  content-length to track against, no END_STREAM, no padding, and both inbound windows cover the payload;
+- send: the connection is open, the stream is OPEN or HALF_CLOSED_REMOTE, no END_STREAM, no padding, and the
+  payload fits both outbound windows and the peer's frame size;
+- credit (`acknowledge_received_data`): the stream is open and neither its window nor the connection's is due
+  for a WINDOW_UPDATE after these bytes (h2 would only count them).
+
+Everything else — the first frame of a stream's end, errors, frames on closed or unknown streams, flow-control
+violations — is handed to h2's own code unchanged, so its events, errors and RST_STREAM/GOAWAY answers stay
+h2's. `tests/unit/test_net_h2fastdata.py` drives tuned and stock connections through the same random frame
+sequences and requires identical events, windows, stream states and output bytes, and fails if the h2
+transitions or attributes relied on here change.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING, Any
+
+from h2.connection import ConnectionState
+from h2.events import DataReceived, Event
+from h2.stream import StreamState
+from hyperframe.frame import DataFrame
+
+from hbone.net.h2framebuffer import PlainData
+
+if TYPE_CHECKING:
+    from hbone.net.h2tuning import TunedH2Connection
+
+_FRAME_HEADER = struct.Struct(">HBBBL")  # 24-bit length as (u16, u8), type, flags, stream id
+_END_STREAM = 0x1
+_CONN_OPEN = frozenset({ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN})
+# Stream states in which h2's transition for the input is (no side effect but a DataReceived event, same state).
+_RECV_OPEN = frozenset({StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL})
+# ... and in which h2's SEND_DATA transition is (None, same state).
+_SEND_OPEN = frozenset({StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE})
+
+
+def receive_plain_data(conn: TunedH2Connection, item: PlainData, quiet: type[DataFrame]) -> list[Event]:
+    """h2's `_receive_data_frame` for an unpadded DATA frame, or the frame handed to h2 when it is not plain."""
+    sid, flags, data = item
+    stream: Any = conn.streams.get(sid)
+    size = len(data)
+    if (
+        stream is None
+        or flags & _END_STREAM
+        or conn.state_machine.state not in _CONN_OPEN
+        or stream.state_machine.state not in _RECV_OPEN
+        or not stream.state_machine.headers_received
+        or stream._expected_content_length is not None
+    ):
+        return _general(conn, item, quiet)
+    conn_window = conn._inbound_flow_control_window_manager
+    stream_window = stream._inbound_window_manager
+    if size > conn_window.current_window_size or size > stream_window.current_window_size:
+        return _general(conn, item, quiet)  # h2 raises the FlowControlError
+    conn_window.current_window_size -= size
+    stream_window.current_window_size -= size
+    stream._actual_content_length += size
+    # Built without __init__: h2 4.1/4.2 take no arguments there, 4.3+ (dataclasses) take keywords.
+    event = _new_event(DataReceived)
+    event.stream_id = sid
+    event.data = data
+    event.flow_controlled_length = size
+    event.stream_ended = None
+    return [event]
+
+
+_new_event = object.__new__
+
+
+def _general(conn: TunedH2Connection, item: PlainData, quiet: type[DataFrame]) -> list[Event]:
+    events: list[Event] = conn._receive_frame(_as_frame(item, quiet))
+    return events
+
+
+def _as_frame(item: PlainData, quiet: type[DataFrame]) -> DataFrame:
+    """The frame hyperframe would have parsed (`DataFrame.parse_body` for an unpadded body)."""
+    frame = quiet(item.stream_id)
+    frame.parse_flags(item.flags)
+    frame.data = item.data
+    frame.body_len = len(item.data)
+    return frame
+
+
+def send_plain_data(conn: TunedH2Connection, stream_id: int, data: bytes | memoryview) -> None:
+    """`conn.send_data(stream_id, data)` without END_STREAM or padding; the payload is copied once, into the
+    outbound buffer (memoryviews too: h2 would make a bytes copy first)."""
+    stream: Any = conn.streams.get(stream_id)
+    size = len(data)
+    if (
+        stream is None
+        or conn.state_machine.state not in _CONN_OPEN
+        or stream.state_machine.state not in _SEND_OPEN
+        or size > conn.outbound_flow_control_window
+        or size > stream.outbound_flow_control_window
+        or size > conn.max_outbound_frame_size
+    ):
+        conn.send_data(stream_id, data)  # h2 decides, and raises its own errors
+        return
+    stream.outbound_flow_control_window -= size
+    conn.outbound_flow_control_window -= size
+    out = conn._data_to_send
+    out += _FRAME_HEADER.pack(size >> 8, size & 0xFF, 0, 0, stream_id)
+    out += data
+
+
+def acknowledge_counted(conn: TunedH2Connection, size: int, stream_id: int) -> bool:
+    """Count `size` consumed bytes on both inbound windows when that is all h2 would do; False: call h2."""
+    stream: Any = conn.streams.get(stream_id)
+    if stream is None or size <= 0 or stream_id <= 0 or not stream.open:
+        return False
+    conn_window = conn._inbound_flow_control_window_manager
+    stream_window = stream._inbound_window_manager
+    conn_total = conn_window._bytes_processed + size
+    stream_total = stream_window._bytes_processed + size
+    if conn_window.due(conn_total) or stream_window.due(stream_total):
+        return False
+    conn_window._bytes_processed = conn_total
+    stream_window._bytes_processed = stream_total
+    return True
