@@ -12,7 +12,10 @@ than window accounting and one `DataReceived` event (receive) or one frame in th
 - send: the connection is open, the stream is OPEN or HALF_CLOSED_REMOTE, no END_STREAM, no padding, and the
   payload fits both outbound windows and the peer's frame size;
 - credit (`acknowledge_received_data`): the stream is open and neither its window nor the connection's is due
-  for a WINDOW_UPDATE after these bytes (h2 would only count them).
+  for a WINDOW_UPDATE after these bytes (h2 would only count them);
+- the `:status 200` that opens every tunnel (`send_status_200`): a server stream in OPEN or HALF_CLOSED_REMOTE
+  that has not answered yet, and no pending HPACK table size update. Its header block is the single byte 0x88
+  (static table index 8, RFC 7541 Appendix A) whatever the dynamic table holds; h2's state machines still run.
 
 Everything else — the first frame of a stream's end, errors, frames on closed or unknown streams, flow-control
 violations — is handed to h2's own code unchanged, so its events, errors and RST_STREAM/GOAWAY answers stay
@@ -26,9 +29,9 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING, Any
 
-from h2.connection import ConnectionState
+from h2.connection import ConnectionInputs, ConnectionState
 from h2.events import DataReceived, Event
-from h2.stream import StreamState
+from h2.stream import StreamInputs, StreamState
 from hyperframe.frame import DataFrame
 
 from hbone.net.h2framebuffer import PlainData
@@ -127,4 +130,31 @@ def acknowledge_counted(conn: TunedH2Connection, size: int, stream_id: int) -> b
         return False
     conn_window._bytes_processed = conn_total
     stream_window._bytes_processed = stream_total
+    return True
+
+
+STATUS_200 = [(b":status", b"200")]
+_STATUS_200_FRAME = _FRAME_HEADER.pack(0, 1, 0x1, 0x4, 0)[:5]  # HEADERS, END_HEADERS, 1 byte; stream id follows
+_STATUS_200_BLOCK = b"\x88"
+
+
+def send_status_200(conn: TunedH2Connection, stream_id: int) -> bool:
+    """Send `:status: 200` (no END_STREAM) on a server stream as h2 would; False: call h2's send_headers."""
+    stream: Any = conn.streams.get(stream_id)
+    if (
+        stream is None
+        or conn.config.client_side
+        or conn.state_machine.state is not ConnectionState.SERVER_OPEN
+        or stream.state_machine.state not in _SEND_OPEN
+        or stream.state_machine.headers_sent
+        or conn.encoder.header_table.resized
+    ):
+        return False
+    conn.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
+    stream.state_machine.process_input(StreamInputs.SEND_HEADERS)  # h2's response_sent: headers_sent = True
+    stream.request_method = None  # what h2's send_headers stores for a response block
+    out = conn._data_to_send
+    out += _STATUS_200_FRAME
+    out += stream_id.to_bytes(4, "big")
+    out += _STATUS_200_BLOCK
     return True

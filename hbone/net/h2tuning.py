@@ -30,9 +30,9 @@ Why each exists (reference/performance-notes.md, python-hyper/h2#1181):
    (`hbone.net.h2framebuffer`, which has its own guard tests).
 9. Received header blocks are checked by a one-pass C-speed test that can only accept; anything it does not
    accept goes through h2's own validation, which decides (`hbone.net.h2headers`, with its own guard tests).
-10. DATA frames on open streams, both ways, skip h2's general per-frame machinery (hyperframe objects, state
-   machines, event lists) when h2 would do nothing but window accounting (`hbone.net.h2fastdata`, with its own
-   equivalence and guard tests); everything else still goes through h2.
+10. DATA frames on open streams, both ways, credit, and the `:status 200` of a tunnel skip h2's general
+   per-frame machinery (hyperframe objects, state machines, event lists, HPACK) when h2 would do nothing else
+   (`hbone.net.h2fastdata`, with its own equivalence and guard tests); everything else still goes through h2.
 
 `tests/unit/test_net_h2tuning.py` fails if any internal relied on here changes. Pinned: h2>=4.1,<4.5,
 hyperframe>=6.0,<6.2.
@@ -54,7 +54,7 @@ from hpack import Encoder
 from hyperframe.exceptions import InvalidPaddingError
 from hyperframe.frame import DataFrame, Frame, WindowUpdateFrame
 
-from hbone.net.h2fastdata import acknowledge_counted, receive_plain_data, send_plain_data
+from hbone.net.h2fastdata import STATUS_200, acknowledge_counted, receive_plain_data, send_plain_data, send_status_200
 from hbone.net.h2framebuffer import PlainData, ZeroCopyFrameBuffer
 from hbone.net.h2headers import FastHeaderStream
 from hbone.net.h2memory import compact_settings
@@ -199,6 +199,12 @@ class TunedH2Connection(_StockH2Connection):  # type: ignore[misc]
         """h2's method; while neither window is due for an update, acknowledging is only counting (item 10)."""
         if not acknowledge_counted(self, acknowledged_size, stream_id):
             super().acknowledge_received_data(acknowledged_size, stream_id)
+
+    def send_headers(self, stream_id: int, headers: Any, end_stream: bool = False, **priority: Any) -> None:
+        """h2's method; the plain `:status 200` of a tunnel goes through `send_status_200` (item 10)."""
+        if headers == STATUS_200 and not end_stream and not priority and send_status_200(self, stream_id):
+            return
+        super().send_headers(stream_id, headers, end_stream, **priority)
 
     def send_plain_data(self, stream_id: int, data: bytes | memoryview) -> None:
         """`send_data(stream_id, data)` (no END_STREAM, no padding) through the fast path (item 10)."""

@@ -197,6 +197,8 @@ class ConnectionSending:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
+        if not self._h2.outbound_size():
+            return  # most flushes of a quiet connection: no new buffer, no write
         data = self._h2.data_to_send()
         if data and self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)

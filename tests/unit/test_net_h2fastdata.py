@@ -11,6 +11,7 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.stream
+import hpack
 import pytest
 from h2.connection import ConnectionInputs, ConnectionState
 from h2.stream import StreamInputs, StreamState
@@ -25,6 +26,7 @@ from hbone.net.settings import H2Settings
 REQUEST = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/x"), (b":authority", b"a")]
 _HEADER = struct.Struct(">HBBBL")
 _STOCK_ACK = h2.connection.H2Connection.acknowledge_received_data
+_STOCK_HEADERS = h2.connection.H2Connection.send_headers
 
 
 def _raw_data(sid: int, flags: int, payload: bytes, pad: int = 0) -> bytes:
@@ -65,6 +67,12 @@ class Twin:
         payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
         return self.both(
             lambda: self.fast.send_plain_data(sid, memoryview(payload)), lambda: self.slow.send_data(sid, payload)
+        )
+
+    def respond(self, sid: int, headers: list[tuple[bytes, bytes]], end_stream: bool = False) -> Any:
+        return self.both(
+            lambda: self.fast.send_headers(sid, headers, end_stream=end_stream),
+            lambda: _STOCK_HEADERS(self.slow, sid, headers, end_stream=end_stream),
         )
 
     def ack(self, sid: int, size: int) -> Any:
@@ -186,6 +194,34 @@ def test_credit_fast_path_counts_and_then_updates_like_h2() -> None:
     twin.ack(1, -1)  # h2's ValueError
 
 
+def test_status_200_fast_path_matches_h2_and_keeps_the_hpack_context() -> None:
+    twin, client = _opened(1, 3, 5)
+    seen = []
+    original = twin.fast.encoder.encode
+    twin.fast.encoder.encode = lambda headers, **kw: seen.append(headers) or original(headers, **kw)  # type: ignore[method-assign]
+    result = twin.respond(1, [(b":status", b"200")])
+    assert result[0] == "ok" and seen == []  # no HPACK encoder call: the fixed block went out
+    twin.respond(1, [(b":status", b"200")])  # a second response on the stream: h2's error, identically
+    twin.respond(3, [(b":status", b"200"), (b"baggage", b"k=v")])  # other blocks take h2's path
+    twin.respond(5, [(b":status", b"200")])  # dynamic table entries before and after
+    twin.respond(5, [(b"x-trailer", b"t")], end_stream=True)
+    for conn in (twin.fast, twin.slow):
+        conn.encoder.header_table_size = 1024  # a pending size update must go out in the next block
+    client.send_headers(7, REQUEST)
+    twin.receive(bytes(client.data_to_send()))
+    twin.respond(7, [(b":status", b"200")])
+    decoder = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    assert decoder.decoder.decode(b"\x88", raw=True) == [(b":status", b"200")]
+
+
+def test_status_200_on_a_client_connection_is_h2s_business() -> None:
+    conn = make_h2(client=True, settings=H2Settings.client())
+    conn.initiate_connection()
+    conn.send_headers(1, REQUEST)
+    with pytest.raises(h2.exceptions.ProtocolError):
+        conn.send_headers(1, [(b":status", b"200")])
+
+
 # --- random frame sequences --------------------------------------------------------------------------------------
 
 _sizes = st.one_of(st.integers(0, 3000), st.integers(0, 70_000))  # mostly within the 65,535-byte windows
@@ -235,10 +271,7 @@ def test_random_sequences_are_indistinguishable_from_h2(ops: list[tuple[Any, ...
         elif kind == "ack":
             twin.ack(op[1], op[2])
         elif kind == "respond" and op[1] in headers_sent:
-            twin.both(
-                lambda s=op[1], e=op[2]: twin.fast.send_headers(s, [(b":status", b"200")], end_stream=e),
-                lambda s=op[1], e=op[2]: twin.slow.send_headers(s, [(b":status", b"200")], end_stream=e),
-            )
+            twin.respond(op[1], [(b":status", b"200")], end_stream=op[2])
         for start in range(0, len(wire), split):  # arbitrary read boundaries
             if not twin.failed:
                 twin.receive(wire[start : start + split])
@@ -278,3 +311,13 @@ def test_h2_internals_mirrored_by_the_fast_paths() -> None:
     body = inspect.getsource(DataFrame.parse_body)
     assert "self.data =" in body and "self.body_len =" in body
     assert PlainData._fields == ("stream_id", "flags", "data")
+    # the fixed response: h2's send_headers only runs the two state machines and records request_method
+    assert table[(StreamState.OPEN, StreamInputs.SEND_HEADERS)] == (machine.response_sent, StreamState.OPEN)
+    assert table[(StreamState.HALF_CLOSED_REMOTE, StreamInputs.SEND_HEADERS)][0] is machine.response_sent
+    assert conn_table[(ConnectionState.SERVER_OPEN, ConnectionInputs.SEND_HEADERS)] == (
+        None,
+        ConnectionState.SERVER_OPEN,
+    )
+    headers = inspect.getsource(h2.stream.H2Stream.send_headers)
+    assert "self.request_method = extract_method_header(" in headers and "_authority" in headers
+    assert "if self.header_table.resized:" in inspect.getsource(hpack.Encoder.encode)
