@@ -98,8 +98,28 @@ def _as_frame(item: PlainData, quiet: type[DataFrame]) -> DataFrame:
 def send_plain_data(conn: TunedH2Connection, stream_id: int, data: bytes | memoryview) -> None:
     """`conn.send_data(stream_id, data)` without END_STREAM or padding; the payload is copied once, into the
     outbound buffer (memoryviews too: h2 would make a bytes copy first)."""
+    out = _data_frame(conn, stream_id, len(data))
+    if out is None:
+        conn.send_data(stream_id, data)  # h2 decides, and raises its own errors
+        return
+    out += data
+
+
+def send_plain_pieces(conn: TunedH2Connection, stream_id: int, pieces: list[bytes | memoryview], size: int) -> None:
+    """One DATA frame of `size` bytes made of `pieces` (several queued writes), as `send_plain_data` would send
+    their concatenation; each piece is copied once, into the outbound buffer."""
+    out = _data_frame(conn, stream_id, size)
+    if out is None:
+        conn.send_data(stream_id, b"".join(pieces))  # h2 decides, and raises its own errors
+        return
+    for piece in pieces:
+        out += piece
+
+
+def _data_frame(conn: TunedH2Connection, stream_id: int, size: int) -> bytearray | None:
+    """Account `size` bytes against both outbound windows and queue a DATA frame header for them; the caller
+    appends the payload to the returned buffer. None (and nothing changed) when h2 must decide."""
     stream: Any = conn.streams.get(stream_id)
-    size = len(data)
     if (
         stream is None
         or conn.state_machine.state not in _CONN_OPEN
@@ -108,13 +128,12 @@ def send_plain_data(conn: TunedH2Connection, stream_id: int, data: bytes | memor
         or size > stream.outbound_flow_control_window
         or size > conn.max_outbound_frame_size
     ):
-        conn.send_data(stream_id, data)  # h2 decides, and raises its own errors
-        return
+        return None
     stream.outbound_flow_control_window -= size
     conn.outbound_flow_control_window -= size
     out = conn._data_to_send
     out += _FRAME_HEADER.pack(size >> 8, size & 0xFF, 0, 0, stream_id)
-    out += data
+    return out
 
 
 def acknowledge_counted(conn: TunedH2Connection, size: int, stream_id: int) -> bool:

@@ -54,7 +54,14 @@ from hpack import Encoder
 from hyperframe.exceptions import InvalidPaddingError
 from hyperframe.frame import DataFrame, Frame, WindowUpdateFrame
 
-from hbone.net.h2fastdata import STATUS_200, acknowledge_counted, receive_plain_data, send_plain_data, send_status_200
+from hbone.net.h2fastdata import (
+    STATUS_200,
+    acknowledge_counted,
+    receive_plain_data,
+    send_plain_data,
+    send_plain_pieces,
+    send_status_200,
+)
 from hbone.net.h2framebuffer import PlainData, ZeroCopyFrameBuffer
 from hbone.net.h2headers import FastHeaderStream
 from hbone.net.h2memory import compact_settings
@@ -209,6 +216,10 @@ class TunedH2Connection(_StockH2Connection):  # type: ignore[misc]
     def send_plain_data(self, stream_id: int, data: bytes | memoryview) -> None:
         """`send_data(stream_id, data)` (no END_STREAM, no padding) through the fast path (item 10)."""
         send_plain_data(self, stream_id, data)
+
+    def send_plain_pieces(self, stream_id: int, pieces: list[bytes | memoryview], size: int) -> None:
+        """One DATA frame (no END_STREAM, no padding) made of several buffers (item 10)."""
+        send_plain_pieces(self, stream_id, pieces, size)
 
     def _receive_frame(self, frame: Frame) -> Any:
         quiet = _QUIET.get(frame.__class__)

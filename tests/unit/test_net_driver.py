@@ -14,6 +14,7 @@ import pytest
 
 from hbone.errors import ConfigError, ConnectionLost, H2ErrorCode, StreamReset
 from hbone.net.connection import H2Connection
+from hbone.net.sending import record_fit
 from hbone.net.settings import H2Settings, KiB, MiB
 from hbone.net.stream import StreamClosed, header_list_size
 
@@ -175,8 +176,36 @@ async def test_data_frames_sent_at_most_64k_even_if_peer_allows_more() -> None:
     stream.write(b"y" * 150_000)
     events = await pair.to_peer()
     sizes = [len(e.data) for e in events if isinstance(e, h2.events.DataReceived)]
-    assert sizes == [65_536, 65_536, 150_000 - 131_072]
+    assert sizes == [65_527, 65_527, 150_000 - 2 * 65_527]  # frames of whole TLS records (record_fit)
     assert stream.bytes_out == 150_000
+
+
+async def test_queued_writes_are_packed_into_full_frames() -> None:
+    codes = h2.settings.SettingCodes
+    pair = Pair(peer_settings={codes.MAX_FRAME_SIZE: 1 << 20, codes.INITIAL_WINDOW_SIZE: 1 << 20})
+    pair.peer.increment_flow_control_window(1 << 20)
+    await pair.to_peer()
+    pair.to_conn()
+    await pair.to_peer()
+    stream = await pair.conn.open_stream(CONNECT)
+    pair.conn.pause_writing()  # the writes queue up in the stream ...
+    chunks = [bytes([i]) * 40_000 for i in range(5)]
+    for chunk in chunks:
+        stream.write(chunk)
+    pair.conn.resume_writing()  # ... and leave as frames of whole TLS records, not one frame per write
+    events = await pair.to_peer()
+    data = [e.data for e in events if isinstance(e, h2.events.DataReceived)]
+    assert [len(d) for d in data] == [65_527, 65_527, 65_527, 200_000 - 3 * 65_527]
+    assert b"".join(data) == b"".join(chunks)
+    assert stream.bytes_out == 200_000
+
+
+def test_record_fit() -> None:
+    assert record_fit(65_536) == 65_527 and (65_527 + 9) % 16_384 == 0
+    assert record_fit(16_384) == 16_375
+    assert record_fit(1 << 20) == (1 << 20) - 9
+    assert record_fit(16_000) == 16_000  # below one record: nothing to fit
+    assert record_fit(32_000) == 16_375
 
 
 async def test_data_frames_follow_a_smaller_peer_limit() -> None:
@@ -187,7 +216,7 @@ async def test_data_frames_follow_a_smaller_peer_limit() -> None:
     stream.write(b"y" * 40_000)
     events = await pair.to_peer()
     sizes = [len(e.data) for e in events if isinstance(e, h2.events.DataReceived)]
-    assert sizes == [16_384, 16_384, 40_000 - 32_768]
+    assert sizes == [16_375, 16_375, 40_000 - 32_750]
 
 
 async def test_ping_timeout_uses_timers() -> None:

@@ -69,6 +69,14 @@ class Twin:
             lambda: self.fast.send_plain_data(sid, memoryview(payload)), lambda: self.slow.send_data(sid, payload)
         )
 
+    def send_pieces(self, sid: int, sizes: list[int]) -> Any:
+        pieces = [bytes([n % 251]) * n for n in sizes]
+        joined = b"".join(pieces)
+        return self.both(
+            lambda: self.fast.send_plain_pieces(sid, [memoryview(p) for p in pieces], len(joined)),
+            lambda: self.slow.send_data(sid, joined),
+        )
+
     def respond(self, sid: int, headers: list[tuple[bytes, bytes]], end_stream: bool = False) -> Any:
         return self.both(
             lambda: self.fast.send_headers(sid, headers, end_stream=end_stream),
@@ -184,6 +192,14 @@ def test_send_fast_path_writes_what_h2_writes() -> None:
     twin.send(3, 10)  # no such stream
 
 
+def test_pieces_make_the_frame_h2_sends_for_their_concatenation() -> None:
+    twin, _ = _opened(1)
+    twin.respond(1, [(b":status", b"200")])
+    twin.send_pieces(1, [10, 0, 20_000, 5])
+    twin.send_pieces(1, [30_000, 30_000])  # beyond the remaining window: h2's FlowControlError
+    assert twin.failed
+
+
 def test_credit_fast_path_counts_and_then_updates_like_h2() -> None:
     twin, _ = _opened(1)
     twin.receive(_raw_data(1, 0, b"z" * 60_000))
@@ -236,6 +252,7 @@ _ops = st.lists(
         ),
         st.tuples(st.just("rst"), st.sampled_from([1, 3, 5])),
         st.tuples(st.just("send"), st.sampled_from([1, 3, 5]), _sizes),
+        st.tuples(st.just("pieces"), st.sampled_from([1, 3]), st.lists(st.integers(0, 9000), max_size=4)),
         st.tuples(st.just("ack"), st.sampled_from([1, 3, 5]), _sizes),
         st.tuples(st.just("respond"), st.sampled_from([1, 3, 5]), st.booleans()),
     ),
@@ -268,6 +285,8 @@ def test_random_sequences_are_indistinguishable_from_h2(ops: list[tuple[Any, ...
             wire = struct.pack(">HBBBLL", 0, 4, 0x3, 0, op[1], 8)
         elif kind == "send":
             twin.send(op[1], op[2])
+        elif kind == "pieces":
+            twin.send_pieces(op[1], op[2])
         elif kind == "ack":
             twin.ack(op[1], op[2])
         elif kind == "respond" and op[1] in headers_sent:
