@@ -49,9 +49,22 @@ class PeerInfo:
     tls: bool = True
 
 
-def policy_authorizer(policies: Collection[Policy]) -> Authorizer:
+def policy_authorizer(policies: Collection[Policy], *, cache_size: int = 4096) -> Authorizer:
+    """Evaluate `policies` (frozen here) for each connection. Decisions are a pure function of the policies and the
+    connection (which has no source port), so they are remembered: tunnels from one peer to one target repeat
+    the same question (up to `cache_size` distinct ones, then the memory starts afresh)."""
     frozen = tuple(policies)
-    return lambda conn: evaluate(frozen, conn)
+    decided: dict[Connection, Decision] = {}
+
+    def authorize(conn: Connection) -> Decision:
+        decision = decided.get(conn)
+        if decision is None:
+            if len(decided) >= cache_size:
+                decided.clear()
+            decision = decided[conn] = evaluate(frozen, conn)
+        return decision
+
+    return authorize
 
 
 async def resolve_default(target: Authority) -> tuple[str, int]:

@@ -329,3 +329,31 @@ def test_default_modes() -> None:
         DefaultMode.parse("nope")
     with pytest.raises(ConfigError, match="needs an Istio identity"):
         default_policies(DefaultMode.SAME_NAMESPACE, SpiffeId.parse("spiffe://td/x"))
+
+
+def test_policy_authorizer_remembers_decisions_and_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import hbone.proxy.inbound as inbound
+
+    calls = []
+    real = inbound.evaluate
+
+    def counting(policies: object, conn: Connection) -> object:
+        calls.append(conn)
+        return real(policies, conn)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(inbound, "evaluate", counting)
+    policy = same_namespace_policy("cluster.local", "ns")
+    authorize = inbound.policy_authorizer([policy], cache_size=2)
+    alice = SpiffeId.parse("spiffe://cluster.local/ns/ns/sa/alice")
+    mallory = SpiffeId.parse("spiffe://cluster.local/ns/other/sa/mallory")
+    ip = ipaddress.ip_address("10.0.0.1")
+    allowed = Connection(alice, ip, ip, 80, dst_namespace="ns")
+    denied = Connection(mallory, ip, ip, 80, dst_namespace="ns")
+    for _ in range(3):
+        assert authorize(allowed) == evaluate([policy], allowed) and authorize(allowed).allowed
+        assert authorize(denied) == evaluate([policy], denied) and not authorize(denied).allowed
+    assert calls == [allowed, denied]  # each question evaluated once
+    third = Connection(alice, ip, ip, 81, dst_namespace="ns")
+    assert authorize(third).allowed  # a third question: the memory (bounded at 2) starts afresh
+    assert authorize(allowed).allowed
+    assert calls == [allowed, denied, third, allowed]

@@ -358,7 +358,8 @@ class Report:
             cols["client"].append(r["cpu"] / unit)
             for n, v in r["procs"].items():
                 cols.setdefault(n, []).append(v / unit)
-        return " · ".join(f"{n} {statistics.median(v):.2f}" for n, v in cols.items() if v and v[0] == v[0])
+        digits = 2 if per == "GB" else 3  # ms per tunnel: the A/Bs of per-tunnel cuts need the third decimal
+        return " · ".join(f"{n} {statistics.median(v):.{digits}f}" for n, v in cols.items() if v and v[0] == v[0])
 
     def err(self, key: str) -> str:
         errs = self.results.get(key, Outcome()).errors
