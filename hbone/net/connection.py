@@ -64,6 +64,7 @@ class H2Connection(ConnectionEvents, ConnectionSending, ConnectionLifecycle, asy
         self._capacity_waiters: deque[asyncio.Future[None]] = deque()
         self._write_paused = False
         self._flush_handle: asyncio.Handle | None = None
+        self._repump_handle: asyncio.Handle | None = None  # a deferred short tail (sending._pump)
         self._receiving = False  # inside buffer_updated: its frames go out in one write at the end
         self._remote_settings_seen = False
         self._init_lifecycle()  # closing/closed state, GOAWAY bookkeeping, keepalive timers

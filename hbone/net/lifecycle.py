@@ -79,6 +79,7 @@ class ConnectionLifecycle:
     _tasks: set[asyncio.Task[None]]
     _capacity_waiters: deque[asyncio.Future[None]]
     _flush_handle: asyncio.Handle | None
+    _repump_handle: asyncio.Handle | None
     _registry: set[Any] | None
 
     def _flush(self) -> None:
@@ -253,10 +254,10 @@ class ConnectionLifecycle:
             return
         self._closed = True
         self._closing = True
-        for handle in (self._ping_timer, self._ping_deadline, self._flush_handle):
+        for handle in (self._ping_timer, self._ping_deadline, self._flush_handle, self._repump_handle):
             if handle is not None:
                 handle.cancel()
-        self._ping_timer = self._ping_deadline = self._flush_handle = None
+        self._ping_timer = self._ping_deadline = self._flush_handle = self._repump_handle = None
         for stream in list(self._streams.values()):
             stream._fail(exc, keep_received=True)
         self._streams.clear()

@@ -71,6 +71,7 @@ class ConnectionSending:
     _blocked: dict[int, Stream]
     _write_paused: bool
     _flush_handle: asyncio.Handle | None
+    _repump_handle: asyncio.Handle | None
     _receiving: bool
     _closed: bool
 
@@ -104,10 +105,18 @@ class ConnectionSending:
             if queue:
                 limit = record_fit(min(self.settings.max_send_frame_size, h2c.max_outbound_frame_size))
                 window = h2c.local_flow_control_window(sid)
+                full = False
                 while queue and window > 0:
                     chunk = queue[0]
                     size = len(chunk)
                     n = min(stream._send_len, window, limit)
+                    if full and n == stream._send_len < limit and not stream._end_queued:
+                        # The rest is less than a frame, right after a full one: the writer is streaming, so give
+                        # it one loop iteration to add more before the rest goes out as a small frame of its own
+                        # (64 KiB writes made a 65,527-byte frame and a 9-byte one each).
+                        self._repump_soon()
+                        break
+                    full = n == limit
                     if n == size:
                         queue.popleft()
                         h2c.send_plain_data(sid, chunk)
@@ -149,6 +158,15 @@ class ConnectionSending:
         except LimitExceeded as exc:
             self._h2_reset(sid, H2ErrorCode.INTERNAL_ERROR)
             self._fail_stream(stream, exc)
+
+    def _repump_soon(self) -> None:
+        if self._repump_handle is None:
+            self._repump_handle = self._loop.call_soon(self._repump)
+
+    def _repump(self) -> None:
+        self._repump_handle = None
+        self._pump_blocked()
+        self._flush()  # the deferred tail has waited one iteration already
 
     def _pump_blocked(self) -> None:
         for stream in list(self._blocked.values()):
