@@ -8,7 +8,9 @@ The fast paths handle only the common case, and only when h2 itself would accept
 than window accounting and one `DataReceived` event (receive) or one frame in the outbound buffer (send):
 
 - receive: the connection is open, the stream exists in OPEN or HALF_CLOSED_LOCAL with its headers received, no
-  content-length to track against, no END_STREAM, no padding, and both inbound windows cover the payload;
+  content-length to track against, no END_STREAM, no padding, and both inbound windows cover the payload. Such
+  frames that follow each other on one stream within one read become one DataReceived with their joined payload
+  (one copy, as h2 would make of each), so the application handles a read's worth of bytes once, not per frame;
 - send: the connection is open, the stream is OPEN or HALF_CLOSED_REMOTE, no END_STREAM, no padding, and the
   payload fits both outbound windows and the peer's frame size;
 - credit (`acknowledge_received_data`): the stream is open and neither its window nor the connection's is due
@@ -48,11 +50,11 @@ _RECV_OPEN = frozenset({StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL})
 _SEND_OPEN = frozenset({StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE})
 
 
-def receive_plain_data(conn: TunedH2Connection, item: PlainData, quiet: type[DataFrame]) -> list[Event]:
-    """h2's `_receive_data_frame` for an unpadded DATA frame, or the frame handed to h2 when it is not plain."""
+def accept_plain_data(conn: TunedH2Connection, item: PlainData) -> bool:
+    """Do what h2's `_receive_data_frame` does to the windows for an unpadded DATA frame, when that is all it
+    would do besides one DataReceived event; False (and nothing changed): the frame must go through h2."""
     sid, flags, data = item
     stream: Any = conn.streams.get(sid)
-    size = len(data)
     if (
         stream is None
         or flags & _END_STREAM
@@ -61,37 +63,43 @@ def receive_plain_data(conn: TunedH2Connection, item: PlainData, quiet: type[Dat
         or not stream.state_machine.headers_received
         or stream._expected_content_length is not None
     ):
-        return _general(conn, item, quiet)
+        return False
+    size = len(data)
     conn_window = conn._inbound_flow_control_window_manager
     stream_window = stream._inbound_window_manager
     if size > conn_window.current_window_size or size > stream_window.current_window_size:
-        return _general(conn, item, quiet)  # h2 raises the FlowControlError
+        return False  # h2 raises the FlowControlError
     conn_window.current_window_size -= size
     stream_window.current_window_size -= size
     stream._actual_content_length += size
+    return True
+
+
+def data_event(stream_id: int, size: int) -> DataReceived:
+    """The DataReceived h2 would emit for `size` bytes; its `data` is set by the caller."""
     # Built without __init__: h2 4.1/4.2 take no arguments there, 4.3+ (dataclasses) take keywords.
-    event = _new_event(DataReceived)
-    event.stream_id = sid
-    event.data = data
+    event: DataReceived = _new_event(DataReceived)
+    event.stream_id = stream_id
     event.flow_controlled_length = size
     event.stream_ended = None
-    return [event]
+    return event
+
+
+def general_frame(conn: TunedH2Connection, item: PlainData, quiet: type[DataFrame]) -> list[Event]:
+    """Hand a DATA frame that is not plain to h2's own per-frame code."""
+    events: list[Event] = conn._receive_frame(_as_frame(item, quiet))
+    return events
 
 
 _new_event = object.__new__
-
-
-def _general(conn: TunedH2Connection, item: PlainData, quiet: type[DataFrame]) -> list[Event]:
-    events: list[Event] = conn._receive_frame(_as_frame(item, quiet))
-    return events
 
 
 def _as_frame(item: PlainData, quiet: type[DataFrame]) -> DataFrame:
     """The frame hyperframe would have parsed (`DataFrame.parse_body` for an unpadded body)."""
     frame = quiet(item.stream_id)
     frame.parse_flags(item.flags)
-    frame.data = item.data
-    frame.body_len = len(item.data)
+    frame.data = item.data.tobytes()
+    frame.body_len = len(frame.data)
     return frame
 
 

@@ -12,8 +12,9 @@ or struct unpacking); `tests/unit/test_net_h2framebuffer.py` checks that for eve
 produced for any split of a byte stream are identical to the stock buffer's.
 
 With `plain_data` set (h2tuning item 10, `hbone.net.h2fastdata`), an unpadded DATA frame outside a header block
-comes out as a `PlainData` tuple instead of a hyperframe object: the frame header is read with one struct unpack
-and the payload copied once, with none of hyperframe's per-frame object, flag-set and padding work.
+comes out as a `PlainData` tuple instead of a hyperframe object: the frame header is read with one struct unpack,
+none of hyperframe's per-frame object, flag-set and padding work is done, and the payload is a memoryview of the
+bytes being parsed, which the caller must copy before its `receive_data` returns (the driver reuses its buffer).
 """
 
 from __future__ import annotations
@@ -32,11 +33,12 @@ _DATA, _PADDED = 0x0, 0x8
 
 
 class PlainData(NamedTuple):
-    """An unpadded DATA frame, unparsed: its stream, its flag byte (END_STREAM is 0x1) and its payload."""
+    """An unpadded DATA frame, unparsed: its stream, its flag byte (END_STREAM is 0x1) and its payload (a view:
+    valid only until the `receive_data` call that produced it returns)."""
 
     stream_id: int
     flags: int
-    data: bytes
+    data: memoryview
 
 
 class ZeroCopyFrameBuffer(FrameBuffer):  # type: ignore[misc]
@@ -115,7 +117,7 @@ class ZeroCopyFrameBuffer(FrameBuffer):  # type: ignore[misc]
                     raise StopIteration
                 body = pos + 9
                 self._pos = body + length
-                return PlainData(sid, flags, view[body : body + length].tobytes())
+                return PlainData(sid, flags, view[body : body + length])
         try:
             f, length = Frame.parse_frame_header(view[pos : pos + 9])
         except (InvalidDataError, InvalidFrameError) as err:

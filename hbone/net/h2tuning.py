@@ -56,8 +56,10 @@ from hyperframe.frame import DataFrame, Frame, WindowUpdateFrame
 
 from hbone.net.h2fastdata import (
     STATUS_200,
+    accept_plain_data,
     acknowledge_counted,
-    receive_plain_data,
+    data_event,
+    general_frame,
     send_plain_data,
     send_plain_pieces,
     send_status_200,
@@ -130,6 +132,10 @@ class _EagerWindowManager(WindowManager):  # type: ignore[misc]
         return 0
 
 
+def _joined(views: list[memoryview]) -> bytes:
+    return views[0].tobytes() if len(views) == 1 else b"".join(views)
+
+
 def _eager(manager: WindowManager, divisor: int) -> None:
     manager.__class__ = _EagerWindowManager
     manager.divisor = divisor
@@ -188,12 +194,31 @@ class TunedH2Connection(_StockH2Connection):  # type: ignore[misc]
         buffer = self.incoming_buffer
         buffer.add_data(data)
         buffer.max_frame_size = self.max_inbound_frame_size
+        run: Any = None  # the DataReceived of consecutive plain frames of one stream, and their payload views
+        views: list[memoryview] = []
         try:
             for item in buffer:
                 if item.__class__ is PlainData:
-                    events += receive_plain_data(self, item, _QuietDataFrame)
-                else:
-                    events += self._receive_frame(item)
+                    if accept_plain_data(self, item):
+                        if run is not None and run.stream_id == item.stream_id:
+                            views.append(item.data)
+                            run.flow_controlled_length += len(item.data)
+                            continue
+                        if run is not None:
+                            run.data = _joined(views)
+                        run = data_event(item.stream_id, len(item.data))
+                        views = [item.data]
+                        events.append(run)
+                        continue
+                    if run is not None:
+                        run.data, run = _joined(views), None
+                    events += general_frame(self, item, _QuietDataFrame)
+                    continue
+                if run is not None:
+                    run.data, run = _joined(views), None
+                events += self._receive_frame(item)
+            if run is not None:  # the views point into the caller's buffer: copied before we return
+                run.data = _joined(views)
         except InvalidPaddingError as exc:  # the same answers as h2's receive_data
             self._terminate_connection(ErrorCodes.PROTOCOL_ERROR)
             raise ProtocolError("Received frame with invalid padding.") from exc
