@@ -16,7 +16,7 @@ from hbone.errors import ConfigError, ConnectionLost, H2ErrorCode, StreamReset
 from hbone.net.connection import H2Connection
 from hbone.net.sending import record_fit
 from hbone.net.settings import H2Settings, KiB, MiB
-from hbone.net.stream import StreamClosed, header_list_size
+from hbone.net.stream import Stream, StreamClosed, header_list_size
 
 pytestmark = pytest.mark.timeout(10)
 CONNECT = [(b":method", b"CONNECT"), (b":authority", b"10.0.0.1:80")]
@@ -165,14 +165,19 @@ async def test_peer_goaway_with_error_fails_everything() -> None:
     assert pair.conn.closed and pair.transport.closed
 
 
-async def test_data_frames_sent_at_most_64k_even_if_peer_allows_more() -> None:
+async def _big_frame_peer() -> tuple[Pair, Stream]:
+    """A peer that allows 1 MiB frames and windows, and one open stream to it."""
     codes = h2.settings.SettingCodes
     pair = Pair(peer_settings={codes.MAX_FRAME_SIZE: 1 << 20, codes.INITIAL_WINDOW_SIZE: 1 << 20})
     pair.peer.increment_flow_control_window(1 << 20)
     await pair.to_peer()
     pair.to_conn()
     await pair.to_peer()  # our ACK of the peer's SETTINGS: its 1 MiB frame limit applies from the next batch
-    stream = await pair.conn.open_stream(CONNECT)
+    return pair, await pair.conn.open_stream(CONNECT)
+
+
+async def test_data_frames_sent_at_most_64k_even_if_peer_allows_more() -> None:
+    pair, stream = await _big_frame_peer()
     stream.write(b"y" * 150_000)
     events = await pair.to_peer()
     sizes = [len(e.data) for e in events if isinstance(e, h2.events.DataReceived)]
@@ -181,13 +186,7 @@ async def test_data_frames_sent_at_most_64k_even_if_peer_allows_more() -> None:
 
 
 async def test_queued_writes_are_packed_into_full_frames() -> None:
-    codes = h2.settings.SettingCodes
-    pair = Pair(peer_settings={codes.MAX_FRAME_SIZE: 1 << 20, codes.INITIAL_WINDOW_SIZE: 1 << 20})
-    pair.peer.increment_flow_control_window(1 << 20)
-    await pair.to_peer()
-    pair.to_conn()
-    await pair.to_peer()
-    stream = await pair.conn.open_stream(CONNECT)
+    pair, stream = await _big_frame_peer()
     pair.conn.pause_writing()  # the writes queue up in the stream ...
     chunks = [bytes([i]) * 40_000 for i in range(5)]
     for chunk in chunks:
@@ -201,13 +200,7 @@ async def test_queued_writes_are_packed_into_full_frames() -> None:
 
 
 async def test_streaming_writes_leave_no_small_frames_and_the_tail_still_goes_out() -> None:
-    codes = h2.settings.SettingCodes
-    pair = Pair(peer_settings={codes.MAX_FRAME_SIZE: 1 << 20, codes.INITIAL_WINDOW_SIZE: 1 << 20})
-    pair.peer.increment_flow_control_window(1 << 20)
-    await pair.to_peer()
-    pair.to_conn()
-    await pair.to_peer()
-    stream = await pair.conn.open_stream(CONNECT)
+    pair, stream = await _big_frame_peer()
     chunks = [bytes([i]) * 65_536 for i in range(4)]
     for chunk in chunks:  # what a bulk writer does within one loop iteration
         stream.write(chunk)
