@@ -50,10 +50,11 @@ _RECV_OPEN = frozenset({StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL})
 _SEND_OPEN = frozenset({StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE})
 
 
-def accept_plain_data(conn: TunedH2Connection, item: PlainData) -> bool:
-    """Do what h2's `_receive_data_frame` does to the windows for an unpadded DATA frame, when that is all it
-    would do besides one DataReceived event; False (and nothing changed): the frame must go through h2."""
-    sid, flags, data = item
+def accept_plain_data(conn: TunedH2Connection, item: PlainData, size: int) -> bool:
+    """Do what h2's `_receive_data_frame` does to the windows for the unpadded DATA frames of `item` (`size` bytes
+    in all), when that is all it would do besides DataReceived events; False (and nothing changed): the frames
+    must go through h2, one by one."""
+    sid, flags, _ = item
     stream: Any = conn.streams.get(sid)
     if (
         stream is None
@@ -64,11 +65,10 @@ def accept_plain_data(conn: TunedH2Connection, item: PlainData) -> bool:
         or stream._expected_content_length is not None
     ):
         return False
-    size = len(data)
     conn_window = conn._inbound_flow_control_window_manager
     stream_window = stream._inbound_window_manager
     if size > conn_window.current_window_size or size > stream_window.current_window_size:
-        return False  # h2 raises the FlowControlError
+        return False  # h2 takes the frames that fit, then raises the FlowControlError
     conn_window.current_window_size -= size
     stream_window.current_window_size -= size
     stream._actual_content_length += size
@@ -85,20 +85,22 @@ def data_event(stream_id: int, size: int) -> DataReceived:
     return event
 
 
-def general_frame(conn: TunedH2Connection, item: PlainData, quiet: type[DataFrame]) -> list[Event]:
-    """Hand a DATA frame that is not plain to h2's own per-frame code."""
-    events: list[Event] = conn._receive_frame(_as_frame(item, quiet))
+def general_frames(conn: TunedH2Connection, item: PlainData, quiet: type[DataFrame]) -> list[Event]:
+    """Hand DATA frames that are not plain to h2's own per-frame code, in order."""
+    events: list[Event] = []
+    for view in item.views:
+        events += conn._receive_frame(_as_frame(item.stream_id, item.flags, view, quiet))
     return events
 
 
 _new_event = object.__new__
 
 
-def _as_frame(item: PlainData, quiet: type[DataFrame]) -> DataFrame:
+def _as_frame(stream_id: int, flags: int, payload: memoryview, quiet: type[DataFrame]) -> DataFrame:
     """The frame hyperframe would have parsed (`DataFrame.parse_body` for an unpadded body)."""
-    frame = quiet(item.stream_id)
-    frame.parse_flags(item.flags)
-    frame.data = item.data.tobytes()
+    frame = quiet(stream_id)
+    frame.parse_flags(flags)
+    frame.data = payload.tobytes()
     frame.body_len = len(frame.data)
     return frame
 

@@ -12,9 +12,11 @@ or struct unpacking); `tests/unit/test_net_h2framebuffer.py` checks that for eve
 produced for any split of a byte stream are identical to the stock buffer's.
 
 With `plain_data` set (h2tuning item 10, `hbone.net.h2fastdata`), an unpadded DATA frame outside a header block
-comes out as a `PlainData` tuple instead of a hyperframe object: the frame header is read with one struct unpack,
-none of hyperframe's per-frame object, flag-set and padding work is done, and the payload is a memoryview of the
-bytes being parsed, which the caller must copy before its `receive_data` returns (the driver reuses its buffer).
+comes out as a `PlainData` tuple instead of a hyperframe object, together with the complete unpadded DATA frames
+of the same stream that directly follow it (a run ends before any other frame, and after a frame with
+END_STREAM): frame headers are read with one struct unpack each, none of hyperframe's per-frame object, flag-set
+and padding work is done, and the payloads are memoryviews of the bytes being parsed, which the caller must copy
+before its `receive_data` returns (the driver reuses its buffer).
 """
 
 from __future__ import annotations
@@ -29,16 +31,17 @@ from hyperframe.frame import Frame
 
 _EMPTY = memoryview(b"")
 _HEADER = struct.Struct(">HBBBL")  # 24-bit length as (u16, u8), type, flags, reserved bit + 31-bit stream id
-_DATA, _PADDED = 0x0, 0x8
+_DATA, _END_STREAM, _PADDED = 0x0, 0x1, 0x8
 
 
 class PlainData(NamedTuple):
-    """An unpadded DATA frame, unparsed: its stream, its flag byte (END_STREAM is 0x1) and its payload (a view:
-    valid only until the `receive_data` call that produced it returns)."""
+    """Unpadded DATA frames of one stream in a row, unparsed: the stream, the first frame's flag byte (END_STREAM is
+    0x1; only a run of one frame can carry it) and one payload view per frame (valid only until the
+    `receive_data` call that produced them returns)."""
 
     stream_id: int
     flags: int
-    data: memoryview
+    views: list[memoryview]
 
 
 class ZeroCopyFrameBuffer(FrameBuffer):  # type: ignore[misc]
@@ -111,13 +114,32 @@ class ZeroCopyFrameBuffer(FrameBuffer):  # type: ignore[misc]
             length = (high << 8) | low
             sid &= 0x7FFFFFFF
             # Anything unusual (padding, stream 0, over the size limit) takes the general path and its errors.
-            if kind == _DATA and not flags & _PADDED and sid and length <= self.max_frame_size:
+            limit = self.max_frame_size
+            if kind == _DATA and not flags & _PADDED and sid and length <= limit:
                 if avail < length + 9:
                     self._keep_tail()
                     raise StopIteration
                 body = pos + 9
-                self._pos = body + length
-                return PlainData(sid, flags, view[body : body + length])
+                pos = body + length
+                views = [view[body:pos]]
+                if not flags & _END_STREAM:
+                    end = len(view)
+                    while end - pos >= 9:  # the same stream's next complete plain frames join the run
+                        high, low, kind, more, other = _HEADER.unpack_from(view, pos)
+                        length = (high << 8) | low
+                        if (
+                            kind != _DATA
+                            or more & (_PADDED | _END_STREAM)
+                            or other & 0x7FFFFFFF != sid
+                            or length > limit
+                            or end - pos < length + 9
+                        ):
+                            break
+                        body = pos + 9
+                        pos = body + length
+                        views.append(view[body:pos])
+                self._pos = pos
+                return PlainData(sid, flags, views)
         try:
             f, length = Frame.parse_frame_header(view[pos : pos + 9])
         except (InvalidDataError, InvalidFrameError) as err:

@@ -59,7 +59,7 @@ from hbone.net.h2fastdata import (
     accept_plain_data,
     acknowledge_counted,
     data_event,
-    general_frame,
+    general_frames,
     send_plain_data,
     send_plain_pieces,
     send_status_200,
@@ -199,20 +199,21 @@ class TunedH2Connection(_StockH2Connection):  # type: ignore[misc]
         try:
             for item in buffer:
                 if item.__class__ is PlainData:
-                    if accept_plain_data(self, item):
+                    size = sum(map(len, item.views))
+                    if accept_plain_data(self, item, size):
                         if run is not None and run.stream_id == item.stream_id:
-                            views.append(item.data)
-                            run.flow_controlled_length += len(item.data)
+                            views += item.views
+                            run.flow_controlled_length += size
                             continue
                         if run is not None:
                             run.data = _joined(views)
-                        run = data_event(item.stream_id, len(item.data))
-                        views = [item.data]
+                        run = data_event(item.stream_id, size)
+                        views = item.views
                         events.append(run)
                         continue
                     if run is not None:
                         run.data, run = _joined(views), None
-                    events += general_frame(self, item, _QuietDataFrame)
+                    events += general_frames(self, item, _QuietDataFrame)
                     continue
                 if run is not None:
                     run.data, run = _joined(views), None

@@ -207,6 +207,8 @@ def test_a_run_of_plain_frames_is_one_event_and_other_frames_end_it() -> None:
         (_raw_data(0, 0, b"x"), "stream 0: a connection error"),
         (_raw_data(1, 0, b"y" * 70_000), "beyond both windows: FlowControlError"),
         (_raw_data(1, 0x1, b"") + _raw_data(1, 0, b"late"), "data after END_STREAM"),
+        (_raw_data(1, 0, b"r" * 30_000) * 3, "a run whose third frame overflows the window: h2 takes two, then fails"),
+        (_raw_data(1, 0, b"s" * 10) + _raw_data(1, 0x1, b"t") + _raw_data(1, 0, b"u"), "END_STREAM inside a run"),
     ],
 )
 def test_unusual_data_frames_behave_exactly_like_h2(frames: bytes, why: str) -> None:
@@ -379,7 +381,7 @@ def test_h2_internals_mirrored_by_the_fast_paths() -> None:
     assert "self._bytes_processed += size" in inspect.getsource(h2.windows.WindowManager.process_bytes)
     body = inspect.getsource(DataFrame.parse_body)
     assert "self.data =" in body and "self.body_len =" in body
-    assert PlainData._fields == ("stream_id", "flags", "data")
+    assert PlainData._fields == ("stream_id", "flags", "views")
     # the fixed response: h2's send_headers only runs the two state machines and records request_method
     assert table[(StreamState.OPEN, StreamInputs.SEND_HEADERS)] == (machine.response_sent, StreamState.OPEN)
     assert table[(StreamState.HALF_CLOSED_REMOTE, StreamInputs.SEND_HEADERS)][0] is machine.response_sent
