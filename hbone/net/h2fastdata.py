@@ -21,9 +21,10 @@ than window accounting and one `DataReceived` event (receive) or one frame in th
 
 Everything else — the first frame of a stream's end, errors, frames on closed or unknown streams, flow-control
 violations — is handed to h2's own code unchanged, so its events, errors and RST_STREAM/GOAWAY answers stay
-h2's. `tests/unit/test_net_h2fastdata.py` drives tuned and stock connections through the same random frame
-sequences and requires identical events, windows, stream states and output bytes, and fails if the h2
-transitions or attributes relied on here change.
+h2's. `tests/unit/test_net_h2fastdata.py` drives connections with these paths and with h2's own code through the
+same random frame sequences, read splits, sends and credits, requires identical events (consecutive data events
+folded), errors, windows, stream states and output bytes, and fails if the h2 transitions or attributes relied
+on here change.
 """
 
 from __future__ import annotations
