@@ -1,0 +1,194 @@
+"""HTTP/2 driver microbenchmark: the DATA fast paths (h2tuning item 10) against h2's own per-frame code, in-process.
+
+    .venv/bin/python tools/bench/h2_micro.py [--mib N] [--repeats N]
+
+No sockets and no TLS: one `H2Connection` (our driver) is fed or drained directly, so the figures are the
+driver's own CPU per GB and are far steadier on a shared machine than the multi-process `hbone_bench.py`.
+
+- receive: a server connection is fed 65,527-byte DATA frames (what our sender makes) in 256 KiB reads, the reads
+  a TLS transport hands over; a consumer takes every chunk by callback and credits it, like `hbone serve`'s pipe.
+- send: a client stream writes 64 KiB chunks to a transport that takes everything.
+
+Each is run with the fast paths (as shipped) and with them switched off on that connection (h2's per-frame
+receive path and credit bookkeeping; h2's `send_data`), alternately, `--repeats` times; the ratio is baseline
+CPU ÷ fast-path CPU. The other h2 shims (quiet reprs, zero-copy frame buffer, eager credit) stay on in both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.settings
+
+from hbone.net.connection import H2Connection
+from hbone.net.stream import Stream
+
+FRAME = 65_527
+CHUNK = 64 * 1024
+READ = 256 * 1024
+CONNECT = [(":method", "CONNECT"), (":authority", "10.0.0.1:80")]
+
+
+class _Transport:
+    """Takes every write; keeps the first bytes (the handshake) for the peer."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.head = bytearray()
+
+    def write(self, data: Any) -> None:
+        self.sent += len(data)
+        if len(self.head) < 65_536:
+            self.head += data
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+def _feed(conn: H2Connection, data: memoryview) -> None:
+    while data:
+        buf = conn.get_buffer(READ)
+        n = min(len(buf), READ, len(data))
+        buf[:n] = data[:n]
+        conn.buffer_updated(n)
+        data = data[n:]
+
+
+class _Sink:
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+        self.got = 0
+
+    def stream_data(self, data: bytes) -> None:
+        self.got += len(data)
+        self.stream.credit(len(data))
+
+    def stream_eof(self) -> None:
+        pass
+
+    def stream_closed(self) -> None:
+        pass
+
+    def stream_failed(self, exc: BaseException) -> None:
+        pass
+
+
+def _peer_client() -> h2.connection.H2Connection:
+    peer = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    peer.initiate_connection()
+    return peer
+
+
+async def receive(total: int, fast: bool) -> float:
+    """CPU seconds per GB for the server side of one stream receiving `total` bytes."""
+    sinks: list[_Sink] = []
+
+    async def handler(stream: Stream) -> None:
+        stream.send_headers([(":status", "200")])
+        sink = _Sink(stream)
+        sinks.append(sink)
+        stream.attach(sink)
+        await asyncio.Event().wait()
+
+    conn = H2Connection(client=False, handler=handler)
+    conn.connection_made(_Transport())  # type: ignore[arg-type]
+    if not fast:  # h2's per-frame receive path and h2's credit bookkeeping
+        h2c = conn._h2
+        h2c.incoming_buffer.plain_data = False
+        stock_ack = h2.connection.H2Connection.acknowledge_received_data
+        h2c.acknowledge_received_data = lambda size, sid: stock_ack(h2c, size, sid)  # type: ignore[method-assign]
+    peer = _peer_client()
+    peer.receive_data(bytes(conn._transport.head))  # type: ignore[union-attr]
+    peer.send_headers(1, [(n.encode(), v.encode()) for n, v in CONNECT])
+    _feed(conn, memoryview(bytes(peer.data_to_send())))
+    await asyncio.sleep(0)  # the handler answers and attaches its sink
+    peer.max_outbound_frame_size = FRAME
+    # Our server credits as the sink consumes; the peer need not track it for pre-built frames.
+    peer.outbound_flow_control_window = 1 << 40
+    peer.streams[1].outbound_flow_control_window = 1 << 40
+    for _ in range(16):
+        peer.send_data(1, b"x" * FRAME)
+    block = memoryview(bytes(peer.data_to_send()))
+    reps = max(1, total // len(block))
+    cpu = time.process_time()
+    for _ in range(reps):
+        _feed(conn, block)
+    cpu = time.process_time() - cpu
+    assert sinks and sinks[0].got == reps * 16 * FRAME, "the sink did not get every byte"
+    conn._transport = None
+    return cpu / (reps * 16 * FRAME / 1e9)
+
+
+async def send(total: int, fast: bool) -> float:
+    """CPU seconds per GB for one client stream writing `total` bytes in 64 KiB chunks."""
+    conn = H2Connection(client=True)
+    transport = _Transport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    peer = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+    peer.initiate_connection()
+    codes = h2.settings.SettingCodes
+    peer.update_settings({codes.INITIAL_WINDOW_SIZE: (1 << 31) - 1, codes.MAX_FRAME_SIZE: 1 << 20})
+    peer.increment_flow_control_window((1 << 31) - 1 - 65_535)
+    peer.receive_data(bytes(transport.head))
+    _feed(conn, memoryview(bytes(peer.data_to_send())))
+    if not fast:  # h2's own send_data for every frame
+        h2c = conn._h2
+        h2c.send_plain_data = h2c.send_data  # type: ignore[method-assign]
+        h2c.send_plain_pieces = lambda sid, pieces, size: h2c.send_data(sid, b"".join(pieces))  # type: ignore[method-assign]
+    stream = await conn.open_stream(CONNECT)
+    payload = bytes(range(256)) * (CHUNK // 256)
+    reps = max(1, total // CHUNK)
+    before = transport.sent
+    cpu = time.process_time()
+    for i in range(reps):
+        stream.write(payload)
+        await stream.drain()
+        if i % 32 == 31:
+            await asyncio.sleep(0)  # let scheduled flushes run, as the loop would between reads
+    await asyncio.sleep(0)
+    cpu = time.process_time() - cpu
+    assert transport.sent - before >= reps * CHUNK, "not every byte was written"
+    return cpu / (reps * CHUNK / 1e9)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mib", type=int, default=400, help="MiB per run (default 400)")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    total = args.mib * 1024 * 1024
+    rows = []
+    for name, case in (("receive", receive), ("send", send)):
+        fast_runs: list[float] = []
+        slow_runs: list[float] = []
+        for _ in range(args.repeats):  # alternate, so drift hits both alike
+            fast_runs.append(asyncio.run(case(total, True)))
+            slow_runs.append(asyncio.run(case(total, False)))
+        fast, slow = statistics.median(fast_runs), statistics.median(slow_runs)
+        rows.append(f"| {name} | {fast:.3f} | {slow:.3f} | {slow / fast:.2f}x |")
+    print(f"HTTP/2 driver, one stream, {args.mib} MiB per run, median of {args.repeats} (CPU-s per GB)\n")
+    print("| path | fast paths | h2's per-frame code | fast paths ÷ h2 (speed) |")
+    print("|---|---:|---:|---:|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
