@@ -29,7 +29,6 @@ on here change.
 
 from __future__ import annotations
 
-import struct
 from typing import TYPE_CHECKING, Any
 
 from h2.connection import ConnectionInputs, ConnectionState
@@ -37,12 +36,11 @@ from h2.events import DataReceived, Event
 from h2.stream import StreamInputs, StreamState
 from hyperframe.frame import DataFrame
 
-from hbone.net.h2framebuffer import PlainData
+from hbone.net.h2framebuffer import FRAME_HEADER, PlainData
 
 if TYPE_CHECKING:
     from hbone.net.h2tuning import TunedH2Connection
 
-_FRAME_HEADER = struct.Struct(">HBBBL")  # 24-bit length as (u16, u8), type, flags, stream id
 _END_STREAM = 0x1
 _CONN_OPEN = frozenset({ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN})
 # Stream states in which h2's transition for the input is (no side effect but a DataReceived event, same state).
@@ -106,19 +104,9 @@ def _as_frame(stream_id: int, flags: int, payload: memoryview, quiet: type[DataF
     return frame
 
 
-def send_plain_data(conn: TunedH2Connection, stream_id: int, data: bytes | memoryview) -> None:
-    """`conn.send_data(stream_id, data)` without END_STREAM or padding; the payload is copied once, into the
-    outbound buffer (memoryviews too: h2 would make a bytes copy first)."""
-    out = _data_frame(conn, stream_id, len(data))
-    if out is None:
-        conn.send_data(stream_id, data)  # h2 decides, and raises its own errors
-        return
-    out += data
-
-
-def send_plain_pieces(conn: TunedH2Connection, stream_id: int, pieces: list[bytes | memoryview], size: int) -> None:
-    """One DATA frame of `size` bytes made of `pieces` (several queued writes), as `send_plain_data` would send
-    their concatenation; each piece is copied once, into the outbound buffer."""
+def send_plain_data(conn: TunedH2Connection, stream_id: int, pieces: list[bytes | memoryview], size: int) -> None:
+    """`conn.send_data(stream_id, b"".join(pieces))` (`size` bytes) without END_STREAM or padding: one DATA frame,
+    each piece copied once, into the outbound buffer (h2 would copy a memoryview and the join first)."""
     out = _data_frame(conn, stream_id, size)
     if out is None:
         conn.send_data(stream_id, b"".join(pieces))  # h2 decides, and raises its own errors
@@ -143,7 +131,7 @@ def _data_frame(conn: TunedH2Connection, stream_id: int, size: int) -> bytearray
     stream.outbound_flow_control_window -= size
     conn.outbound_flow_control_window -= size
     out = conn._data_to_send
-    out += _FRAME_HEADER.pack(size >> 8, size & 0xFF, 0, 0, stream_id)
+    out += FRAME_HEADER.pack(size >> 8, size & 0xFF, 0, 0, stream_id)
     return out
 
 
@@ -164,7 +152,7 @@ def acknowledge_counted(conn: TunedH2Connection, size: int, stream_id: int) -> b
 
 
 STATUS_200 = [(b":status", b"200")]
-_STATUS_200_FRAME = _FRAME_HEADER.pack(0, 1, 0x1, 0x4, 0)[:5]  # HEADERS, END_HEADERS, 1 byte; stream id follows
+_STATUS_200_FRAME = FRAME_HEADER.pack(0, 1, 0x1, 0x4, 0)[:5]  # HEADERS, END_HEADERS, 1 byte; stream id follows
 _STATUS_200_BLOCK = b"\x88"
 
 

@@ -30,7 +30,8 @@ from hyperframe.exceptions import InvalidDataError, InvalidFrameError
 from hyperframe.frame import Frame
 
 _EMPTY = memoryview(b"")
-_HEADER = struct.Struct(">HBBBL")  # 24-bit length as (u16, u8), type, flags, reserved bit + 31-bit stream id
+#: The HTTP/2 frame header: 24-bit length as (u16, u8), type, flags, reserved bit + 31-bit stream id.
+FRAME_HEADER = struct.Struct(">HBBBL")
 _DATA, _END_STREAM, _PADDED = 0x0, 0x1, 0x8
 
 
@@ -110,7 +111,7 @@ class ZeroCopyFrameBuffer(FrameBuffer):  # type: ignore[misc]
             self._keep_tail()
             raise StopIteration
         if self.plain_data and not self._headers_buffer:
-            high, low, kind, flags, sid = _HEADER.unpack_from(view, pos)
+            high, low, kind, flags, sid = FRAME_HEADER.unpack_from(view, pos)
             length = (high << 8) | low
             sid &= 0x7FFFFFFF
             # Anything unusual (padding, stream 0, over the size limit) takes the general path and its errors.
@@ -125,7 +126,7 @@ class ZeroCopyFrameBuffer(FrameBuffer):  # type: ignore[misc]
                 if not flags & _END_STREAM:
                     end = len(view)
                     while end - pos >= 9:  # the same stream's next complete plain frames join the run
-                        high, low, kind, more, other = _HEADER.unpack_from(view, pos)
+                        high, low, kind, more, other = FRAME_HEADER.unpack_from(view, pos)
                         length = (high << 8) | low
                         if (
                             kind != _DATA

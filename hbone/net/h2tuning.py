@@ -40,7 +40,6 @@ hyperframe>=6.0,<6.2.
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
 from h2.config import H2Configuration
@@ -61,16 +60,14 @@ from hbone.net.h2fastdata import (
     data_event,
     general_frames,
     send_plain_data,
-    send_plain_pieces,
     send_status_200,
 )
-from hbone.net.h2framebuffer import PlainData, ZeroCopyFrameBuffer
+from hbone.net.h2framebuffer import FRAME_HEADER, PlainData, ZeroCopyFrameBuffer
 from hbone.net.h2headers import FastHeaderStream
 from hbone.net.h2memory import compact_settings
 from hbone.net.settings import H2Settings
 
 # hyperframe's frame header layout: 24-bit length split as (u16, u8), type, flags, 31-bit stream id.
-_FRAME_HEADER = struct.Struct(">HBBBL")
 _DATA_TYPE = 0x0
 _END_STREAM = 0x1
 
@@ -239,13 +236,9 @@ class TunedH2Connection(_StockH2Connection):  # type: ignore[misc]
             return
         super().send_headers(stream_id, headers, end_stream, **priority)
 
-    def send_plain_data(self, stream_id: int, data: bytes | memoryview) -> None:
-        """`send_data(stream_id, data)` (no END_STREAM, no padding) through the fast path (item 10)."""
-        send_plain_data(self, stream_id, data)
-
-    def send_plain_pieces(self, stream_id: int, pieces: list[bytes | memoryview], size: int) -> None:
-        """One DATA frame (no END_STREAM, no padding) made of several buffers (item 10)."""
-        send_plain_pieces(self, stream_id, pieces, size)
+    def send_plain_data(self, stream_id: int, pieces: list[bytes | memoryview], size: int) -> None:
+        """One DATA frame of `size` bytes made of `pieces` (no END_STREAM, no padding), via the fast path (item 10)."""
+        send_plain_data(self, stream_id, pieces, size)
 
     def _receive_frame(self, frame: Frame) -> Any:
         quiet = _QUIET.get(frame.__class__)
@@ -261,7 +254,7 @@ class TunedH2Connection(_StockH2Connection):  # type: ignore[misc]
                 data = f.data
                 size = len(data)
                 flags = _END_STREAM if "END_STREAM" in f.flags else 0
-                out += _FRAME_HEADER.pack(size >> 8, size & 0xFF, _DATA_TYPE, flags, f.stream_id & 0x7FFFFFFF)
+                out += FRAME_HEADER.pack(size >> 8, size & 0xFF, _DATA_TYPE, flags, f.stream_id & 0x7FFFFFFF)
                 out += data
                 f.body_len = size
             else:

@@ -66,14 +66,15 @@ class Twin:
     def send(self, sid: int, size: int) -> Any:
         payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
         return self.both(
-            lambda: self.fast.send_plain_data(sid, memoryview(payload)), lambda: self.slow.send_data(sid, payload)
+            lambda: self.fast.send_plain_data(sid, [memoryview(payload)], size),
+            lambda: self.slow.send_data(sid, payload),
         )
 
     def send_pieces(self, sid: int, sizes: list[int]) -> Any:
         pieces = [bytes([n % 251]) * n for n in sizes]
         joined = b"".join(pieces)
         return self.both(
-            lambda: self.fast.send_plain_pieces(sid, [memoryview(p) for p in pieces], len(joined)),
+            lambda: self.fast.send_plain_data(sid, [memoryview(p) for p in pieces], len(joined)),
             lambda: self.slow.send_data(sid, joined),
         )
 

@@ -151,8 +151,7 @@ async def send(total: int, fast: bool) -> float:
     _feed(conn, memoryview(bytes(peer.data_to_send())))
     if not fast:  # h2's own send_data for every frame
         h2c = conn._h2
-        h2c.send_plain_data = h2c.send_data  # type: ignore[method-assign]
-        h2c.send_plain_pieces = lambda sid, pieces, size: h2c.send_data(sid, b"".join(pieces))  # type: ignore[method-assign]
+        h2c.send_plain_data = lambda sid, pieces, size: h2c.send_data(sid, b"".join(pieces))  # type: ignore[method-assign]
     stream = await conn.open_stream(CONNECT)
     payload = bytes(range(256)) * (CHUNK // 256)
     reps = max(1, total // CHUNK)
