@@ -1,0 +1,84 @@
+"""Process-wide counts of tripped abuse limits, and the once-per-connection log line (DESIGN §5).
+
+Every limit that bounds what a peer controls (resets per second, queued control frames, frame size, handshake
+time, connections, gRPC bytes held, ...) calls `record_trip(name)` each time it trips; the admin/metrics server
+exports `trip_counts()` as `hbone_limit_trips_total{limit=...}`. A connection logs each limit's first trip once
+(`TripLog`), so a flood costs one log line, not one per frame.
+
+Names are short snake_case strings; the ones in `LIMITS` are always present in `trip_counts()` (as 0 until they
+trip) so dashboards see every series from the start.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+log = logging.getLogger("hbone.limits")
+
+# The limits this package enforces; README "Security and robustness" describes each one and its default.
+LIMITS: tuple[str, ...] = (
+    "h2_rapid_reset",  # stream resets per connection per second -> GOAWAY ENHANCE_YOUR_CALM
+    "h2_pending_streams",  # streams opened but not yet answered
+    "h2_control_flood",  # outbound buffer over its cap while the peer does not read (SETTINGS/PING ACK floods)
+    "h2_frame_size",  # frame header announces more than SETTINGS_MAX_FRAME_SIZE
+    "handshake_timeout",  # TLS handshake not done in time
+    "preface_timeout",  # HTTP/2 preface / first request bytes not received in time
+    "idle_timeout",  # connection idle (no stream, no bytes) for too long
+    "max_connections",  # listener's connection cap
+    "max_tunnels",  # process-wide cap of open tunnels / pending upstream dials
+    "self_call",  # a request addressed to one of our own listening sockets
+    "grpc_buffered_bytes",  # bytes held by partly received / decompressed gRPC messages
+)
+
+_lock = threading.Lock()
+_counts: dict[str, int] = dict.fromkeys(LIMITS, 0)
+
+
+def record_trip(limit: str) -> None:
+    """Count one trip of the named limit (e.g. "h2_rapid_reset")."""
+    with _lock:
+        _counts[limit] = _counts.get(limit, 0) + 1
+
+
+def trip_counts() -> dict[str, int]:
+    """A snapshot of every limit's trip count, for `/metrics` (`hbone_limit_trips_total{limit=...}`)."""
+    with _lock:
+        return dict(_counts)
+
+
+class TripLog:
+    """One per connection: counts every trip, logs the first trip of each limit on this connection only."""
+
+    __slots__ = ("_peer", "_seen")
+
+    def __init__(self, peer: object = None) -> None:
+        self._peer = peer
+        self._seen: set[str] | None = None  # allocated on the first trip: most connections never trip
+
+    def trip(self, limit: str, detail: str = "") -> None:
+        """Count a trip of `limit`; log it if this connection has not tripped it before."""
+        record_trip(limit)
+        if self._seen is None:
+            self._seen = set()
+        elif limit in self._seen:
+            return
+        self._seen.add(limit)
+        log.warning("limit %s tripped (peer %s)%s", limit, self._peer or "?", f": {detail}" if detail else "")
+
+
+_LOG_EVERY = 60.0  # seconds between log lines of one limit tripped outside any connection
+_last_logged: dict[str, float] = {}
+
+
+def trip_unattached(limit: str, peer: object = None, detail: str = "") -> None:
+    """Count a trip that belongs to no connection that lives on (e.g. a refused accept); log at most once a minute."""
+    record_trip(limit)
+    now = time.monotonic()
+    with _lock:
+        last = _last_logged.get(limit)
+        if last is not None and now - last < _LOG_EVERY:
+            return
+        _last_logged[limit] = now
+    log.warning("limit %s tripped (peer %s)%s", limit, peer or "?", f": {detail}" if detail else "")
