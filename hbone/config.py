@@ -6,7 +6,7 @@ h2c_listen: 127.0.0.1:15009    # plaintext HBONE, trusted networks only (default
 certs: ./etc/certs             # Istio or SPIFFE layout
 authorization:
   mode: same-namespace         # same-namespace (default) | allow-all | policies
-  policies:                    # AuthorizationPolicy-like, converted as istiod does
+  policies:                    # AuthorizationPolicy-like, converted as istiod does; added to the mode's default
     - name: allow-frontend
       namespace: shop
       action: ALLOW
@@ -15,7 +15,9 @@ dial_timeout: 10s
 drain_timeout: 5s
 http2: {max_concurrent_streams: 200, stream_window: 4194304, connection_window: 16777216, ping_interval: 10s}
 ```
-Unknown keys are errors, so a typo never silently changes behaviour.
+Unknown keys are errors, so a typo never silently changes behaviour. Authorization never widens silently: listing
+policies keeps the default mode's policy (same trust domain and namespace); Istio's policies-only semantics need an
+explicit `mode: policies`.
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ from typing import Any
 import yaml
 
 from hbone.authz.config import policy_from_dict
-from hbone.authz.defaults import DefaultMode
+from hbone.authz.defaults import DefaultMode, default_policies
 from hbone.authz.model import Policy
 from hbone.errors import ConfigError
+from hbone.identity.spiffe import SpiffeId
 from hbone.net.settings import H2Settings
 from hbone.wire.authority import Authority, parse_authority
 
@@ -142,8 +145,23 @@ class ServeConfig:
             except ConfigError as e:
                 raise ConfigError(f"{where}.policies[{i}]: {e}") from e
         self.policies = tuple(policies)
-        if self.policies and "mode" not in data:
-            self.mode = DefaultMode.POLICIES
+        # No `mode:` keeps the default whatever policies are listed: one DENY must never let everyone else in.
+
+    def effective_policies(self, identity: SpiffeId | None) -> tuple[Policy, ...]:
+        """The policies enforced for a server with `identity`: the mode's built-in policy, then the listed ones."""
+        if self.mode is DefaultMode.POLICIES:
+            return self.policies
+        if identity is not None:
+            return default_policies(self.mode, identity) + self.policies
+        if self.mode is DefaultMode.SAME_NAMESPACE:
+            raise ConfigError(
+                "same-namespace authorization needs an identity: give --certs or choose --authz allow-all"
+            )
+        return self.policies
+
+    def authz_summary(self, identity: SpiffeId | None) -> dict[str, Any]:
+        """What is enforced, for the start line and a config dump: the effective mode and the policy names."""
+        return {"mode": self.mode.value, "policies": [p.name for p in self.effective_policies(identity)]}
 
     def _http2(self, data: Any, where: str) -> None:
         if data is None:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hbone.authz.defaults import DefaultMode, default_policies
+from hbone.authz.defaults import DefaultMode
 from hbone.client import Endpoint, HboneClient, Tunnel
 from hbone.commands.runtime import stop_on_signals
 from hbone.config import ServeConfig, load_serve_config, parse_listen
@@ -108,14 +108,7 @@ async def serve(cfg: ServeConfig, ready: asyncio.Event | None = None) -> int:
         await manager.start()
         tls = MeshTls(manager)
     identity = manager.identity if manager else None
-    if cfg.mode is DefaultMode.POLICIES:
-        policies = cfg.policies
-    elif identity is not None:
-        policies = default_policies(cfg.mode, identity) + cfg.policies
-    elif cfg.mode is DefaultMode.SAME_NAMESPACE:
-        raise ConfigError("same-namespace authorization needs an identity: give --certs or choose --authz allow-all")
-    else:
-        policies = cfg.policies
+    policies = cfg.effective_policies(identity)
     inbound = InboundHandler(
         InboundConfig(
             authorize=policy_authorizer(policies),
@@ -135,8 +128,10 @@ async def serve(cfg: ServeConfig, ready: asyncio.Event | None = None) -> int:
         addrs.append(f"h2c={h}:{p}")
     if not addrs:
         raise ConfigError("nothing to listen on: set listen and/or h2c_listen")
+    authz = cfg.authz_summary(identity)
     print(
-        f"hbone serve: listening {' '.join(addrs)} identity={identity} authz={cfg.mode.value}",
+        f"hbone serve: listening {' '.join(addrs)} identity={identity} authz={authz['mode']}"
+        f" policies={','.join(authz['policies']) or '-'}",
         file=sys.stderr,
         flush=True,
     )

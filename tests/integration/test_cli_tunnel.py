@@ -178,7 +178,7 @@ async def test_serve_policies_from_config(tmp_path: Path, certs: Path) -> None:
     cfg = tmp_path / "serve.yaml"
     cfg.write_text(
         "listen: 127.0.0.1:0\nh2c_listen: 127.0.0.1:0\n"
-        "authorization:\n  policies:\n"
+        "authorization:\n  mode: policies\n  policies:\n"
         "    - name: only-mallory\n      namespace: ns\n      action: ALLOW\n"
         "      rules: [{from: [{source: {principals: [cluster.local/ns/other/sa/mallory]}}]}]\n"
     )
@@ -193,6 +193,33 @@ async def test_serve_policies_from_config(tmp_path: Path, certs: Path) -> None:
             _, out, _ = await run("probe", via, "--target", target, "--certs", str(certs / "mallory"), "--json")
             assert json.loads(out)["status"] == 200
             _, out, _ = await run("probe", via, "--target", target, "--certs", str(certs / "alice"), "--json")
+            assert json.loads(out)["status"] == 401
+    finally:
+        echo.close()
+
+
+async def test_serve_policies_without_mode_keep_same_namespace(tmp_path: Path, certs: Path) -> None:
+    """A DENY policy listed without `mode:` narrows the default; it never lets other namespaces or h2c in."""
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text(
+        "listen: 127.0.0.1:0\nh2c_listen: 127.0.0.1:0\n"
+        "authorization:\n  policies:\n"
+        "    - name: deny-port-1\n      namespace: ns\n      action: DENY\n"
+        "      rules: [{to: [{operation: {ports: ['1']}}]}]\n"
+    )
+    echo, echo_port = await start_echo_server()
+    try:
+        async with process("serve", "--config", str(cfg), "--certs", str(certs / "bob"), ready=SERVE_READY) as (
+            _,
+            m,
+        ):
+            via, h2c, target = f"127.0.0.1:{m.group(1)}", f"127.0.0.1:{m.group(2)}", f"127.0.0.1:{echo_port}"
+            assert "authz=same-namespace policies=hbone-same-namespace,deny-port-1" in m.string
+            _, out, _ = await run("probe", via, "--target", target, "--certs", str(certs / "alice"), "--json")
+            assert json.loads(out)["status"] == 200
+            _, out, _ = await run("probe", via, "--target", target, "--certs", str(certs / "mallory"), "--json")
+            assert json.loads(out)["status"] == 401
+            _, out, _ = await run("probe", h2c, "--target", target, "--plaintext", "--json")
             assert json.loads(out)["status"] == 401
     finally:
         echo.close()
