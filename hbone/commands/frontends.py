@@ -91,7 +91,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     gw.add_argument("--name", action="append", default=[], help="NAME=SPIFFE-ID a node may serve")
     node = _sub_simple(hsub, "node", "h2r-node", "dial the gateway and serve tunnels through it", False)
     node.add_argument("--gateway", required=True, help="gateway HOST:PORT")
-    node.add_argument("--gateway-identity", action="append", default=[], help="accepted gateway SPIFFE id")
+    node.add_argument(
+        "--gateway-identity", action="append", default=[], help="the gateway's SPIFFE id (required; repeatable)"
+    )
     node.add_argument("--name", action="append", default=[], help="a name this node serves (resolves locally)")
 
 

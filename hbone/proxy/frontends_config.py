@@ -162,6 +162,12 @@ def _check(kind: str, options: Mapping[str, Any], where: str) -> None:
         if "gateway" not in options:
             raise ConfigError(f"{where} (h2r-node): gateway HOST:PORT is required")
         address(options["gateway"], f"{where}.gateway")
+        idents = options.get("gateway_identities")
+        if not isinstance(idents, list) or not idents:
+            raise ConfigError(
+                f"{where} (h2r-node): gateway_identities (--gateway-identity) is required: the gateway's SPIFFE id, "
+                "e.g. spiffe://cluster.local/ns/istio-system/sa/h2r-gateway"
+            )
         if not isinstance(options.get("names", []), list):
             raise ConfigError(f"{where}.names: expected a list of names this node serves")
     if kind == "h2r-gateway" and not isinstance(options.get("names", {}), Mapping):

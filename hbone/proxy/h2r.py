@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from hbone.client import Endpoint
-from hbone.errors import ConnectRefused, HboneError, PeerIdentityError, UpstreamUnreachable
+from hbone.errors import ConfigError, ConnectRefused, HboneError, PeerIdentityError, UpstreamUnreachable
 from hbone.identity.spiffe import SpiffeId
 from hbone.net.connection import H2Connection
 from hbone.net.settings import H2Settings
@@ -169,7 +169,8 @@ class H2ROpener:
 
 
 class H2RInbound(InboundHandler):
-    """The gateway's HBONE listener: CONNECT `name:port` for a registered name goes through the node."""
+    """The gateway's HBONE listener: CONNECT `name:port` for a registered name goes through the node; any other
+    target is refused with 503 (the gateway relays only to nodes, never to what it can reach itself)."""
 
     def __init__(self, gateway: H2RGateway, config: InboundConfig | None = None) -> None:
         super().__init__(config or InboundConfig())
@@ -180,8 +181,8 @@ class H2RInbound(InboundHandler):
         try:
             req = parse_tunnel_request(stream.request_headers)
             record.dst_addr = str(req.target)
-            if self.gateway.lookup(req.target.host) is None:
-                return await super().handle_stream(stream, peer, record)
+            if self.gateway.lookup(req.target.host) is None:  # never a plain inbound: no open relay
+                raise UpstreamUnreachable(f"{req.target.host} is not a registered H2R node name or identity")
             inner, ident = await self.gateway.open(req.target.host, req.target, forwarded_for=record.src_addr)
             record.dst_identity = str(ident)
         except HboneError as e:
@@ -212,6 +213,8 @@ class H2RNode:
         backoff_max: float = 15.0,
         connect_timeout: float = 10.0,
     ) -> None:
+        if not gateway.identities:  # an empty list would accept any certificate the mesh CA signed
+            raise ConfigError("H2R node: the gateway's SPIFFE id is required (--gateway-identity, gateway_identities)")
         self.tls = tls
         self.gateway = gateway
         self.inbound = inbound
@@ -280,13 +283,12 @@ def _fmt(addr: tuple[str, int] | None) -> str | None:
 
 
 def local_names_resolver(names: set[str], host: str = "127.0.0.1") -> Any:
-    """For a node: tunnels addressed to one of its names go to `host` (the app is local, sidecar style)."""
+    """For a node: tunnels addressed to one of its names go to `host` (the app is local, sidecar style); anything
+    else, IP targets included, is refused (503): the node serves its names, nothing else it can reach."""
     lowered = {n.lower() for n in names}
 
     async def resolve(target: Authority) -> tuple[str, int]:
-        if target.ip is not None:
-            return str(target.ip), target.port
-        if target.host in lowered:
+        if target.ip is None and target.host.lower() in lowered:
             return host, target.port
         raise UpstreamUnreachable(f"{target.host} is not a name of this node")
 

@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 
 from hbone.client import Endpoint, HboneClient
-from hbone.errors import ConnectRefused, PeerIdentityError
+from hbone.errors import ConfigError, ConnectRefused, PeerIdentityError
 from hbone.identity.certs import CertifiedKey
 from hbone.net.stream import Stream
 from hbone.proxy.eastwest import SniGateway, open_double_hbone, static_resolver
 from hbone.proxy.egress import EgressConfig, EgressHandler, EgressRule, TlsOrigination
 from hbone.proxy.frontend import Dialer
+from hbone.proxy.frontends_config import listener_from_dict
 from hbone.proxy.h2r import H2RGateway, H2RInbound, H2RNode, H2ROpener, local_names_resolver
 from hbone.proxy.inbound import InboundConfig, InboundHandler, PeerInfo
 from hbone.proxy.routing import Action, Match, Route, RouteTable, Via
@@ -232,3 +233,49 @@ async def test_h2r_node_serves_through_gateway_and_reconnects(ca: TestCA) -> Non
             await node.stop()
             await client.close()
             await front.close()
+
+
+async def test_h2r_is_no_open_relay(ca: TestCA) -> None:
+    """The gateway reaches only registered nodes (503 otherwise); a node only its own names, never an IP."""
+    bob = ca.spiffe("ns", "bob")
+    gw_tls = ca.mesh_tls("istio-system", "gw")
+    gateway = H2RGateway(gw_tls, names={"bob.h2r": str(bob)})
+    _, h2r_port = await gateway.listen("127.0.0.1", 0)
+    front = HboneServer(gw_tls, H2RInbound(gateway, InboundConfig(own_ports=frozenset())))
+    _, front_port = await front.listen("127.0.0.1", 0)
+    node_inbound = InboundHandler(InboundConfig(own_ports=frozenset(), resolve=local_names_resolver({"bob.h2r"})))
+    node = H2RNode(
+        ca.mesh_tls("ns", "bob"), Endpoint("127.0.0.1", h2r_port, (str(gw_tls.manager.identity),)), node_inbound
+    )
+    client = HboneClient(ca.mesh_tls("ns", "client"))
+    ep = Endpoint("127.0.0.1", front_port, (str(gw_tls.manager.identity),))
+    async with echo_server() as eport:
+        node.start()
+        try:
+            await asyncio.wait_for(gateway.wait_registered("bob.h2r"), IO)
+            with pytest.raises(ConnectRefused) as refused:  # main relayed this to the gateway's own loopback
+                await client.open(f"127.0.0.1:{eport}", ep)
+            assert refused.value.status == 503 and "not a registered H2R" in refused.value.detail
+            with pytest.raises(ConnectRefused) as refused:
+                await client.open(f"localhost:{eport}", ep)
+            assert refused.value.status == 503
+            with pytest.raises(ConnectRefused) as refused:  # an IP target through the node's own connection
+                await gateway.open(str(bob), Authority("127.0.0.1", eport, parse_authority(f"127.0.0.1:{eport}").ip))
+            assert refused.value.status == 503
+            tunnel = await client.open(f"bob.h2r:{eport}", ep)  # the registered name still works
+            tunnel.write(b"named")
+            tunnel.write_eof()
+            assert await asyncio.wait_for(tunnel.read(), IO) == b"named"
+        finally:
+            await node.stop()
+            await client.close()
+            await front.close()
+            await gateway.close()
+
+
+def test_h2r_node_needs_the_gateway_identity(ca: TestCA) -> None:
+    inbound = InboundHandler(InboundConfig())
+    with pytest.raises(ConfigError, match="gateway's SPIFFE id"):
+        H2RNode(ca.mesh_tls("ns", "bob"), Endpoint("127.0.0.1", 1), inbound)
+    with pytest.raises(ConfigError, match="gateway_identities"):
+        listener_from_dict({"type": "h2r-node", "gateway": "127.0.0.1:1", "names": ["a"]}, "test")

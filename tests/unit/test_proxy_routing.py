@@ -84,7 +84,12 @@ def test_frontends_config_listeners() -> None:
                 {"type": "socks5"},
                 {"type": "http-connect", "listen": "127.0.0.1:9", "users": {"u": "p"}},
                 {"type": "ingress-tcp", "listen": "0.0.0.0:9000", "target": "db.ns:5432"},
-                {"type": "h2r-node", "gateway": "gw:15441", "names": ["a"]},
+                {
+                    "type": "h2r-node",
+                    "gateway": "gw:15441",
+                    "gateway_identities": ["spiffe://td/ns/g/sa/g"],
+                    "names": ["a"],
+                },
             ],
         }
     )
@@ -96,6 +101,7 @@ def test_frontends_config_listeners() -> None:
         {"listeners": [{"type": "socks5", "typo": 1}]},
         {"listeners": [{"type": "ingress-tcp", "listen": "0.0.0.0:1"}]},
         {"listeners": [{"type": "h2r-node"}]},
+        {"listeners": [{"type": "h2r-node", "gateway": "gw:15441", "names": ["a"]}]},  # any gateway: refused
         {"listeners": [{"type": "ingress-tls-terminate"}]},
         {"lsteners": []},
     ):
@@ -159,7 +165,7 @@ class SpiffeIdLike(str):
         ["capture", "tproxy", "--direct"],
         ["capture", "inbound", "--proxy-protocol"],
         ["h2r", "gateway", "--name", "bob.example=spiffe://td/ns/ns/sa/bob", "--hbone-listen", "0.0.0.0:15008"],
-        ["h2r", "node", "--gateway", "gw.example:15441", "--name", "bob.example"],
+        ["h2r", "node", "--gateway", "gw.example:15441", "--gateway-identity", "spiffe://td/ns/g/sa/g", "--name", "x"],
     ],
 )
 def test_every_mode_is_a_subcommand_and_a_listener_type(argv: list[str]) -> None:
