@@ -70,13 +70,26 @@ def parse_duration(value: Any, where: str) -> float:
     return seconds
 
 
-def parse_listen(text: str) -> Authority:
-    """A listen address `HOST:PORT` or `[V6]:PORT`; unlike a tunnel target, port 0 (pick one) is allowed."""
+def parse_listen(text: str, default_host: str = "0.0.0.0") -> Authority:
+    """A listen address: `HOST:PORT`, `[V6]:PORT` or `:PORT` (on `default_host`); port 0 picks a free port.
+
+    The one parser of listen flags for both CLIs (`hbone … --listen`, `microxds serve --listen`, …).
+    """
     host, sep, port = text.rpartition(":")
-    if sep and port == "0":
-        probe = parse_authority(f"{host}:1")
-        return Authority(probe.host, 0, probe.ip)
-    return parse_authority(text)
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"bad listen address {text!r}: use HOST:PORT, [V6]:PORT or :PORT (port 0 picks one)")
+    if not host:
+        host = f"[{default_host}]" if ":" in default_host else default_host
+    try:
+        probe = parse_authority(f"{host}:{port if port != '0' else '1'}")
+    except ValueError as e:
+        raise ConfigError(f"bad listen address {text!r}: {e}; use HOST:PORT, [V6]:PORT or :PORT") from None
+    return Authority(probe.host, int(port), probe.ip)
+
+
+def listen_host(addr: Authority) -> str:
+    """The host string to bind: the IP in text form, or the hostname."""
+    return str(addr.ip) if addr.ip is not None else addr.host
 
 
 def _address(value: Any, where: str) -> Authority | None:

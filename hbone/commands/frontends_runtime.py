@@ -14,12 +14,13 @@ from hbone.identity.manager import FileSource, IdentityManager
 from hbone.proxy.eastwest import SniGateway, static_resolver
 from hbone.proxy.egress import EgressConfig, EgressHandler, rules_from_list
 from hbone.proxy.frontend import Dialer, Opener
-from hbone.proxy.frontends_config import FrontendsConfig, ListenerSpec, address
+from hbone.proxy.frontends_config import FrontendsConfig, ListenerSpec, address, listen_address
 from hbone.proxy.h2r import H2RGateway, H2RInbound, H2RNode, H2ROpener, local_names_resolver
 from hbone.proxy.httpproxy import HttpConnectProxy
 from hbone.proxy.inbound import InboundConfig, InboundHandler
 from hbone.proxy.ingress import Ingress, parse_hosts
 from hbone.proxy.redirect import DEFAULT_MARK, CaptureMode, InboundPlaintext, OutboundCapture
+from hbone.proxy.routing import Action
 from hbone.proxy.socks5 import Socks5Proxy
 from hbone.server import HboneServer
 from hbone.tls import MeshTls
@@ -46,6 +47,12 @@ class Runtime:
 
     async def start(self) -> None:
         cfg = self.cfg
+        tunnelled = [r.name for r in (*cfg.routes.routes, cfg.routes.default) if r.action is Action.HBONE]
+        if tunnelled and cfg.certs is None:  # refuse now rather than fail every request later
+            raise ConfigError(
+                f"route {tunnelled[0]!r} tunnels over mTLS HBONE and needs our identity: give --certs DIR "
+                "(or certs: in the config)"
+            )
         if cfg.certs is not None:
             self.manager = IdentityManager(FileSource(cfg.certs))
             await self.manager.start()
@@ -109,7 +116,7 @@ class Runtime:
             self._note(spec, await h2r.listen(spec.host, spec.port))
             self.opener = H2ROpener(h2r, opener)
             if opts.get("hbone_listen"):
-                front = address(opts["hbone_listen"], "hbone_listen")
+                front = listen_address(opts["hbone_listen"], "hbone_listen")
                 host = str(front.ip) if front.ip is not None else front.host
                 await self._hbone(spec, H2RInbound(h2r, base), host, front.port)
         elif kind == "h2r-node":

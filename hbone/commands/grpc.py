@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hbone.config import listen_host, parse_listen
 from hbone.errors import ConfigError, GrpcError
 
 
@@ -181,7 +182,8 @@ async def _sniff(args: argparse.Namespace) -> int:
     from hbone.grpc.h2frames import H2Decoder, format_record
 
     up_host, _, up_port = args.upstream.rpartition(":")
-    host, _, port = args.listen.rpartition(":")
+    listen = parse_listen(args.listen, "127.0.0.1")
+    host, port = listen_host(listen), listen.port
     conn_ids = iter(range(1, 1 << 30))
 
     async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, dec: H2Decoder, tag: str) -> None:
@@ -212,7 +214,7 @@ async def _sniff(args: argparse.Namespace) -> int:
         up_w.close()
         writer.close()
 
-    server = await asyncio.start_server(relay, host or "127.0.0.1", int(port or 0))
+    server = await asyncio.start_server(relay, host, port)
     addr = server.sockets[0].getsockname()
     print(f"sniffing on {addr[0]}:{addr[1]} -> {args.upstream}", flush=True)
     async with server:

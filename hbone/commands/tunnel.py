@@ -13,6 +13,7 @@ from typing import Any
 from hbone.authz.defaults import DefaultMode
 from hbone.client import Endpoint, HboneClient, Tunnel
 from hbone.commands.runtime import stop_on_signals
+from hbone.commands.stdio import Stdio
 from hbone.config import ServeConfig, load_serve_config, parse_listen
 from hbone.errors import ConfigError, HboneError
 from hbone.grpc.server import GrpcServer
@@ -170,15 +171,9 @@ async def _connect(args: argparse.Namespace) -> int:
     client, ep = _client(args)
     try:
         tunnel = await client.open(args.target, ep)
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
-        # A StreamReaderProtocol gives the write pipe the drain/close machinery StreamWriter expects.
-        transport, proto = await loop.connect_write_pipe(
-            lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()), sys.stdout.buffer
-        )
-        writer = asyncio.StreamWriter(transport, proto, None, loop)
-        result = await splice(tunnel.stream, reader, writer)  # type: ignore[arg-type]
+        stdio = await Stdio.open()  # pipes, sockets, terminals or regular files (`< file`, `> file`)
+        result = await splice(tunnel.stream, stdio.reader, stdio.writer)  # type: ignore[arg-type]
+        await stdio.finish()
         return 0 if result.error is None else 1
     finally:
         await client.close()

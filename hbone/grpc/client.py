@@ -20,7 +20,7 @@ import ssl as _ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
-from hbone.errors import ConnectionLost, GrpcError, GrpcStatus, H2ErrorCode, HboneError, StreamReset
+from hbone.errors import ConfigError, ConnectionLost, GrpcError, GrpcStatus, H2ErrorCode, HboneError, StreamReset
 from hbone.grpc.call import MessageReader, frame, status_of
 from hbone.grpc.codec import Codec, RawCodec
 from hbone.grpc.framing import DEFAULT_MAX_MESSAGE_SIZE, SUPPORTED_ENCODINGS
@@ -43,7 +43,7 @@ _STATUS_KEY = b"grpc-status"
 def _split_target(target: str) -> tuple[str, int]:
     host, sep, port = target.rpartition(":")
     if not sep or not port.isdigit() or not host:
-        raise ValueError(f"target {target!r} must be host:port")
+        raise ConfigError(f"bad server address {target!r}: use HOST:PORT or [V6]:PORT")
     return host.strip("[]"), int(port)
 
 

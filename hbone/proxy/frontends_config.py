@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hbone.config import parse_duration, read_yaml
+from hbone.config import parse_duration, parse_listen, read_yaml
 from hbone.errors import ConfigError, ProtocolError
 from hbone.proxy.routing import RouteTable, table_from_list
 from hbone.wire.authority import Authority, parse_authority
@@ -125,6 +125,14 @@ def address(value: Any, where: str) -> Authority:
         raise ConfigError(f"{where}: {e}") from e
 
 
+def listen_address(value: Any, where: str) -> Authority:
+    """A `listen:` value, parsed as every listen flag is (`parse_listen`: `:PORT` allowed)."""
+    try:
+        return parse_listen(str(value))
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from e
+
+
 def listener_from_dict(data: Any, where: str) -> ListenerSpec:
     if not isinstance(data, Mapping) or "type" not in data:
         raise ConfigError(f"{where}: expected a mapping with a type")
@@ -139,7 +147,7 @@ def listener_from_dict(data: Any, where: str) -> ListenerSpec:
     listen_text = data.get("listen", default_listen)
     if kind == "ingress-tcp" and listen_text is None:
         raise ConfigError(f"{where} (ingress-tcp): listen is required")
-    listen = address(listen_text, f"{where}.listen") if listen_text is not None else None
+    listen = listen_address(listen_text, f"{where}.listen") if listen_text is not None else None
     options = {k: v for k, v in data.items() if k not in ("type", "listen")}
     _check(kind, options, where)
     return ListenerSpec(kind, listen, options)

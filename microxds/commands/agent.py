@@ -136,10 +136,33 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     return cfg
 
 
+WAITING_REPORT_INTERVAL = 5.0  # seconds between "still waiting for workload …" lines
+
+
+async def report_waiting(agent: Agent, cfg: AgentConfig, interval: float = WAITING_REPORT_INTERVAL) -> None:
+    """Say, every few seconds, which configured workloads the mesh state does not know yet (no silent waits)."""
+    while True:
+        missing = [ref for ref in cfg.workloads if ref not in agent.workloads]
+        if not missing:
+            return
+        snap = agent.state.snapshot()
+        for ref in missing:
+            ns = ref.rpartition("/")[0] or "default"
+            known = sorted(w.name for w in snap.workloads_in_namespace(ns))[:10]
+            print(
+                f"microxds agent: waiting for workload {ref}: not in the xDS state from {cfg.xds_address} yet"
+                f" (known in namespace {ns}: {', '.join(known) or 'none'})",
+                file=sys.stderr,
+                flush=True,
+            )
+        await asyncio.sleep(interval)
+
+
 async def serve(cfg: AgentConfig) -> None:
     agent = Agent(cfg)
     await agent.start()
     stop = stop_on_signals()
+    waiting = asyncio.get_running_loop().create_task(report_waiting(agent, cfg))
     try:
         for ref, lw in agent.workloads.items():
             print(f"microxds agent: {ref} {lw.workload.identity} hbone {lw.address[0]}:{lw.address[1]}", flush=True)
@@ -148,6 +171,7 @@ async def serve(cfg: AgentConfig) -> None:
             print(f"microxds agent: forward {host}:{port} -> {target}", flush=True)
         await stop.wait()
     finally:
+        waiting.cancel()
         await agent.stop()
 
 

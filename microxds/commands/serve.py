@@ -66,6 +66,8 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
     for addr in (args.listen if args.listen != "off" else None, args.tls_listen, args.hbone_listen):
         if addr:
             parse_address(addr)  # fail on the command line, not after loading the config
+    if args.listen == "off" and not (args.tls_listen or args.hbone_listen):
+        raise ConfigError("nothing to serve: --listen off needs --tls-listen or --hbone-listen")
     node_hash_from_spec(args.node_group_by)
     if (args.tls_listen or args.hbone_listen) and args.certs is None:
         raise ConfigError("--tls-listen and --hbone-listen need --certs DIR")

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
+from hbone.config import listen_host, parse_listen
+from hbone.errors import ConfigError as HboneConfigError
 from hbone.grpc.server import GrpcServer
 from hbone.identity import FileSource as CertFileSource
 from hbone.identity import IdentityManager
@@ -57,12 +59,12 @@ MiB = 1 << 20
 
 
 def parse_address(text: str, default_host: str = "0.0.0.0") -> tuple[str, int]:
-    """`HOST:PORT`, `:PORT` (all interfaces) or `[V6]:PORT`."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"bad listen address {text!r}: use HOST:PORT or :PORT")
-    host = host.strip("[]") or default_host
-    return host, int(port)
+    """`HOST:PORT`, `:PORT` (on `default_host`) or `[V6]:PORT`: `hbone.config.parse_listen`, as a bindable pair."""
+    try:
+        addr = parse_listen(text, default_host)
+    except HboneConfigError as e:
+        raise ConfigError(str(e)) from None
+    return listen_host(addr), addr.port
 
 
 def node_hash_from_spec(spec: str) -> NodeHash:
