@@ -88,3 +88,18 @@ class Unavailable(MicroxdsError):
     """A control plane, CA or config store could not be reached; callers retry with backoff."""
 
     grpc_status = GrpcStatus.UNAVAILABLE
+
+
+class StoreError(MicroxdsError):
+    """The config store (etcd) refused a request or answered something we cannot use (not a connection problem)."""
+
+    grpc_status = GrpcStatus.FAILED_PRECONDITION
+
+
+class Compacted(StoreError):
+    """A watch or read asked for a revision the store has compacted away; the reader must reload from scratch."""
+
+    def __init__(self, revision: int, compact_revision: int) -> None:
+        self.revision = revision
+        self.compact_revision = compact_revision
+        super().__init__(f"revision {revision} is compacted (oldest kept: {compact_revision})")

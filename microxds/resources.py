@@ -137,18 +137,26 @@ class Resource:
     value: bytes  # the serialised message, i.e. Any.value
     version: str
     aliases: tuple[str, ...] = ()
+    ttl: float | None = None
+    """Seconds a client may keep this resource without hearing of it again (xDS `Resource.ttl`); None = forever."""
     _any: list[any_pb2.Any] = field(default_factory=list, compare=False, repr=False)
 
     @classmethod
     def of(
-        cls, message: Message, *, type_url: str | None = None, name: str | None = None, aliases: tuple[str, ...] = ()
+        cls,
+        message: Message,
+        *,
+        type_url: str | None = None,
+        name: str | None = None,
+        aliases: tuple[str, ...] = (),
+        ttl: float | None = None,
     ) -> Resource:
         url = type_url or type_url_of(message)
         # deterministic=True keeps map ordering stable so equal configs hash equally.
         value = message.SerializeToString(deterministic=True)
-        return cls(
-            url, name if name is not None else resource_name(message, url), value, content_version(value), aliases
-        )
+        # A new TTL is a new version too, so clients are told the new lifetime (still equal on every replica).
+        version = content_version(value if ttl is None else value + f"\0ttl={ttl!r}".encode())
+        return cls(url, name if name is not None else resource_name(message, url), value, version, aliases, ttl)
 
     def to_any(self) -> any_pb2.Any:
         """The packed Any, built once and shared (callers must not mutate it)."""

@@ -31,7 +31,7 @@ OUT_DIR = ROOT / "microxds" / "_pb"
 PACKAGE = "microxds._pb"
 # Top-level proto packages whose generated modules we own (everything else, e.g. google.protobuf, is imported
 # from its installed package).
-OWN_ROOTS = ("istio",)
+OWN_ROOTS = ("istio", "etcd")
 
 _VERSION_RE = re.compile(r"^# Protobuf Python Version: (\S+)$", re.MULTILINE)
 _SERIALIZED_RE = re.compile(r"AddSerializedFile\((b'(?:[^'\\]|\\.)*')\)")

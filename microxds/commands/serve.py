@@ -10,6 +10,7 @@ from typing import Any
 
 from hbone.commands.runtime import stop_on_signals
 from hbone.identity import load_ca
+from microxds.commands.store import add_store_args, store_settings
 from microxds.errors import ConfigError
 from microxds.server.access import AccessPolicy, JwtVerifier, load_policy
 from microxds.server.app import DEFAULT_LINEAR_TYPES, ControlPlane, ServeOptions, node_hash_from_spec, parse_address
@@ -19,12 +20,15 @@ Serve the resources in --config (Envoy's file-based xDS format, a `resources:` l
 the ambient shorthand and `groups:`) to Envoy, proxyless gRPC and ztunnel-style clients over ADS (SotW + Delta),
 the per-type xDS services and CSDS. The file (or directory) is watched: a valid edit is pushed within about
 --debounce-quiet seconds, an invalid one is reported as file:line and the last good config keeps being served.
+With --store the config comes from etcd instead (one key per resource, see `microxds apply`): the prefix is loaded,
+then watched from that revision; an invalid key is reported with its key and the last good value keeps serving.
 """
 
 
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser("serve", help="run the xDS control plane", description=HELP)
-    p.add_argument("--config", required=True, type=Path, metavar="PATH", help="YAML/JSON file or directory")
+    p.add_argument("--config", type=Path, metavar="PATH", help="YAML/JSON file or directory (or --store)")
+    add_store_args(p, required=False)
     p.add_argument("--listen", default="127.0.0.1:15010", metavar="ADDR", help="plaintext gRPC (h2c); 'off' to disable")
     p.add_argument("--tls-listen", metavar="ADDR", help="TLS gRPC, e.g. :15012 (server certificate from --certs)")
     p.add_argument("--hbone-listen", metavar="ADDR", help="HBONE mTLS port, e.g. :15008 (caller SPIFFE id verified)")
@@ -63,6 +67,9 @@ def register(sub: Any) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> ServeOptions:
+    if (args.config is None) == (args.store is None):
+        raise ConfigError("give exactly one of --config PATH and --store etcd://HOST:PORT/PREFIX")
+    store = store_settings(args) if args.store is not None else None
     for addr in (args.listen if args.listen != "off" else None, args.tls_listen, args.hbone_listen):
         if addr:
             parse_address(addr)  # fail on the command line, not after loading the config
@@ -106,6 +113,10 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         max_in_flight=args.max_in_flight,
         streams_per_second=args.streams_per_second,
         stream_burst=args.stream_burst,
+        store=store.url if store else None,
+        store_ssl=store.ssl if store else None,
+        store_user=store.user if store else None,
+        store_password=store.password if store else None,
     )
 
 

@@ -43,6 +43,7 @@ from microxds.cache import (
     node_id_hash,
 )
 from microxds.errors import ConfigError
+from microxds.etcd.client import EtcdClient, StoreURL
 from microxds.istio.ca import MAX_TTL, register_ca
 from microxds.resources import ADDRESS, ENDPOINT, WORKLOAD, Resource
 from microxds.server.access import AccessPolicy, JwtVerifier
@@ -50,6 +51,7 @@ from microxds.server.pushqueue import Debouncer, PushQueue, release_memory_after
 from microxds.server.service import XdsService
 from microxds.server.status import StatusRegistry, XdsMetrics
 from microxds.sources.configsnapshot import ConfigSnapshot
+from microxds.sources.etcdsource import EtcdSource
 from microxds.sources.files import FileSource
 
 log = logging.getLogger("microxds.serve")
@@ -80,7 +82,7 @@ def node_hash_from_spec(spec: str) -> NodeHash:
 
 @dataclass
 class ServeOptions:
-    config: Path
+    config: Path | None
     listen: str | None = "127.0.0.1:15010"
     tls_listen: str | None = None
     hbone_listen: str | None = None
@@ -109,6 +111,11 @@ class ServeOptions:
     ca: CertificateAuthority | None = None
     ca_trusted_node_identities: tuple[str, ...] = ()
     ca_max_ttl: dt.timedelta = MAX_TTL
+    #: Config from etcd instead of `config` (`--store etcd://...`), with its TLS context and credentials.
+    store: StoreURL | None = None
+    store_ssl: ssl.SSLContext | None = None
+    store_user: str | None = None
+    store_password: str | None = None
 
 
 class MetricsServer:
@@ -180,7 +187,16 @@ class ControlPlane:
             access=options.access,
             jwt=options.jwt,
         )
-        self.source = FileSource(options.config, interval=options.poll_interval)
+        self.source: FileSource | EtcdSource
+        if options.store is not None:
+            client = EtcdClient(
+                options.store.endpoints, ssl=options.store_ssl, user=options.store_user, password=options.store_password
+            )
+            self.source = EtcdSource(client, options.store.prefix)
+        elif options.config is not None:
+            self.source = FileSource(options.config, interval=options.poll_interval)
+        else:
+            raise ConfigError("serve needs a config path or a store")
         self.current: ConfigSnapshot | None = None
         self.addresses: dict[str, tuple[str, int]] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -239,11 +255,16 @@ class ControlPlane:
 
     # -- lifecycle --------------------------------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def _initial_config(self) -> ConfigSnapshot:
+        if isinstance(self.source, EtcdSource):
+            return await self.source.initial()
         snap = await asyncio.to_thread(self.source.load_now)
         if snap is None:
             raise self.source.last_error or ConfigError("no configuration loaded", file=str(self.options.config))
-        self.apply(snap)
+        return snap
+
+    async def start(self) -> None:
+        self.apply(await self._initial_config())
         self._debouncer = Debouncer(self._on_config, quiet=self.options.quiet, max_delay=self.options.max_delay)
         self._tasks.append(asyncio.create_task(self.source.run(self._debouncer.trigger, self._on_config_error)))
         if self.options.release_memory:
@@ -304,6 +325,8 @@ class ControlPlane:
             await self._metrics_server.stop()
         if self._identity is not None:
             await self._identity.stop()
+        if isinstance(self.source, EtcdSource):
+            await self.source.client.close()
 
     async def serve_forever(self) -> None:
         await self.start()

@@ -33,6 +33,7 @@ from ..resources import ADDRESS, PREFIX, Resource, address_aliases, resource_nam
 from .ambient import build_ambient
 from .configsnapshot import ConfigSnapshot, freeze
 from .protoreg import parse_message
+from .wrapped import unwrap
 from .yamldoc import Document, Located, load_documents
 
 DEFAULT_ROOT_NAMESPACE = "istio-system"
@@ -129,7 +130,12 @@ def _index(
     """Serialise each message once, reject unnamed and duplicate resources."""
     types: dict[str, dict[str, Resource]] = {}
     origins: dict[tuple[str, str, str], Located] = {}
-    for type_url, msg, item in built:
+    for parsed_type, parsed, item in built:
+        try:
+            type_url, msg, ttl = unwrap(parsed_type, parsed)
+        except ConfigError as exc:
+            errors.append(exc.at(item.file, item.line))
+            continue
         try:
             name = resource_name(msg, type_url)
         except ValueError as exc:
@@ -150,7 +156,7 @@ def _index(
             )
             continue
         aliases = address_aliases(msg) if type_url == ADDRESS else ()
-        by_name[name] = Resource.of(msg, type_url=type_url, name=name, aliases=aliases)
+        by_name[name] = Resource.of(msg, type_url=type_url, name=name, aliases=aliases, ttl=ttl)
         origins[(group, type_url, name)] = item
     return types, origins
 
