@@ -21,7 +21,8 @@ log = logging.getLogger("hbone.limits")
 LIMITS: tuple[str, ...] = (
     "h2_rapid_reset",  # stream resets per connection per second -> GOAWAY ENHANCE_YOUR_CALM
     "h2_pending_streams",  # streams opened but not yet answered
-    "h2_control_flood",  # outbound buffer over its cap while the peer does not read (SETTINGS/PING ACK floods)
+    "h2_control_flood",  # PING/SETTINGS/PRIORITY frames per second -> GOAWAY ENHANCE_YOUR_CALM
+    "h2_outbound_buffer",  # outbound buffer over its cap (peer does not read its ACKs): reading paused
     "h2_frame_size",  # frame header announces more than SETTINGS_MAX_FRAME_SIZE
     "handshake_timeout",  # TLS handshake not done in time
     "preface_timeout",  # HTTP/2 preface / first request bytes not received in time

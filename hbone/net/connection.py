@@ -25,6 +25,7 @@ import h2.exceptions as h2x
 from h2.settings import SettingCodes, Settings
 
 from hbone.errors import ConnectionLost, H2ErrorCode, HboneError, LimitExceeded, ProtocolError
+from hbone.net.abuse import CHATTY_EVENTS, SMALL_READ, ConnectionGuard
 from hbone.net.events import ConnectionEvents, dispatch_table
 from hbone.net.h2memory import compact_settings
 from hbone.net.h2tuning import make_h2
@@ -67,6 +68,9 @@ class H2Connection(ConnectionEvents, ConnectionSending, ConnectionLifecycle, asy
         self._repump_handle: asyncio.Handle | None = None  # a deferred short tail (sending._pump)
         self._receiving = False  # inside buffer_updated: its frames go out in one write at the end
         self._remote_settings_seen = False
+        self._pending: dict[int, asyncio.Task[None]] = {}  # handler tasks of request streams not answered yet
+        self._guard: ConnectionGuard | None = None  # abuse accounting, made when first needed (`_guarded`)
+        self._read_paused = False  # reading stopped: the outbound buffer is over max_outbound_buffer
         self._init_lifecycle()  # closing/closed state, GOAWAY bookkeeping, keepalive timers
         self._dispatch = dispatch_table(type(self))  # shared by the class: ~2 KiB less per connection
 
@@ -211,6 +215,9 @@ class H2Connection(ConnectionEvents, ConnectionSending, ConnectionLifecycle, asy
         self._arm_ping()
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        guard = self._guard
+        if guard is not None and guard.chatty:
+            return self._rview[:SMALL_READ]  # fairness: a flood of tiny frames gets small reads (hbone.net.abuse)
         return self._rview
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -230,6 +237,8 @@ class H2Connection(ConnectionEvents, ConnectionSending, ConnectionLifecycle, asy
                 handler = dispatch.get(type(event))
                 if handler is not None:
                     handler(self, event)
+                    if self._closed:
+                        return  # a limit tripped (GOAWAY sent): the rest of the batch is the attacker's
         except Exception as exc:  # a bug here must close one connection, never the process
             self._log_error("internal error handling HTTP/2 events", exc)
             self._abort(ConnectionLost(f"internal error: {exc!r}"), H2ErrorCode.INTERNAL_ERROR)
@@ -240,14 +249,44 @@ class H2Connection(ConnectionEvents, ConnectionSending, ConnectionLifecycle, asy
         if self._capacity_waiters:
             self._wake_capacity()
         self._maybe_idle()
+        if self._guard is not None or len(events) > CHATTY_EVENTS:
+            self._guarded().observe_read(nbytes, len(events))
+        transport = self._transport
+        if transport is not None and transport.get_write_buffer_size() > self.settings.max_outbound_buffer:
+            # The peer does not read what we owe it (PING/SETTINGS ACKs, responses): stop reading until it does,
+            # so it cannot make us queue more (resume_writing resumes).
+            self._read_paused = True
+            transport.pause_reading()
+            self._guarded().trip("h2_outbound_buffer", f"over {self.settings.max_outbound_buffer} bytes unread")
 
     def pause_writing(self) -> None:
         self._write_paused = True
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self._read_paused and self._transport is not None and not self._closed:
+            self._read_paused = False
+            self._transport.resume_reading()
         self._pump_blocked()
         self._flush()
+
+    # --- abuse limits ---------------------------------------------------------------------------------------------
+
+    def _guarded(self) -> ConnectionGuard:
+        guard = self._guard
+        if guard is None:
+            s = self.settings
+            guard = self._guard = ConnectionGuard(
+                resets_per_second=s.max_resets_per_second,
+                control_per_second=s.max_control_frames_per_second,
+                peer=self.get_extra_info("peername"),
+            )
+        return guard
+
+    def _calm(self, limit: str, detail: str) -> None:
+        """A rate limit tripped: GOAWAY ENHANCE_YOUR_CALM (RFC 9113 §7) and close, counted and logged once."""
+        self._guarded().trip(limit, detail)
+        self._abort(ConnectionLost(f"peer exceeded {limit}: {detail}"), H2ErrorCode.ENHANCE_YOUR_CALM)
 
     # --- stream bookkeeping --------------------------------------------------------------------------------------
 

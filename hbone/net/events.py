@@ -19,6 +19,7 @@ from hbone.net.lifecycle import code_name
 from hbone.net.stream import HeaderList, Stream, StreamRefused, header_list_size
 
 if TYPE_CHECKING:
+    from hbone.net.abuse import ConnectionGuard
     from hbone.net.connection import H2Connection, StreamHandler
     from hbone.net.h2tuning import TunedH2Connection
     from hbone.net.settings import H2Settings
@@ -36,6 +37,7 @@ class ConnectionEvents:
     _blocked: dict[int, Stream]
     _tasks: set[asyncio.Task[None]]
     _remote_settings_seen: bool
+    _pending: dict[int, asyncio.Task[None]]
     _closed: bool
     goaway_sent_last_id: int | None
 
@@ -50,6 +52,8 @@ class ConnectionEvents:
         def _maybe_finish(self, stream: Stream) -> None: ...
         def _fail_stream(self, stream: Stream, exc: HboneError) -> None: ...
         def _log_error(self, what: str, exc: BaseException) -> None: ...
+        def _guarded(self) -> ConnectionGuard: ...
+        def _calm(self, limit: str, detail: str) -> None: ...
 
     # --- event handlers (dispatched from buffer_updated) -----------------------------------------------------
 
@@ -61,6 +65,9 @@ class ConnectionEvents:
             or (self.goaway_sent_last_id is not None and sid > self.goaway_sent_last_id)
             or len(self._streams) >= self.settings.max_concurrent_streams  # not h2's count: it walks every stream
         )
+        if not refuse and len(self._pending) >= self.settings.pending_stream_limit:
+            self._guarded().trip("h2_pending_streams", f"{len(self._pending)} requests not answered yet")
+            refuse = True
         if refuse:  # RFC 9113 §8.7: REFUSED_STREAM means "not processed, retry elsewhere"
             self._h2_reset(sid, H2ErrorCode.REFUSED_STREAM)
             return
@@ -76,6 +83,7 @@ class ConnectionEvents:
         task = self._loop.create_task(self._run_handler(self._handler, stream))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        self._pending[sid] = task  # until the response headers go out (sending._send_headers)
 
     def _on_response(self, event: ev.ResponseReceived) -> None:
         stream = self._streams.get(event.stream_id)
@@ -113,6 +121,17 @@ class ConnectionEvents:
             self._maybe_finish(stream)
 
     def _on_stream_reset(self, event: ev.StreamReset) -> None:
+        task = self._pending.pop(event.stream_id, None)
+        if task is not None and event.remote_reset:
+            # Reset before we answered: stop its work now, upstream dial included (the dial's socket is closed by
+            # the cancellation), and count it: many of these per second is the rapid reset attack (CVE-2023-44487).
+            task.cancel()
+            if self._guarded().premature_reset(self._loop.time()):
+                stream = self._streams.get(event.stream_id)
+                if stream is not None:
+                    self._fail_stream(stream, StreamReset(int(event.error_code), "stream reset by peer"))
+                self._calm("h2_rapid_reset", f"over {self.settings.max_resets_per_second} unanswered streams reset/s")
+                return
         stream = self._streams.get(event.stream_id)
         if stream is None:
             return
@@ -139,7 +158,16 @@ class ConnectionEvents:
             if stream is not None:
                 self._pump(stream)
 
+    def _on_control_frame(self, event: Any) -> None:
+        """PING and PRIORITY frames (h2 answers PINGs itself): only counted against the flood limit."""
+        if self._guarded().control_frames(self._loop.time()):
+            self._calm("h2_control_flood", f"over {self.settings.max_control_frames_per_second} control frames/s")
+
     def _on_remote_settings(self, event: ev.RemoteSettingsChanged) -> None:
+        if self._remote_settings_seen:  # the first SETTINGS of every connection is not a flood
+            self._on_control_frame(event)
+            if self._closed:
+                return
         self._remote_settings_seen = True
         if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
             self._pump_blocked()
@@ -153,26 +181,29 @@ class ConnectionEvents:
 
     async def _run_handler(self, handler: StreamHandler, stream: Stream) -> None:
         try:
-            await handler(stream)
-        except asyncio.CancelledError:
-            stream.reset(H2ErrorCode.CANCEL)
-            raise
-        except Exception as exc:  # the exception is consumed here: no "Task exception was never retrieved"
-            if stream.error is None and not isinstance(exc, (StreamReset, ConnectionLost)):
-                self._log_error(f"stream {stream.stream_id} handler failed", exc)
-            stream.reset(exc.h2_code if isinstance(exc, HboneError) else H2ErrorCode.INTERNAL_ERROR)
-            return
-        if stream.closed or stream.error is not None:
-            return
-        if not stream._headers_sent:
-            stream.reset(H2ErrorCode.INTERNAL_ERROR)
-            return
-        # RFC 9113 §8.1: once the response is complete the server may reset a request it no longer reads.
-        stream._reset_after_end = True
-        if stream._local_closed:
-            self._local_end(stream)
-        else:
-            stream.write_eof()
+            try:
+                await handler(stream)
+            except asyncio.CancelledError:
+                stream.reset(H2ErrorCode.CANCEL)
+                raise
+            except Exception as exc:  # the exception is consumed here: no "Task exception was never retrieved"
+                if stream.error is None and not isinstance(exc, (StreamReset, ConnectionLost)):
+                    self._log_error(f"stream {stream.stream_id} handler failed", exc)
+                stream.reset(exc.h2_code if isinstance(exc, HboneError) else H2ErrorCode.INTERNAL_ERROR)
+                return
+            if stream.closed or stream.error is not None:
+                return
+            if not stream._headers_sent:
+                stream.reset(H2ErrorCode.INTERNAL_ERROR)
+                return
+            # RFC 9113 §8.1: once the response is complete the server may reset a request it no longer reads.
+            stream._reset_after_end = True
+            if stream._local_closed:
+                self._local_end(stream)
+            else:
+                stream.write_eof()
+        finally:
+            self._pending.pop(stream.stream_id, None)  # answered, failed or cancelled: no longer pending
 
 
 _EVENT_HANDLERS = {
@@ -186,6 +217,8 @@ _EVENT_HANDLERS = {
     ev.RemoteSettingsChanged: "_on_remote_settings",
     ev.SettingsAcknowledged: "_on_settings_acked",
     ev.PingAckReceived: "_on_ping_ack",
+    ev.PingReceived: "_on_control_frame",
+    ev.PriorityUpdated: "_on_control_frame",
     ev.ConnectionTerminated: "_on_goaway",
 }
 

@@ -45,6 +45,15 @@ class PlainData(NamedTuple):
     views: list[memoryview]
 
 
+def _appended(tail: bytearray, more: memoryview) -> bytearray:
+    """`tail` with `more` appended, in place (amortised linear); a copy only if a view of `tail` is still alive."""
+    try:
+        tail += more
+    except BufferError:  # an exported view (a caller kept a payload view): leave that object alone
+        return tail + more
+    return tail
+
+
 class ZeroCopyFrameBuffer(FrameBuffer):  # type: ignore[misc]
     """A drop-in `FrameBuffer`: same frames, same errors, same CONTINUATION handling (h2's own method)."""
 
@@ -74,20 +83,23 @@ class ZeroCopyFrameBuffer(FrameBuffer):  # type: ignore[misc]
         if not tail:
             self._view, self._rest = view, _EMPTY
             return
-        # Frames rarely end where a read ends: complete the pending frame with a copy of just its missing bytes,
-        # then parse the rest of this read in place.
+        # Frames rarely end where a read ends: complete the pending frame with just its missing bytes, then parse
+        # the rest of this read in place. Appending in place keeps a frame sent in many small reads linear in its
+        # size (a new `tail + view` per read re-copied the whole pending frame every time: quadratic).
         need = -1
         if len(tail) >= 9:
             need = 9 + int.from_bytes(tail[:3], "big") - len(tail)
         elif len(tail) + len(view) >= 9:
             header = bytes(tail) + view[: 9 - len(tail)].tobytes()
             need = 9 + int.from_bytes(header[:3], "big") - len(tail)
-        if 0 < need <= len(view):
-            self._data = tail + view[:need]  # a new object: no live memoryview blocks it
-            self._rest = view[need:]
-        else:  # still incomplete (or several frames were left unparsed): keep everything
-            self._data = tail + view
-            self._rest = _EMPTY
+        if need < 0 or need > len(view):  # still no complete frame (or header): keep it all, parse nothing yet
+            if need > len(view) or len(tail) + len(view) < 9:
+                self._data = _appended(tail, view)
+                self._view = self._rest = _EMPTY
+                return
+            need = len(view)  # several frames were left unparsed: parse them all from one joined buffer
+        self._data = _appended(tail, view[:need])
+        self._rest = view[need:]
         self._view = memoryview(self._data)
 
     def _keep_tail(self) -> None:
@@ -109,6 +121,8 @@ class ZeroCopyFrameBuffer(FrameBuffer):  # type: ignore[misc]
             self._view, self._pos, self._rest = view, 0, _EMPTY
         if avail < 9:
             self._keep_tail()
+            if len(self._data) >= 9:  # an incomplete frame: refuse it as soon as its header is too large
+                self._validate_frame_length(int.from_bytes(self._data[:3], "big"))
             raise StopIteration
         if self.plain_data and not self._headers_buffer:
             high, low, kind, flags, sid = FRAME_HEADER.unpack_from(view, pos)
@@ -145,10 +159,10 @@ class ZeroCopyFrameBuffer(FrameBuffer):  # type: ignore[misc]
             f, length = Frame.parse_frame_header(view[pos : pos + 9])
         except (InvalidDataError, InvalidFrameError) as err:
             raise ProtocolError(f"Received frame with invalid header: {err!s}") from err
+        self._validate_frame_length(length)  # before waiting for the body: never buffer an oversized frame
         if avail < length + 9:
             self._keep_tail()
             raise StopIteration
-        self._validate_frame_length(length)
         body = pos + 9
         try:
             f.parse_body(view[body : body + length])

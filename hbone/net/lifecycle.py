@@ -77,6 +77,7 @@ class ConnectionLifecycle:
     _streams: dict[int, Stream]
     _blocked: dict[int, Stream]
     _tasks: set[asyncio.Task[None]]
+    _pending: dict[int, asyncio.Task[None]]
     _capacity_waiters: deque[asyncio.Future[None]]
     _flush_handle: asyncio.Handle | None
     _repump_handle: asyncio.Handle | None
@@ -265,6 +266,7 @@ class ConnectionLifecycle:
         self._fail_capacity_waiters(exc)
         if self._idle_fut is not None and not self._idle_fut.done():
             self._idle_fut.set_result(None)
+        self._pending.clear()
         for task in list(self._tasks):
             task.cancel()
 

@@ -76,6 +76,7 @@ class ConnectionSending:
     _repump_handle: asyncio.Handle | None
     _receiving: bool
     _closed: bool
+    _pending: dict[int, asyncio.Task[None]]
 
     if TYPE_CHECKING:  # declarations only: real stubs here would shadow the other mixins' methods in the MRO
 
@@ -84,6 +85,8 @@ class ConnectionSending:
         def _fail_stream(self, stream: Stream, exc: HboneError) -> None: ...
 
     def _send_headers(self, stream: Stream, headers: HeaderList, end_stream: bool) -> None:
+        if not stream.local:
+            self._pending.pop(stream.stream_id, None)  # answered: a reset from now on is not a premature one
         try:
             self._h2.send_headers(stream.stream_id, headers, end_stream=end_stream)
         except h2x.ProtocolError as exc:

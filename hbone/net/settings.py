@@ -65,6 +65,22 @@ class H2Settings:
     #: Huffman-code the header blocks we send (RFC 7541 §5.2). Off: hpack's pure-Python coder cost ~3% of churn
     #: CPU on each side for ~20% smaller literals (h2tuning item 7); every peer decodes both forms.
     huffman_headers: bool = False
+    # --- abuse limits (README "Security and robustness"; each trip is counted in hbone.limits) ---------------
+    #: Streams the peer may reset before we answered them, per second, before GOAWAY ENHANCE_YOUR_CALM (rapid reset,
+    #: CVE-2023-44487). Envoy closes a connection once more than half of >=500 streams were reset within 1 s of
+    #: opening; hyper (ztunnel) allows 20 reset streams pending accept. 100/s passes any client that cancels
+    #: requests normally and stops an attack after ~100 streams of work.
+    max_resets_per_second: int = 100
+    #: Request handlers running that have not answered yet, reset streams included until their work is cancelled;
+    #: more are refused (REFUSED_STREAM, safe to retry). None: `max_concurrent_streams` (a burst of legitimate
+    #: requests must not be refused; the rapid reset limit bounds the reset ones).
+    max_pending_streams: int | None = None
+    #: PING, SETTINGS and PRIORITY frames the peer may send per second before GOAWAY ENHANCE_YOUR_CALM (a peer
+    #: sends a handful; each costs an ACK or h2 bookkeeping here).
+    max_control_frames_per_second: int = 1000
+    #: Bytes queued in the transport above which we stop reading from the peer until it reads (queued PING/SETTINGS
+    #: ACKs of a peer that does not read). Envoy's per-connection buffer limit is 1 MiB too.
+    max_outbound_buffer: int = 1 * MiB
 
     def __post_init__(self) -> None:
         if not 65_535 <= self.initial_stream_window <= _MAX_WINDOW:
@@ -82,9 +98,14 @@ class H2Settings:
             "max_send_buffer",
             "read_buffer_size",
             "window_update_divisor",
+            "max_resets_per_second",
+            "max_control_frames_per_second",
+            "max_outbound_buffer",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be positive")
+        if self.max_pending_streams is not None and self.max_pending_streams < 1:
+            raise ConfigError("max_pending_streams must be positive or None")
         if not 0 <= self.header_table_size <= 2**32 - 1:
             raise ConfigError(f"header_table_size {self.header_table_size} out of range [0, 2^32-1]")
         if self.ping_interval is not None and self.ping_interval <= 0:
@@ -107,6 +128,11 @@ class H2Settings:
         }
         base.update(overrides)
         return cls(**base)
+
+    @property
+    def pending_stream_limit(self) -> int:
+        """`max_pending_streams`, or `max_concurrent_streams` when unset."""
+        return self.max_concurrent_streams if self.max_pending_streams is None else self.max_pending_streams
 
     def replace(self, **changes: Any) -> H2Settings:
         """A copy with some fields changed (validated again)."""
