@@ -37,12 +37,12 @@ from hbone.state.endpoints import resolve_target_port
 from hbone.tls import MeshTls
 from hbone.wire.authority import Authority, parse_authority
 from hbone.wire.baggage import PeerMetadata
-from microxds.client.ads import AdsClient, channel_opener
+from microxds.client.ads import AdsClient
 from microxds.client.ambient import AmbientHandler
-from microxds.client.state import DeltaSession, TypeSpec
+from microxds.controlplane import control_plane_channel, start_ambient_ads
 from microxds.istio.ca import DEFAULT_TTL, IstioCASource
 from microxds.istio.node import NodeProfile
-from microxds.resources import ADDRESS, AUTHORIZATION
+from microxds.resources import ADDRESS
 from microxds.server.app import parse_address
 
 log = logging.getLogger("microxds.agent")
@@ -185,16 +185,9 @@ class Agent:
 
     def _channel(self, address: str, *, ca: bool) -> Channel:
         cfg = self.config
-        if cfg.transport == "mtls":
-            if self.node_tls is None:
-                raise ConfigError("transport mtls needs certs: a node certificate directory")
-            return Channel(address, tls=self.node_tls, expected_identities=cfg.control_plane_identities)
-        provider = cfg.profile.metadata_provider(ca=ca)
-        if cfg.transport == "tls":
-            return Channel(address, ssl=cfg.profile.ssl_context(ca=ca), metadata_provider=provider)
-        if cfg.transport == "plaintext":
-            return Channel(address, metadata_provider=provider)
-        raise ConfigError(f"unknown transport {cfg.transport!r}: use mtls, tls or plaintext")
+        return control_plane_channel(
+            address, cfg.transport, cfg.profile, node_tls=self.node_tls, identities=cfg.control_plane_identities, ca=ca
+        )
 
     async def start(self) -> None:
         cfg = self.config
@@ -208,17 +201,11 @@ class Agent:
             ca_address = cfg.ca_address or cfg.xds_address
             same = ca_address == cfg.xds_address
             self._ca_channel = self._xds_channel if same else self._channel(ca_address, ca=True)
-        types = (TypeSpec(ADDRESS, on_demand=cfg.on_demand), TypeSpec(AUTHORIZATION))
-        session = DeltaSession(cfg.profile.node(), types, self.handler)
-        self.ads = AdsClient(channel_opener(self._xds_channel), session, name=cfg.profile.node_id)
         self._unsubscribe = self.state.subscribe(self._on_change)
-        self.ads.start()
-        try:
-            await asyncio.wait_for(self.ads.ready.wait(), cfg.ready_timeout)
-        except TimeoutError:
-            raise ConfigError(
-                f"no xDS configuration from {cfg.xds_address} within {cfg.ready_timeout}s ({self.ads.last_error})"
-            ) from None
+        self.ads = await start_ambient_ads(
+            self._xds_channel, cfg.profile, self.handler,
+            on_demand=cfg.on_demand, ready_timeout=cfg.ready_timeout, address=cfg.xds_address,
+        )  # fmt: skip
         if cfg.on_demand:
             for ref in cfg.workloads:
                 with contextlib.suppress(TimeoutError):

@@ -1,0 +1,71 @@
+"""How a node (the agent, or an application's in-process `hbone.Mesh`) reaches its control plane.
+
+One place for the two steps both need: a gRPC channel to the xDS/CA server for a transport (mTLS with a node
+certificate — microxds; server-auth TLS plus a bearer token — istiod; plaintext for loopback), and a Delta ADS
+session for the ambient types (Address, Authorization) feeding an `hbone.state.MeshState`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from hbone.errors import ConfigError
+from hbone.grpc.client import Channel
+from hbone.state import MeshState
+from hbone.tls import MeshTls
+from microxds.client.ads import AdsClient, channel_opener
+from microxds.client.ambient import AmbientHandler
+from microxds.client.state import DeltaSession, TypeSpec
+from microxds.istio.node import NodeProfile
+from microxds.resources import ADDRESS, AUTHORIZATION
+
+TRANSPORTS = ("mtls", "tls", "plaintext")
+
+
+def control_plane_channel(
+    address: str,
+    transport: str,
+    profile: NodeProfile,
+    *,
+    node_tls: MeshTls | None = None,
+    identities: tuple[str, ...] = (),
+    ca: bool = False,
+) -> Channel:
+    """A channel to the xDS (or, `ca=True`, CA) server at `address` over `transport`."""
+    if transport == "mtls":
+        if node_tls is None:
+            raise ConfigError("transport mtls needs certs: a node certificate directory")
+        return Channel(address, tls=node_tls, expected_identities=identities)
+    provider = profile.metadata_provider(ca=ca)
+    if transport == "tls":
+        return Channel(address, ssl=profile.ssl_context(ca=ca), metadata_provider=provider)
+    if transport == "plaintext":
+        return Channel(address, metadata_provider=provider)
+    raise ConfigError(f"unknown transport {transport!r}: use {', '.join(TRANSPORTS)}")
+
+
+async def start_ambient_ads(
+    channel: Channel,
+    profile: NodeProfile,
+    handler: AmbientHandler,
+    *,
+    on_demand: bool = False,
+    ready_timeout: float = 30.0,
+    address: str = "",
+) -> AdsClient:
+    """Subscribe to Address + Authorization over Delta and wait for the first complete configuration."""
+    types = (TypeSpec(ADDRESS, on_demand=on_demand), TypeSpec(AUTHORIZATION))
+    session = DeltaSession(profile.node(), types, handler)
+    ads = AdsClient(channel_opener(channel), session, name=profile.node_id)
+    ads.start()
+    try:
+        await asyncio.wait_for(ads.ready.wait(), ready_timeout)
+    except TimeoutError:
+        await ads.stop()
+        raise ConfigError(
+            f"no xDS configuration from {address or 'the control plane'} within {ready_timeout}s ({ads.last_error})"
+        ) from None
+    return ads
+
+
+__all__ = ["TRANSPORTS", "MeshState", "control_plane_channel", "start_ambient_ads"]
