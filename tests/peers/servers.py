@@ -64,7 +64,11 @@ async def start_tls_echo_server(ssl_context: ssl.SSLContext) -> tuple[asyncio.Se
 
 
 async def start_http_server(
-    body: bytes = b"hello from the loopback backend\n", status: int = 200, content_type: str = "text/plain"
+    body: bytes = b"hello from the loopback backend\n",
+    status: int = 200,
+    content_type: str = "text/plain",
+    host: str = LOOPBACK,
+    port: int = 0,
 ) -> tuple[asyncio.Server, int]:
     """Minimal HTTP/1.1 server answering every request with a fixed body, then closing (for curl)."""
 
@@ -93,7 +97,7 @@ async def start_http_server(
             except ConnectionError:
                 pass
 
-    server = await asyncio.start_server(handle, LOOPBACK, 0)
+    server = await asyncio.start_server(handle, host, port)
     return server, int(server.sockets[0].getsockname()[1])
 
 

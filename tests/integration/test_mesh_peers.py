@@ -1,0 +1,110 @@
+"""The in-process mesh client against the node proxies: an HTTP app behind `hbone serve` (a subprocess) and behind a
+`microxds agent` (configured over xDS by microxds, enforcing its policies), reached by httpx through `hbone.Mesh`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from hbone import Mesh, MeshConnectError
+from hbone.state import MeshState
+from hbone.testing import TestCA
+from microxds.mesh import XdsControlPlane
+from tests.peers import LOOPBACK, close_server, start_http_server
+from tools.localmesh import APP_PORT, DENY_ALICE, ISTIOD_ID, LocalMesh
+
+pytestmark = pytest.mark.timeout(90)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextlib.asynccontextmanager
+async def hbone_serve(certs: Path) -> AsyncIterator[int]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hbone.cli", "serve", "--certs", str(certs), "--listen", f"{LOOPBACK}:0",
+        stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    try:
+        port = 0
+        while not port:
+            line = (await asyncio.wait_for(proc.stderr.readline(), 30)).decode()
+            assert line, "hbone serve exited"
+            if m := re.search(r"mtls=[\d.]+:(\d+)", line):
+                port = int(m.group(1))
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 15)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_httpx_through_hbone_serve(tmp_path: Path) -> None:
+    ca = TestCA()
+    server_id = str(ca.spiffe("shop", "gateway"))
+    app, app_port = await start_http_server(b"behind hbone serve\n")
+    try:
+        async with hbone_serve(ca.write(tmp_path / "srv", "shop", "gateway")) as port:
+            async with Mesh(ca.write(tmp_path / "cli", "shop", "web")) as mesh:
+                via = f"{LOOPBACK}:{port}"
+                transport = mesh.httpx_transport(via=via, identities=[server_id])
+                async with httpx.AsyncClient(transport=transport, timeout=20) as client:
+                    for _ in range(2):
+                        r = await client.get(f"http://{LOOPBACK}:{app_port}/")
+                        assert r.status_code == 200 and r.text == "behind hbone serve\n"
+            async with Mesh(ca.write(tmp_path / "other", "elsewhere", "web")) as outsider:
+                transport = outsider.httpx_transport(via=f"{LOOPBACK}:{port}")
+                async with httpx.AsyncClient(transport=transport) as client:
+                    with pytest.raises(MeshConnectError) as err:
+                        await client.get(f"http://{LOOPBACK}:{app_port}/")
+                    assert err.value.status == 401
+    finally:
+        await close_server(app)
+
+
+async def test_httpx_through_a_microxds_agent(tmp_path: Path) -> None:
+    """microxds (CA + xDS) and bob's agent in front of an HTTP app on bob's address; the app-side mesh client is
+    alice without an agent: her certificate comes from the CA, the service name is resolved over xDS, and the
+    DENY policy pushed later is enforced by bob's agent (401)."""
+    lm = LocalMesh(tmp_path)
+    try:
+        await lm.start_control_plane()
+        app, _ = await start_http_server(b"behind a microxds agent\n", host=lm.ip("bob"), port=APP_PORT)
+        await lm.start_agent("bob")
+        bootstrap = lm.write_certs("alice", "spiffe://cluster.local/ns/default/sa/alice")
+        cp = XdsControlPlane(f"127.0.0.1:{lm.xds_port}", certs=bootstrap, identities=(ISTIOD_ID,))
+        async with Mesh(control_plane=cp, workload="default/alice", hbone_port=lm.hbone_port) as mesh:
+            assert mesh.identity_manager.current.roots[0] == lm.ca.cert
+            async with httpx.AsyncClient(transport=mesh.httpx_transport(), timeout=20) as client:
+                r = await client.get("http://bob.default.svc.cluster.local/")
+                assert r.status_code == 200 and r.text == "behind a microxds agent\n"
+                bob = lm.agents["bob"]
+                lm.write_config(DENY_ALICE)
+                await asyncio.wait_for(_policy(bob.state, "default/deny-alice"), 10)
+                with pytest.raises(MeshConnectError) as err:
+                    await client.get("http://bob.default.svc.cluster.local/")
+                assert err.value.status == 401
+        app.close()
+    finally:
+        await lm.stop()
+
+
+async def _policy(state: MeshState, name: str) -> None:
+    """Wait for a policy to reach a MeshState, on its change notification."""
+    arrived = asyncio.Event()
+    unsubscribe = state.subscribe(lambda _c, snap: arrived.set() if name in snap.policies else None)
+    try:
+        while name not in state.snapshot().policies:
+            arrived.clear()
+            await arrived.wait()
+    finally:
+        unsubscribe()
