@@ -27,14 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from hbone.authz.config import policy_from_dict
 from hbone.authz.defaults import DefaultMode, default_policies
 from hbone.authz.model import Policy
 from hbone.errors import ConfigError
 from hbone.identity.spiffe import SpiffeId
 from hbone.net.settings import H2Settings
+from hbone.safeyaml import read_limited, safe_load
 from hbone.wire.authority import Authority, parse_authority
 
 _TOP = ("listen", "h2c_listen", "certs", "authorization", "dial_timeout", "drain_timeout", "http2")
@@ -202,14 +201,6 @@ def load_serve_config(path: Path) -> ServeConfig:
 
 
 def read_yaml(path: Path) -> Any:
-    """Parse a YAML file; errors name the file and line (`path:LINE: invalid YAML: ...`)."""
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read ({e.strerror})") from e
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise ConfigError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from e
+    """Parse a YAML file within the config limits (hbone.safeyaml: size, nesting, no aliases of mappings/lists);
+    errors name the file and line (`path:LINE: invalid YAML: ...`)."""
+    return safe_load(read_limited(path), str(path))

@@ -10,9 +10,9 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from hbone.commands.runtime import stop_on_signals
+from hbone.errors import ConfigError as HboneConfigError
+from hbone.safeyaml import read_limited, safe_load
 from microxds.agent import Agent, AgentConfig, Forward
 from microxds.errors import ConfigError
 from microxds.istio.node import NodeProfile
@@ -61,9 +61,9 @@ def register(sub: Any) -> None:
 
 def config_from_yaml(path: Path) -> AgentConfig:
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read agent config: {exc}", file=str(path)) from None
+        raw = safe_load(read_limited(path), str(path)) or {}
+    except HboneConfigError as exc:
+        raise ConfigError(f"cannot read agent config: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError("the agent config must be a mapping", file=str(path))
     return config_from_dict(raw, base=path.parent, source=str(path))

@@ -32,9 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-import yaml
 
+from hbone.errors import ConfigError as HboneConfigError
 from hbone.errors import GrpcStatus
+from hbone.safeyaml import read_limited, safe_load
 from microxds.errors import ConfigError, MicroxdsError
 
 BEARER = "bearer "
@@ -165,9 +166,9 @@ def policy_from_mapping(doc: Mapping[str, Any], source: str = "<mapping>") -> Ac
 
 def load_policy(path: str | os.PathLike[str]) -> AccessPolicy:
     try:
-        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read access rules: {exc}", file=str(path)) from None
+        doc = safe_load(read_limited(path), str(path)) or {}
+    except HboneConfigError as exc:
+        raise ConfigError(f"cannot read access rules: {exc}") from None
     if not isinstance(doc, Mapping):
         raise ConfigError("the access file must be a mapping", file=str(path))
     return policy_from_mapping(doc, str(path))

@@ -20,6 +20,9 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from hbone.errors import ConfigError as HboneConfigError
+from hbone.safeyaml import MAX_CONFIG_BYTES, read_limited
+
 from ..errors import ConfigError
 from .configsnapshot import ConfigSnapshot
 from .yamlconfig import parse_texts
@@ -40,13 +43,21 @@ def config_files(path: str | os.PathLike[str]) -> list[Path]:
     return [p]
 
 
-def _read(files: list[Path]) -> list[tuple[str, str]]:
+def _read(files: list[Path], limit: int = MAX_CONFIG_BYTES) -> list[tuple[str, str]]:
+    """The files' texts; each file and all of them together at most `limit` bytes, checked before parsing (a
+    50 MB file took minutes and GBs to parse and blocked every reload meanwhile)."""
     out = []
+    left = limit
     for f in files:
         try:
-            out.append((str(f), f.read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read: {exc}", file=str(f)) from None
+            text = read_limited(f, limit=left)
+        except HboneConfigError as exc:
+            why = str(exc).removeprefix(f"{f}: ")
+            if left < limit and "limited to" in why:
+                why = f"the config files together exceed {limit:,} bytes"
+            raise ConfigError(why, file=str(f)) from None
+        left -= len(text.encode("utf-8")) if not text.isascii() else len(text)
+        out.append((str(f), text))
     return out
 
 
@@ -113,6 +124,9 @@ class FileSource:
         except ConfigError as exc:
             self._reject(exc, digest)
             return None
+        except Exception as exc:
+            self._reject(ConfigError(f"cannot load: {type(exc).__name__}: {exc}", file=str(self.path)), digest)
+            return None
         self._hash = digest
         self.snapshot = snap
         self.last_error = None
@@ -147,23 +161,29 @@ class FileSource:
         while True:
             await asyncio.sleep(self.interval)
             full = loop.time() - last_full >= self.rescan
-            if not full and not await asyncio.to_thread(self._changed):
-                continue
-            # Debounce: editors and `kubectl cp` write in several steps; wait until the stat is stable.
-            while True:
-                before = await asyncio.to_thread(_stat_key, self._files_or_empty())
-                await asyncio.sleep(self.debounce)
-                if await asyncio.to_thread(_stat_key, self._files_or_empty()) == before:
-                    break
-            last_full = loop.time()
-            rejected = self.rejected
-            snap = await asyncio.to_thread(self.load_now)
-            if snap is not None:
-                result = on_change(snap)
-                if inspect.isawaitable(result):
-                    await result
-            elif on_error is not None and self.rejected != rejected and self.last_error is not None:
-                on_error(self.last_error)
+            try:
+                if not full and not await asyncio.to_thread(self._changed):
+                    continue
+                last_full = loop.time()
+                await self._reload(on_change, on_error)
+            except Exception:  # the watcher outlives any one reload: the last good config stays served
+                log.exception("config reload from %s failed; keeping the last good config", self.path)
+
+    async def _reload(self, on_change: OnChange, on_error: Callable[[ConfigError], None] | None) -> None:
+        # Debounce: editors and `kubectl cp` write in several steps; wait until the stat is stable.
+        while True:
+            before = await asyncio.to_thread(_stat_key, self._files_or_empty())
+            await asyncio.sleep(self.debounce)
+            if await asyncio.to_thread(_stat_key, self._files_or_empty()) == before:
+                break
+        rejected = self.rejected
+        snap = await asyncio.to_thread(self.load_now)
+        if snap is not None:
+            result = on_change(snap)
+            if inspect.isawaitable(result):
+                await result
+        elif on_error is not None and self.rejected != rejected and self.last_error is not None:
+            on_error(self.last_error)
 
     def _files_or_empty(self) -> list[Path]:
         try:

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from hbone.safeyaml import MAX_DEPTH, locate_problem, yaml_problem
+
 from ..errors import ConfigError
 
 try:  # libyaml is several times faster; fall back to the pure-Python loader when it is not built.
@@ -60,13 +62,24 @@ class Document:
         return found.start_mark.line + 1 if found is not None else None
 
 
+def _limits(text: str, file: str, value: Any) -> None:
+    """Aliases of mappings/lists and over-deep nesting are refused at their line (hbone.safeyaml)."""
+    problem = locate_problem(text, value)
+    if problem is not None:
+        raise ConfigError(problem[1], file=file, line=problem[0])
+
+
 def load_documents(text: str, file: str) -> list[Document]:
-    """Parse every document in `text`. A syntax error becomes ConfigError at the line YAML reports."""
+    """Parse every document in `text`. A syntax error becomes ConfigError at the line YAML reports; so do the
+    hostile-input limits (aliases of mappings/lists, nesting deeper than `MAX_DEPTH`)."""
     if file.endswith(".json"):
         try:
-            return [Document(file, json.loads(text), None, text=text)]
-        except ValueError:
-            pass  # not strict JSON (YAML in a .json file, or a syntax error): the YAML loader reports the line
+            data = json.loads(text)
+        except (ValueError, RecursionError):
+            pass  # not strict JSON (YAML in a .json file, a syntax error, too deep): the YAML path reports the line
+        else:
+            _limits(text, file, data)
+            return [Document(file, data, None, text=text)]
     loader = _Loader(text)
     docs: list[Document] = []
     try:
@@ -74,7 +87,12 @@ def load_documents(text: str, file: str) -> list[Document]:
             node = loader.get_node()
             if node is None:
                 continue
-            docs.append(Document(file, loader.construct_document(node), node))
+            data = loader.construct_document(node)
+            _limits(text, file, data)
+            docs.append(Document(file, data, node))
+    except RecursionError:  # the composer recurses per level: find the over-deep node's line without it
+        line, reason = yaml_problem(text) or (None, f"nesting deeper than {MAX_DEPTH} levels")
+        raise ConfigError(reason, file=file, line=line) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         reason = " ".join(p for p in (exc.context, exc.problem) if p) or "invalid YAML"
