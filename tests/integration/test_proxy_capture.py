@@ -12,7 +12,6 @@ import asyncio
 import ipaddress
 import os
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from hbone.proxy.redirect import parse_sockaddr
 from hbone.testing import TestCA
 from tests.integration.test_proxy_mesh import hbone_node
 from tests.peers import ProcessPeer
+from tests.peers.process import find_binary, missing_peer
 
 pytestmark = pytest.mark.timeout(60)
 IO = 15.0
@@ -44,11 +44,17 @@ def must(*args: str) -> None:
 @pytest.fixture
 def netns() -> Iterator[tuple[str, str, str]]:
     """(namespace, host-side IPv4, host-side IPv6) for a fresh namespace wired to the host by a veth pair."""
+    yield from make_netns()
+
+
+def make_netns() -> Iterator[tuple[str, str, str]]:
+    """The `netns` fixture's body. What it cannot do here skips locally and fails under CI=true (missing_peer):
+    CI must never pass by skipping the capture tests."""
     for tool in ("ip", "iptables", "ip6tables"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed")
+        if find_binary(tool) is None:
+            missing_peer(f"{tool} is not installed")
     if os.geteuid() != 0:
-        pytest.skip("creating network namespaces needs root (CAP_SYS_ADMIN + CAP_NET_ADMIN)")
+        missing_peer("creating network namespaces needs root (CAP_SYS_ADMIN + CAP_NET_ADMIN)")
     tag = secrets.token_hex(3)
     ns, host_if, ns_if = f"hbt-{tag}", f"hbh{tag}", f"hbn{tag}"
     net = int(tag[:2], 16)
@@ -57,7 +63,7 @@ def netns() -> Iterator[tuple[str, str, str]]:
     v6h, v6n = (str(ipaddress.IPv6Address(f"fd00:231:{net:x}::{i}")) for i in (1, 2))
     made = sh("ip", "netns", "add", ns)
     if made.returncode != 0:
-        pytest.skip(f"the kernel does not allow network namespaces here: {made.stderr.strip()}")
+        missing_peer(f"the kernel does not allow network namespaces here: {made.stderr.strip()}")
     try:
         must("ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if, "netns", ns)
         must("ip", "addr", "add", f"{v4h}/30", "dev", host_if)
@@ -72,7 +78,7 @@ def netns() -> Iterator[tuple[str, str, str]]:
             must("ip", "netns", "exec", ns, *cmd)
         probe = sh("ip", "netns", "exec", ns, "iptables", "-t", "nat", "-L", "-n")
         if probe.returncode != 0:
-            pytest.skip(f"the kernel forbids iptables nat in a namespace: {probe.stderr.strip()}")
+            missing_peer(f"the kernel forbids iptables nat in a namespace: {probe.stderr.strip()}")
         yield ns, v4h, v6h
     finally:
         sh("ip", "link", "del", host_if)
@@ -167,3 +173,17 @@ def test_parse_sockaddr_v4_v6() -> None:
     assert parse_sockaddr(v6) == ("fd00::5", 443)
     with pytest.raises(ValueError):
         parse_sockaddr(b"\x00" * 4)
+
+
+def test_netns_unavailable_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without root the namespace cannot be made: a skip locally, a failure with CI=true."""
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        try:
+            next(make_netns())
+        except pytest.skip.Exception as e:  # what main did: CI passed by skipping
+            raise AssertionError(f"skipped under CI=true: {e}") from None
+    monkeypatch.setenv("CI", "")
+    with pytest.raises(pytest.skip.Exception):
+        next(make_netns())

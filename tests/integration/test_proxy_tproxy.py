@@ -22,6 +22,7 @@ from hbone.testing import TestCA
 from tests.integration import test_proxy_capture as capture
 from tests.integration.test_proxy_mesh import hbone_node
 from tests.peers import ProcessPeer
+from tests.peers.process import missing_peer
 
 pytestmark = pytest.mark.timeout(60)
 IO = 15.0
@@ -36,13 +37,13 @@ def print_rules(*args: str) -> list[str]:
 
 
 def apply_rules(ns: str, rules: list[str]) -> None:
-    """Run each printed rule in the namespace; skip only when the kernel refuses a TPROXY/socket rule."""
+    """Run each printed rule in the namespace; a TPROXY/socket rule the kernel refuses skips locally, fails in CI."""
     for rule in rules:
         proc = capture.sh("ip", "netns", "exec", ns, *rule.split())
         if proc.returncode == 0:
             continue
         if "TPROXY" in rule or "-m socket" in rule:
-            pytest.skip(f"the kernel refuses TPROXY here ({rule!r}): {proc.stderr.strip()}")
+            missing_peer(f"the kernel refuses TPROXY here ({rule!r}): {proc.stderr.strip()}")
         raise RuntimeError(f"{rule}: {proc.stderr.strip()}")
 
 
@@ -149,3 +150,12 @@ async def test_tproxy_inbound_plaintext_with_proxy_v2(netns: tuple[str, str, str
     assert info["peer"] == v4n
     assert info["source"][0] == v4h and info["dest"] == [v4n, app_port]
     assert info["identity"] is None
+
+
+def test_refused_tproxy_rule_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        try:
+            apply_rules("hbt-does-not-exist", ["iptables -t mangle -A PREROUTING -p tcp -j TPROXY --on-port 1"])
+        except pytest.skip.Exception as e:  # what main did: CI passed by skipping
+            raise AssertionError(f"skipped under CI=true: {e}") from None
