@@ -76,7 +76,7 @@ class Forward:
 
 @dataclass
 class AgentConfig:
-    xds_address: str
+    xds_address: str  # HOST:PORT, or several replicas of one control plane: HOST:PORT,HOST:PORT
     ca_address: str | None = None  # default: the xDS address
     transport: str = "mtls"  # mtls (node certificate) | tls (server-auth + bearer token) | plaintext
     certs: Path | None = None  # node identity for mtls
@@ -168,6 +168,7 @@ class Agent:
         self.handler = AmbientHandler(self.state)
         self._xds_channel = xds_channel
         self._ca_channel = ca_channel
+        self._replica_channels: list[Channel] = []
         self.node_identity: IdentityManager | None = None
         self.node_tls: MeshTls | None = None
         self.ads: AdsClient | None = None
@@ -195,15 +196,21 @@ class Agent:
             self.node_identity = IdentityManager(FileSource(cfg.certs))
             await self.node_identity.start()
             self.node_tls = MeshTls(self.node_identity)
+        # Several control-plane replicas (`a:15012,b:15012`): xDS fails over between them; the CA is asked at the
+        # first one unless ca_address says otherwise.
+        addresses = [a.strip() for a in cfg.xds_address.split(",") if a.strip()]
+        if not addresses:
+            raise ConfigError("xds_address is empty")
         if self._xds_channel is None:
-            self._xds_channel = self._channel(cfg.xds_address, ca=False)
+            self._xds_channel = self._channel(addresses[0], ca=False)
+        self._replica_channels = [self._xds_channel, *(self._channel(a, ca=False) for a in addresses[1:])]
         if self._ca_channel is None:
-            ca_address = cfg.ca_address or cfg.xds_address
-            same = ca_address == cfg.xds_address
+            ca_address = cfg.ca_address or addresses[0]
+            same = ca_address == addresses[0]
             self._ca_channel = self._xds_channel if same else self._channel(ca_address, ca=True)
         self._unsubscribe = self.state.subscribe(self._on_change)
         self.ads = await start_ambient_ads(
-            self._xds_channel, cfg.profile, self.handler,
+            self._replica_channels, cfg.profile, self.handler,
             on_demand=cfg.on_demand, ready_timeout=cfg.ready_timeout, address=cfg.xds_address,
         )  # fmt: skip
         if cfg.on_demand:
@@ -230,7 +237,7 @@ class Agent:
             await lw.server.close()
             await lw.client.close()
             await lw.identity.stop()
-        for ch in {self._xds_channel, self._ca_channel}:
+        for ch in {self._xds_channel, self._ca_channel, *self._replica_channels}:
             if ch is not None:
                 await ch.close()
         if self.node_identity is not None:

@@ -8,12 +8,14 @@ session for the ambient types (Address, Authorization) feeding an `hbone.state.M
 from __future__ import annotations
 
 import asyncio
+import zlib
+from collections.abc import Sequence
 
 from hbone.errors import ConfigError
 from hbone.grpc.client import Channel
 from hbone.state import MeshState
 from hbone.tls import MeshTls
-from microxds.client.ads import AdsClient, channel_opener
+from microxds.client.ads import AdsClient, FailoverOpener, StreamOpener, channel_opener
 from microxds.client.ambient import AmbientHandler
 from microxds.client.state import DeltaSession, TypeSpec
 from microxds.istio.node import NodeProfile
@@ -45,7 +47,7 @@ def control_plane_channel(
 
 
 async def start_ambient_ads(
-    channel: Channel,
+    channel: Channel | Sequence[Channel],
     profile: NodeProfile,
     handler: AmbientHandler,
     *,
@@ -53,10 +55,18 @@ async def start_ambient_ads(
     ready_timeout: float = 30.0,
     address: str = "",
 ) -> AdsClient:
-    """Subscribe to Address + Authorization over Delta and wait for the first complete configuration."""
+    """Subscribe to Address + Authorization over Delta and wait for the first complete configuration.
+
+    Several channels are replicas of one control plane: the stream fails over between them, starting at one
+    picked by the node id (so nodes spread over the replicas)."""
     types = (TypeSpec(ADDRESS, on_demand=on_demand), TypeSpec(AUTHORIZATION))
-    session = DeltaSession(profile.node(), types, handler)
-    ads = AdsClient(channel_opener(channel), session, name=profile.node_id)
+    node = profile.node()
+    session = DeltaSession(node, types, handler)
+    channels = [channel] if isinstance(channel, Channel) else list(channel)
+    opener: StreamOpener = channel_opener(channels[0])
+    if len(channels) > 1:
+        opener = FailoverOpener.of_channels(channels, start=zlib.crc32(node.id.encode()) % len(channels))
+    ads = AdsClient(opener, session, name=profile.node_id)
     ads.start()
     try:
         await asyncio.wait_for(ads.ready.wait(), ready_timeout)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -47,6 +47,47 @@ def channel_opener(channel: Channel, *, sotw: bool = False) -> StreamOpener:
         req, resp = ProtoCodec(discovery_pb2.DeltaDiscoveryRequest), ProtoCodec(discovery_pb2.DeltaDiscoveryResponse)
     path = SOTW_ADS if sotw else DELTA_ADS
     return lambda: channel.stream(path, request_codec=req, response_codec=resp)
+
+
+class FailoverOpener:
+    """Streams to one of several control-plane replicas: the current one until a stream to it fails, then the next.
+
+    Replicas serving one store hand out identical versions, so the stream that resumes on another replica (Delta
+    `initial_resource_versions`, SotW `version_info`) receives nothing the client already has. `start` spreads
+    clients over the replicas (e.g. a hash of the node id).
+    """
+
+    def __init__(self, openers: Sequence[StreamOpener], *, start: int = 0, targets: Sequence[str] = ()) -> None:
+        if not openers:
+            raise ValueError("FailoverOpener needs at least one opener")
+        self.openers = list(openers)
+        self.targets = list(targets) or [f"#{i}" for i in range(len(self.openers))]
+        self.index = start % len(self.openers)
+        self.failovers = 0
+
+    @classmethod
+    def of_channels(cls, channels: Sequence[Channel], *, sotw: bool = False, start: int = 0) -> FailoverOpener:
+        return cls([channel_opener(c, sotw=sotw) for c in channels], start=start, targets=[c.target for c in channels])
+
+    @property
+    def current(self) -> str:
+        return self.targets[self.index]
+
+    def __call__(self) -> AbstractAsyncContextManager[BidiCall]:
+        return self._open()
+
+    @contextlib.asynccontextmanager
+    async def _open(self) -> AsyncIterator[BidiCall]:
+        index = self.index
+        try:
+            async with self.openers[index]() as call:
+                yield call
+        except (GrpcError, HboneError, OSError):
+            if len(self.openers) > 1 and self.index == index:
+                self.index = (index + 1) % len(self.openers)
+                self.failovers += 1
+                log.warning("xDS server %s failed; next stream goes to %s", self.targets[index], self.current)
+            raise
 
 
 class AdsClient:

@@ -224,7 +224,11 @@ class SotwTypeState:
         self.stats.responses += 1
         rejects: dict[str, str] = {}
         batch: list[Received] = []
+        heartbeats = 0
         for any_msg in resp.resources:
+            if _is_heartbeat(any_msg):
+                heartbeats += 1  # a TTL heartbeat: the copy we hold is still good
+                continue
             name, body = _sotw_name(any_msg)
             if name is None:
                 rejects[f"#{len(batch) + len(rejects)}"] = "resource without a name"
@@ -233,7 +237,8 @@ class SotwTypeState:
             else:
                 batch.append(Received(name, resp.version_info, body))
         present = {r.name for r in batch}
-        removed = [n for n in self.known if n not in present] if self.full_state else []
+        only_heartbeats = heartbeats > 0 and not batch and not rejects
+        removed = [n for n in self.known if n not in present] if self.full_state and not only_heartbeats else []
         self.stats.resources += len(batch)
         rejects.update(handler.apply(self.type_url, batch, removed))
         for name in removed:
@@ -252,6 +257,13 @@ class SotwTypeState:
         self.stats.acks += 1
         self.version = resp.version_info
         return self.request()
+
+
+def _is_heartbeat(any_msg: object) -> bool:
+    """A `Resource` wrapper without a body (xds_protocol "TTL": a heartbeat)."""
+    if not getattr(any_msg, "type_url", "").endswith("envoy.service.discovery.v3.Resource"):
+        return False
+    return not discovery_pb2.Resource.FromString(bytes(getattr(any_msg, "value", b""))).HasField("resource")
 
 
 def _sotw_name(any_msg: object) -> tuple[str | None, bytes]:

@@ -41,7 +41,11 @@ def duration(text: str) -> dt.timedelta:
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser("agent", help="run a self-configuring node proxy", description=HELP)
     p.add_argument("--config", type=Path, metavar="FILE", help="agent YAML (see examples/mesh-agent-alice.yml)")
-    p.add_argument("--xds-address", metavar="HOST:PORT", help="control plane (default 127.0.0.1:15012)")
+    p.add_argument(
+        "--xds-address",
+        metavar="HOST:PORT",
+        help="control plane (default 127.0.0.1:15012); replicas: HOST:PORT,HOST:PORT (fail over)",
+    )
     p.add_argument("--ca-address", metavar="HOST:PORT", help="CA (default: the xDS address)")
     p.add_argument("--transport", choices=["mtls", "tls", "plaintext"], help="to the control plane (default mtls)")
     p.add_argument("--certs", type=Path, metavar="DIR", help="node certificate for --transport mtls")

@@ -47,6 +47,7 @@ from microxds.etcd.client import EtcdClient, StoreURL
 from microxds.istio.ca import MAX_TTL, register_ca
 from microxds.resources import ADDRESS, ENDPOINT, WORKLOAD, Resource
 from microxds.server.access import AccessPolicy, JwtVerifier
+from microxds.server.heartbeat import Heartbeats, interval_for
 from microxds.server.pushqueue import Debouncer, PushQueue, release_memory_after_bursts
 from microxds.server.service import XdsService
 from microxds.server.status import StatusRegistry, XdsMetrics
@@ -118,6 +119,17 @@ class ServeOptions:
     store_password: str | None = None
 
 
+def min_ttl(snap: ConfigSnapshot) -> float | None:
+    ttls = [
+        r.ttl
+        for view in (snap.resources, *snap.groups.values())
+        for by_name in view.values()
+        for r in by_name.values()
+        if r.ttl is not None
+    ]
+    return min(ttls) if ttls else None
+
+
 class MetricsServer:
     """GET /metrics (Prometheus text) and /ready on a small asyncio HTTP/1.1 server; nothing else."""
 
@@ -174,6 +186,8 @@ class ControlPlane:
         self.linear = {t: LinearCache(t) for t in options.linear_types}
         self.cache = MuxCache(self.snapshots, self.linear) if self.linear else self.snapshots
         self.registry = StatusRegistry(XdsMetrics(self.prom))
+        self.heartbeats = Heartbeats()
+        self.min_ttl: float | None = None  # the shortest resource TTL in the config (sets the heartbeat period)
         self.queue = PushQueue(
             max_in_flight=options.max_in_flight,
             streams_per_second=options.streams_per_second,
@@ -186,6 +200,7 @@ class ControlPlane:
             group_of=self.node_hash,
             access=options.access,
             jwt=options.jwt,
+            heartbeats=self.heartbeats,
         )
         self.source: FileSource | EtcdSource
         if options.store is not None:
@@ -235,6 +250,7 @@ class ControlPlane:
             if group not in snap.groups:
                 self.snapshots.clear_snapshot(group)
         self.current = snap
+        self.min_ttl = min_ttl(snap)
         self.reloads.inc()
         self.config_ok.set(1)
         log.info("serving config version %s (%d resources, %d groups)", snap.version, snap.count(), len(snap.groups))
@@ -267,6 +283,7 @@ class ControlPlane:
         self.apply(await self._initial_config())
         self._debouncer = Debouncer(self._on_config, quiet=self.options.quiet, max_delay=self.options.max_delay)
         self._tasks.append(asyncio.create_task(self.source.run(self._debouncer.trigger, self._on_config_error)))
+        self._tasks.append(asyncio.create_task(self.heartbeats.run(lambda: interval_for(self.min_ttl))))
         if self.options.release_memory:
             self._tasks.append(asyncio.create_task(release_memory_after_bursts(self.queue)))
         await self._start_listeners()

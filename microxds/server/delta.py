@@ -30,7 +30,7 @@ from microxds.server.sotw import push_order
 from microxds.server.status import StatusRegistry
 from microxds.server.streamcore import StreamCore
 from microxds.server.subscription import Subscription
-from microxds.server.wire import WireResponse, delta_entry, delta_entry_with_aliases
+from microxds.server.wire import WireResponse, delta_entry, delta_entry_with_aliases, delta_heartbeat
 
 DeltaResponse = WireResponse[discovery_pb2.DeltaDiscoveryResponse]
 
@@ -133,6 +133,13 @@ class DeltaStream(StreamCore):
                     reply.send[name] = res
             if reply:
                 out.append(self._response(type_url, sub, reply))
+        for type_url, sub, beats in self._due_heartbeats():
+            self._nonce += 1
+            head = discovery_pb2.DeltaDiscoveryResponse(
+                system_version_info=sub.version(), type_url=type_url, nonce=str(self._nonce)
+            )
+            self.status.heartbeat(type_url, head.system_version_info, head.nonce, len(beats))
+            out.append(WireResponse(head, [delta_heartbeat(r) for r in beats]))
         return out
 
     # -- internals ----------------------------------------------------------------------------------------
@@ -179,6 +186,7 @@ class DeltaStream(StreamCore):
             system_version_info=version, type_url=type_url, nonce=nonce, removed_resources=reply.removed
         )
         self.status.sent(type_url, version, nonce, len(reply.send) + len(reply.removed))
+        self._sent_ttl(type_url, reply.send.values())
         return WireResponse(head, self._entries(sub, reply.send.values()))
 
     @staticmethod

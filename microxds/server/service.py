@@ -30,6 +30,7 @@ from microxds.errors import MicroxdsError
 from microxds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 from microxds.server.access import AccessPolicy, Caller, JwtVerifier, bearer_token
 from microxds.server.delta import DeltaStream
+from microxds.server.heartbeat import Heartbeats
 from microxds.server.pushqueue import PushQueue, StreamCore
 from microxds.server.sotw import SotwResponse, SotwStream
 from microxds.server.status import StatusRegistry
@@ -96,8 +97,10 @@ class XdsService:
         group_of: NodeHash,
         access: AccessPolicy | None = None,
         jwt: JwtVerifier | None = None,
+        heartbeats: Heartbeats | None = None,
     ) -> None:
         self.cache = cache
+        self.heartbeats = heartbeats
         self.registry = registry
         self.queue = queue
         self.group_of = group_of
@@ -165,18 +168,24 @@ class XdsService:
             raise _status_of(exc) from None
 
     def _sotw_handler(self, type_url: str | None) -> Callable[[Call], Awaitable[None]]:
+        def make(peer: str) -> SotwStream:
+            core = SotwStream(self.cache, registry=self.registry, peer=peer, type_url=type_url)
+            core.heartbeats = self.heartbeats
+            return core
+
         async def handler(call: Call) -> None:
-            await self._serve(
-                call, lambda peer: SotwStream(self.cache, registry=self.registry, peer=peer, type_url=type_url)
-            )
+            await self._serve(call, make)
 
         return handler
 
     def _delta_handler(self, type_url: str | None) -> Callable[[Call], Awaitable[None]]:
+        def make(peer: str) -> DeltaStream:
+            core = DeltaStream(self.cache, registry=self.registry, peer=peer, type_url=type_url)
+            core.heartbeats = self.heartbeats
+            return core
+
         async def handler(call: Call) -> None:
-            await self._serve(
-                call, lambda peer: DeltaStream(self.cache, registry=self.registry, peer=peer, type_url=type_url)
-            )
+            await self._serve(call, make)
 
         return handler
 

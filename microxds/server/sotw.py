@@ -28,11 +28,12 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from microxds.cache.consistency import eds_name
 from microxds.cache.types import Cache
+from microxds.cache.versions import digest_of
 from microxds.resources import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, Resource
 from microxds.server.status import StatusRegistry
 from microxds.server.streamcore import StreamCore
 from microxds.server.subscription import Subscription
-from microxds.server.wire import WireResponse, sotw_entry
+from microxds.server.wire import WireResponse, sotw_entry, sotw_heartbeat
 
 FULL_STATE_TYPES = frozenset({LISTENER, CLUSTER})
 LEGACY_WILDCARD_TYPES = frozenset({LISTENER, CLUSTER})
@@ -85,6 +86,8 @@ class SotwStream(StreamCore):
             return []  # rule 5: a plain ACK/NACK; never resend
         out: list[SotwResponse] = []
         view = watch.resources(type_url)
+        if first and not nonce and req.version_info and self._resumes(req.version_info, sub, view, type_url):
+            return out
         if type_url in self._full_state:
             desired = self._desired(sub, view)
             if first or change.requested & view.keys() or self._differs(desired, sub.sent):
@@ -128,9 +131,30 @@ class SotwStream(StreamCore):
                     send.append(res)
             if send:
                 self._send_subset(type_url, sub, send, out)
+        for type_url, sub, beats in self._due_heartbeats():
+            # Only heartbeats in the response: a SotW client treats it as such, not as a new full state.
+            self._nonce += 1
+            head = discovery_pb2.DiscoveryResponse(
+                version_info=sub.version(), type_url=type_url, nonce=str(self._nonce)
+            )
+            self.status.heartbeat(type_url, head.version_info, head.nonce, len(beats))
+            out.append(WireResponse(head, [sotw_heartbeat(r) for r in beats]))
         return out
 
     # -- internals ----------------------------------------------------------------------------------------
+
+    def _resumes(self, version_info: str, sub: Subscription, view: Mapping[str, Resource], type_url: str) -> bool:
+        """A client reconnecting (to us or to another replica) with the `version_info` of exactly what it would get
+        now already holds it: record that and send nothing (versions are content digests, equal on every replica).
+        """
+        desired = self._desired(sub, view)
+        if not desired or digest_of({n: r.version for n, r in desired.items()}) != version_info:
+            return False
+        for res in desired.values():
+            sub.record(res.name, res.version)
+        sub.settle()
+        self.status.resumed(type_url, version_info)
+        return True
 
     @staticmethod
     def _stale(name: str, view: Mapping[str, Resource], sub: Subscription) -> bool:
@@ -196,4 +220,6 @@ class SotwStream(StreamCore):
         version = sub.version()
         head = discovery_pb2.DiscoveryResponse(version_info=version, type_url=type_url, nonce=nonce)
         self.status.sent(type_url, version, nonce, count)
+        resources = list(resources)
+        self._sent_ttl(type_url, resources)
         return WireResponse(head, [sotw_entry(r) for r in resources])  # each resource encoded once, shared

@@ -42,6 +42,15 @@ class XdsMetrics:
             f"{prefix}_xds_expired_nonce", "Requests ignored because their nonce was stale", ["type"], registry=registry
         )
         self.clients = Gauge(f"{prefix}_xds_clients", "Connected xDS streams", ["protocol"], registry=registry)
+        self.resumes = Counter(
+            f"{prefix}_xds_resumed",
+            "Types a reconnecting client already held in full (SotW version_info matched): nothing sent",
+            ["type"],
+            registry=registry,
+        )
+        self.heartbeats = Counter(
+            f"{prefix}_xds_heartbeats", "TTL heartbeats sent (resources without a body)", ["type"], registry=registry
+        )
 
 
 @dataclass(slots=True)
@@ -109,6 +118,20 @@ class ClientStatus:
         if self._metrics is not None:
             self._metrics.pushes.labels(type_url).inc()
             self._metrics.pushed_resources.labels(type_url).inc(count)
+
+    def heartbeat(self, type_url: str, version: str, nonce: str, count: int) -> None:
+        """A heartbeat response went out: it has a nonce to ACK, but carries no resource."""
+        st = self.types[type_url]
+        st.sent_version, st.sent_nonce = version, nonce
+        if self._metrics is not None:
+            self._metrics.heartbeats.labels(type_url).inc(count)
+
+    def resumed(self, type_url: str, version: str) -> None:
+        """A reconnecting SotW client already holds `version`: nothing was sent, and it counts as acknowledged."""
+        st = self.types[type_url]
+        st.acked_version = st.sent_version = version
+        if self._metrics is not None:
+            self._metrics.resumes.labels(type_url).inc()
 
     def acked(self, type_url: str, version: str, nonce: str) -> None:
         st = self.types[type_url]

@@ -7,13 +7,15 @@ names the cache reports as changed until `flush()` turns them into responses.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from envoy.config.core.v3 import base_pb2
 
 from microxds.cache.types import Cache, CacheWatch, Changes
 from microxds.errors import ProtocolError
+from microxds.resources import Resource
+from microxds.server.heartbeat import Heartbeats
 from microxds.server.status import ClientStatus, StatusRegistry
 from microxds.server.subscription import Subscription
 
@@ -37,6 +39,10 @@ class StreamCore:
         self._nonce = 0
         self.on_dirty: Callable[[], None] | None = None
         self.closed = False
+        #: Set by the service: where this stream registers once it holds TTL'd resources.
+        self.heartbeats: Heartbeats | None = None
+        self._ttl_types: set[str] = set()
+        self._heartbeat_due = False
 
     def _begin(self, req: Any) -> tuple[CacheWatch, str, Subscription, bool]:
         """Checks every (Delta)DiscoveryRequest needs; returns the watch, type URL, its subscription, and whether
@@ -68,6 +74,39 @@ class StreamCore:
     @property
     def pending(self) -> bool:
         return bool(self._pending)
+
+    # -- TTL heartbeats -------------------------------------------------------------------------------------------
+
+    def _sent_ttl(self, type_url: str, resources: Iterable[Resource]) -> None:
+        """Note a type whose resources carry a TTL, so heartbeats keep them alive on the client."""
+        if type_url not in self._ttl_types and any(r.ttl is not None for r in resources):
+            self._ttl_types.add(type_url)
+            if self.heartbeats is not None:
+                self.heartbeats.add(self)
+
+    def request_heartbeat(self) -> None:
+        if self._ttl_types and not self.closed:
+            self._heartbeat_due = True
+            if self.on_dirty is not None:
+                self.on_dirty()
+
+    def _due_heartbeats(self) -> Iterator[tuple[str, Subscription, list[Resource]]]:
+        """(type, subscription, TTL'd resources the client holds at their current version), once per request."""
+        if not self._heartbeat_due or self._watch is None:
+            return
+        self._heartbeat_due = False
+        for type_url in sorted(self._ttl_types):
+            sub = self._subs.get(type_url)
+            if sub is None:
+                continue
+            view = self._watch.resources(type_url)
+            beats = [
+                r
+                for n, v in sub.sent.items()
+                if (r := view.get(n)) is not None and r.ttl is not None and r.version == v
+            ]
+            if beats:
+                yield type_url, sub, beats
 
     def _open(self, first_node: base_pb2.Node | None) -> CacheWatch:
         node = base_pb2.Node()

@@ -19,6 +19,7 @@ from functools import lru_cache
 from typing import Any, Generic, TypeVar, cast
 
 from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from hbone.grpc.codec import CodecError
@@ -45,22 +46,52 @@ def _entry(body: bytes) -> bytes:
     return _RESOURCES_TAG + _varint(len(body)) + body
 
 
+_WRAPPER_URL = "type.googleapis.com/envoy.service.discovery.v3.Resource"
+
+
+def _wrapped(res: Resource, *, body: bool, aliases: Iterable[str] = ()) -> discovery_pb2.Resource:
+    """`Resource{name, version, resource, ttl}`; without `body` it is a TTL heartbeat (xds_protocol "TTL")."""
+    out = discovery_pb2.Resource(name=res.name, version=res.version, aliases=aliases)
+    if body:
+        out.resource.CopyFrom(res.to_any())
+    if res.ttl is not None:
+        out.ttl.FromNanoseconds(int(res.ttl * 1e9))
+    return out
+
+
 @lru_cache(maxsize=_ENTRY_CACHE)
 def sotw_entry(res: Resource) -> bytes:
-    """`DiscoveryResponse.resources` entry: the resource as a packed Any."""
-    return _entry(res.to_any().SerializeToString())
+    """`DiscoveryResponse.resources` entry: the resource as a packed Any; a TTL'd one wrapped in a `Resource`
+    (SotW carries TTLs only that way: client feature `xds.config.resource-in-sotw`)."""
+    if res.ttl is None:
+        return _entry(res.to_any().SerializeToString())
+    return _entry(_packed_wrapper(_wrapped(res, body=True)))
 
 
 @lru_cache(maxsize=_ENTRY_CACHE)
 def delta_entry(res: Resource) -> bytes:
-    """`DeltaDiscoveryResponse.resources` entry: a `Resource{name, version, resource}` without aliases."""
-    return _entry(discovery_pb2.Resource(name=res.name, version=res.version, resource=res.to_any()).SerializeToString())
+    """`DeltaDiscoveryResponse.resources` entry: a `Resource{name, version, resource, ttl}` without aliases."""
+    return _entry(_wrapped(res, body=True).SerializeToString())
 
 
 def delta_entry_with_aliases(res: Resource, aliases: Iterable[str]) -> bytes:
     """Per client: the aliases echoed are the ones this client asked for (delta `Resource.aliases`)."""
-    wrapped = discovery_pb2.Resource(name=res.name, version=res.version, resource=res.to_any(), aliases=aliases)
-    return _entry(wrapped.SerializeToString())
+    return _entry(_wrapped(res, body=True, aliases=aliases).SerializeToString())
+
+
+@lru_cache(maxsize=_ENTRY_CACHE)
+def delta_heartbeat(res: Resource) -> bytes:
+    """A heartbeat: the name, the current version and the TTL, no resource (the client's copy stays good)."""
+    return _entry(_wrapped(res, body=False).SerializeToString())
+
+
+@lru_cache(maxsize=_ENTRY_CACHE)
+def sotw_heartbeat(res: Resource) -> bytes:
+    return _entry(_packed_wrapper(_wrapped(res, body=False)))
+
+
+def _packed_wrapper(wrapper: discovery_pb2.Resource) -> bytes:
+    return bytes(any_pb2.Any(type_url=_WRAPPER_URL, value=wrapper.SerializeToString()).SerializeToString())
 
 
 class WireResponse(Generic[M]):
