@@ -186,14 +186,14 @@ class MeshTransport(httpx.AsyncBaseTransport):
             response = await self._pool.handle_async_request(core_request)
         except ConnectRefused as e:
             raise MeshConnectError(
-                f"HBONE tunnel to {request.url.host}:{request.url.port} refused: {e}",
+                f"HBONE tunnel to {_origin(request)} refused: {e}",
                 request=request,
                 status=e.status,
                 reason=str(e),
             ) from e
         except HboneError as e:
             raise MeshConnectError(
-                f"HBONE tunnel to {request.url.host}:{request.url.port} failed: {e}",
+                f"HBONE tunnel to {_origin(request)} failed: {e}",
                 request=request,
                 status=e.http_status,
                 reason=str(e),
@@ -214,6 +214,11 @@ class MeshTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self._pool.aclose()
+
+
+def _origin(request: httpx.Request) -> str:
+    port = request.url.port or (443 if request.url.scheme == "https" else 80)
+    return f"{request.url.host}:{port}"
 
 
 def _httpx_error(exc: Exception, fallback: type[httpx.TransportError]) -> type[httpx.TransportError]:
