@@ -34,8 +34,10 @@ __all__ = ["XdsControlPlane"]
 class XdsControlPlane:
     """Certificates from the Istio CA API and/or workloads, services and policies over Delta xDS.
 
-    `certs`: a bootstrap identity for `transport="mtls"`. `xds=False` uses only the CA; `ca=False` only xDS
-    (the mesh then uses its own certificates). `identities`: accepted control-plane SPIFFE ids (mtls).
+    `address` may list replicas (`a:15012,b:15012`): xDS fails over between them, the CA is asked at the first
+    unless `ca_address` says otherwise. `certs`: a bootstrap identity for `transport="mtls"`. `xds=False` uses only
+    the CA; `ca=False` only xDS (the mesh then uses its own certificates). `identities`: accepted control-plane
+    SPIFFE ids (mtls).
     """
 
     def __init__(
@@ -53,8 +55,11 @@ class XdsControlPlane:
         on_demand: bool = False,
         ready_timeout: float = 30.0,
     ) -> None:
+        self.addresses = [a.strip() for a in address.split(",") if a.strip()]
+        if not self.addresses:
+            raise ConfigError("the control plane address is empty")
         self.address = address
-        self.ca_address = ca_address or address
+        self.ca_address = ca_address or self.addresses[0]
         self.transport = transport
         self.certs = Path(certs) if certs is not None else None
         self.identities = identities
@@ -91,10 +96,10 @@ class XdsControlPlane:
                 self._bootstrap = IdentityManager(FileSource(self.certs))
                 await self._bootstrap.start()
             if self._state is not None:
-                channel = self._channel(self.address, ca=False)
+                channels = [self._channel(a, ca=False) for a in self.addresses]
                 handler = AmbientHandler(self._state)
                 self.ads = await start_ambient_ads(
-                    channel, self.profile, handler,
+                    channels, self.profile, handler,
                     on_demand=self.on_demand, ready_timeout=self.ready_timeout, address=self.address,
                 )  # fmt: skip
         except BaseException:

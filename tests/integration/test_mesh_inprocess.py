@@ -7,6 +7,7 @@ import asyncio
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -112,3 +113,26 @@ async def test_lifecycle_errors_are_one_line(certs: dict[str, Path]) -> None:
 def test_import_is_lazy() -> None:
     code = "import hbone, sys; assert 'hbone.mesh.core' not in sys.modules and 'httpx' not in sys.modules; hbone.Mesh"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
+
+
+def test_runs_on_uvloop(certs: dict[str, Path]) -> None:
+    """The same library under uvloop (what the CLIs use): an ASGI app and an httpx HTTP/2 client, one process."""
+    uvloop = pytest.importorskip("uvloop")
+    import httpx
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            caller = scope["extensions"]["hbone"]["peer_identity"].encode()
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": caller})
+
+    async def scenario() -> tuple[str, bytes]:
+        async with Mesh(certs["api"]) as server_mesh, Mesh(certs["web"]) as client_mesh:
+            server = await server_mesh.serve_asgi(app, host="127.0.0.1", port=0)
+            transport = client_mesh.httpx_transport(http1=False, http2=True, via=f"127.0.0.1:{server.address[1]}")
+            async with httpx.AsyncClient(transport=transport, timeout=20) as client:
+                r = await client.get("http://127.0.0.1:8080/")
+                return type(asyncio.get_running_loop()).__module__, r.content
+
+    loop_module, body = uvloop.run(asyncio.wait_for(scenario(), 30))
+    assert loop_module.startswith("uvloop") and body == b"spiffe://cluster.local/ns/shop/sa/web"
