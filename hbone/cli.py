@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from hbone.commands.toplevel import add_common_flags, event_loop_policy, run_command
-from hbone.errors import HboneError
+from hbone.errors import HboneError, UnsupportedDependency
 
 __all__ = ["build_parser", "event_loop_policy", "main"]
 
@@ -27,7 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except UnsupportedDependency as e:  # one line, no traceback: what to install
+        print(f"hbone: {e}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -63,6 +63,10 @@ class HboneError(Exception):
     grpc_status: GrpcStatus = GrpcStatus.INTERNAL
 
 
+class UnsupportedDependency(HboneError, ImportError):
+    """An installed HTTP/2 library (h2, hyperframe, hpack) outside the supported range (hbone.net.h2deps)."""
+
+
 # --- configuration and identity -------------------------------------------------------------------------------
 
 

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from hbone.commands.toplevel import add_common_flags, run_command
-from hbone.errors import HboneError
+from hbone.errors import HboneError, UnsupportedDependency
 from microxds.errors import MicroxdsError
 
 # Modules under microxds.commands that contribute subcommands, in help order.
@@ -28,7 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except UnsupportedDependency as e:  # one line, no traceback: what to install
+        print(f"microxds: {e}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     if args.command in ("serve", "agent") and not args.verbose:

@@ -16,6 +16,8 @@ if [[ -f tools/genproto.py ]]; then
     echo "== generated protobuf code is current"
     "$PY" tools/genproto.py --check
 fi
+echo "== HTTP/2 driver tests against the lowest and highest allowed h2, hyperframe, hpack"
+"$PY" tools/h2matrix.py
 echo "== pytest"
 set +e
 "$PY" -m pytest -p no:cacheprovider "$@"

@@ -18,6 +18,7 @@ from typing import Any
 import hpack
 from hyperframe import frame as hf
 
+import hbone.net  # noqa: F401 - checks the h2/hyperframe/hpack versions before they are used
 from hbone.errors import H2ErrorCode, HboneError
 from hbone.grpc.framing import DEFAULT_MAX_MESSAGE_SIZE, MessageDecoder
 from hbone.grpc.metadata import header_text, is_grpc_content_type
