@@ -1,9 +1,11 @@
 """TTL heartbeats (xds_protocol.rst "TTL"): keep a client's TTL'd resources alive while they are current.
 
 A resource with `ttl` is dropped by the client when the TTL passes without the server mentioning it. While a
-replica is up it re-announces every TTL'd resource a client holds at its current version, as a `Resource` with the
-name, version and TTL but no body (a heartbeat), Delta and SotW alike (go-control-plane heartbeats SotW only; its
-Delta has no TTL, go-control-plane #421). When every replica is gone the heartbeats stop and clients drop those
+replica is up it re-announces every TTL'd resource a client holds at its current version. Delta: a `Resource` with
+the name, version and TTL but no body (a heartbeat; go-control-plane has no Delta TTL, #421). SotW: the resources
+themselves, wrapped with their TTL, and for LDS/CDS the whole state, because Envoy's SotW client refreshes a TTL
+only from a resource with a body and treats an LDS/CDS response as complete (a body-less heartbeat of a subset
+deleted every other cluster in our Envoy test). When every replica is gone the heartbeats stop and clients drop those
 resources: that is what a TTL is for (a config that must not outlive its control plane).
 
 `Heartbeats` holds the streams that were sent a TTL'd resource (weakly: a closed stream drops out by itself) and

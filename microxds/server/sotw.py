@@ -33,7 +33,7 @@ from microxds.resources import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, Resource
 from microxds.server.status import StatusRegistry
 from microxds.server.streamcore import StreamCore
 from microxds.server.subscription import Subscription
-from microxds.server.wire import WireResponse, sotw_entry, sotw_heartbeat
+from microxds.server.wire import WireResponse, sotw_entry
 
 FULL_STATE_TYPES = frozenset({LISTENER, CLUSTER})
 LEGACY_WILDCARD_TYPES = frozenset({LISTENER, CLUSTER})
@@ -132,13 +132,16 @@ class SotwStream(StreamCore):
             if send:
                 self._send_subset(type_url, sub, send, out)
         for type_url, sub, beats in self._due_heartbeats():
-            # Only heartbeats in the response: a SotW client treats it as such, not as a new full state.
+            # SotW heartbeats carry the resources themselves: Envoy's SotW client refreshes a TTL only from a
+            # resource with a body, and an LDS/CDS response is the full state (a subset would delete the rest).
+            view = self._watch.resources(type_url)
+            resources = list(self._desired(sub, view).values()) if type_url in self._full_state else beats
             self._nonce += 1
             head = discovery_pb2.DiscoveryResponse(
                 version_info=sub.version(), type_url=type_url, nonce=str(self._nonce)
             )
             self.status.heartbeat(type_url, head.version_info, head.nonce, len(beats))
-            out.append(WireResponse(head, [sotw_heartbeat(r) for r in beats]))
+            out.append(WireResponse(head, [sotw_entry(r) for r in resources]))
         return out
 
     # -- internals ----------------------------------------------------------------------------------------

@@ -85,11 +85,6 @@ def delta_heartbeat(res: Resource) -> bytes:
     return _entry(_wrapped(res, body=False).SerializeToString())
 
 
-@lru_cache(maxsize=_ENTRY_CACHE)
-def sotw_heartbeat(res: Resource) -> bytes:
-    return _entry(_packed_wrapper(_wrapped(res, body=False)))
-
-
 def _packed_wrapper(wrapper: discovery_pb2.Resource) -> bytes:
     return bytes(any_pb2.Any(type_url=_WRAPPER_URL, value=wrapper.SerializeToString()).SerializeToString())
 

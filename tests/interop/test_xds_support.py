@@ -31,9 +31,10 @@ _ADDR = re.compile(r"microxds: (\w+) listening on ([\d.:a-f\[\]]+):(\d+)")
 class Microxds(ProcessPeer):
     """`python -m microxds.cli serve` on loopback ports it picks itself, read back from its stdout."""
 
-    def __init__(self, config: Path, *extra: str) -> None:
+    def __init__(self, config: Path | None, *extra: str, store: str | None = None) -> None:
+        source = ["--store", store] if store is not None else ["--config", str(config)]
         args = [
-            sys.executable, "-m", "microxds.cli", "serve", "--config", str(config),
+            sys.executable, "-m", "microxds.cli", "serve", *source,
             "--listen", f"{LOOPBACK}:0", "--metrics-listen", f"{LOOPBACK}:0",
             "--poll-interval", "0.05", "--debounce-quiet", "0.05", "--debounce-max", "0.5", *extra,
         ]  # fmt: skip

@@ -81,7 +81,7 @@ def test_delta_sends_ttl_and_heartbeats_only_current_ttl_resources() -> None:
     assert s.status.types[CLUSTER].sent_count == 1  # a heartbeat is not a push
 
 
-def test_sotw_wraps_ttl_resources_and_heartbeats_without_changing_state() -> None:
+def test_sotw_wraps_ttl_resources_and_heartbeats_with_the_full_state() -> None:
     short, forever = ttl_cluster("short", 3.0), cluster("forever")
     _, s, hb, _ = make(SotwStream, short, forever)
     (r,) = s.handle(sreq(CLUSTER, [], with_node=node()))
@@ -89,11 +89,13 @@ def test_sotw_wraps_ttl_resources_and_heartbeats_without_changing_state() -> Non
     assert kinds == {"Resource", "Cluster"}
     hb.tick()
     (beat,) = s.flush()
-    assert beat.version_info == r.version_info
-    (wrapper,) = beat.resources
-    res = discovery_pb2.Resource.FromString(wrapper.value)
-    assert res.name == "short" and not res.HasField("resource") and res.ttl.seconds == 3
-    # Our SotW client keeps "forever" on a heartbeat-only response (not a new full state without it).
+    assert beat.version_info == r.version_info and beat.nonce != r.nonce
+    assert sorted(a.SerializeToString() for a in beat.resources) == sorted(a.SerializeToString() for a in r.resources)
+    assert s.status.types[CLUSTER].sent_count == 1  # counted as a heartbeat, not a push
+
+
+def test_sotw_client_keeps_state_on_a_bodyless_heartbeat() -> None:
+    """Other servers (go-control-plane) heartbeat SotW with body-less wrappers: not a new, empty full state."""
     client = SotwTypeState(CLUSTER)
 
     class Keep:
@@ -102,9 +104,15 @@ def test_sotw_wraps_ttl_resources_and_heartbeats_without_changing_state() -> Non
             return {}
 
     handler = Keep()
-    client.on_response(r.message(), handler)
-    client.on_response(beat.message(), handler)
-    assert handler.removed == [] and set(client.known) == {"short", "forever"}
+    first = discovery_pb2.DiscoveryResponse(version_info="v1", type_url=CLUSTER, nonce="1")
+    first.resources.add().CopyFrom(cluster("a").to_any())
+    client.on_response(first, handler)
+    beat = discovery_pb2.DiscoveryResponse(version_info="v1", type_url=CLUSTER, nonce="2")
+    wrapper = discovery_pb2.Resource(name="a", version="v1")
+    wrapper.ttl.FromSeconds(3)
+    beat.resources.add().Pack(wrapper)
+    client.on_response(beat, handler)
+    assert handler.removed == [] and set(client.known) == {"a"}
 
 
 def test_sotw_reconnect_with_matching_version_info_sends_nothing() -> None:
