@@ -123,6 +123,21 @@ if [[ ! -f "$NODE_DIR/node_modules/@grpc/grpc-js-xds/package.json" ]] && ((!CHEC
     fi
 fi
 
+# --- Go peers (tests/peers/go: istiod, istio's echo, go-control-plane, grpc-go xDS, h2spec) -----------------
+# Built with the pinned go.mod/go.sum into a cache directory outside the source tree (tools/go-peers.sh);
+# a second run finds them built and returns at once. A cold build takes minutes (istio is large).
+export PATH="$PATH:/usr/local/go/bin"
+GO_PEERS_DIR=""
+if have go; then
+    if ((CHECK_ONLY)); then
+        bash "$ROOT/tools/go-peers.sh" check && GO_PEERS_DIR="$(bash "$ROOT/tools/go-peers.sh" dir)"
+    else
+        GO_PEERS_DIR="$(bash "$ROOT/tools/go-peers.sh" build | tail -n1)" || log "some Go peers failed to build"
+    fi
+else
+    log "go missing; cannot build the Go peers (tests/peers/go)"
+fi
+
 # --- Report: one line per peer ------------------------------------------------------------------------
 report() {  # name, version-or-empty
     if [[ -n "$2" ]]; then
@@ -157,6 +172,17 @@ report node "$(have node && node --version)"
 report npm "$(have npm && npm --version 2>/dev/null | tail -n1)"
 report grpc-js "$(node_pkg_version @grpc/grpc-js)"
 report grpc-js-xds "$(node_pkg_version @grpc/grpc-js-xds)"
+
+go_pin() { sed -n "s|^[[:space:]]*$1 \(v[^ ]*\).*|\1|p" "$ROOT/tests/peers/go/go.mod" | head -n1; }
+go_peer() {  # report name, binary, version
+    if [[ -n "$GO_PEERS_DIR" && -x "$GO_PEERS_DIR/$2" ]]; then report "$1" "$3"; else report "$1" ""; fi
+}
+go_peer istiod-fake istiod-fake "istio.io/istio $(go_pin istio.io/istio)"
+go_peer pilot-disc pilot-discovery "istio.io/istio $(go_pin istio.io/istio)"
+go_peer istio-echo echo-server "istio.io/istio $(go_pin istio.io/istio)"
+go_peer gcp-ads gcp-ads "go-control-plane $(go_pin github.com/envoyproxy/go-control-plane)"
+go_peer grpc-go-xds grpc-xds-client "grpc-go $(go_pin google.golang.org/grpc)"
+go_peer h2spec h2spec "h2spec $(go_pin github.com/summerwind/h2spec)"
 
 if ((${#missing_after[@]})); then
     log "still missing: ${missing_after[*]} (interop tests needing them will skip; with CI=true they fail)"

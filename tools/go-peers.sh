@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Build the Go test peers of tests/peers/go (go-control-plane ADS server, grpc-go xDS client, istiod's
+# discovery server on a fake cluster, the real pilot-discovery, istio's echo client/server, h2spec).
+#
+#   tools/go-peers.sh dir     print the directory the binaries of this source tree live in (builds nothing)
+#   tools/go-peers.sh build   build them there unless already built (idempotent; a few ms when done)
+#   tools/go-peers.sh check   exit 1 unless every binary is there
+#
+# The directory is outside the source tree, keyed by a hash of go.mod, go.sum, every .go file, the Go
+# version and the build flags: ${HBONE_PEERS_CACHE:-~/.cache/hbone-peers}/go/<hash>. Go's own module and
+# build caches (GOMODCACHE, GOCACHE) are left where Go keeps them, so a source change rebuilds only what
+# changed. Versions are pinned by go.mod/go.sum; -mod=readonly makes a stale go.sum an error, not a download.
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SRC="$ROOT/tests/peers/go"
+TAGS="vtprotobuf,disable_pgv"   # how istio builds its binaries
+# name -> package (relative to the module)
+PROGRAMS=(
+    "gcp-ads=./gcp-ads"
+    "grpc-xds-client=./grpc-xds-client"
+    "h2spec=github.com/summerwind/h2spec/cmd/h2spec"
+    "echo-client=istio.io/istio/pkg/test/echo/cmd/client"
+    "echo-server=istio.io/istio/pkg/test/echo/cmd/server"
+    "istiod-fake=./istiod-fake"
+    "pilot-discovery=istio.io/istio/pilot/cmd/pilot-discovery"
+)
+
+export GOTOOLCHAIN=local GOFLAGS="-mod=readonly -buildvcs=false"
+
+peers_dir() {
+    local go_version sums
+    go_version="$(go version 2>/dev/null)" || return 1
+    sums="$(cd "$ROOT" && find tests/peers/go -type f \( -name '*.go' -o -name go.mod -o -name go.sum \) \
+        | LC_ALL=C sort | xargs sha256sum)"
+    local key
+    key="$(printf '%s\n%s\ntags=%s\n' "$sums" "$go_version" "$TAGS" | sha256sum | cut -c1-16)"
+    echo "${HBONE_PEERS_CACHE:-$HOME/.cache/hbone-peers}/go/$key"
+}
+
+complete() {  # dir
+    local p
+    for p in "${PROGRAMS[@]}"; do [[ -x "$1/${p%%=*}" ]] || return 1; done
+}
+
+build() {
+    local dir tmp p name pkg start rc=0
+    dir="$(peers_dir)" || { echo "go-peers: go not installed" >&2; return 1; }
+    complete "$dir" && { echo "$dir"; return 0; }
+    tmp="$dir.tmp.$$"
+    mkdir -p "$tmp" || return 1
+    for p in "${PROGRAMS[@]}"; do
+        name="${p%%=*}" pkg="${p#*=}"
+        [[ -x "$dir/$name" ]] && { cp "$dir/$name" "$tmp/$name"; continue; }
+        start=$SECONDS
+        if (cd "$SRC" && nice -n 10 go build -tags="$TAGS" -trimpath -o "$tmp/$name" "$pkg"); then
+            echo "go-peers: built $name in $((SECONDS - start))s" >&2
+        else
+            echo "go-peers: building $name failed: (cd tests/peers/go && go build -tags=$TAGS -trimpath $pkg)" >&2
+            rc=1
+        fi
+    done
+    # Publish what was built; a failed program stays missing and is retried next time.
+    mkdir -p "$dir" && for f in "$tmp"/*; do [[ -e "$f" ]] && mv -f "$f" "$dir/"; done
+    rm -rf "$tmp"
+    echo "$dir"
+    return $rc
+}
+
+case "${1:-build}" in
+    dir) peers_dir ;;
+    build) build ;;
+    check) d="$(peers_dir)" && complete "$d" ;;
+    *) echo "usage: $0 dir|build|check" >&2; exit 2 ;;
+esac
