@@ -119,6 +119,12 @@ def _is_local(ip: str) -> bool:
     return addr is not None and (addr.is_loopback or addr.is_unspecified)
 
 
+def _finish_cancelled(stream: Stream, record: AccessRecord) -> None:
+    """A tunnel whose connection went away (the connection cancels its handler tasks) still gets its record."""
+    record.bytes_sent, record.bytes_received = stream.bytes_in, stream.bytes_out
+    record.finish(200, f"broken: {stream.error or 'cancelled'}")
+
+
 class InboundHandler:
     """Handles HBONE CONNECT/POST streams on one listener. Call it with each incoming stream.
 
@@ -198,6 +204,9 @@ class InboundHandler:
             if pipe is stream:
                 stream.send_headers(tunnel_response(200, peer=self.config.response_baggage))
             result = await splice(pipe, reader, writer)  # type: ignore[arg-type]  # TlsStream is stream-shaped
+        except asyncio.CancelledError:
+            _finish_cancelled(stream, record)
+            raise
         except HboneError as e:
             record.bytes_sent, record.bytes_received = stream.bytes_in, stream.bytes_out
             record.finish(200, f"broken: {e}")
@@ -231,7 +240,11 @@ class InboundHandler:
             record.finish(200, f"broken: {e}")
             return
         pipe.start(stream)
-        result = await pipe.wait()
+        try:
+            result = await pipe.wait()
+        except asyncio.CancelledError:
+            _finish_cancelled(stream, record)
+            raise
         record.bytes_sent, record.bytes_received = result.from_stream, result.to_stream
         record.finish(200, "ok" if result.error is None else f"broken: {result.error}")
 
