@@ -10,6 +10,8 @@
 # version and the build flags: ${HBONE_PEERS_CACHE:-~/.cache/hbone-peers}/go/<hash>. Go's own module and
 # build caches (GOMODCACHE, GOCACHE) are left where Go keeps them, so a source change rebuilds only what
 # changed. Versions are pinned by go.mod/go.sum; -mod=readonly makes a stale go.sum an error, not a download.
+# A program that failed to build leaves NAME.failed (its log) there and is not retried for the same sources;
+# delete that file to retry.
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -52,11 +54,20 @@ build() {
     for p in "${PROGRAMS[@]}"; do
         name="${p%%=*}" pkg="${p#*=}"
         [[ -x "$dir/$name" ]] && { cp "$dir/$name" "$tmp/$name"; continue; }
+        # The same sources failed before: do not spend minutes failing again on every run.
+        if [[ -f "$dir/$name.failed" ]]; then
+            echo "go-peers: $name failed to build from these sources (see $dir/$name.failed)" >&2
+            rc=1
+            continue
+        fi
         start=$SECONDS
-        if (cd "$SRC" && nice -n 10 go build -tags="$TAGS" -trimpath -o "$tmp/$name" "$pkg"); then
+        if (cd "$SRC" && nice -n 10 go build -tags="$TAGS" -trimpath -o "$tmp/$name" "$pkg") 2>"$tmp/$name.log"; then
             echo "go-peers: built $name in $((SECONDS - start))s" >&2
+            rm -f "$tmp/$name.log"
         else
             echo "go-peers: building $name failed: (cd tests/peers/go && go build -tags=$TAGS -trimpath $pkg)" >&2
+            tail -n 20 "$tmp/$name.log" >&2
+            mv "$tmp/$name.log" "$tmp/$name.failed"
             rc=1
         fi
     done
