@@ -51,13 +51,13 @@ def find_problems(snapshot: Mapping[str, Mapping[str, Resource]]) -> list[Proble
     problems: list[Problem] = []
     for res in listeners.values():
         listener = listener_pb2.Listener.FromString(res.value)
-        for kind, ref in _listener_refs(listener):
+        for kind, ref in listener_refs(listener):
             present = routes if kind == ROUTE else clusters
             if ref not in present:
                 problems.append(Problem(LISTENER, res.name, kind, ref))
     for res in routes.values():
         route_config = route_pb2.RouteConfiguration.FromString(res.value)
-        missing = [c for c in _route_clusters(route_config) if c not in clusters]
+        missing = [c for c in route_clusters(route_config) if c not in clusters]
         problems.extend(Problem(ROUTE, res.name, CLUSTER, c) for c in missing)
     for res in clusters.values():
         eds = eds_name(res)
@@ -66,8 +66,7 @@ def find_problems(snapshot: Mapping[str, Mapping[str, Resource]]) -> list[Proble
     return problems
 
 
-def _listener_refs(listener: listener_pb2.Listener) -> Iterator[tuple[str, str]]:
-    """(ROUTE, name) for each RDS reference, (CLUSTER, name) for inline routes and TCP proxies."""
+def _typed_filters(listener: listener_pb2.Listener) -> list[any_pb2.Any]:
     typed: list[any_pb2.Any] = []
     if listener.HasField("api_listener"):
         typed.append(listener.api_listener.api_listener)
@@ -75,13 +74,27 @@ def _listener_refs(listener: listener_pb2.Listener) -> Iterator[tuple[str, str]]
     if listener.HasField("default_filter_chain"):
         chains.append(listener.default_filter_chain)
     typed.extend(f.typed_config for chain in chains for f in chain.filters if f.HasField("typed_config"))
-    for packed in typed:
+    return typed
+
+
+def inline_route_configs(listener: listener_pb2.Listener) -> Iterator[route_pb2.RouteConfiguration]:
+    """The route configurations carried inline in the listener's HttpConnectionManagers."""
+    for packed in _typed_filters(listener):
+        if packed.type_url == _HCM:
+            hcm = hcm_pb2.HttpConnectionManager.FromString(packed.value)
+            if hcm.HasField("route_config"):
+                yield hcm.route_config
+
+
+def listener_refs(listener: listener_pb2.Listener) -> Iterator[tuple[str, str]]:
+    """(ROUTE, name) for each RDS reference, (CLUSTER, name) for inline routes and TCP proxies."""
+    for packed in _typed_filters(listener):
         if packed.type_url == _HCM:
             hcm = hcm_pb2.HttpConnectionManager.FromString(packed.value)
             if hcm.HasField("rds"):
                 yield ROUTE, hcm.rds.route_config_name
             elif hcm.HasField("route_config"):
-                yield from ((CLUSTER, c) for c in _route_clusters(hcm.route_config))
+                yield from ((CLUSTER, c) for c in route_clusters(hcm.route_config))
         elif packed.type_url == _TCP:
             tcp = tcp_proxy_pb2.TcpProxy.FromString(packed.value)
             if tcp.cluster:
@@ -89,7 +102,7 @@ def _listener_refs(listener: listener_pb2.Listener) -> Iterator[tuple[str, str]]
             yield from ((CLUSTER, w.name) for w in tcp.weighted_clusters.clusters)
 
 
-def _route_clusters(route_config: route_pb2.RouteConfiguration) -> Iterable[str]:
+def route_clusters(route_config: route_pb2.RouteConfiguration) -> Iterable[str]:
     seen: dict[str, None] = {}
     for vhost in route_config.virtual_hosts:
         for route in vhost.routes:

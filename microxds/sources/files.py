@@ -17,7 +17,7 @@ import inspect
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 from hbone.errors import ConfigError as HboneConfigError
@@ -43,7 +43,7 @@ def config_files(path: str | os.PathLike[str]) -> list[Path]:
     return [p]
 
 
-def _read(files: list[Path], limit: int = MAX_CONFIG_BYTES) -> list[tuple[str, str]]:
+def read_texts(files: list[Path], limit: int = MAX_CONFIG_BYTES) -> list[tuple[str, str]]:
     """The files' texts; each file and all of them together at most `limit` bytes, checked before parsing (a
     50 MB file took minutes and GBs to parse and blocked every reload meanwhile)."""
     out = []
@@ -61,9 +61,14 @@ def _read(files: list[Path], limit: int = MAX_CONFIG_BYTES) -> list[tuple[str, s
     return out
 
 
+def load_texts(texts: Iterable[tuple[str, str]]) -> ConfigSnapshot:
+    """Validate `(file name, text)` pairs as one config: every check `serve` and `validate` apply."""
+    return parse_texts(texts)
+
+
 def load(path: str | os.PathLike[str]) -> ConfigSnapshot:
     """Load and validate the config at `path`. Raises ConfigError with `file:line: reason`."""
-    return parse_texts(_read(config_files(path)))
+    return load_texts(read_texts(config_files(path)))
 
 
 def _stat_key(files: list[Path]) -> tuple[tuple[str, int, int], ...]:
@@ -112,7 +117,7 @@ class FileSource:
             return None
         self._stat = _stat_key(files)
         try:
-            texts = _read(files)
+            texts = read_texts(files)
         except ConfigError as exc:
             self._reject(exc, None)
             return None
@@ -120,7 +125,7 @@ class FileSource:
         if digest == self._hash:
             return None
         try:
-            snap = parse_texts(texts)
+            snap = load_texts(texts)
         except ConfigError as exc:
             self._reject(exc, digest)
             return None

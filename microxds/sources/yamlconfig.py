@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -30,9 +30,11 @@ from google.protobuf.message import Message
 
 from ..errors import ConfigError, ConfigErrors, DuplicateResourceError, UnknownTypeError
 from ..resources import ADDRESS, PREFIX, Resource, address_aliases, resource_name
+from . import pgv
 from .ambient import build_ambient
 from .configsnapshot import ConfigSnapshot, freeze
 from .protoreg import parse_message
+from .references import check_references
 from .wrapped import unwrap
 from .yamldoc import Document, Located, load_documents
 
@@ -99,6 +101,45 @@ def parse_resource(item: Located) -> tuple[str, Message]:
     return PREFIX + str(msg.DESCRIPTOR.full_name), msg
 
 
+# Content version -> violations: a reload re-checks only the resources that changed (a 2,000-cluster reload
+# would otherwise pay ~0.3 ms per resource again). Bounded; cleared when full.
+_CHECKED: dict[tuple[str, str], list[pgv.Violation]] = {}
+_CHECKED_MAX = 65536
+
+
+def _rule_errors(res: Resource, msg: Message, item: Located) -> list[ConfigError]:
+    """What Envoy would NACK by its protos' validate rules, located at the offending field's line."""
+    key = (res.type_url, res.version)
+    violations = _CHECKED.get(key)
+    if violations is None:
+        violations = pgv.check(msg)
+        if len(_CHECKED) >= _CHECKED_MAX:
+            _CHECKED.clear()
+        _CHECKED[key] = violations
+    return [ConfigError(str(v), file=item.file, line=_violation_line(item, v.path)) for v in violations]
+
+
+def _violation_line(item: Located, steps: tuple[pgv.Step, ...]) -> int:
+    """The line of the deepest part of a field path present in the YAML (keys in snake_case or camelCase)."""
+    path: list[str | int] = list(item.path)
+    value: Any = item.value
+    for step in steps:
+        if isinstance(step, int) and isinstance(value, list) and 0 <= step < len(value):
+            path.append(step)
+            value = value[step]
+            continue
+        if isinstance(value, dict):
+            key = str(step)
+            camel = re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), key)
+            found = key if key in value else camel if camel in value else None
+            if found is not None:
+                path.append(found)
+                value = value[found]
+                continue
+        break
+    return item.doc.line(tuple(path))
+
+
 def _build_scope(
     scope: _Scope, shorthand: _Scope, root_namespace: str, warnings: list[str], errors: list[ConfigError]
 ) -> list[tuple[str, Message, Located]]:
@@ -156,7 +197,12 @@ def _index(
             )
             continue
         aliases = address_aliases(msg) if type_url == ADDRESS else ()
-        by_name[name] = Resource.of(msg, type_url=type_url, name=name, aliases=aliases, ttl=ttl)
+        res = Resource.of(msg, type_url=type_url, name=name, aliases=aliases, ttl=ttl)
+        rule_errors = _rule_errors(res, msg, item)
+        if rule_errors:
+            errors.extend(rule_errors)
+            continue
+        by_name[name] = res
         origins[(group, type_url, name)] = item
     return types, origins
 
@@ -218,7 +264,11 @@ def build_snapshot(documents: Iterable[Document]) -> ConfigSnapshot:
     if errors:
         raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
     files = tuple(dict.fromkeys(d.file for d in docs))
-    return ConfigSnapshot(freeze(types), MappingProxyType(views), _Origins(origins), tuple(warnings), files)
+    snap = ConfigSnapshot(freeze(types), MappingProxyType(views), _Origins(origins), tuple(warnings), files)
+    ref_errors, ref_warnings = check_references(snap)
+    if ref_errors:
+        raise ref_errors[0] if len(ref_errors) == 1 else ConfigErrors(ref_errors)
+    return replace(snap, warnings=(*snap.warnings, *(str(w) for w in ref_warnings))) if ref_warnings else snap
 
 
 class _Origins(Mapping[tuple[str, str, str], str]):

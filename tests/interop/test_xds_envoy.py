@@ -28,6 +28,7 @@ from tests.interop.test_xds_support import (
     write_config,
 )
 from tests.peers import Envoy, close_server, require_envoy
+from tests.peers.envoy_config import envoy_static_cluster
 
 pytestmark = pytest.mark.timeout(90)
 CDS = "cluster_manager.cds."
@@ -93,8 +94,9 @@ async def test_envoy_nack_shows_in_csds_and_metrics_without_resend(tmp_path: Pat
             await envoy.wait_stat(LDS + "update_success", lambda v: int(v) >= 1)
             port = await envoy.listener_port("tcp_in")
 
-            # Valid for microxds (well-formed protobuf), invalid for Envoy: connect_timeout must be > 0.
-            bad = {**static_cluster("bad", port_a), "connect_timeout": "-1s"}
+            # Passes `microxds validate` (the protos' rules), invalid for Envoy's code: a STATIC cluster's endpoint
+            # must be an IP literal, not a name.
+            bad = {"@type": CLUSTER_T, **envoy_static_cluster("bad", port_a, host="localhost"), "connect_timeout": "1s"}
             write_config(config, [*good, bad])
             await envoy.wait_stat(CDS + "update_rejected", lambda v: int(v) >= 1)
             await xds.wait_metric(f'microxds_xds_nacks_total{{type="{CLUSTER_T}"}}', lambda v: v >= 1)
@@ -107,7 +109,7 @@ async def test_envoy_nack_shows_in_csds_and_metrics_without_resend(tmp_path: Pat
                 if g.type_url == CLUSTER_T and g.client_status == config_dump_shared_pb2.ClientResourceStatus.NACKED
             ]
             assert nacked, client
-            assert "duration" in nacked[0].error_state.details.lower(), nacked[0].error_state.details
+            assert "malformed ip address" in nacked[0].error_state.details.lower(), nacked[0].error_state.details
             assert any(g.name == "bad" for g in nacked)
 
             # No resend loop: over an observation window the CDS push count and Envoy's rejects stay flat.
