@@ -5,7 +5,7 @@
     python tools/fuzz.py NAME --time 3600            # long coverage-guided run (atheris), corpus grows in .fuzz/NAME
     python tools/fuzz.py NAME --time 3600 --workers 2
     python tools/fuzz.py NAME --replay crash-1234...  # reproduce a crash (prints the traceback)
-    python tools/fuzz.py --make-corpus               # rewrite tests/fuzz/corpus/* from the harnesses' seeds
+    python tools/fuzz.py --make-corpus               # add new harness seeds to tests/fuzz/corpus/
 
 A crash leaves its input in --artifacts (default .fuzz/artifacts/NAME). Make it a regression test in
 tests/unit/test_fuzz_regressions.py and copy the file into tests/fuzz/corpus/NAME/.
@@ -25,17 +25,20 @@ from tests.fuzz import engine  # noqa: E402
 from tests.fuzz.harness import CORPUS_DIR, NAMES, load  # noqa: E402
 
 
-def make_corpus() -> None:
+def make_corpus(fresh: bool) -> None:
+    """Write each harness's seeds. Seeds already present (by label) are kept unless `fresh`: some encoders are
+    randomised (a TLS ClientHello's random and key share), and the committed corpus should not churn."""
     for name in NAMES:
         folder = CORPUS_DIR / name
         folder.mkdir(parents=True, exist_ok=True)
-        keep = {p.name for p in folder.iterdir() if p.name.startswith(("crash-", "timeout-", "oom-"))}
-        for old in folder.iterdir():
-            if old.name not in keep:
-                old.unlink()
+        if fresh:
+            for old in folder.iterdir():
+                if not old.name.startswith(("crash-", "timeout-", "oom-", "regression-")):
+                    old.unlink()
+        present = {p.name.rsplit("-", 1)[0] for p in folder.iterdir()}
         for label, data in load(name).seeds().items():
-            digest = hashlib.sha1(data).hexdigest()[:12]
-            (folder / f"{label}-{digest}").write_bytes(data)
+            if label not in present:
+                (folder / f"{label}-{hashlib.sha1(data).hexdigest()[:12]}").write_bytes(data)
         print(f"{name}: {len(list(folder.iterdir()))} files")
 
 
@@ -50,13 +53,14 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=1, help="parallel atheris processes")
     ap.add_argument("--replay", nargs="+", type=Path, metavar="FILE", help="run these inputs once and exit")
     ap.add_argument("--list", action="store_true", help="list the harnesses")
-    ap.add_argument("--make-corpus", action="store_true", help="regenerate the committed seed corpus")
+    ap.add_argument("--make-corpus", action="store_true", help="add missing seeds to the committed corpus")
+    ap.add_argument("--fresh", action="store_true", help="with --make-corpus: rewrite every seed")
     args = ap.parse_args()
     if args.list:
         print("\n".join(NAMES))
         return 0
     if args.make_corpus:
-        make_corpus()
+        make_corpus(args.fresh)
         return 0
     if args.name not in NAMES:
         ap.error(f"NAME must be one of: {', '.join(NAMES)}")
