@@ -22,6 +22,7 @@ import sys
 import httpx
 
 import hbone
+from hbone.errors import HboneError
 from microxds.mesh import XdsControlPlane
 
 
@@ -50,4 +51,7 @@ if __name__ == "__main__":
     parser.add_argument("--hbone-port", type=int, default=15008, help="where mesh workloads accept HBONE")
     parser.add_argument("--http2", action="store_true")
     parser.add_argument("--count", type=int, default=1)
-    sys.exit(asyncio.run(main(parser.parse_args())))
+    try:
+        sys.exit(asyncio.run(main(parser.parse_args())))
+    except (HboneError, httpx.TransportError) as e:
+        sys.exit(f"httpx_client: error: {e}")
