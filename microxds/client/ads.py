@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
@@ -50,7 +51,7 @@ def channel_opener(channel: Channel, *, sotw: bool = False) -> StreamOpener:
 
 
 class FailoverOpener:
-    """Streams to one of several control-plane replicas: the current one until a stream to it fails, then the next.
+    """Streams to one of several control-plane replicas: the current one until a stream to it fails, then another.
 
     Replicas serving one store hand out identical versions, so the stream that resumes on another replica (Delta
     `initial_resource_versions`, SotW `version_info`) receives nothing the client already has. `start` spreads
@@ -64,6 +65,9 @@ class FailoverOpener:
         self.targets = list(targets) or [f"#{i}" for i in range(len(self.openers))]
         self.index = start % len(self.openers)
         self.failovers = 0
+        # Which replica next is random (seeded by `start`, so one node always tries the same order): the clients of
+        # a dead replica spread over the others instead of all landing on its neighbour.
+        self._rng = random.Random(start)
 
     @classmethod
     def of_channels(cls, channels: Sequence[Channel], *, sotw: bool = False, start: int = 0) -> FailoverOpener:
@@ -84,7 +88,7 @@ class FailoverOpener:
                 yield call
         except (GrpcError, HboneError, OSError):
             if len(self.openers) > 1 and self.index == index:
-                self.index = (index + 1) % len(self.openers)
+                self.index = self._rng.choice([i for i in range(len(self.openers)) if i != index])
                 self.failovers += 1
                 log.warning("xDS server %s failed; next stream goes to %s", self.targets[index], self.current)
             raise
