@@ -13,7 +13,7 @@ from hbone.errors import HboneError, UnsupportedDependency
 from microxds.errors import MicroxdsError
 
 # Modules under microxds.commands that contribute subcommands, in help order.
-COMMAND_MODULES = ("serve", "validate", "store", "dump", "agent")
+COMMAND_MODULES = ("serve", "validate", "bootstrap", "store", "dump", "agent")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -60,14 +60,14 @@ once();
 
 
 def proxyless_resources(port: int) -> list[dict[str, Any]]:
-    """reference/xds-protocol.md §3: api_listener + RDS over ADS, EDS cluster, CLA with a weighted locality."""
+    """docs/xds.md (proxyless gRPC): api_listener + RDS over ADS, EDS cluster, CLA with a weighted locality."""
     ads = {"ads": {}, "resource_api_version": "V3"}
     hcm = PREFIX + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
     rds = {"route_config_name": "echo-route", "config_source": ads}
     router = {"name": "router", "typed_config": {"@type": PREFIX + "envoy.extensions.filters.http.router.v3.Router"}}
     return [
         {"@type": PREFIX + "envoy.config.listener.v3.Listener", "name": "echo",
-         "api_listener": {"api_listener": {"@type": hcm, "rds": rds,
+         "api_listener": {"api_listener": {"@type": hcm, "stat_prefix": "echo", "rds": rds,
                                            "http_filters": [router]}}},
         {"@type": PREFIX + "envoy.config.route.v3.RouteConfiguration", "name": "echo-route",
          "virtual_hosts": [{"name": "vh", "domains": ["*"],
