@@ -8,6 +8,8 @@ GRPC_XDS_BOOTSTRAP set to `microxds bootstrap grpc` resolves `xds:///echo` (the 
 
 from __future__ import annotations
 
+import asyncio
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -29,12 +31,13 @@ PLANE_ID = "spiffe://cluster.local/ns/istio-system/sa/istiod"
 
 
 def bootstrap(client: str, *args: str) -> dict[str, Any]:
+    """Run the CLI as a user would; its stdout parsed (YAML is a superset of the gRPC JSON)."""
     proc = subprocess.run(
         [sys.executable, "-m", "microxds.cli", "bootstrap", client, *args],
         check=False, capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    doc: dict[str, Any] = yaml.safe_load(proc.stdout)
+    doc: dict[str, Any] = yaml.safe_load(proc.stdout) if proc.stdout else {}
     return doc
 
 
@@ -81,7 +84,7 @@ async def test_envoy_runs_the_printed_bootstrap(tmp_path: Path, mode: str) -> No
                 args += ["--tls", "--certs", str(envoy_certs), "--server-identity", PLANE_ID]
             else:
                 server = xds.target
-            doc = bootstrap("envoy", "--server", server, *args)
+            doc = await asyncio.to_thread(bootstrap, "envoy", "--server", server, *args)
             checked = envoy_validate(doc)
             assert checked.ok, checked.output
             async with Envoy(doc) as envoy:
@@ -104,11 +107,8 @@ async def test_grpcio_uses_the_printed_bootstrap(tmp_path: Path, backends: dict[
     assert validate_path(config).ok
     async with Microxds(config) as xds:
         path = tmp_path / "grpc-bootstrap.json"
-        proc = subprocess.run(
-            [sys.executable, "-m", "microxds.cli", "bootstrap", "grpc", "--server", xds.target, "-o", str(path)],
-            check=False, capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr
+        await asyncio.to_thread(bootstrap, "grpc", "--server", xds.target, "-o", str(path))
+        assert json.loads(path.read_text())["xds_servers"][0]["server_uri"] == xds.target
         env = loopback_env({"GRPC_XDS_BOOTSTRAP": str(path)})
         with ProcessPeer([sys.executable, "-c", PY_CLIENT, "60"], name="grpcio-xds", env=env) as client:
             await wait_answers(client, "A")
