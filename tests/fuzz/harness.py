@@ -23,6 +23,7 @@ NAMES = (
     "h2_driver",
     "grpc_framing",
     "grpc_trailers",
+    "grpc_capture",
     "socks5",
     "http1",
     "http_connect",
@@ -34,6 +35,7 @@ NAMES = (
     "forwarded",
     "traceparent",
     "xds_config",
+    "hbone_config",
     "xds_requests",
 )
 
