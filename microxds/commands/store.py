@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import ssl
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,10 @@ import yaml
 from microxds.errors import ConfigError
 from microxds.etcd.client import EtcdClient, StoreURL
 from microxds.sources.configsnapshot import ConfigSnapshot
-from microxds.sources.files import config_files
+from microxds.sources.files import config_files, read_texts
 from microxds.sources.storekeys import parse_entry, split_key
-from microxds.sources.yamlconfig import parse_texts
 from microxds.store import apply, read
+from microxds.validate import validate_texts
 
 PASSWORD_ENV = "MICROXDS_STORE_PASSWORD"
 
@@ -110,15 +111,16 @@ def register(sub: Any) -> None:
 
 
 def load_paths(paths: list[Path]) -> ConfigSnapshot:
-    """Validate PATH... as one configuration (the same parser `serve --config` uses)."""
+    """Validate PATH... together as one configuration, with every check `microxds validate` and `serve` apply."""
     texts: list[tuple[str, str]] = []
     for path in paths:
-        for f in config_files(path):
-            try:
-                texts.append((str(f), f.read_text(encoding="utf-8")))
-            except (OSError, UnicodeDecodeError) as exc:
-                raise ConfigError(f"cannot read: {exc}", file=str(f)) from None
-    return parse_texts(texts)
+        texts.extend(read_texts(config_files(path)))
+    report = validate_texts(", ".join(str(p) for p in paths), texts)
+    if not report.ok or report.snapshot is None:
+        raise ConfigError("\n".join(report.errors) + f"\n{len(report.errors)} error(s): nothing written")
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return report.snapshot
 
 
 async def _apply(settings: StoreSettings, snap: ConfigSnapshot, *, prune: bool, dry_run: bool) -> int:

@@ -22,12 +22,14 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 
 from .._pb.etcd.mvccpb import kv_pb2
 from ..client.state import Backoff
-from ..errors import Compacted, ConfigError, StoreError, Unavailable
+from ..errors import Compacted, ConfigError, ConfigErrors, StoreError, Unavailable
 from ..etcd.client import EtcdClient
 from .configsnapshot import ConfigSnapshot
+from .references import check_references
 from .storekeys import Entry, assemble, parse_entry
 
 log = logging.getLogger("microxds.sources.etcd")
@@ -60,8 +62,19 @@ class EtcdSource:
     async def initial(self) -> ConfigSnapshot:
         """The first load; raises Unavailable when etcd cannot be reached."""
         await self._load(keep_good=False)
-        self.snapshot = assemble(self.entries.values())
-        return self.snapshot
+        snap, errors = self._assemble()
+        if errors:
+            raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
+        self.snapshot = snap
+        return snap
+
+    def _assemble(self) -> tuple[ConfigSnapshot, list[ConfigError]]:
+        """The config of the valid keys, and its cross-reference errors (what clients would NACK), located at keys."""
+        snap = assemble(self.entries.values())
+        errors, warnings = check_references(snap)
+        if warnings and not errors:
+            snap = replace(snap, warnings=tuple(str(w) for w in warnings))
+        return snap, errors
 
     async def _load(self, *, keep_good: bool) -> list[ConfigError]:
         resp = await self.client.range_prefix(self.prefix)
@@ -106,7 +119,13 @@ class EtcdSource:
         self.last_error = exc
         self.last_error_at = time.time()
         self.rejected += 1
-        kept = "keeping its last good value" if key in self.entries else "ignoring it"
+        kept = (
+            "keeping the last good config"
+            if not key
+            else "keeping its last good value"
+            if key in self.entries
+            else "ignoring it"
+        )
         log.error("invalid config in etcd, %s: %s", kept, exc)
 
     # -- watching -----------------------------------------------------------------------------------------------
@@ -152,7 +171,14 @@ class EtcdSource:
         if on_error is not None:
             for error in errors:
                 on_error(error)
-        snap = assemble(self.entries.values())
+        snap, ref_errors = self._assemble()
+        if ref_errors:
+            # Every key is valid alone, but together they reference what is missing: keep the last good config.
+            for error in ref_errors:
+                self._reject(error, "")
+                if on_error is not None:
+                    on_error(error)
+            return
         if self.snapshot is not None and snap.version == self.snapshot.version:
             return
         self.snapshot = snap

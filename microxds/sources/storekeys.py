@@ -8,8 +8,9 @@ TYPE is the message's full name (`envoy.config.cluster.v3.Cluster`, no type URL 
 (an `@type`'d message, or a `envoy.service.discovery.v3.Resource` wrapper carrying a `ttl`), parsed and validated
 by the same code as files; its type and name must be the key's. `apply` writes canonical JSON.
 
-`parse_entry` validates one key; `assemble` turns the valid entries into a `ConfigSnapshot` (O(entries)); each
-key is parsed once per change, so a one-endpoint edit costs one parse, not a reload of the store.
+`parse_entry` validates one key (syntax, `@type`, fields, the protos' validate rules, name); `assemble` turns the
+valid entries into a `ConfigSnapshot` (O(entries)), whose cross-references the source then checks as the file loader
+does. Each key is parsed once per change, so a one-endpoint edit costs one parse, not a reload of the store.
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ from typing import Any
 
 from google.protobuf import duration_pb2, json_format
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ConfigErrors
 from ..resources import ADDRESS, PREFIX, Resource, address_aliases, resource_name
 from .configsnapshot import ConfigSnapshot, freeze
 from .protoreg import message_class
 from .wrapped import DISCOVERY_RESOURCE, unwrap
-from .yamlconfig import parse_resource
+from .yamlconfig import _rule_errors, parse_resource  # the file loader's own per-resource checks
 from .yamldoc import Located, load_documents
 
 GROUPS = "groups"
@@ -89,7 +90,11 @@ def parse_entry(prefix: str, key: str, value: bytes) -> Entry:
             f"{type_url.removeprefix(PREFIX)} {name!r}", file=key, line=1,
         )  # fmt: skip
     aliases = address_aliases(message) if type_url == ADDRESS else ()
-    return Entry(key, group, Resource.of(message, type_url=type_url, name=name, aliases=aliases, ttl=ttl))
+    res = Resource.of(message, type_url=type_url, name=name, aliases=aliases, ttl=ttl)
+    errors = _rule_errors(res, message, item)  # the protos' validate rules, exactly as for files
+    if errors:
+        raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
+    return Entry(key, group, res)
 
 
 def assemble(entries: Iterable[Entry]) -> ConfigSnapshot:
@@ -101,7 +106,7 @@ def assemble(entries: Iterable[Entry]) -> ConfigSnapshot:
         res = e.resource
         target = common if not e.group else own.setdefault(e.group, {})
         target.setdefault(res.type_url, {})[res.name] = res
-        origins[(e.group, res.type_url, res.name)] = e.key
+        origins[(e.group, res.type_url, res.name)] = f"{e.key}:1"  # "file:line", as for files
     views: dict[str, Any] = {}
     for group, types in sorted(own.items()):
         merged = {t: dict(by_name) for t, by_name in common.items()}

@@ -14,10 +14,13 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from envoy.config.core.v3 import base_pb2
 
 from hbone.grpc.client import Channel
 from hbone.state import MeshState
+from microxds.client.ads import AdsClient, FailoverOpener
 from microxds.client.ambient import AmbientHandler
+from microxds.client.state import SotwSession, SotwTypeState
 from microxds.controlplane import start_ambient_ads
 from microxds.etcd.client import EtcdClient
 from microxds.istio.node import NodeProfile
@@ -25,6 +28,7 @@ from microxds.sources.yamlconfig import parse_texts
 from microxds.store import apply
 from tests.interop.test_xds_support import (
     CLUSTER_T,
+    LISTENER_T,
     Microxds,
     by_prefix,
     read_tag,
@@ -257,5 +261,50 @@ async def test_ttl_cluster_leaves_envoy_after_every_replica_stops(etcd: Etcd, ap
             await wait_until(expired, "Envoy dropped the TTL'd cluster", timeout=15)
             assert "backend" in await clusters()  # resources without a TTL stay (last known good)
             await wait_tag(await envoy.listener_port("tcp_in"), b"A")
+    finally:
+        await close_server(server)
+
+
+async def test_sotw_client_resumes_on_another_replica_by_version_info(etcd: Etcd) -> None:
+    server, port = await start_tag_server(b"A")
+    await store_apply(etcd, config_text(port))
+    try:
+        async with replicas(etcd, 2) as reps:
+            channels = [Channel(r.target) for r in reps]
+            names: dict[str, set[str]] = {}
+
+            class Names:
+                def apply(self, type_url: str, resources: Any, removed: Any) -> dict[str, str]:
+                    held = names.setdefault(type_url, set())
+                    held |= {r.name for r in resources}
+                    held -= set(removed)
+                    return {}
+
+            types = [SotwTypeState(CLUSTER_T), SotwTypeState(LISTENER_T)]
+            session = SotwSession(base_pb2.Node(id="sotw-1"), types, Names())
+            opener = FailoverOpener.of_channels(channels, sotw=True)
+            ads = AdsClient(opener, session)
+            ads.start()
+            try:
+                await asyncio.wait_for(ads.ready.wait(), 20)
+                assert names == {CLUSTER_T: {"backend"}, LISTENER_T: {"tcp_in"}}
+                [first] = await serving(reps, "sotw")
+                [other] = [r for r in reps if r is not first]
+                received = session.resources_received()
+                sigkill(first)
+
+                async def moved() -> bool:
+                    return ads.connected.is_set() and bool(await serving([other], "sotw"))
+
+                await wait_until(moved, "the SotW stream moved to the other replica")
+                await other.wait_metric(f'microxds_xds_resumed_total{{type="{LISTENER_T}"}}', lambda v: v >= 1)
+                await other.wait_metric(f'microxds_xds_resumed_total{{type="{CLUSTER_T}"}}', lambda v: v >= 1)
+                assert by_prefix(await other.metrics(), PUSHED) == 0
+                assert session.resources_received() == received
+                assert opener.failovers == 1
+            finally:
+                await ads.stop()
+                for ch in channels:
+                    await ch.close()
     finally:
         await close_server(server)
