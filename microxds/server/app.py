@@ -224,6 +224,12 @@ class ControlPlane:
         self.config_ok = Gauge(
             "microxds_config_last_reload_ok", "1 if the last config change applied", registry=self.prom
         )
+        if isinstance(self.source, EtcdSource):
+            source = self.source
+            revision = Gauge(
+                "microxds_config_store_revision", "etcd revision the store watch has reached", registry=self.prom
+            )
+            revision.set_function(lambda: float(source.revision))
 
     # -- config -> caches -----------------------------------------------------------------------------------------
 

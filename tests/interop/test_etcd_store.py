@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -259,3 +260,21 @@ async def test_apply_rejects_invalid_config_and_writes_nothing(
     err = capsys.readouterr().err
     assert f"{cfg}:3:" in err and "bogus" in err
     assert len((await client.range_prefix(PREFIX)).kvs) == 0
+
+
+async def test_client_moves_past_a_dead_endpoint(etcd: Etcd) -> None:
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    try:
+        endpoints = [f"127.0.0.1:{dead.getsockname()[1]}", f"127.0.0.1:{etcd.client_port}"]
+        async with EtcdClient(endpoints, timeout=5) as client:
+            put = await client.put(key(ENDPOINT, "a"), cla_value("a", 1))
+            assert client.endpoint == endpoints[1]
+            rec = Recorder(EtcdSource(client, PREFIX))
+            await rec.start()
+            try:
+                assert rec.source.revision == put.header.revision
+            finally:
+                await rec.stop()
+    finally:
+        dead.close()

@@ -172,7 +172,8 @@ async def test_envoy_fails_over_to_another_replica_with_nothing_resent(etcd: Etc
 
             # A change after the failover reaches Envoy through the surviving replica: no config lost.
             cds_before = int(await envoy.stat("cluster_manager.cds.update_success") or 0)
-            await store_apply(etcd, config_text(port_b))
+            revision = await store_apply(etcd, config_text(port_b))
+            await other.wait_metric("microxds_config_store_revision", lambda v: v == revision)
             await envoy.wait_stat("cluster_manager.cds.update_success", lambda v: int(v) > cds_before)
             await wait_tag(port, b"B")
             done.set()
