@@ -75,7 +75,7 @@ def parse_listen(text: str, default_host: str = "0.0.0.0") -> Authority:
     The one parser of listen flags for both CLIs (`hbone … --listen`, `microxds serve --listen`, …).
     """
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
+    if not sep or not (port.isascii() and port.isdigit()) or int(port) > 65535:
         raise ConfigError(f"bad listen address {text!r}: use HOST:PORT, [V6]:PORT or :PORT (port 0 picks one)")
     if not host:
         host = f"[{default_host}]" if ":" in default_host else default_host

@@ -120,7 +120,7 @@ def body_framing(head: Request | Response, request_method: str = "GET") -> tuple
         return Framing.UNTIL_CLOSE, 0
     if lengths:
         values = {t.strip() for v in lengths for t in v.split(",")}
-        if len(values) != 1 or not (text := values.pop()).isdigit() or len(text) > 18:
+        if len(values) != 1 or not (text := values.pop()).isascii() or not text.isdigit() or len(text) > 18:
             raise Http1Error(f"invalid Content-Length {', '.join(lengths)!r}")
         n = int(text)
         return (Framing.LENGTH, n) if n else (Framing.NONE, 0)

@@ -94,7 +94,7 @@ def network_address(loc: Located, raw: str) -> wl.NetworkAddress:
     addr, _, length = raw.partition("/")
     na = wl.NetworkAddress(network=network, address=ip_bytes(loc, addr))
     if length:
-        if not length.isdigit() or int(length) > len(na.address) * 8:
+        if not (length.isascii() and length.isdigit()) or int(length) > len(na.address) * 8:
             raise loc.error(f"bad prefix length in {raw!r}")
         na.length = int(length)
     return na

@@ -78,7 +78,7 @@ def _addresses(loc: Located, values: list[str]) -> list[authz.Address]:
 def _ports(loc: Located, values: list[str]) -> list[int]:
     out = []
     for v in values:
-        if not v.isdigit() or not 0 < int(v) < 65536:
+        if not (v.isascii() and v.isdigit()) or not 0 < int(v) < 65536:
             raise loc.error(f"{v!r} is not a port number")
         out.append(int(v))
     return out

@@ -1,0 +1,57 @@
+"""Inputs that broke a parser's contract (an exception other than the package's own), found with the fuzz harnesses
+in tests/fuzz/. Each input is also in that harness's corpus (`regression-*`), so CI replays it there too."""
+
+from __future__ import annotations
+
+import pytest
+
+from hbone.config import parse_listen
+from hbone.errors import ConfigError
+from hbone.wire import http1
+from microxds.errors import ConfigError as XdsConfigError
+from microxds.sources.yamlconfig import parse_texts
+from tests.fuzz.harness import CORPUS_DIR, load
+
+
+def corpus_input(name: str, label: str) -> bytes:
+    (path,) = (CORPUS_DIR / name).glob(f"regression-{label}-*")
+    return path.read_bytes()
+
+
+def test_content_length_with_a_non_ascii_digit_is_a_bad_request() -> None:
+    """`Content-Length: ²` (byte 0xB2, Latin-1): str.isdigit() accepts it and int() raised ValueError."""
+    reader = http1.MessageReader()
+    with pytest.raises(http1.Http1Error, match="invalid Content-Length"):
+        reader.feed(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: \xb2\r\n\r\n")
+    load("http1").one_input(corpus_input("http1", "content-length-superscript"))
+
+
+@pytest.mark.parametrize(
+    ("label", "text", "reason"),
+    [
+        (
+            "policy-port-superscript",
+            "policies:\n  - name: p\n    namespace: default\n    action: DENY\n"
+            "    rules:\n      - to: [{ operation: { ports: ['\u00b2'] } }]\n",
+            "is not a port number",
+        ),
+        (
+            "address-prefix-superscript",
+            "services:\n  - name: echo\n    namespace: default\n    addresses: ['10.96.0.0/\u00b2']\n"
+            "    ports:\n      - { port: 80, targetPort: 8080 }\n",
+            "bad prefix length",
+        ),
+    ],
+)
+def test_config_numbers_with_non_ascii_digits_are_config_errors(label: str, text: str, reason: str) -> None:
+    """A port or prefix length written with a Unicode digit raised ValueError instead of a file:line error."""
+    with pytest.raises(XdsConfigError, match=reason) as info:
+        parse_texts([("mesh.yaml", text)])
+    assert str(info.value).startswith("mesh.yaml:")
+    load("xds_config").one_input(corpus_input("xds_config", label))
+
+
+def test_listen_port_with_a_non_ascii_digit_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="bad listen address"):
+        parse_listen("127.0.0.1:\u00b2")
+    load("hbone_config").one_input(corpus_input("hbone_config", "listen-superscript"))
