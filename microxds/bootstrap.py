@@ -39,7 +39,7 @@ class BootstrapOptions:
 
     def host_port(self) -> tuple[str, int]:
         host, sep, port = self.server.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
             raise ConfigError(f"bad --server {self.server!r}: use HOST:PORT")
         return host.strip("[]"), int(port)
 

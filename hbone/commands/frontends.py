@@ -172,7 +172,8 @@ def _allow_match(items: list[str]) -> dict[str, list[object]]:
     hosts: list[object] = []
     ports: list[object] = []
     for item in items:
-        host, _, port = item.rpartition(":") if item.rpartition(":")[2].isdigit() else (item, "", "")
+        tail = item.rpartition(":")[2]
+        host, _, port = item.rpartition(":") if tail.isascii() and tail.isdigit() else (item, "", "")
         hosts.append(host)
         if port:
             ports.append(int(port))

@@ -42,7 +42,7 @@ _STATUS_KEY = b"grpc-status"
 
 def _split_target(target: str) -> tuple[str, int]:
     host, sep, port = target.rpartition(":")
-    if not sep or not port.isdigit() or not host:
+    if not sep or not (port.isascii() and port.isdigit()) or not host:
         raise ConfigError(f"bad server address {target!r}: use HOST:PORT or [V6]:PORT")
     return host.strip("[]"), int(port)
 

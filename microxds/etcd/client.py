@@ -69,7 +69,7 @@ class StoreURL:
             raise ConfigError(f"bad store {text!r}: no etcd endpoint (etcd://HOST:PORT/PREFIX)")
         for ep in endpoints:
             host, colon, port = ep.rpartition(":")
-            if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            if not colon or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
                 raise ConfigError(f"bad etcd endpoint {ep!r} in {text!r}: use HOST:PORT")
         prefix = "/" + unquote(path).strip("/")
         if prefix == "/":

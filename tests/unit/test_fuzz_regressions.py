@@ -55,3 +55,20 @@ def test_listen_port_with_a_non_ascii_digit_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="bad listen address"):
         parse_listen("127.0.0.1:\u00b2")
     load("hbone_config").one_input(corpus_input("hbone_config", "listen-superscript"))
+
+
+def test_every_host_port_parser_refuses_non_ascii_digits() -> None:
+    """The same mistake in the other HOST:PORT parsers (flags and config values): one-line ConfigErrors."""
+    from hbone.commands.frontends import _allow_match
+    from hbone.grpc.client import _split_target
+    from microxds.bootstrap import BootstrapOptions
+    from microxds.errors import ConfigError as MicroxdsConfigError
+    from microxds.etcd.client import StoreURL
+
+    with pytest.raises(ConfigError, match="bad server address"):
+        _split_target("xds.example:\u00b2")
+    with pytest.raises(MicroxdsConfigError, match="bad etcd endpoint"):
+        StoreURL.parse("etcd://127.0.0.1:\u00b2/microxds")
+    with pytest.raises(MicroxdsConfigError, match="bad --server"):
+        BootstrapOptions(server="127.0.0.1:\u00b2").host_port()
+    assert _allow_match(["api.example:\u00b2"])["ports"] == []  # not a port: the whole item is a host pattern
