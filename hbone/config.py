@@ -13,7 +13,10 @@ authorization:
       rules: [{from: [{source: {principals: ["cluster.local/ns/shop/sa/frontend"]}}]}]
 dial_timeout: 10s
 drain_timeout: 5s
-http2: {max_concurrent_streams: 200, stream_window: 4194304, connection_window: 16777216, ping_interval: 10s}
+http2: {max_concurrent_streams: 200, stream_window: 4194304, connection_window: 16777216, ping_interval: 10s,
+        max_resets_per_second: 100, max_control_frames_per_second: 1000, max_outbound_buffer: 1048576,
+        preface_timeout: 10s, idle_timeout: 1h}
+limits: {handshake_timeout: 10s, max_connections: 8192, max_tunnels: 16384, max_pending_dials: 1024}
 ```
 Unknown keys are errors, so a typo never silently changes behaviour. Authorization never widens silently: listing
 policies keeps the default mode's policy (same trust domain and namespace); Istio's policies-only semantics need an
@@ -36,7 +39,7 @@ from hbone.net.settings import H2Settings
 from hbone.safeyaml import read_limited, safe_load
 from hbone.wire.authority import Authority, parse_authority
 
-_TOP = ("listen", "h2c_listen", "certs", "authorization", "dial_timeout", "drain_timeout", "http2")
+_TOP = ("listen", "h2c_listen", "certs", "authorization", "dial_timeout", "drain_timeout", "http2", "limits")
 _H2 = {
     "max_concurrent_streams": "max_concurrent_streams",
     "stream_window": "initial_stream_window",
@@ -45,7 +48,42 @@ _H2 = {
     "max_header_list_size": "max_header_list_size",
     "ping_interval": "ping_interval",
     "ping_timeout": "ping_timeout",
+    "max_resets_per_second": "max_resets_per_second",
+    "max_pending_streams": "max_pending_streams",
+    "max_control_frames_per_second": "max_control_frames_per_second",
+    "max_outbound_buffer": "max_outbound_buffer",
+    "preface_timeout": "preface_timeout",
+    "idle_timeout": "idle_timeout",
 }
+_DURATIONS = ("ping_interval", "ping_timeout", "preface_timeout", "idle_timeout")
+
+
+@dataclass
+class ProcessLimits:
+    """Per-process caps of `hbone serve` (README "Security and robustness")."""
+
+    handshake_timeout: float = 10.0
+    max_connections: int = 8192
+    max_tunnels: int = 16_384
+    max_pending_dials: int = 1_024
+
+    def update(self, data: Any, where: str) -> None:
+        if data is None:
+            return
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{where}: expected a mapping")
+        for key, value in data.items():
+            if key == "handshake_timeout":
+                self.handshake_timeout = parse_duration(value, f"{where}.{key}")
+                if self.handshake_timeout <= 0:
+                    raise ConfigError(f"{where}.{key}: must be positive")
+            elif key in ("max_connections", "max_tunnels", "max_pending_dials"):
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise ConfigError(f"{where}.{key}: expected a positive integer, got {value!r}")
+                setattr(self, key, value)
+            else:
+                known = "handshake_timeout, max_connections, max_tunnels, max_pending_dials"
+                raise ConfigError(f"{where}: unknown key {key!r}; known: {known}")
 
 
 _UNITS = (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0))
@@ -112,6 +150,7 @@ class ServeConfig:
     dial_timeout: float = 10.0
     drain_timeout: float = 5.0
     h2: H2Settings = field(default_factory=H2Settings.server)
+    limits: ProcessLimits = field(default_factory=ProcessLimits)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None, source: str = "config") -> ServeConfig:
@@ -135,6 +174,7 @@ class ServeConfig:
             cfg.drain_timeout = parse_duration(data["drain_timeout"], f"{source}: drain_timeout")
         cfg._authz(data.get("authorization"), f"{source}: authorization")
         cfg._http2(data.get("http2"), f"{source}: http2")
+        cfg.limits.update(data.get("limits"), f"{source}: limits")
         return cfg
 
     def _authz(self, data: Any, where: str) -> None:
@@ -184,8 +224,10 @@ class ServeConfig:
         for key, value in data.items():
             if key not in _H2:
                 raise ConfigError(f"{where}: unknown key {key!r}; known: {', '.join(_H2)}")
-            if key in ("ping_interval", "ping_timeout"):
+            if key in _DURATIONS:
                 changes[_H2[key]] = None if value is None else parse_duration(value, f"{where}.{key}")
+            elif value is None and key == "max_pending_streams":
+                changes[_H2[key]] = None
             elif isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(f"{where}.{key}: expected an integer, got {value!r}")
             else:

@@ -136,6 +136,13 @@ class UpstreamUnreachable(TunnelError):
     """The upstream TCP connect failed or timed out (HBONE answers 503)."""
 
 
+class Overloaded(TunnelError):
+    """A process-wide cap (tunnels, pending dials, connections) is reached: refused, retry later (503)."""
+
+    h2_code = H2ErrorCode.REFUSED_STREAM
+    grpc_status = GrpcStatus.RESOURCE_EXHAUSTED
+
+
 class SelfCall(TunnelError):
     """A CONNECT to one of the proxy's own ports (HBONE answers 503, like ztunnel)."""
 

@@ -14,6 +14,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from hbone.errors import Overloaded
 
 log = logging.getLogger("hbone.limits")
 
@@ -28,7 +32,8 @@ LIMITS: tuple[str, ...] = (
     "preface_timeout",  # HTTP/2 preface / first request bytes not received in time
     "idle_timeout",  # connection idle (no stream, no bytes) for too long
     "max_connections",  # listener's connection cap
-    "max_tunnels",  # process-wide cap of open tunnels / pending upstream dials
+    "max_tunnels",  # process-wide cap of open tunnels
+    "max_pending_dials",  # process-wide cap of upstream dials in progress
     "self_call",  # a request addressed to one of our own listening sockets
     "grpc_buffered_bytes",  # bytes held by partly received / decompressed gRPC messages
 )
@@ -83,3 +88,46 @@ def trip_unattached(limit: str, peer: object = None, detail: str = "") -> None:
             return
         _last_logged[limit] = now
     log.warning("limit %s tripped (peer %s)%s", limit, peer or "?", f": {detail}" if detail else "")
+
+
+class Budget:
+    """A process-wide count with a cap (open tunnels, pending upstream dials): `try_acquire()` / `release()`.
+
+    The CLI sets `limit` from the config; every front end and the inbound handler of one process share it.
+    """
+
+    __slots__ = ("in_use", "limit", "name")
+
+    def __init__(self, name: str, limit: int) -> None:
+        self.name = name
+        self.limit = limit
+        self.in_use = 0
+
+    def try_acquire(self) -> bool:
+        """Take one unit; False (and a counted trip) when the cap is reached."""
+        if self.in_use >= self.limit:
+            record_trip(self.name)
+            return False
+        self.in_use += 1
+        return True
+
+    def release(self) -> None:
+        self.in_use -= 1
+
+
+#: Tunnels open in this process (accepted or dialled), and upstream dials in progress. ztunnel has no such cap
+#: (it relies on the fd limit); Envoy's overload manager caps downstream connections per process. The defaults stay
+#: below the usual 65,536 fd limit with room for listeners and the control plane.
+TUNNELS = Budget("max_tunnels", 16_384)
+PENDING_DIALS = Budget("max_pending_dials", 1_024)
+
+
+@contextmanager
+def pending_dial() -> Iterator[None]:
+    """Hold one of `PENDING_DIALS` around an upstream connect; raises `Overloaded` (503) when none is free."""
+    if not PENDING_DIALS.try_acquire():
+        raise Overloaded(f"too many upstream dials in progress (max_pending_dials {PENDING_DIALS.limit})")
+    try:
+        yield
+    finally:
+        PENDING_DIALS.release()

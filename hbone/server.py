@@ -14,7 +14,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from hbone.errors import HboneError, PeerIdentityError
+from hbone.errors import ConnectionLost, H2ErrorCode, HboneError, PeerIdentityError
 from hbone.identity.spiffe import SpiffeId
 from hbone.net.connection import H2Connection
 from hbone.net.settings import H2Settings
@@ -62,6 +62,10 @@ class _ServerConnection(H2Connection):
         self.peer = PeerInfo(
             ident, (addr[0], addr[1]) if addr else None, (local[0], local[1]) if local else None, self._tls
         )
+        if len(self._server.connections) > self._server.max_connections:
+            # A clear refusal: GOAWAY ENHANCE_YOUR_CALM right after our SETTINGS, then close.
+            self._trip("max_connections", f"over {self._server.max_connections} connections")
+            self._abort(ConnectionLost("too many connections"), H2ErrorCode.ENHANCE_YOUR_CALM)
 
     async def _route(self, stream: Stream) -> None:
         await self._server.dispatch(stream, self.peer)
@@ -75,8 +79,14 @@ class HboneServer:
         *,
         settings: H2Settings | None = None,
         grpc: StreamApp | None = None,
+        max_connections: int = 8192,
+        handshake_timeout: float = 10.0,
     ) -> None:
         self.tls = tls
+        #: Connections (all listeners of this server) beyond which new ones get GOAWAY ENHANCE_YOUR_CALM.
+        self.max_connections = max_connections
+        #: Seconds a TLS client has to finish its handshake (asyncio's default is 60 s).
+        self.handshake_timeout = handshake_timeout
         self.inbound = inbound
         self.grpc = grpc
         self.settings = settings or H2Settings.server()
@@ -118,11 +128,16 @@ class HboneServer:
             host,
             port,
             ssl=ctx,
+            ssl_handshake_timeout=self.handshake_timeout if ctx is not None else None,
             reuse_address=True,
             backlog=backlog,
         )
         self.servers.append(server)
         sock: Any = server.sockets[0].getsockname()
+        if self.inbound is not None:
+            for bound in server.sockets:  # the self-call guard knows the ports we really listen on
+                name = bound.getsockname()
+                self.inbound.add_own_address(name[0], name[1])
         return sock[0], sock[1]
 
     async def dispatch(self, stream: Stream, peer: PeerInfo) -> None:

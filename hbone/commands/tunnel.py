@@ -19,6 +19,7 @@ from hbone.errors import ConfigError, HboneError
 from hbone.grpc.server import GrpcServer
 from hbone.identity.bundle import load_bundle
 from hbone.identity.manager import FileSource, IdentityManager
+from hbone.limits import PENDING_DIALS, TUNNELS
 from hbone.net.pipe import AcceptedPipe
 from hbone.net.splice import splice
 from hbone.net.stream import Stream
@@ -118,7 +119,16 @@ async def serve(cfg: ServeConfig, ready: asyncio.Event | None = None) -> int:
             tls=tls,
         )
     )
-    server = HboneServer(tls, inbound, settings=cfg.h2, grpc=_grpc_app())
+    lim = cfg.limits
+    TUNNELS.limit, PENDING_DIALS.limit = lim.max_tunnels, lim.max_pending_dials
+    server = HboneServer(
+        tls,
+        inbound,
+        settings=cfg.h2,
+        grpc=_grpc_app(),
+        max_connections=lim.max_connections,
+        handshake_timeout=lim.handshake_timeout,
+    )
     addrs = []
     if cfg.listen is not None:
         h, p = await server.listen(cfg.listen.host if cfg.listen.ip is None else str(cfg.listen.ip), cfg.listen.port)

@@ -213,6 +213,8 @@ class H2Connection(ConnectionEvents, ConnectionSending, ConnectionLifecycle, asy
             self._h2.increment_flow_control_window(s.connection_window - _DEFAULT_WINDOW)
         self._flush()
         self._arm_ping()
+        if not self.client:
+            self._arm_watch()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         guard = self._guard
@@ -283,9 +285,13 @@ class H2Connection(ConnectionEvents, ConnectionSending, ConnectionLifecycle, asy
             )
         return guard
 
+    def _trip(self, limit: str, detail: str) -> None:
+        """Count a trip of `limit` (hbone.limits); logged the first time on this connection."""
+        self._guarded().trip(limit, detail)
+
     def _calm(self, limit: str, detail: str) -> None:
         """A rate limit tripped: GOAWAY ENHANCE_YOUR_CALM (RFC 9113 §7) and close, counted and logged once."""
-        self._guarded().trip(limit, detail)
+        self._trip(limit, detail)
         self._abort(ConnectionLost(f"peer exceeded {limit}: {detail}"), H2ErrorCode.ENHANCE_YOUR_CALM)
 
     # --- stream bookkeeping --------------------------------------------------------------------------------------
@@ -302,8 +308,11 @@ class H2Connection(ConnectionEvents, ConnectionSending, ConnectionLifecycle, asy
         self._forget(stream)
 
     def _forget(self, stream: Stream) -> None:
-        self._streams.pop(stream.stream_id, None)
+        streams = self._streams
+        streams.pop(stream.stream_id, None)
         self._blocked.pop(stream.stream_id, None)
+        if not streams:
+            self._idle_since = self._loop.time()
         if self._capacity_waiters:
             self._loop.call_soon(self._wake_capacity)
         self._maybe_idle()

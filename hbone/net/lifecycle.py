@@ -82,6 +82,7 @@ class ConnectionLifecycle:
     _flush_handle: asyncio.Handle | None
     _repump_handle: asyncio.Handle | None
     _registry: set[Any] | None
+    _remote_settings_seen: bool
 
     def _flush(self) -> None:
         raise NotImplementedError
@@ -90,6 +91,9 @@ class ConnectionLifecycle:
         raise NotImplementedError
 
     def _fail_stream(self, stream: Stream, exc: HboneError) -> None:
+        raise NotImplementedError
+
+    def _trip(self, limit: str, detail: str) -> None:
         raise NotImplementedError
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
@@ -112,6 +116,8 @@ class ConnectionLifecycle:
         self._ping_payload: bytes | None = None
         self._ping_seq = 0
         self._errors_logged = 0
+        self._watch_timer: asyncio.TimerHandle | None = None  # server: preface, then idle deadline
+        self._idle_since = 0.0  # loop time when the last stream ended
 
     @property
     def is_usable(self) -> bool:
@@ -255,10 +261,16 @@ class ConnectionLifecycle:
             return
         self._closed = True
         self._closing = True
-        for handle in (self._ping_timer, self._ping_deadline, self._flush_handle, self._repump_handle):
+        for handle in (
+            self._ping_timer,
+            self._ping_deadline,
+            self._flush_handle,
+            self._repump_handle,
+            self._watch_timer,
+        ):
             if handle is not None:
                 handle.cancel()
-        self._ping_timer = self._ping_deadline = self._flush_handle = self._repump_handle = None
+        self._ping_timer = self._ping_deadline = self._flush_handle = self._repump_handle = self._watch_timer = None
         for stream in list(self._streams.values()):
             stream._fail(exc, keep_received=True)
         self._streams.clear()
@@ -314,6 +326,45 @@ class ConnectionLifecycle:
         self._teardown(exc)
         if self._transport is not None:
             self._transport.abort()  # the peer is not reading: a graceful close could wait forever
+
+    # --- preface and idle deadlines (server side) -----------------------------------------------------------------
+
+    def _arm_watch(self) -> None:
+        """Server connections: the peer's preface + SETTINGS must arrive within `preface_timeout`; afterwards a
+        connection without streams for `idle_timeout` is closed (GOAWAY NO_ERROR)."""
+        s = self.settings
+        self._idle_since = self._loop.time()
+        if s.preface_timeout is not None:
+            self._watch_timer = self._loop.call_later(s.preface_timeout, self._preface_deadline)
+        elif s.idle_timeout is not None:
+            self._watch_timer = self._loop.call_later(s.idle_timeout, self._idle_deadline)
+
+    def _preface_deadline(self) -> None:
+        self._watch_timer = None
+        if self._closed:
+            return
+        if not self._remote_settings_seen:
+            self._trip("preface_timeout", f"no HTTP/2 preface within {self.settings.preface_timeout}s")
+            self._abort(ConnectionLost("no HTTP/2 preface in time"), H2ErrorCode.SETTINGS_TIMEOUT)
+            return
+        idle = self.settings.idle_timeout
+        if idle is not None:
+            self._watch_timer = self._loop.call_later(max(0.0, idle - self._idle_for()), self._idle_deadline)
+
+    def _idle_for(self) -> float:
+        return 0.0 if self._streams else self._loop.time() - self._idle_since
+
+    def _idle_deadline(self) -> None:
+        self._watch_timer = None
+        idle = self.settings.idle_timeout
+        if self._closed or idle is None:
+            return
+        quiet = self._idle_for()
+        if quiet >= idle:
+            self._trip("idle_timeout", f"no stream for {idle}s")
+            self._close_now(ConnectionLost(f"idle for {idle}s"))
+            return
+        self._watch_timer = self._loop.call_later(idle - quiet, self._idle_deadline)
 
     # --- error logs --------------------------------------------------------------------------------------------
 

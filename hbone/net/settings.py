@@ -81,6 +81,11 @@ class H2Settings:
     #: Bytes queued in the transport above which we stop reading from the peer until it reads (queued PING/SETTINGS
     #: ACKs of a peer that does not read). Envoy's per-connection buffer limit is 1 MiB too.
     max_outbound_buffer: int = 1 * MiB
+    #: Server: seconds from accept (after TLS) until the client's preface and SETTINGS must have arrived.
+    preface_timeout: float | None = 10.0
+    #: Server: seconds a connection may stay without streams before GOAWAY and close. Envoy's default HTTP idle
+    #: timeout is 1 h too; ztunnel keeps idle inbound connections until the client drops them.
+    idle_timeout: float | None = 3600.0
 
     def __post_init__(self) -> None:
         if not 65_535 <= self.initial_stream_window <= _MAX_WINDOW:
@@ -108,6 +113,10 @@ class H2Settings:
             raise ConfigError("max_pending_streams must be positive or None")
         if not 0 <= self.header_table_size <= 2**32 - 1:
             raise ConfigError(f"header_table_size {self.header_table_size} out of range [0, 2^32-1]")
+        for name in ("preface_timeout", "idle_timeout"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name} must be positive or None")
         if self.ping_interval is not None and self.ping_interval <= 0:
             raise ConfigError("ping_interval must be positive or None")
         if self.ping_timeout <= 0 or self.drain_deadline < 0:

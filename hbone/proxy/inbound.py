@@ -19,6 +19,7 @@ from hbone.authz.engine import Decision, evaluate
 from hbone.authz.model import Connection, Policy
 from hbone.errors import BadRequest, Denied, HboneError, SelfCall, UpstreamUnreachable
 from hbone.identity.spiffe import SpiffeId
+from hbone.limits import TUNNELS, pending_dial
 from hbone.net.pipe import TcpPipe, open_pipe
 from hbone.net.splice import splice
 from hbone.net.stream import Stream
@@ -85,6 +86,8 @@ class InboundConfig:
     dial_timeout: float = 10.0
     #: Our own ports: a CONNECT to one of them on a local address is a self call (503), like ztunnel.
     own_ports: frozenset[int] = frozenset({15008, 15006, 15001})
+    #: Specific addresses we listen on (besides loopback and the unspecified address) that count as "ourselves".
+    own_hosts: frozenset[str] = frozenset()
     resolve: Resolver = resolve_default
     response_baggage: PeerMetadata | None = None
     #: Our namespace, given to authorization as the destination workload's namespace.
@@ -146,11 +149,23 @@ class InboundHandler:
             "inbound", src_identity=str(peer.identity) if peer.identity else None, src_addr=_fmt(peer.address)
         )
         self.total += 1
+        if not TUNNELS.try_acquire():
+            why = f"too many tunnels in this process (max_tunnels {TUNNELS.limit})"
+            self.refuse(stream, 503, why)
+            record.finish(503, why)
+            return
         self.active += 1
         try:
             await self.handle_stream(stream, peer, record)
         finally:
             self.active -= 1
+            TUNNELS.release()
+
+    def add_own_address(self, host: str, port: int) -> None:
+        """A listener of this process was bound to `host:port`: tunnels to it are self calls (503)."""
+        self.config.own_ports = self.config.own_ports | {port}
+        if not _is_local(host):
+            self.config.own_hosts = self.config.own_hosts | {host}
 
     async def handle_stream(self, stream: Stream, peer: PeerInfo, record: AccessRecord) -> None:
         try:
@@ -218,7 +233,7 @@ class InboundHandler:
 
     async def admit(self, req: TunnelRequest, peer: PeerInfo, record: AccessRecord) -> tuple[str, int]:
         host, port = await self.config.resolve(req.target)
-        if port in self.config.own_ports and _is_local(host):
+        if port in self.config.own_ports and (_is_local(host) or host in self.config.own_hosts):
             raise SelfCall(f"refusing a tunnel to this proxy's own port {port}")
         src_ip = (_ip(peer.address[0]) or _ANY) if peer.address else _ANY
         dst_ip = _ip(host) or _ANY
@@ -249,6 +264,10 @@ class InboundHandler:
         record.finish(200, "ok" if result.error is None else f"broken: {result.error}")
 
     async def _dial_pipe(self, host: str, port: int) -> TcpPipe:
+        with pending_dial():
+            return await self._open_pipe(host, port)
+
+    async def _open_pipe(self, host: str, port: int) -> TcpPipe:
         try:
             return await open_pipe(host, port, self.config.dial_timeout)
         except TimeoutError as e:
@@ -259,7 +278,8 @@ class InboundHandler:
 
     async def dial(self, host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), self.config.dial_timeout)
+            with pending_dial():
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), self.config.dial_timeout)
         except TimeoutError as e:
             raise UpstreamUnreachable(f"connect to {host}:{port} timed out after {self.config.dial_timeout}s") from e
         except OSError as e:
