@@ -131,3 +131,44 @@ def pending_dial() -> Iterator[None]:
         yield
     finally:
         PENDING_DIALS.release()
+
+
+class ByteBudget:
+    """Bytes held against a cap, inside an optional parent's cap (a connection's budget inside the process's)."""
+
+    __slots__ = ("limit", "name", "parent", "used")
+
+    def __init__(self, name: str, limit: int, parent: ByteBudget | None = None) -> None:
+        self.name = name
+        self.limit = limit
+        self.used = 0
+        self.parent = parent
+
+    def take(self, n: int) -> bool:
+        """Hold `n` more bytes; False (and a counted trip) when this budget or its parent would go over."""
+        parent = self.parent
+        if self.used + n > self.limit or (parent is not None and parent.used + n > parent.limit):
+            record_trip(self.name)
+            return False
+        self.used += n
+        if parent is not None:
+            parent.used += n
+        return True
+
+    def give(self, n: int) -> None:
+        """Return `n` held bytes."""
+        self.used -= n
+        if self.parent is not None:
+            self.parent.used -= n
+
+
+_MiB = 1024 * 1024
+#: Bytes held by partly received gRPC messages and by decompressed messages not yet read, in this whole process.
+#: A connection may hold at most `GRPC_CONNECTION_BYTES` of it (one 64 MiB message, microxds's largest, fits).
+GRPC_PROCESS_BYTES = ByteBudget("grpc_buffered_bytes", 256 * _MiB)
+GRPC_CONNECTION_BYTES = 64 * _MiB
+
+
+def grpc_connection_budget(limit: int | None = None) -> ByteBudget:
+    """A new per-connection gRPC byte budget inside `GRPC_PROCESS_BYTES`."""
+    return ByteBudget("grpc_buffered_bytes", GRPC_CONNECTION_BYTES if limit is None else limit, GRPC_PROCESS_BYTES)

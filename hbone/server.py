@@ -40,7 +40,9 @@ class _ServerConnection(H2Connection):
     peer: PeerInfo
 
     def __init__(self, server: HboneServer, tls: bool, check_identity: bool) -> None:
-        super().__init__(client=False, settings=server.settings, handler=self._route, registry=server.connections)
+        # A module-level handler, not the bound `self._route`: a bound method in our own field is a reference cycle
+        # that kept every closed connection's memory until the cycle collector ran.
+        super().__init__(client=False, settings=server.settings, handler=_route, registry=server.connections)
         self._server = server
         self._tls = tls
         self._check = check_identity
@@ -67,8 +69,11 @@ class _ServerConnection(H2Connection):
             self._trip("max_connections", f"over {self._server.max_connections} connections")
             self._abort(ConnectionLost("too many connections"), H2ErrorCode.ENHANCE_YOUR_CALM)
 
-    async def _route(self, stream: Stream) -> None:
-        await self._server.dispatch(stream, self.peer)
+
+async def _route(stream: Stream) -> None:
+    conn = stream.connection
+    assert isinstance(conn, _ServerConnection)
+    await conn._server.dispatch(stream, conn.peer)
 
 
 class HboneServer:

@@ -13,8 +13,9 @@ from typing import Protocol
 from hbone.errors import ConnectionLost, GrpcError, GrpcStatus, HboneError, StreamReset
 from hbone.grpc.framing import MessageDecoder, compress, message_prefix
 from hbone.grpc.status import Status, status_from_exception, status_from_h2_error
+from hbone.limits import ByteBudget, grpc_connection_budget
 
-__all__ = ["MessageReader", "frame", "status_of"]
+__all__ = ["MessageReader", "connection_budget", "frame", "status_of"]
 
 # Below this size the prefix and body are joined into one buffer (one DATA frame); above it they are queued
 # separately so a large body is never copied just to put five bytes in front of it.
@@ -30,9 +31,11 @@ class MessageReader:
 
     __slots__ = ("_decoder", "_pending", "_stream")
 
-    def __init__(self, stream: _Readable, max_message_size: int, encoding: str | None) -> None:
+    def __init__(
+        self, stream: _Readable, max_message_size: int, encoding: str | None, budget: ByteBudget | None = None
+    ) -> None:
         self._stream = stream
-        self._decoder = MessageDecoder(max_message_size, encoding)
+        self._decoder = MessageDecoder(max_message_size, encoding, budget)
         # Messages not yet returned, last first. A list, not a deque: an empty deque keeps a 64-slot block
         # (~0.7 KiB for each long-lived call, e.g. every idle xDS stream; tools/bench/xds_memprobe.py).
         self._pending: list[bytes] = []
@@ -47,7 +50,26 @@ class MessageReader:
             pending = self._decoder.feed(data)
             pending.reverse()
             self._pending = pending
-        return pending.pop()
+        msg = pending.pop()
+        self._decoder.consumed(len(msg))
+        return msg
+
+    def release(self) -> None:
+        """The call ended: messages not read and a partial one no longer count against the byte budget."""
+        self._pending = []
+        self._decoder.release()
+
+
+def connection_budget(stream: object) -> ByteBudget | None:
+    """The gRPC byte budget of the HTTP/2 connection carrying `stream` (made on first use), None if it has none."""
+    conn = getattr(stream, "connection", None)
+    if conn is None:
+        return None
+    budget: ByteBudget | None = getattr(conn, "grpc_budget", None)
+    if budget is None:
+        budget = grpc_connection_budget()
+        conn.grpc_budget = budget
+    return budget
 
 
 def frame(body: bytes, max_size: int, encoding: str | None) -> list[bytes]:

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from hbone.errors import ConfigError, ConnectionLost, GrpcError, GrpcStatus, H2ErrorCode, HboneError, StreamReset
-from hbone.grpc.call import MessageReader, frame, status_of
+from hbone.grpc.call import MessageReader, connection_budget, frame, status_of
 from hbone.grpc.codec import Codec, RawCodec
 from hbone.grpc.framing import DEFAULT_MAX_MESSAGE_SIZE, SUPPORTED_ENCODINGS
 from hbone.grpc.metadata import DEFAULT_USER_AGENT, Metadata, MetadataLike, encode_timeout
@@ -447,7 +447,9 @@ class ClientCall:
         info = parse_response_headers(headers)
         self.initial_metadata = info.metadata
         self.response_encoding = info.encoding
-        self._reader = MessageReader(stream, self._channel.max_receive_message_size, info.encoding)
+        self._reader = MessageReader(
+            stream, self._channel.max_receive_message_size, info.encoding, connection_budget(stream)
+        )
         return self._reader
 
     def _result(self) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from typing import NoReturn
 
 from hbone.errors import GrpcStatus, LimitExceeded, ProtocolError
+from hbone.limits import ByteBudget
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
@@ -141,13 +142,25 @@ class MessageDecoder:
     ``encoding`` is the stream's ``grpc-encoding`` (None or "identity" for none). ``max_message_size`` bounds both
     the wire length and the decompressed length. After an error the decoder is poisoned: every later call raises
     the same error, since the stream's framing can no longer be trusted.
+
+    With a `budget` (the connection's, inside the process's: `hbone.limits`), the bytes of a partly received
+    message and of returned messages not yet `consumed()` are held against it; past it the call fails with
+    RESOURCE_EXHAUSTED and only this decoder's call is affected. `release()` (or dropping the decoder) returns them.
     """
 
-    __slots__ = ("_buf", "_encoding", "_error", "_max", "_pos")
+    __slots__ = ("_budget", "_buf", "_encoding", "_error", "_held", "_max", "_out", "_pos")
 
-    def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, encoding: str | None = None) -> None:
+    def __init__(
+        self,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        encoding: str | None = None,
+        budget: ByteBudget | None = None,
+    ) -> None:
         if max_message_size < 0:
             raise ValueError("max_message_size must be >= 0")
+        self._budget = budget
+        self._held = 0  # partial-message bytes charged to the budget
+        self._out = 0  # returned message bytes charged until consumed()
         self._max = max_message_size
         self._encoding = _normalise_encoding(encoding)
         self._buf = bytearray()
@@ -181,8 +194,14 @@ class MessageDecoder:
                 msgs, used = self._parse(view)
                 if used < len(view):
                     self._buf += view[used:]
+            if self._budget is not None:
+                self._charge()
             return msgs
         self._buf += data
+        if self._held:  # charged again by _charge() below; meanwhile the completed messages take its place
+            assert self._budget is not None
+            self._budget.give(self._held)
+            self._held = 0
         with memoryview(self._buf) as view:
             msgs, used = self._parse(view[self._pos :])
         self._pos += used
@@ -192,7 +211,45 @@ class MessageDecoder:
         elif self._pos >= _COMPACT_AT:
             del self._buf[: self._pos]
             self._pos = 0
+        if self._budget is not None:
+            self._charge()
         return msgs
+
+    def consumed(self, n: int) -> None:
+        """The application took `n` bytes of returned messages: no longer held against the budget."""
+        if self._budget is not None and n:
+            n = min(n, self._out)
+            self._out -= n
+            self._budget.give(n)
+
+    def release(self) -> None:
+        """Return everything held to the budget (the call ended); idempotent."""
+        budget = self._budget
+        if budget is not None and (self._held or self._out):
+            budget.give(self._held + self._out)
+            self._held = self._out = 0
+
+    def __del__(self) -> None:
+        self.release()  # a call dropped without release() must not leak its budget
+
+    def _charge(self) -> None:
+        budget = self._budget
+        assert budget is not None
+        held = len(self._buf) - self._pos
+        delta = held - self._held
+        if delta > 0 and not budget.take(delta):
+            self._over(f"{held} bytes of a partly received message")
+        elif delta < 0:
+            budget.give(-delta)
+        self._held = held
+
+    def _over(self, what: str) -> NoReturn:
+        self._buf = bytearray()
+        self._pos = 0
+        self.release()
+        budget = self._budget
+        assert budget is not None
+        self._fail(LimitExceeded(f"{what} would exceed the cap on buffered gRPC bytes ({budget.limit} per connection)"))
 
     def close(self) -> None:
         """End of stream: a partial message left over means the peer truncated it."""
@@ -203,6 +260,10 @@ class MessageDecoder:
 
     def _fail(self, err: ProtocolError) -> NoReturn:
         self._error = err
+        if self._budget is not None:
+            self._buf = bytearray()
+            self._pos = 0
+            self.release()
         raise err
 
     def _parse(self, view: memoryview) -> tuple[list[bytes], int]:
@@ -222,10 +283,17 @@ class MessageDecoder:
                 if self._encoding is None:
                     self._fail(ProtocolError("compressed message received but no grpc-encoding was negotiated"))
                 try:
-                    msgs.append(decompress(body, self._encoding, self._max))
+                    msg = decompress(body, self._encoding, self._max)
                 except ProtocolError as err:
                     self._fail(err)
             else:
-                msgs.append(body.tobytes())
+                msg = body.tobytes()
+            if self._budget is not None:
+                # Returned messages count until the reader consumes them: one read of small gzip messages can
+                # inflate to many times its size (a gzip bomb per message, each just under the limit).
+                if not self._budget.take(len(msg)):
+                    self._over(f"{self._out + len(msg)} bytes of received messages")
+                self._out += len(msg)
+            msgs.append(msg)
             pos += HEADER_SIZE + length
         return msgs, pos

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from hbone.errors import GrpcError, GrpcStatus, HboneError
-from hbone.grpc.call import MessageReader, frame, status_of
+from hbone.grpc.call import MessageReader, connection_budget, frame, status_of
 from hbone.grpc.codec import Codec
 from hbone.grpc.framing import DEFAULT_MAX_MESSAGE_SIZE
 from hbone.grpc.health import HealthServicer
@@ -104,7 +104,7 @@ class ServerCall:
         self.path = info.path
         #: Absolute deadline on the event loop's clock (``loop.time()``), from ``grpc-timeout``; None: no deadline.
         self.deadline: float | None = None
-        self._reader = MessageReader(stream, server.max_receive_message_size, info.encoding)
+        self._reader = MessageReader(stream, server.max_receive_message_size, info.encoding, connection_budget(stream))
         comp = server.compression
         self._encoding = comp if comp is not None and comp in info.accept_encoding else None
         self._headers_sent = False
@@ -238,6 +238,7 @@ class ServerCall:
         return Status(GrpcStatus.INTERNAL, "internal error")
 
     def _finish(self, status: Status) -> None:
+        self._reader.release()  # unread request bytes no longer count against the connection's budget
         stream = self._stream
         if stream.error is not None:
             return

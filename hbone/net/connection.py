@@ -25,6 +25,7 @@ import h2.exceptions as h2x
 from h2.settings import SettingCodes, Settings
 
 from hbone.errors import ConnectionLost, H2ErrorCode, HboneError, LimitExceeded, ProtocolError
+from hbone.limits import ByteBudget
 from hbone.net.abuse import CHATTY_EVENTS, SMALL_READ, ConnectionGuard
 from hbone.net.events import ConnectionEvents, dispatch_table
 from hbone.net.h2memory import compact_settings
@@ -42,6 +43,9 @@ _DEFAULT_WINDOW = 65_535  # RFC 9113 §6.9.2 initial connection window
 # ConnectionSending before ConnectionLifecycle: the lifecycle's placeholder `_flush`/`_h2_reset` must not win.
 class H2Connection(ConnectionEvents, ConnectionSending, ConnectionLifecycle, asyncio.BufferedProtocol):
     """One HTTP/2 connection. Client: `await connect(...)`; server: `H2Connection.server_factory(handler)`."""
+
+    #: Bytes its gRPC calls hold in partial / unread messages (`hbone.grpc.call.connection_budget`, made lazily).
+    grpc_budget: ByteBudget | None = None
 
     def __init__(
         self,

@@ -390,14 +390,18 @@ class Stream:
         self._wake_drainers()
         self._response_event.set()
         self._closed_event.set()
-        if self._consumer is not None:
-            self._consumer.stream_failed(exc)
+        consumer = self._consumer
+        if consumer is not None:
+            self._consumer = None  # the last callback: drop the stream <-> consumer reference cycle
+            consumer.stream_failed(exc)
         return unread
 
     def _finish(self) -> None:
         self._closed_event.set()
-        if self._consumer is not None:
-            self._consumer.stream_closed()
+        consumer = self._consumer
+        if consumer is not None:
+            self._consumer = None  # the last callback: drop the stream <-> consumer reference cycle
+            consumer.stream_closed()
 
     def _wake_reader(self) -> None:
         fut = self._read_waiter
