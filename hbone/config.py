@@ -16,7 +16,8 @@ drain_timeout: 5s
 http2: {max_concurrent_streams: 200, stream_window: 4194304, connection_window: 16777216, ping_interval: 10s,
         max_resets_per_second: 100, max_control_frames_per_second: 1000, max_outbound_buffer: 1048576,
         preface_timeout: 10s, idle_timeout: 1h}
-limits: {handshake_timeout: 10s, max_connections: 8192, max_tunnels: 16384, max_pending_dials: 1024}
+limits: {handshake_timeout: 10s, max_connections: 8192, max_tunnels: 16384, max_pending_dials: 1024,
+         grpc_connection_bytes: 67108864, grpc_process_bytes: 268435456}
 ```
 Unknown keys are errors, so a typo never silently changes behaviour. Authorization never widens silently: listing
 policies keeps the default mode's policy (same trust domain and namespace); Istio's policies-only semantics need an
@@ -58,6 +59,9 @@ _H2 = {
 _DURATIONS = ("ping_interval", "ping_timeout", "preface_timeout", "idle_timeout")
 
 
+_LIMIT_INTS = ("max_connections", "max_tunnels", "max_pending_dials", "grpc_connection_bytes", "grpc_process_bytes")
+
+
 @dataclass
 class ProcessLimits:
     """Per-process caps of `hbone serve` (README "Security and robustness")."""
@@ -66,6 +70,8 @@ class ProcessLimits:
     max_connections: int = 8192
     max_tunnels: int = 16_384
     max_pending_dials: int = 1_024
+    grpc_connection_bytes: int = 64 * 1024 * 1024
+    grpc_process_bytes: int = 256 * 1024 * 1024
 
     def update(self, data: Any, where: str) -> None:
         if data is None:
@@ -77,12 +83,12 @@ class ProcessLimits:
                 self.handshake_timeout = parse_duration(value, f"{where}.{key}")
                 if self.handshake_timeout <= 0:
                     raise ConfigError(f"{where}.{key}: must be positive")
-            elif key in ("max_connections", "max_tunnels", "max_pending_dials"):
+            elif key in _LIMIT_INTS:
                 if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                     raise ConfigError(f"{where}.{key}: expected a positive integer, got {value!r}")
                 setattr(self, key, value)
             else:
-                known = "handshake_timeout, max_connections, max_tunnels, max_pending_dials"
+                known = ", ".join(("handshake_timeout", *_LIMIT_INTS))
                 raise ConfigError(f"{where}: unknown key {key!r}; known: {known}")
 
 

@@ -169,6 +169,13 @@ GRPC_PROCESS_BYTES = ByteBudget("grpc_buffered_bytes", 256 * _MiB)
 GRPC_CONNECTION_BYTES = 64 * _MiB
 
 
+def configure(*, tunnels: int, pending_dials: int, grpc_connection_bytes: int, grpc_process_bytes: int) -> None:
+    """Set this process's caps (the CLI, from its config)."""
+    global GRPC_CONNECTION_BYTES
+    TUNNELS.limit, PENDING_DIALS.limit = tunnels, pending_dials
+    GRPC_CONNECTION_BYTES, GRPC_PROCESS_BYTES.limit = grpc_connection_bytes, grpc_process_bytes
+
+
 def grpc_connection_budget(limit: int | None = None) -> ByteBudget:
     """A new per-connection gRPC byte budget inside `GRPC_PROCESS_BYTES`."""
     return ByteBudget("grpc_buffered_bytes", GRPC_CONNECTION_BYTES if limit is None else limit, GRPC_PROCESS_BYTES)

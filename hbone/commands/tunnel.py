@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hbone import limits
 from hbone.authz.defaults import DefaultMode
 from hbone.client import Endpoint, HboneClient, Tunnel
 from hbone.commands.runtime import stop_on_signals
@@ -19,7 +20,6 @@ from hbone.errors import ConfigError, HboneError
 from hbone.grpc.server import GrpcServer
 from hbone.identity.bundle import load_bundle
 from hbone.identity.manager import FileSource, IdentityManager
-from hbone.limits import PENDING_DIALS, TUNNELS
 from hbone.net.pipe import AcceptedPipe
 from hbone.net.splice import splice
 from hbone.net.stream import Stream
@@ -120,7 +120,12 @@ async def serve(cfg: ServeConfig, ready: asyncio.Event | None = None) -> int:
         )
     )
     lim = cfg.limits
-    TUNNELS.limit, PENDING_DIALS.limit = lim.max_tunnels, lim.max_pending_dials
+    limits.configure(
+        tunnels=lim.max_tunnels,
+        pending_dials=lim.max_pending_dials,
+        grpc_connection_bytes=lim.grpc_connection_bytes,
+        grpc_process_bytes=lim.grpc_process_bytes,
+    )
     server = HboneServer(
         tls,
         inbound,

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 # The driver's logger name, so log filters and tests keep working after the split.
 log = logging.getLogger("hbone.net.connection")
+_LINGER = 1.0  # seconds input is discarded after an error GOAWAY before the close (`_linger_close`)
 
 
 class _LogLimiter:
@@ -56,6 +57,14 @@ class _LogLimiter:
 
 
 _limiter = _LogLimiter()
+
+
+def _end_linger(transport: asyncio.Transport) -> None:
+    # A peer that did not read our GOAWAY in time is not reading at all: a close() would wait for it forever.
+    if transport.get_write_buffer_size():
+        transport.abort()
+    else:
+        transport.close()
 
 
 def code_name(code: int) -> str:
@@ -244,7 +253,28 @@ class ConnectionLifecycle:
         self._close_exc = exc
         self._teardown(exc)
         if self._transport is not None:
-            self._transport.close()
+            if self.goaway_sent_last_id is not None:
+                self._linger_close(self._transport)
+            else:
+                self._transport.close()
+
+    def _linger_close(self, transport: asyncio.Transport) -> None:
+        """Close after an error GOAWAY so that the peer gets to read it (RFC 9113 §5.4.1).
+
+        Closing a socket whose peer is still sending (unread input) makes the kernel reset the connection and drop
+        what we had not sent yet: the GOAWAY of a flood or protocol error. So send FIN where the transport can,
+        keep reading (and discarding: the connection is closed for us) for `_LINGER` seconds, then close.
+        """
+        try:
+            if transport.can_write_eof():
+                transport.write_eof()
+        except (NotImplementedError, OSError, RuntimeError):
+            pass
+        try:
+            transport.resume_reading()
+        except (NotImplementedError, RuntimeError):
+            pass
+        self._loop.call_later(_LINGER, _end_linger, transport)
 
     def _protocol_error(self, exc: h2x.ProtocolError) -> None:
         code = int(getattr(exc, "error_code", H2ErrorCode.PROTOCOL_ERROR))

@@ -90,6 +90,10 @@ async def test_connection_cap_refuses_with_enhance_your_calm() -> None:
                 await asyncio.wait_for(second.wait_closed(), 30)
                 assert second.goaway_received is not None
                 assert second.goaway_received[0] == H2ErrorCode.ENHANCE_YOUR_CALM
+            for _ in range(300):  # the refused one lingers up to 1 s so that its GOAWAY is read
+                if len(srv.connections) == 1:
+                    break
+                await asyncio.sleep(0.01)
             assert first.is_usable and len(srv.connections) == 1
         finally:
             await first.close()

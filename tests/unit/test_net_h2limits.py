@@ -124,7 +124,7 @@ async def test_rapid_reset_gets_goaway_and_cancels_the_work() -> None:
         srv.peer.reset_stream(sid, H2ErrorCode.CANCEL)
     srv.send()
     await settle()
-    assert not srv.transport.closed and srv.goaway() is None
+    assert not srv.conn.closed and srv.goaway() is None
     assert len(srv.conn._tasks) == 0 and len(srv.conn._pending) == 0
     for _ in range(200):
         sid = srv.peer.get_next_available_stream_id()
@@ -133,7 +133,7 @@ async def test_rapid_reset_gets_goaway_and_cancels_the_work() -> None:
     srv.send()
     await settle()
     assert srv.goaway() == H2ErrorCode.ENHANCE_YOUR_CALM
-    assert srv.transport.closed
+    assert srv.conn.closed
     assert len(srv.conn._tasks) == 0  # every handler was cancelled, none left running
     assert srv.started == srv.cancelled  # handlers that ran were cancelled; the rest never started
     assert limits.trip_counts()["h2_rapid_reset"] == before + 1
@@ -151,7 +151,7 @@ async def test_resets_after_the_answer_are_not_premature() -> None:
         srv.peer.reset_stream(sid, H2ErrorCode.CANCEL)
         srv.send()
     await settle()
-    assert not srv.transport.closed and srv.goaway() is None
+    assert not srv.conn.closed and srv.goaway() is None
 
 
 async def test_unanswered_streams_are_capped_with_refused_stream() -> None:
@@ -177,9 +177,9 @@ async def test_unanswered_streams_are_capped_with_refused_stream() -> None:
 async def test_control_frame_flood_gets_goaway(frame: Any) -> None:
     srv = Server(max_control_frames_per_second=100)
     srv.send(frame.serialize() * 50)
-    assert not srv.transport.closed
+    assert not srv.conn.closed
     srv.send(frame.serialize() * 100)
-    assert srv.goaway() == H2ErrorCode.ENHANCE_YOUR_CALM and srv.transport.closed
+    assert srv.goaway() == H2ErrorCode.ENHANCE_YOUR_CALM and srv.conn.closed
 
 
 async def test_peer_that_does_not_read_stops_our_reading() -> None:
@@ -208,7 +208,7 @@ async def test_oversized_frame_is_refused_from_its_header() -> None:
     srv = Server()
     # A DATA frame header announcing 16 MiB - 1 (over our 1 MiB SETTINGS_MAX_FRAME_SIZE), then a few body bytes.
     srv.send(b"\xff\xff\xff\x00\x00\x00\x00\x00\x01" + b"x" * 100)
-    assert srv.goaway() == H2ErrorCode.FRAME_SIZE_ERROR and srv.transport.closed
+    assert srv.goaway() == H2ErrorCode.FRAME_SIZE_ERROR and srv.conn.closed
 
 
 def test_slow_frame_is_reassembled_in_place() -> None:
