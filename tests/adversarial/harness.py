@@ -94,32 +94,31 @@ class Target:
 
 
 @contextlib.asynccontextmanager
-async def process(argv: Sequence[str], ready: str, nports: int) -> AsyncIterator[Target]:
-    """Start a server; `ready` is a regex over its stderr whose groups are the ports it bound."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
-    )
-    assert proc.stderr is not None
+async def process(argv: Sequence[str], ready: str, nports: int, *, stdout: bool = False) -> AsyncIterator[Target]:
+    """Start a server; `ready` is a regex over its stderr (or stdout) whose groups are the ports it bound."""
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert proc.stderr is not None and proc.stdout is not None
+    source = proc.stdout if stdout else proc.stderr
     seen: list[str] = []
     ports: list[int] = []
-    drain: asyncio.Task[None] | None = None
+    drains: list[asyncio.Task[None]] = []
+
+    async def keep_draining(pipe: asyncio.StreamReader) -> None:  # an unread pipe would block the server's logging
+        while line := await pipe.readline():
+            if len(seen) < 5000:
+                seen.append(line.decode(errors="replace"))
+
     try:
+        if stdout:
+            drains.append(asyncio.create_task(keep_draining(proc.stderr)))
         while len(ports) < nports:
-            line = (await asyncio.wait_for(proc.stderr.readline(), 30)).decode()
+            line = (await asyncio.wait_for(source.readline(), 30)).decode()
             if not line:
                 raise AssertionError(f"{argv[2:4]} exited before it was ready: {''.join(seen)}")
             seen.append(line)
             ports += [int(p) for p in re.findall(ready, line)]
-        target = Target(proc, ports, stderr=seen)
-
-        async def keep_draining() -> None:  # an unread stderr pipe would block the server's logging
-            assert proc.stderr is not None
-            while line := await proc.stderr.readline():
-                if len(seen) < 2000:
-                    seen.append(line.decode(errors="replace"))
-
-        drain = asyncio.create_task(keep_draining())
-        yield target
+        drains.append(asyncio.create_task(keep_draining(source)))
+        yield Target(proc, ports, stderr=seen)
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
@@ -128,10 +127,10 @@ async def process(argv: Sequence[str], ready: str, nports: int) -> AsyncIterator
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
-        if drain is not None:
-            drain.cancel()
+        for task in drains:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await drain
+                await task
 
 
 async def legit_tunnel(port: int, target: str, size: int = 64 * 1024, ctx: ssl.SSLContext | None = None) -> None:
