@@ -28,7 +28,7 @@ from hbone.net.connection import H2Connection, connect
 from hbone.net.splice import SpliceResult, splice
 from hbone.net.stream import Stream
 from hbone.proxy.accesslog import AccessRecord
-from hbone.proxy.frontend import Opener, fmt_addr, relay
+from hbone.proxy.frontend import Opener, fmt_addr, relay, start_listener
 from hbone.proxy.inbound import Resolver
 from hbone.proxy.routing import RouteDenied
 from hbone.state.snapshot import MeshSnapshot
@@ -64,7 +64,7 @@ class SniGateway:
         self.refused = 0
 
     async def start(self, host: str = "0.0.0.0", port: int = SNI_GATEWAY_PORT) -> asyncio.Server:
-        return await asyncio.start_server(self.handle, host, port, reuse_address=True)
+        return await start_listener(self.handle, host, port)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")

@@ -15,6 +15,7 @@ import errno
 import os
 import socket
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,6 +23,7 @@ from typing import Any, Protocol
 from hbone.client import Endpoint, HboneClient
 from hbone.errors import ConfigError, H2ErrorCode, HboneError, UpstreamUnreachable
 from hbone.identity.spiffe import SpiffeId
+from hbone.limits import TUNNELS, pending_dial, trip_unattached
 from hbone.net.splice import splice
 from hbone.proxy.accesslog import AccessRecord
 from hbone.proxy.routing import Action, Decision, DoubleHbone, Route, RouteTable, Via
@@ -105,23 +107,24 @@ async def dial_tcp(
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(connect_timeout):
-            sock: socket.socket | None = None
-            if mark is not None:
-                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-                family, _, _, _, addr = infos[0]
-                sock = socket.socket(family, socket.SOCK_STREAM)
-                sock.setblocking(False)
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
-                    await loop.sock_connect(sock, addr)
-                except BaseException:
-                    sock.close()
-                    raise
-            kwargs: dict[str, Any] = {"sock": sock} if sock is not None else {"host": host, "port": port}
-            if ssl_context is not None:
-                kwargs["ssl"] = ssl_context
-                kwargs["server_hostname"] = server_hostname if server_hostname is not None else host
-            reader, writer = await asyncio.open_connection(**kwargs)
+            with pending_dial():
+                sock: socket.socket | None = None
+                if mark is not None:
+                    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                    family, _, _, _, addr = infos[0]
+                    sock = socket.socket(family, socket.SOCK_STREAM)
+                    sock.setblocking(False)
+                    try:
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+                        await loop.sock_connect(sock, addr)
+                    except BaseException:
+                        sock.close()
+                        raise
+                kwargs: dict[str, Any] = {"sock": sock} if sock is not None else {"host": host, "port": port}
+                if ssl_context is not None:
+                    kwargs["ssl"] = ssl_context
+                    kwargs["server_hostname"] = server_hostname if server_hostname is not None else host
+                reader, writer = await asyncio.open_connection(**kwargs)
     except TimeoutError as e:
         raise DialTimeout(f"connect to {host}:{port} timed out after {connect_timeout}s") from e
     except ssl.SSLError as e:
@@ -312,3 +315,43 @@ async def join(a: Any, b: Any, *, chunk: int = 64 * 1024) -> tuple[int, int]:
         if waiter is not None:
             await waiter()
     return counts[0], counts[1]
+
+
+#: Connections one front-end listener serves at once; more are closed at accept (counted as `max_connections`).
+MAX_CONNECTIONS = 8192
+#: Seconds a TLS client of a front end has to finish its handshake (asyncio's own default is 60 s).
+TLS_HANDSHAKE_TIMEOUT = 10.0
+
+ConnectionHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def start_listener(
+    handler: ConnectionHandler,
+    host: str,
+    port: int,
+    *,
+    ssl: ssl.SSLContext | None = None,
+    max_connections: int = MAX_CONNECTIONS,
+) -> asyncio.Server:
+    """`asyncio.start_server` for a front end, with its connection cap, a tunnel slot from the process-wide
+    `hbone.limits.TUNNELS` per connection, and the TLS handshake timeout: every front end listens through here."""
+    active = 0
+
+    async def gated(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal active
+        if active >= max_connections:
+            trip_unattached("max_connections", writer.get_extra_info("peername"), f"over {max_connections}")
+            writer.transport.abort()
+            return
+        if not TUNNELS.try_acquire():
+            writer.transport.abort()
+            return
+        active += 1
+        try:
+            await handler(reader, writer)
+        finally:
+            active -= 1
+            TUNNELS.release()
+
+    timeout = TLS_HANDSHAKE_TIMEOUT if ssl is not None else None
+    return await asyncio.start_server(gated, host, port, ssl=ssl, ssl_handshake_timeout=timeout, reuse_address=True)

@@ -26,7 +26,7 @@ from hbone.net.connection import H2Connection
 from hbone.net.settings import H2Settings
 from hbone.net.stream import Stream
 from hbone.proxy.accesslog import AccessRecord
-from hbone.proxy.frontend import Opener, Upstream, join
+from hbone.proxy.frontend import TLS_HANDSHAKE_TIMEOUT, Opener, Upstream, join
 from hbone.proxy.inbound import InboundConfig, InboundHandler, PeerInfo
 from hbone.tls import MeshTls, check_client_peer, check_server_peer
 from hbone.wire.authority import Authority
@@ -79,7 +79,12 @@ class H2RGateway:
     async def listen(self, host: str = "0.0.0.0", port: int = H2R_PORT) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            lambda: _GatewaySide(self), host, port, ssl=self.tls.server_context(), reuse_address=True
+            lambda: _GatewaySide(self),
+            host,
+            port,
+            ssl=self.tls.server_context(),
+            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+            reuse_address=True,
         )
         self._servers.append(server)
         sock: Any = server.sockets[0].getsockname()

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 from hbone.errors import ConnectRefused, Denied, HboneError, ProtocolError
 from hbone.proxy.accesslog import AccessRecord
-from hbone.proxy.frontend import Opener, fmt_addr, relay
+from hbone.proxy.frontend import Opener, fmt_addr, relay, start_listener
 from hbone.wire.httpconnect import (
     HttpConnectParser,
     HttpConnectRequest,
@@ -63,7 +63,7 @@ class HttpConnectProxy:
         self.total = 0
 
     async def start(self, host: str = DEFAULT_LISTEN[0], port: int = DEFAULT_LISTEN[1]) -> asyncio.Server:
-        return await asyncio.start_server(self.handle, host, port, reuse_address=True)
+        return await start_listener(self.handle, host, port)
 
     def _check_auth(self, request: HttpConnectRequest) -> None:
         if not self.users:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from hbone.errors import BadRequest, ConfigError, HboneError, ProtocolError
 from hbone.proxy.accesslog import AccessRecord
-from hbone.proxy.frontend import Opener, TcpPipe, fmt_addr, relay
+from hbone.proxy.frontend import Opener, TcpPipe, fmt_addr, relay, start_listener
 from hbone.proxy.ingress_h1 import H1Ingress
 from hbone.proxy.ingress_h2 import H2Backends, H2Ingress
 from hbone.proxy.routing import host_matches
@@ -151,13 +151,13 @@ class Ingress:
     # --- listeners -------------------------------------------------------------------------------------------
 
     async def start_tcp(self, host: str, port: int, target: Authority) -> asyncio.Server:
-        return await asyncio.start_server(lambda r, w: self.handle_tcp(target, r, w), host, port, reuse_address=True)
+        return await start_listener(lambda r, w: self.handle_tcp(target, r, w), host, port)
 
     async def start_tls_passthrough(self, host: str, port: int) -> asyncio.Server:
-        return await asyncio.start_server(self.handle_tls_passthrough, host, port, reuse_address=True)
+        return await start_listener(self.handle_tls_passthrough, host, port)
 
     async def start_http(self, host: str, port: int) -> asyncio.Server:
-        return await asyncio.start_server(self.handle_http, host, port, reuse_address=True)
+        return await start_listener(self.handle_http, host, port)
 
     async def start_tls_terminate(
         self, host: str, port: int, certs: Mapping[str, Path], *, http: bool = False
@@ -177,7 +177,7 @@ class Ingress:
         front = server_tls_context(next(iter(certs.values())), alpn)
         front.sni_callback = pick
         handler = self.handle_http if http else self.handle_tls_terminated
-        return await asyncio.start_server(handler, host, port, ssl=front, reuse_address=True)
+        return await start_listener(handler, host, port, ssl=front)
 
 
 class _Prefixed(TcpPipe):

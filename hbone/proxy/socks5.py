@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 from hbone.errors import ConnectRefused, HboneError
 from hbone.proxy.accesslog import AccessRecord
-from hbone.proxy.frontend import DialFailed, Opener, Upstream, fmt_addr, relay
+from hbone.proxy.frontend import DialFailed, Opener, Upstream, fmt_addr, relay, start_listener
 from hbone.wire.socks5 import ConnectRequest, ProtocolViolation, ReplyCode, Socks5Server, reply_code_for
 
 log = logging.getLogger("hbone.socks5")
@@ -48,7 +48,7 @@ class Socks5Proxy:
         return want is not None and hmac.compare_digest(want.encode(), password.encode("utf-8", "surrogateescape"))
 
     async def start(self, host: str = DEFAULT_LISTEN[0], port: int = DEFAULT_LISTEN[1]) -> asyncio.Server:
-        return await asyncio.start_server(self.handle, host, port, reuse_address=True)
+        return await start_listener(self.handle, host, port)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.total += 1
