@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 from hbone import limits
 from hbone.authz.defaults import DefaultMode
-from hbone.client import Endpoint, HboneClient, Tunnel
+from hbone.client import Endpoint, HboneClient
+from hbone.commands import probe
 from hbone.commands.runtime import stop_on_signals
 from hbone.commands.stdio import Stdio
 from hbone.config import ServeConfig, load_serve_config, parse_listen
@@ -57,15 +55,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     outbound(forward)
     forward.set_defaults(func=cmd_forward)
 
-    probe = sub.add_parser("probe", help="open one tunnel and report TLS, identity, status and timings")
-    probe.add_argument("address", help="HBONE server HOST:PORT")
-    probe.add_argument("--target", required=True)
-    probe.add_argument("--certs", type=Path)
-    probe.add_argument("--plaintext", action="store_true")
-    probe.add_argument("--expect-identity", action="append", default=[])
-    probe.add_argument("--post", action="store_true")
-    probe.add_argument("--json", action="store_true")
-    probe.set_defaults(func=cmd_probe)
+    probe.register(sub)
 
 
 def _client(args: argparse.Namespace) -> tuple[HboneClient, Endpoint]:
@@ -240,50 +230,3 @@ async def _forward(args: argparse.Namespace) -> int:
             task.cancel()
         await client.close()
     return 0
-
-
-# --- probe -----------------------------------------------------------------------------------------------------------
-
-
-def cmd_probe(args: argparse.Namespace) -> int:
-    report = asyncio.run(_probe(args))
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        for k, v in report.items():
-            print(f"{k:>16}: {v}")
-    return 0 if report.get("status") == 200 else 1
-
-
-async def _probe(args: argparse.Namespace) -> dict[str, Any]:
-    client, ep = _client(args)
-    report: dict[str, Any] = {
-        "server": f"{ep.host}:{ep.port}",
-        "target": args.target,
-        "mode": "POST" if args.post else "CONNECT",
-    }
-    t0 = time.perf_counter()
-    try:
-        conn = await client.pool.connection(client._key(ep))
-        t1 = time.perf_counter()
-        report["connect_ms"] = round((t1 - t0) * 1000, 3)
-        sslobj = conn.ssl_object  # type: ignore[attr-defined]
-        if sslobj is not None:
-            report["tls_version"] = sslobj.version()
-            report["alpn"] = sslobj.selected_alpn_protocol()
-            report["cipher"] = sslobj.cipher()[0]
-        report["peer_identity"] = str(client._peers.get(id(conn))) if sslobj is not None else None
-        tunnel: Tunnel = await client.open(args.target, ep)
-        report["status"] = tunnel.status
-        report["tunnel_ms"] = round((time.perf_counter() - t1) * 1000, 3)
-        if tunnel.peer_metadata is not None and not tunnel.peer_metadata.is_empty():
-            report["response_baggage"] = tunnel.peer_metadata.to_baggage()
-        tunnel.write_eof()
-        tunnel.reset()
-    except HboneError as e:
-        report["status"] = getattr(e, "status", None) or getattr(e, "http_status", None)
-        report["error"] = str(e)
-    finally:
-        report["total_ms"] = round((time.perf_counter() - t0) * 1000, 3)
-        await client.close()
-    return report
