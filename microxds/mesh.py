@@ -89,6 +89,7 @@ class XdsControlPlane:
         return ch
 
     async def start(self) -> None:
+        """Load the bootstrap identity and wait for the first xDS configuration (one-line `ConfigError`s)."""
         try:
             if self.transport == "mtls":
                 if self.certs is None:
@@ -107,6 +108,7 @@ class XdsControlPlane:
             raise
 
     def certificate_source(self, identity: SpiffeId | None) -> CertificateSource | None:
+        """The CA asked for `identity` (default: the bootstrap identity; another one is asked by impersonation)."""
         if not self.use_ca:
             return None
         own = self._bootstrap.identity if self._bootstrap is not None else None
@@ -119,6 +121,7 @@ class XdsControlPlane:
         )
 
     async def stop(self) -> None:
+        """Close the xDS stream, the channels and the bootstrap identity's rotation."""
         if self.ads is not None:
             await self.ads.stop()
             self.ads = None

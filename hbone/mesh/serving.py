@@ -50,7 +50,7 @@ class _AppInbound(InboundHandler):
             self.refuse(stream, e.http_status, str(e))
             record.finish(e.http_status, str(e))
             return
-        writer = TunnelWriter(stream, TunnelPeer(peer.identity, peer.address, str(req.target)))
+        writer = TunnelWriter(stream, TunnelPeer(peer.identity, peer.address, str(req.target), req.forwarded_for))
         reader = TunnelReader(stream)
         try:
             await self._handler(reader, writer)
@@ -92,6 +92,7 @@ class MeshServer:
         return (str(target.ip) if target.ip is not None else self._local_host), target.port
 
     async def listen(self, host: str, port: int) -> tuple[str, int]:
+        """Bind host:port (port 0: ephemeral) with the mesh's mTLS context; returns the bound address."""
         self._local_host = host
         self._address = await self._server.listen(host, port)
         return self._address
@@ -109,6 +110,7 @@ class MeshServer:
         return self.inbound.total
 
     def on_close(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Run `callback` after the listener closed (e.g. the ASGI lifespan shutdown)."""
         self._on_close.append(callback)
 
     async def drain(self, deadline: float | None = None) -> None:
@@ -116,6 +118,7 @@ class MeshServer:
         await self._server.drain(deadline)
 
     async def close(self) -> None:
+        """Stop listening and abort open tunnels (use `drain()` first for a graceful end)."""
         if self._closed.is_set():
             return
         self._closed.set()

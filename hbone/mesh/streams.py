@@ -51,6 +51,8 @@ class TunnelPeer:
     address: tuple[str, int] | None
     #: The tunnel's target, `host:port` as sent in the CONNECT `:authority`.
     target: str
+    #: Server side: the original client from the request's `forwarded: for=` (set by proxies and waypoints).
+    forwarded_for: str | None = None
 
 
 class TunnelReader:
@@ -133,6 +135,7 @@ class TunnelReader:
             return e.partial
 
     def at_eof(self) -> bool:
+        """True once the peer ended its side and every byte was read."""
         return self._eof and not self._buffer
 
     def __aiter__(self) -> AsyncIterator[bytes]:
@@ -162,21 +165,25 @@ class TunnelWriter:
         self._linger: asyncio.Task[None] | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue bytes; pair with `drain()` so memory stays bounded by the tunnel's send buffer."""
         self._carrier.write(bytes(data))
 
     def writelines(self, data: Iterable[bytes | bytearray | memoryview]) -> None:
         self.write(b"".join(data))
 
     async def drain(self) -> None:
+        """Wait while too much is queued; raises the tunnel's error if it broke."""
         await self._carrier.drain()
 
     def can_write_eof(self) -> bool:
         return True
 
     def write_eof(self) -> None:
+        """Half-close: END_STREAM after the queued bytes; reading goes on."""
         self._carrier.write_eof()
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """`peer_identity`, `peername`, `hbone_target` (and `default` for anything else)."""
         return self._extra.get(name, default)
 
     def is_closing(self) -> bool:
@@ -206,6 +213,7 @@ class TunnelWriter:
             self._carrier.reset()
 
     async def wait_closed(self) -> None:
+        """Wait until the tunnel ended after `close()` (both sides, or the reset after the linger)."""
         if self._linger is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(self._linger)

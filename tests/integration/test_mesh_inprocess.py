@@ -136,3 +136,26 @@ def test_runs_on_uvloop(certs: dict[str, Path]) -> None:
 
     loop_module, body = uvloop.run(asyncio.wait_for(scenario(), 30))
     assert loop_module.startswith("uvloop") and body == b"spiffe://cluster.local/ns/shop/sa/web"
+
+
+async def test_handler_sees_the_original_client_a_proxy_forwarded(certs: dict[str, Path]) -> None:
+    """A proxy (here our HboneClient, as an agent or waypoint uses it) names the original client in `forwarded`."""
+    from hbone.client import Endpoint, HboneClient
+
+    got: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+
+    async def handler(reader: TunnelReader, writer: TunnelWriter) -> None:
+        got.set_result(writer.peer.forwarded_for)
+        writer.write_eof()
+
+    async with Mesh(certs["api"]) as server_mesh, Mesh(certs["web"]) as proxy_mesh:
+        server = await server_mesh.serve(handler, host="127.0.0.1", port=0)
+        client = HboneClient(proxy_mesh.tls)
+        try:
+            tunnel = await client.open(
+                "127.0.0.1:80", Endpoint("127.0.0.1", server.address[1]), forwarded_for="10.1.2.3:4567"
+            )
+            assert await asyncio.wait_for(got, 10) == "10.1.2.3:4567"
+            tunnel.write_eof()
+        finally:
+            await client.close()
