@@ -42,6 +42,10 @@ def _import_package_modules(python_package: str) -> bool:
     """Import every `*_pb2` module in one package directory; False if there is no such package."""
     if python_package in _imported_packages:
         return True
+    if not any(python_package == root or python_package.startswith(root + ".") for root in _ALL_ROOTS):
+        # A type URL comes from config files and from xDS servers: never let one import an arbitrary installed
+        # package (find_spec imports the parents of a dotted name, with their import-time side effects).
+        return False
     try:
         spec = importlib.util.find_spec(python_package)
     except (ImportError, ValueError):

@@ -72,3 +72,23 @@ def test_every_host_port_parser_refuses_non_ascii_digits() -> None:
     with pytest.raises(MicroxdsConfigError, match="bad --server"):
         BootstrapOptions(server="127.0.0.1:\u00b2").host_port()
     assert _allow_match(["api.example:\u00b2"])["ports"] == []  # not a port: the whole item is a host pattern
+
+
+def test_a_type_url_never_imports_packages_outside_the_protobuf_roots() -> None:
+    """Found while chasing a fuzz timeout in protoreg: `@type: type.googleapis.com/this.is.Zen` imported `this`
+    (find_spec imports the parents of a dotted name). Type URLs come from config files and from xDS servers."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from microxds.errors import UnknownTypeError\n"
+        "from microxds.sources.protoreg import message_class\n"
+        "try:\n"
+        "    message_class('type.googleapis.com/this.is.Zen')\n"
+        "except UnknownTypeError:\n"
+        "    pass\n"
+        "print('this' in sys.modules, message_class('envoy.config.cluster.v3.Cluster').__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False Cluster", out.stdout
