@@ -47,6 +47,9 @@ def run_atheris(name: str, seconds: int, corpus_out: Path, artifacts: Path, seed
     ]
     if seed is not None:
         argv.append(f"-seed={seed}")
+    merged = _dictionary(name, corpus_out.parent)
+    if merged is not None:
+        argv.append(f"-dict={merged}")
     if workers > 1:
         argv += [f"-workers={workers}", f"-jobs={workers}"]
     argv.append(str(corpus_out))  # libFuzzer writes new inputs into the first folder, reads the others
@@ -54,6 +57,20 @@ def run_atheris(name: str, seconds: int, corpus_out: Path, artifacts: Path, seed
         argv.append(str(CORPUS_DIR / name))
     atheris.Setup(argv, harness.one_input)
     atheris.Fuzz()
+
+
+DICT_DIR = Path(__file__).resolve().parent / "dicts"
+
+
+def _dictionary(name: str, folder: Path) -> Path | None:
+    """libFuzzer takes one -dict file: the common tokens plus the harness's own (tests/fuzz/dicts/)."""
+    parts = [DICT_DIR / "common.dict", DICT_DIR / f"{name}.dict"]
+    text = "\n".join(p.read_text() for p in parts if p.is_file())
+    if not text:
+        return None
+    merged = folder / f"{name}.dict"
+    merged.write_text(text + "\n")
+    return merged
 
 
 def _mutate(rng: random.Random, data: bytes) -> bytes:

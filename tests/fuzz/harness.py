@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 CORPUS_DIR = Path(__file__).resolve().parent / "corpus"
@@ -53,7 +53,8 @@ class Harness:
     accepted: tuple[type[BaseException], ...]
     seeds: Callable[[], dict[str, bytes]]
     max_len: int = 4096
-    notes: str = field(default="")
+    #: One-time work done before the first input (a one-time cost inside an input would look like a hang).
+    setup: Callable[[], object] | None = None
 
     def one_input(self, data: bytes) -> None:
         """The engine's entry point: a documented error is a pass, anything else propagates as a crash."""
@@ -68,6 +69,8 @@ def load(name: str) -> Harness:
         raise KeyError(f"no fuzz harness {name!r} (known: {', '.join(NAMES)})")
     module = importlib.import_module(f"tests.fuzz.fuzz_{name}")
     harness: Harness = module.HARNESS
+    if harness.setup is not None:
+        harness.setup()
     return harness
 
 
