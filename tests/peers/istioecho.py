@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from tests.peers.gopeers import require_go_peer
-from tests.peers.process import ProcessPeer, arun_peer, loopback_env
+from tests.peers.process import ProcessPeer, arun_peer, free_port, loopback_env
 
 _LISTEN = re.compile(r"Listening (HTTP/1\.1|GRPC|TCP|HBONE)(?: \((?:plaintext|over TLS)\))? on (\d+)")
 
@@ -30,11 +30,19 @@ class EchoServer(ProcessPeer):
     (all bound as 0) is TLS too; use a second instance for a plain application port.
     """
 
-    def __init__(self, *, hbone: bool = False, certs: Path | None = None, **kw: Any) -> None:
+    def __init__(
+        self, *, hbone: bool = False, certs: Path | None = None, proxy_protocol: bool = False, **kw: Any
+    ) -> None:
         args: list[str | os.PathLike[str]] = [require_go_peer("echo-server"), "--port", "0", "--grpc", "0",
                                               "--tcp", "0"]  # fmt: skip
         if hbone:
             args += ["--hbone", "0"]
+        if proxy_protocol:
+            # istio matches ports by number, so the TCP port gets its own (just-free) number: with 0 every port
+            # would expect a PROXY header and the server's own readiness probes (plain HTTP/gRPC) would fail.
+            port = free_port()
+            args[args.index("--tcp") + 1] = str(port)
+            args += ["--proxy-protocol", str(port)]
         if certs is not None:
             args += ["--tls", "0", "--crt", certs / "cert-chain.pem", "--key", certs / "key.pem"]
         super().__init__(args, name="istio-echo-server", env=loopback_env(), **kw)
