@@ -125,6 +125,10 @@ class EnforcingInbound:
             _current.reset(token)
             self.open.pop(stream, None)
 
+    def add_own_address(self, host: str, port: int) -> None:
+        """The listener's bound address, for the wrapped handler's self-call guard (`HboneServer.listen`)."""
+        self.handler.add_own_address(host, port)
+
     def recheck(self, snap: MeshSnapshot) -> int:
         closed = 0
         for stream, conn in list(self.open.items()):
