@@ -1,9 +1,13 @@
-"""HTTP/1.1 CONNECT proxy front end (RFC 9110 §9.3.6), default 127.0.0.1:15081.
+"""HTTP/1.1 proxy front end, default 127.0.0.1:15081: CONNECT tunnels (RFC 9110 §9.3.6) and forwarded requests.
 
-`curl -p -x http://127.0.0.1:15081 URL` and every `HTTPS_PROXY`-aware client speak it. The request head is parsed
-by the sans-IO `HttpConnectParser`; the destination is routed like SOCKS5. Failures answer with a status and a
-one-line text body that says why: 407 (credentials), 403 (route or policy), 502 (upstream refused or
-unreachable), 504 (upstream timed out), 4xx for malformed requests. 200 goes out only once the upstream is open.
+`curl -p -x http://127.0.0.1:15081 URL` and every `HTTPS_PROXY`-aware client speak CONNECT; `http_proxy=` users
+(curl, pip, apt, urllib) send absolute-form requests (`GET http://host/path`, RFC 9112 §3.2.2), which are forwarded
+per request through the mesh by the HTTP/1.1 ingress engine (`H1Ingress` with the target taken from the URI, the
+`Host` replaced, hop-by-hop headers dropped, keep-alive kept). A CONNECT head is parsed by the sans-IO
+`HttpConnectParser`, anything else by `hbone.wire.http1`; the destination is routed like SOCKS5. Failures answer
+with a status and a one-line text body that says why: 407 (credentials), 403 (route or policy), 502 (upstream
+refused or unreachable), 504 (upstream timed out), 4xx for malformed requests. 200 goes out only once the upstream
+is open.
 """
 
 from __future__ import annotations
@@ -13,12 +17,17 @@ import hmac
 import logging
 from collections.abc import Mapping
 
-from hbone.errors import ConnectRefused, Denied, HboneError, ProtocolError
+from hbone.errors import BadRequest, ConnectRefused, Denied, HboneError, ProtocolError
 from hbone.proxy.accesslog import AccessRecord
 from hbone.proxy.frontend import Opener, fmt_addr, relay, start_listener
+from hbone.proxy.ingress_h1 import H1Ingress
+from hbone.wire.authority import Authority
+from hbone.wire.http1 import Request, absolute_form
 from hbone.wire.httpconnect import (
+    DEFAULT_MAX_HEADER_BYTES,
     HttpConnectParser,
     HttpConnectRequest,
+    basic_credentials,
     connection_established,
     error_response,
     error_response_for,
@@ -55,8 +64,10 @@ class HttpConnectProxy:
         users: Mapping[str, str] | None = None,
         realm: str = "hbone",
         handshake_timeout: float = 10.0,
+        request_timeout: float = 30.0,
     ) -> None:
         self.dialer = dialer
+        self.request_timeout = request_timeout  # forwarded requests: upstream open + response head
         self.users = dict(users or {})
         self.realm = realm
         self.handshake_timeout = handshake_timeout
@@ -66,22 +77,59 @@ class HttpConnectProxy:
         return await start_listener(self.handle, host, port)
 
     def _check_auth(self, request: HttpConnectRequest) -> None:
+        self._check_basic(request.proxy_authorization)
+
+    def _check_basic(self, value: str | None) -> None:
         if not self.users:
             return
-        creds = request.credentials
+        creds = basic_credentials(value) if value else None
         if creds is None:
             raise ProxyAuthRequired("proxy authentication required (Basic)")
         want = self.users.get(creds.username)
         if want is None or not hmac.compare_digest(want.encode(), creds.password.encode("utf-8", "surrogateescape")):
             raise ProxyAuthRequired(f"wrong user name or password for {creds.username!r}")
 
+    def _resolve(self, req: Request) -> tuple[Authority, Request]:
+        """An absolute-form request: credentials first (per request: keep-alive must not skip them), then the URI."""
+        self._check_basic(req.get("proxy-authorization"))
+        return absolute_form(req)
+
+    def _refuse(self, exc: BaseException) -> tuple[int, bytes]:
+        status = proxy_status_for(exc)
+        return status, error_response(status, str(exc) or type(exc).__name__, realm=self.realm)
+
+    async def _first_line(self, reader: asyncio.StreamReader) -> bytes:
+        """Enough bytes to see the method (bounded like a CONNECT head)."""
+        buf = b""
+        async with asyncio.timeout(self.handshake_timeout):
+            while b"\n" not in buf.lstrip(b"\r\n") and len(buf) <= DEFAULT_MAX_HEADER_BYTES:
+                data = await reader.read(8192)
+                if not data:
+                    break
+                buf += data
+        return buf
+
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.total += 1
         peer = writer.get_extra_info("peername")
+        try:
+            first = await self._first_line(reader)
+        except (TimeoutError, ConnectionError):
+            writer.transport.abort()
+            return
+        if first and not first.lstrip(b"\r\n").startswith(b"CONNECT "):
+            forward = H1Ingress(
+                self.dialer, _no_route, resolve=self._resolve, refuse=self._refuse, kind="http-proxy",
+                request_timeout=self.request_timeout,
+            )  # fmt: skip
+            await forward.serve(reader, writer, first)
+            return
         record = AccessRecord("http-connect", mode="HTTP-CONNECT", src_addr=fmt_addr(peer))
         parser = HttpConnectParser()
         try:
-            request = await self._read_request(parser, reader)
+            request = parser.feed(first) if first else None
+            if request is None and first:
+                request = await self._read_request(parser, reader)
         except ProtocolError as e:
             await _answer_and_close(writer, error_response_for(e, realm=self.realm))
             record.finish(e.http_status, f"bad request: {e}")
@@ -115,6 +163,10 @@ class HttpConnectProxy:
                 request = parser.feed(data)
                 if request is not None:
                     return request
+
+
+def _no_route(host: str | None) -> Authority:
+    raise BadRequest("a forward proxy routes by the request URI")  # never called: `resolve` is set
 
 
 def _why(exc: BaseException, request: HttpConnectRequest) -> str:

@@ -44,6 +44,11 @@ from hbone.wire.http1 import (
 
 log = logging.getLogger("hbone.ingress")
 
+#: A request → (the target to open, the request to send there); raises an HboneError to refuse it.
+Resolve = Callable[[Request], tuple[Authority, Request]]
+#: An error → (status, the complete response bytes to send before closing).
+Refuse = Callable[[BaseException], tuple[int, bytes]]
+
 
 class EventSource:
     """The events of one side of an HTTP/1.1 connection, reading more bytes when the parser needs them."""
@@ -105,13 +110,18 @@ class H1Ingress:
 
     def __init__(
         self, opener: Opener, route: Lookup, *, request_timeout: float = 15.0, idle_timeout: float = 300.0,
-        scheme: str = "http",
+        scheme: str = "http", resolve: Resolve | None = None, refuse: Refuse | None = None, kind: str = "ingress-http",
     ) -> None:  # fmt: skip
         self.opener = opener
         self.route = route
         self.request_timeout = request_timeout
         self.idle_timeout = idle_timeout
         self.scheme = scheme
+        # A forward proxy (`hbone http-proxy`) takes the target from the request itself (absolute-form) instead of
+        # routing by Host, and answers its own errors (407, 403, 400) with `refuse`, closing the connection.
+        self.resolve = resolve
+        self.refuse = refuse
+        self.kind = kind
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes = b"") -> None:
         peer = writer.get_extra_info("peername")
@@ -143,13 +153,22 @@ class H1Ingress:
     async def _exchange(self, session: _Session, req: Request) -> bool:
         """Forward one request and its response; True when the client connection can carry the next one."""
         client, writer, backends, src = session.client, session.writer, session.backends, session.src
-        record = AccessRecord("ingress-http", mode="HTTP/1.1", src_addr=fmt_addr(src))
+        record = AccessRecord(self.kind, mode="HTTP/1.1", src_addr=fmt_addr(src))
         host = req.get("host")
-        record.request = f"{req.method} {host or '-'}{req.target}"
+        shown = req.target if self.resolve is not None else f"{host or '-'}{req.target}"  # absolute-form has the host
+        record.request = f"{req.method} {shown}"
         keep = keep_alive(req)
         try:
-            target = self.route(strip_port(host) if host else None)
-        except BadRequest as e:
+            if self.resolve is not None:
+                target, req = self.resolve(req)
+            else:
+                target = self.route(strip_port(host) if host else None)
+        except HboneError as e:
+            if self.refuse is not None or not isinstance(e, BadRequest):
+                status, answer = self.refuse(e) if self.refuse is not None else (502, _reply(502, str(e), False))
+                writer.write(answer)
+                record.finish(status, str(e))
+                return False
             while isinstance(await client.next(), Data):  # discard the body so the next request can follow
                 pass
             writer.write(_reply(404, str(e), keep))
@@ -164,8 +183,12 @@ class H1Ingress:
                         backend.upstream.close()
                     backend = await self._open(target, src, record, backends)
         except (TimeoutError, HboneError, OSError) as e:
-            status = 504 if isinstance(e, TimeoutError) else 502
-            writer.write(_reply(status, f"upstream {target}: {e or 'timed out'}", False))
+            if self.refuse is not None:
+                status, answer = self.refuse(e)
+                writer.write(answer)
+            else:
+                status = 504 if isinstance(e, TimeoutError) else 502
+                writer.write(_reply(status, f"upstream {target}: {e or 'timed out'}", False))
             record.finish(status, str(e))
             return False
         backend.responses.parser.request_method = req.method

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from hbone.errors import BadRequest
+from hbone.wire.authority import Authority, parse_authority
 from hbone.wire.httpconnect import HeadersTooLarge
 
 DEFAULT_MAX_HEAD = 64 * 1024
@@ -394,3 +395,24 @@ __all__ = [
     "end_to_end",
     "keep_alive",
 ]
+
+
+def absolute_form(req: Request) -> tuple[Authority, Request]:
+    """A forward proxy's request (RFC 9112 §3.2.2 absolute-form `http://host[:port]/path?q`) → the origin to open
+    and the request to send it: origin-form target, `Host` replaced by the URI's authority (§3.2.2, RFC 9110 §7.2).
+    Only `http`: an `https` origin is reached with CONNECT, so the client does the TLS."""
+    scheme, sep, rest = req.target.partition("://")
+    if not sep:
+        raise Http1Error(f"a proxy request needs an absolute URI (http://host/path), got {req.target[:80]!r}")
+    if scheme.lower() != "http":
+        raise Http1Error(f"{scheme}:// is not forwarded; use CONNECT for TLS origins (e.g. https_proxy)")
+    authority, slash, path = rest.partition("/")
+    authority, _, query = authority.partition("?")
+    if not authority or "@" in authority:
+        raise Http1Error("the URI needs a host and must not carry userinfo")
+    has_port = authority.rpartition(":")[2].isdigit() and not authority.endswith("]")
+    target = parse_authority(authority if has_port else f"{authority}:80")
+    origin = "/" + path if slash else "/"
+    origin += f"?{query}" if query else ""
+    headers = tuple((k, v) for k, v in req.headers if k.lower() != "host")
+    return target, Request(req.method, origin, req.version, (("host", authority), *headers))

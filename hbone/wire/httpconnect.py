@@ -1,9 +1,9 @@
 """HTTP/1.1 CONNECT proxy requests (RFC 9110 §9.3.6, message syntax RFC 9112 §2 to §5) and the proxy's responses.
 
 Incremental: feed bytes until a complete header block arrives; whatever follows it is the start of the tunnelled
-stream and is handed back untouched. Only `CONNECT host:port` is served; any other method is a 405 (this is not a
-forwarding proxy for absolute-form GETs). Line endings must be CRLF: bare LF/CR are rejected rather than guessed,
-because lenient line splitting is how request smuggling starts.
+stream and is handed back untouched. Only `CONNECT host:port` is parsed here; `hbone http-proxy` hands other methods
+(absolute-form `GET http://…`) to the HTTP/1.1 message reader (`hbone.wire.http1`). Line endings must be CRLF: bare
+LF/CR are rejected rather than guessed, because lenient line splitting is how request smuggling starts.
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ class HttpConnectParser:
         length = _single(headers, "content-length")
         if length is not None and length != "0":
             raise BadRequest(f"CONNECT request must not have content; Content-Length is {length!r}")
-        credentials = _basic_credentials(proxy_auth) if proxy_auth is not None else None
+        credentials = basic_credentials(proxy_auth) if proxy_auth is not None else None
         return HttpConnectRequest(target, version, tuple(headers), host, proxy_auth, credentials)
 
     def _parse_fields(self, lines: list[str]) -> list[tuple[str, str]]:
@@ -192,7 +192,7 @@ def _single(headers: list[tuple[str, str]], name: str) -> str | None:
     return values[0] if values else None
 
 
-def _basic_credentials(value: str) -> BasicCredentials | None:
+def basic_credentials(value: str) -> BasicCredentials | None:
     """RFC 7617 §2: `Basic base64(user-id ":" password)`. Other schemes give None (the caller decides)."""
     scheme, _, token = value.partition(" ")
     if scheme.lower() != "basic":
