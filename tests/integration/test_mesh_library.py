@@ -135,6 +135,17 @@ async def test_names_policies_and_certificates_from_microxds(pki: dict[str, Path
                     # a new tunnel (new HTTP connection) after the rotations works too
                     r = await client.get("http://10.96.0.20/vip", headers={"connection": "close"})
                     assert r.status_code == 200
+            # The httpx example does the same from its own process (output as the README shows it).
+            client = ROOT / "examples" / "mesh" / "httpx_client.py"
+            for who, want_rc, want in (("web", 0, f'200 HTTP/2 {{"caller":"{WEB}"'), ("mallory", 1, "status 401")):
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, str(client), "--control-plane", cp_addr, "--certs", str(pki[who]),
+                    "--hbone-port", str(port), "--http2", "http://hello.demo.svc.cluster.local/hi",
+                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                    env={**os.environ, "PYTHONPATH": str(ROOT)},
+                )  # fmt: skip
+                out, _ = await asyncio.wait_for(proc.communicate(), 60)
+                assert proc.returncode == want_rc and want in out.decode(), out.decode()
             denied = XdsControlPlane(cp_addr, certs=pki["mallory"], identities=(PLANE,))
             async with Mesh(control_plane=denied, hbone_port=port) as outsider:
                 async with httpx.AsyncClient(transport=outsider.httpx_transport()) as client:
