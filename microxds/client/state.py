@@ -22,6 +22,7 @@ from typing import Protocol
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
 from hbone.errors import GrpcError, GrpcStatus
@@ -259,11 +260,21 @@ class SotwTypeState:
         return self.request()
 
 
+def _wrapped(any_msg: object) -> discovery_pb2.Resource | None:
+    """The `Resource` wrapper inside an Any, or None when the Any holds something else or bytes that do not parse
+    (a server's corrupt resource is a reject, never an exception out of the session)."""
+    if not getattr(any_msg, "type_url", "").endswith("envoy.service.discovery.v3.Resource"):
+        return None
+    try:
+        return discovery_pb2.Resource.FromString(bytes(getattr(any_msg, "value", b"")))
+    except DecodeError:
+        return None
+
+
 def _is_heartbeat(any_msg: object) -> bool:
     """A `Resource` wrapper without a body (xds_protocol "TTL": a heartbeat)."""
-    if not getattr(any_msg, "type_url", "").endswith("envoy.service.discovery.v3.Resource"):
-        return False
-    return not discovery_pb2.Resource.FromString(bytes(getattr(any_msg, "value", b""))).HasField("resource")
+    wrapped = _wrapped(any_msg)
+    return wrapped is not None and not wrapped.HasField("resource")
 
 
 def _sotw_name(any_msg: object) -> tuple[str | None, bytes]:
@@ -271,7 +282,9 @@ def _sotw_name(any_msg: object) -> tuple[str | None, bytes]:
     type_url: str = getattr(any_msg, "type_url", "")
     value: bytes = bytes(getattr(any_msg, "value", b""))
     if type_url.endswith("envoy.service.discovery.v3.Resource"):
-        wrapped = discovery_pb2.Resource.FromString(value)
+        wrapped = _wrapped(any_msg)
+        if wrapped is None:
+            return None, value
         return wrapped.name or None, bytes(wrapped.resource.value)
     from microxds.sources.protoreg import message_class
 

@@ -37,6 +37,7 @@ NAMES = (
     "xds_config",
     "hbone_config",
     "xds_requests",
+    "xds_responses",
 )
 
 #: Packages whose code the coverage-guided engine instruments (our parsers and the HTTP/2 engine under them).

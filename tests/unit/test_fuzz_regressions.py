@@ -3,6 +3,8 @@ in tests/fuzz/. Each input is also in that harness's corpus (`regression-*`), so
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from hbone.config import parse_listen
@@ -92,3 +94,30 @@ def test_a_type_url_never_imports_packages_outside_the_protobuf_roots() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip().splitlines()[-1] == "False Cluster", out.stdout
+
+
+def test_a_corrupt_wrapped_sotw_resource_is_nacked_not_raised() -> None:
+    """xds_responses harness: a `Resource` wrapper whose bytes do not parse raised DecodeError out of
+    `SotwSession.receive` (ending the client's stream); it is one rejected resource, the others still apply."""
+    from envoy.config.core.v3 import base_pb2
+    from envoy.service.discovery.v3 import discovery_pb2
+
+    from microxds.client.state import SotwSession, SotwTypeState
+    from microxds.resources import CLUSTER
+
+    applied: list[str] = []
+
+    class Handler:
+        def apply(self, type_url: str, resources: Any, removed: Any) -> dict[str, str]:
+            applied.extend(r.name for r in resources)
+            return {}
+
+    session = SotwSession(base_pb2.Node(id="n"), [SotwTypeState(CLUSTER)], Handler())
+    session.start()
+    resp = discovery_pb2.DiscoveryResponse(type_url=CLUSTER, version_info="1", nonce="1")
+    resp.resources.add(type_url=CLUSTER, value=b"\x0a\x02c1")
+    resp.resources.add(type_url="type.googleapis.com/envoy.service.discovery.v3.Resource", value=b"\x12\x04,\x02c2")
+    nack = session.receive(resp)
+    assert nack.HasField("error_detail") and nack.response_nonce == "1"
+    assert applied == ["c1"]
+    load("xds_responses").one_input(corpus_input("xds_responses", "corrupt-wrapped-resource"))
