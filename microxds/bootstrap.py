@@ -139,7 +139,9 @@ def grpc_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
         "channel_creds": [{"type": "insecure"}],
         "server_features": ["ignore_resource_deletion"],
     }
-    doc: dict[str, Any] = {"xds_servers": [server], "node": {"id": opts.node_id, "cluster": opts.cluster}}
+    # grpc-js-xds needs `node.locality` (even empty) or it fails to resolve; C-core does not mind it.
+    node = {"id": opts.node_id, "cluster": opts.cluster, "locality": {}}
+    doc: dict[str, Any] = {"xds_servers": [server], "node": node}
     if opts.ca is not None or opts.certs is not None:
         config: dict[str, Any] = {"refresh_interval": "60s"}
         if opts.certs is not None:

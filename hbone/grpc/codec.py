@@ -3,7 +3,7 @@
 The framing layer (PROTOCOL-HTTP2.md "Length-Prefixed-Message") only moves bytes; a codec turns them into
 application objects. `ProtoCodec` is the usual choice (content-type ``application/grpc+proto``, or plain
 ``application/grpc`` which means proto). Protobuf should run on its ``upb`` backend: the pure-Python backend is
-16-160x slower (reference/performance-notes.md), so `protobuf_backend` exposes which one is loaded and
+16-160x slower (docs/performance.md), so `protobuf_backend` exposes which one is loaded and
 `require_fast_protobuf` lets a composition root insist on it.
 """
 

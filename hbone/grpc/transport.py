@@ -2,7 +2,7 @@
 
 `H2Connection` is an asyncio protocol, so the carrier is wrapped as an `asyncio.Transport`: a reader task feeds the
 tunnel's bytes to the protocol's buffer, and writes go to the tunnel, with `pause_writing()` while the tunnel's
-send queue is above a high-water mark so backpressure reaches the HTTP/2 streams (DESIGN.md §5 rule 5).
+send queue is above a high-water mark so backpressure reaches the HTTP/2 streams (docs/architecture.md).
 """
 
 from __future__ import annotations

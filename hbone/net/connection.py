@@ -188,7 +188,7 @@ class H2Connection(ConnectionEvents, ConnectionSending, ConnectionLifecycle, asy
         obj = transport.get_extra_info("ssl_object")
         if obj is not None:
             alpn = obj.selected_alpn_protocol()
-            # hbone-istio-protocol.md §1: ALPN h2 on both sides; a server tolerates a client that sent no ALPN.
+            # docs/hbone-spec.md §1: ALPN h2 on both sides; a server tolerates a client that sent no ALPN.
             if alpn != "h2" and (self.client or alpn is not None):
                 self._close_exc = ProtocolError(f"TLS peer negotiated ALPN {alpn!r}, need 'h2'")
                 self._teardown(self._close_exc)
@@ -353,7 +353,7 @@ async def connect(
 ) -> H2Connection:
     """Open a client connection: h2c when `ssl` is None, else TLS (the context must offer ALPN h2).
 
-    `server_hostname=""` disables SNI, as ztunnel does (hbone-istio-protocol.md §1).
+    `server_hostname=""` disables SNI, as ztunnel does (docs/hbone-spec.md §1).
     """
     loop = asyncio.get_running_loop()
     kwargs: dict[str, Any] = {"ssl": ssl}

@@ -1,6 +1,6 @@
 """Small, tested adjustments to `h2` internals, applied per connection (never at import time).
 
-Why each exists (reference/performance-notes.md, python-hyper/h2#1181):
+Why each exists (docs/performance.md, python-hyper/h2#1181):
 
 1. Receive path: `H2Connection._receive_frame` evaluates `repr(frame)` for a trace log on every frame, and
    hyperframe's DataFrame repr serialises and hex-encodes the whole payload (~27% of receiver CPU). We retag

@@ -220,7 +220,7 @@ class ConnectionLifecycle:
         """Close now: GOAWAY, fail every stream with ConnectionLost, close the transport and wait for it."""
         if not self._closed and self._transport is not None:
             if not self._first_bytes.done() and self._transport.get_extra_info("ssl_object") is not None:
-                # performance-notes.md: closing a TLS 1.3 client right after the handshake can race the server's
+                # docs/performance.md: closing a TLS 1.3 client right after the handshake can race the server's
                 # SETTINGS / session tickets and stall; wait (briefly) for the peer's first bytes.
                 await asyncio.wait([self._first_bytes], timeout=1.0)
             self._close_now(ConnectionLost("connection closed locally"))
@@ -399,7 +399,7 @@ class ConnectionLifecycle:
     # --- error logs --------------------------------------------------------------------------------------------
 
     def _log_error(self, what: str, exc: BaseException) -> None:
-        # At most 3 logs per connection and a per-process budget (performance-notes.md: unread stderr blocks).
+        # At most 3 logs per connection and a per-process budget (docs/performance.md: unread stderr blocks).
         self._errors_logged += 1
         if self._errors_logged <= 3 and _limiter.allow():
             expected = isinstance(exc, (HboneError, h2x.H2Error))

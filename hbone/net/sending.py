@@ -173,7 +173,7 @@ class ConnectionSending:
     def _send_failed(self, stream: Stream, exc: h2x.ProtocolError) -> None:
         """h2 refused a send on this stream. Never fatal for the connection.
 
-        performance-notes.md pitfall: h2 processes a whole read batch before we see its events, so a RST_STREAM
+        docs/performance.md pitfall: h2 processes a whole read batch before we see its events, so a RST_STREAM
         later in the batch may already have closed the stream we are sending on. Its StreamReset event (with
         the real code) is still to come; settle the stream on the next loop iteration if nothing else did.
         """

@@ -1,6 +1,6 @@
 """HTTP/2 connection settings for the HBONE driver.
 
-Defaults follow ztunnel (hbone-istio-protocol.md §1, "HTTP/2 settings"); every value can be overridden. The
+Defaults follow ztunnel (docs/hbone-spec.md §4); every value can be overridden. The
 dataclass is frozen so one instance can be shared by every connection a listener or pool creates.
 """
 
@@ -33,7 +33,7 @@ class H2Settings:
     max_frame_size: int = 1 * MiB
     #: Largest DATA frame we send, whatever the peer allows. 64 KiB: in an A/B (tunnel-1, 3x200 MB, twice) it gave
     #: +15-20% throughput and 10-20% less receiver CPU than 16 KiB (fewer frames through h2's Python per byte);
-    #: 256 KiB was no better, and performance-notes.md measured 1 MiB at 0.75x of 16 KiB. RESULTS-hbone.md.
+    #: 256 KiB was no better, and docs/performance.md measured 1 MiB at 0.75x of 16 KiB. RESULTS-hbone.md.
     #: Payloads are trimmed so a frame fills whole TLS records (65,527 bytes here; `hbone.net.sending.record_fit`).
     max_send_frame_size: int = 64 * KiB
     #: SETTINGS_MAX_CONCURRENT_STREAMS we advertise.

@@ -2,7 +2,7 @@
 
 No asyncio and no transport here (DESIGN §5.1): `DeltaSession` / `SotwSession` turn responses into the requests to
 send back, and hand resources to a `ResourceHandler` that applies the good ones and names the bad ones. Rules
-(reference/hbone-istio-protocol.md §2 "Subscription", "ACK/NACK"; reference/xds-protocol.md §1):
+(docs/xds.md "istiod as the server"; docs/xds.md):
 
 * After every response: `{type_url, response_nonce}`; if any resource failed, `error_detail.message` holds the
   rejects joined with "; " and the good resources are still applied. A response of an unknown type is ACKed.

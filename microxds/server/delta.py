@@ -1,7 +1,7 @@
 """Incremental (Delta) ADS stream handler, transport-free.
 
 Feed `handle(DeltaDiscoveryRequest)` and `flush()`, send what they return in order (`PushQueue.serve`). Rules
-(xds_protocol.rst "Incremental xDS"; numbers from reference/xds-protocol.md §1, Delta):
+(xds_protocol.rst "Incremental xDS"; numbers from docs/xds.md, Delta):
 
 1. Every resource carries its own version (the content hash); `system_version_info` is only a debugging digest.
 2. Every response has a nonce. Subscription changes are honoured even when the request's nonce is stale.

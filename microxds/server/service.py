@@ -4,7 +4,7 @@ Everything protocol-specific lives in the sans-IO cores (`SotwStream`, `DeltaStr
 module only maps gRPC methods to them, authenticates the caller, checks the access rule on the node group of the
 first request, and translates our errors to gRPC statuses in one place (`_status_of`).
 
-Methods (xds_protocol.rst "RPC services"; reference/xds-protocol.md §1):
+Methods (xds_protocol.rst "RPC services"; docs/xds.md):
 * `envoy.service.discovery.v3.AggregatedDiscoveryService/{StreamAggregatedResources,DeltaAggregatedResources}`
 * `envoy.service.{cluster,listener,route,endpoint,secret}.v3.*DiscoveryService/{Stream,Delta,Fetch}<Type>`
 * `envoy.service.status.v3.ClientStatusDiscoveryService/{StreamClientStatus,FetchClientStatus}`

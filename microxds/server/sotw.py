@@ -1,7 +1,7 @@
 """State-of-the-world (SotW) ADS stream handler, transport-free.
 
 Feed `handle(DiscoveryRequest)` and `flush()` (after `on_dirty` fires) and send what they return, in order;
-`PushQueue.serve` does exactly that. Rules (xds_protocol.rst; numbers from reference/xds-protocol.md §1):
+`PushQueue.serve` does exactly that. Rules (xds_protocol.rst; numbers from docs/xds.md):
 
 1. The node is cached from the first request of the stream.
 2. `version_info` is per type: a digest of the (name, version) pairs the client holds, equal on every replica.

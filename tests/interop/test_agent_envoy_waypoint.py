@@ -1,6 +1,6 @@
 """An Envoy built as a waypoint-like HBONE hop carries agent traffic when a service names it as its waypoint.
 
-The waypoint is the two verified recipes back to back (reference/interop-recipes.md "Envoy as HBONE peer"):
+The waypoint is the two verified recipes back to back (docs/interop.md "Envoy as an HBONE peer"):
 `hbone_in` terminates HBONE (mTLS 1.3 + h2 CONNECT) on the waypoint workload's address and hands the bytes to
 `connect_originate`, a tcp_proxy that opens HBONE again to bob's node agent with the waypoint's own identity and
 `:authority` = bob's IP:target port — the hops Istio's waypoints make (reference §1 "Waypoint hops").

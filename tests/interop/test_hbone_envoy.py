@@ -1,4 +1,4 @@
-"""HBONE interop with a real Envoy, both ways (recipes in shared/reference/interop-recipes.md).
+"""HBONE interop with a real Envoy, both ways (recipes in docs/interop.md).
 
 1. Envoy is the HBONE client (tcp_proxy + tunneling_config, mTLS h2 upstream) → our server → echo.
 2. Our client → Envoy as the HBONE server (CONNECT terminated, ORIGINAL_DST by :authority) → echo.

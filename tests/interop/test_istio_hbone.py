@@ -41,7 +41,7 @@ SERVER_ID = f"spiffe://{TD}/ns/default/sa/server"
 CLIENT_ID = f"spiffe://{TD}/ns/default/sa/client"
 MALLORY_ID = f"spiffe://{TD}/ns/other/sa/mallory"
 SERVE_READY = re.compile(r"listening mtls=127\.0\.0\.1:(\d+)")
-# What ztunnel puts on its CONNECT (hbone-istio-protocol: baggage with the source workload's labels,
+# What ztunnel puts on its CONNECT (docs/hbone-spec.md: baggage with the source workload's labels,
 # forwarded with the original source address, W3C traceparent).
 BAGGAGE = ("k8s.cluster.name=Kubernetes,k8s.namespace.name=default,k8s.deployment.name=client,"
            "service.name=client,service.version=v1")  # fmt: skip

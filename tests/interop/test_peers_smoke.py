@@ -1,6 +1,6 @@
 """Smoke tests for the interop harness: every real peer starts, talks over loopback and is cleaned up.
 
-They also prove the recipes in reference/interop-recipes.md on this machine: Envoy tcp_proxy,
+They also prove the recipes in docs/interop.md on this machine: Envoy tcp_proxy,
 Envoy as HBONE server and as HBONE client (each against a Python `h2` peer), etcd, curl, node.
 """
 

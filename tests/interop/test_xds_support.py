@@ -119,7 +119,7 @@ def tcp_listener(name: str, cluster: str) -> dict[str, Any]:
 
 
 def envoy_ads_bootstrap(xds_port: int, api_type: str, node_id: str = "envoy-1") -> dict[str, Any]:
-    """The recipe of interop-recipes.md: ADS over GRPC or DELTA_GRPC, CDS and LDS from ADS."""
+    """The recipe of docs/interop.md: ADS over GRPC or DELTA_GRPC, CDS and LDS from ADS."""
     return {
         "node": {"id": node_id, "cluster": "interop"},
         "dynamic_resources": {

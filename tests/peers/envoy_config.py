@@ -1,5 +1,5 @@
 """Envoy bootstrap builders (static clusters, tcp_proxy, HBONE server and client). Shared with the HBONE tests;
-they follow reference/interop-recipes.md."""
+they follow docs/interop.md."""
 
 from __future__ import annotations
 

@@ -113,7 +113,7 @@ async def test_window_credited_only_when_the_application_reads() -> None:
 
 
 async def test_rst_later_in_batch_does_not_break_send_path() -> None:
-    """performance-notes.md pitfall: WINDOW_UPDATE then RST_STREAM in one read. Handling the window update makes
+    """docs/performance.md pitfall: WINDOW_UPDATE then RST_STREAM in one read. Handling the window update makes
     us send on a stream h2 has already closed; that must become a StreamReset with the peer's code."""
     pair = Pair(peer_settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
     await pair.to_peer()

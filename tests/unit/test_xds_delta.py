@@ -1,4 +1,4 @@
-"""Delta rules 1-7 (reference/xds-protocol.md §1), one test per rule, plus aliases and NACK status."""
+"""Delta rules 1-7 (docs/xds.md), one test per rule, plus aliases and NACK status."""
 
 from __future__ import annotations
 

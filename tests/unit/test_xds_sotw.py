@@ -1,4 +1,4 @@
-"""SotW rules 1-11 (reference/xds-protocol.md §1), one test per rule, plus ordering/NACK/warming behaviour."""
+"""SotW rules 1-11 (docs/xds.md), one test per rule, plus ordering/NACK/warming behaviour."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ Cases, each over h2c on loopback with raw-bytes messages (no protobuf cost in an
 - unary-16:  unary calls, 16 in flight on one channel          -> calls/s
 - stream:    server-streaming, 10k messages per call          -> messages/s
 
-Server and client run as separate processes (one core each, reference/performance-notes.md "Benchmark method").
+Server and client run as separate processes (one core each, docs/performance.md "Method").
 Every case runs --repeat times; the table shows min/median/max, each process's CPU seconds per 1k operations,
 and ratios of the medians (ours / grpclib, ours / grpcio), all taken in this same run.
 """

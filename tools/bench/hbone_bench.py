@@ -7,7 +7,7 @@ Every component is its own process (client, relays/proxies, HBONE server, sink) 
 is repeated (interleaved, so drift hits all cases alike) and reported as min / median / max. Ratios pair each
 repeat with its baseline from the same repeat. Loopback only; every case has a time limit; every process this
 script starts is stopped (its process group) at the end. See tools/bench/README.md for what each case measures
-and performance-notes.md for the method.
+and docs/performance.md for the method.
 """
 
 from __future__ import annotations
