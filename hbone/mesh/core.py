@@ -25,6 +25,7 @@ from hbone.mesh.streams import TunnelPeer, TunnelReader, TunnelWriter, _Carrier
 from hbone.proxy.inbound import Authorizer, policy_authorizer
 from hbone.proxy.outbound import NoRoute, OutboundProxy, RouteKind, Router
 from hbone.state.model import Workload
+from hbone.state.snapshot import MeshSnapshot
 from hbone.state.store import MeshState
 from hbone.tls import MeshTls, peer_identity
 from hbone.wire.authority import Authority, parse_authority
@@ -212,6 +213,7 @@ class Mesh:
             return carrier, TunnelPeer(tunnel.peer_identity, (endpoint.host, endpoint.port), str(authority))
         source = self._self_workload()
         snap = self._outbound.snapshot()
+        authority = self._resolve_name(snap, source, authority)
         route = self._outbound.router.route(snap, source, authority)
         if route.kind is RouteKind.PASSTHROUGH or route.hop is None:
             raise NoRoute(
@@ -220,6 +222,15 @@ class Mesh:
         stream = await self._outbound.open_route(source, route)
         ident = peer_identity(stream.connection.ssl_object)
         return stream, TunnelPeer(ident, (route.hop.host, route.hop.port), str(route.authority))
+
+    def _resolve_name(self, snap: MeshSnapshot, source: Workload | None, authority: Authority) -> Authority:
+        """A service hostname becomes its VIP on our network, as ztunnel's DNS proxy answers an application: the
+        tunnel then carries VIP:port (what waypoints match on), exactly as for an app that resolved the name."""
+        if authority.ip is not None:
+            return authority
+        svc = snap.service_by_host(authority.host, source.namespace if source else None)
+        vip = next((a.address for a in svc.addresses if a.network == self.network), None) if svc else None
+        return Authority.from_parts(vip, authority.port) if vip is not None else authority
 
     def _static_endpoint(self, authority: Authority, via: str | None, identities: Sequence[str | SpiffeId]) -> Endpoint:
         if via is not None:

@@ -13,15 +13,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hbone import Mesh, MeshConnectError
+from hbone import Mesh, MeshConnectError, TunnelReader, TunnelWriter
 from hbone.state import MeshState
 from hbone.testing import TestCA
 from microxds.mesh import XdsControlPlane
-from tests.peers import LOOPBACK, close_server, start_http_server
-from tools.localmesh import APP_PORT, DENY_ALICE, ISTIOD_ID, LocalMesh
+from tests.peers import LOOPBACK, close_server, free_port, start_http_server
+from tools.localmesh import APP_PORT, DENY_ALICE, ISTIOD_ID, SERVICE_VIP, LocalMesh
 
 pytestmark = pytest.mark.timeout(90)
 ROOT = Path(__file__).resolve().parents[2]
+ALICE = "spiffe://cluster.local/ns/default/sa/alice"
+WAYPOINT = "spiffe://cluster.local/ns/default/sa/waypoint"
 
 
 @contextlib.asynccontextmanager
@@ -108,3 +110,33 @@ async def _policy(state: MeshState, name: str) -> None:
             await arrived.wait()
     finally:
         unsubscribe()
+
+
+async def test_service_with_a_waypoint_is_reached_through_it(tmp_path: Path) -> None:
+    """The agent's routing, reused by the mesh: bob's service names a waypoint, so alice's in-process client tunnels
+    to the waypoint (expecting its identity) with the service VIP as the CONNECT target — here the waypoint is
+    itself an in-process `Mesh.serve` listener on its own loopback address."""
+    lm = LocalMesh(tmp_path)
+    lm.waypoint_port = free_port()
+    try:
+        await lm.start_control_plane()
+        seen: asyncio.Future[tuple[str | None, str]] = asyncio.get_running_loop().create_future()
+
+        async def waypoint(reader: TunnelReader, writer: TunnelWriter) -> None:
+            seen.set_result((str(writer.peer.identity), writer.peer.target))
+            writer.write(b"via waypoint")
+            writer.write_eof()
+
+        waypoint_certs = lm.write_certs("waypoint", WAYPOINT)
+        async with Mesh(waypoint_certs, authorization="allow-all") as waypoint_mesh:
+            await waypoint_mesh.serve(waypoint, host=lm.ip("waypoint"), port=lm.waypoint_port)
+            bootstrap = lm.write_certs("alice", ALICE)
+            cp = XdsControlPlane(f"127.0.0.1:{lm.xds_port}", certs=bootstrap, identities=(ISTIOD_ID,))
+            async with Mesh(control_plane=cp, workload="default/alice", hbone_port=lm.hbone_port) as mesh:
+                reader, writer = await mesh.open_connection("bob.default.svc.cluster.local:80")
+                assert str(writer.get_extra_info("peer_identity")) == WAYPOINT
+                assert await asyncio.wait_for(reader.read(), 10) == b"via waypoint"
+                assert await asyncio.wait_for(seen, 10) == (ALICE, f"{SERVICE_VIP}:80")
+                writer.close()
+    finally:
+        await lm.stop()
