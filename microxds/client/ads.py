@@ -119,20 +119,38 @@ class AdsClient:
         self._call: BidiCall | None = None
         self._progress = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._ttl_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self.run(), name=f"ads-{self.name}")
+            loop = asyncio.get_running_loop()
+            self._task = loop.create_task(self.run(), name=f"ads-{self.name}")
+            if isinstance(self.session, DeltaSession):
+                self._ttl_task = loop.create_task(self._expire_ttls(self.session), name=f"ads-ttl-{self.name}")
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in (self._task, self._ttl_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._ttl_task = None
+
+    async def _expire_ttls(self, session: DeltaSession) -> None:
+        """Drop TTL'd resources nobody heartbeats any more (every replica gone), checked after each response and
+        at the earliest deadline."""
+        while True:
+            deadline = session.next_expiry()
+            wait = None if deadline is None else max(deadline - session.clock(), 0.0)
+            progress = self._progress
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(progress.wait(), wait)
+            dropped = session.expire()
+            if dropped:
+                log.warning("%s: TTL expired without a heartbeat, dropped %s", self.name, dropped)
 
     def reconnect_now(self) -> None:
         """Skip the current backoff delay (e.g. the operator knows the control plane is back)."""

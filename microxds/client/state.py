@@ -16,7 +16,8 @@ send back, and hand resources to a `ResourceHandler` that applies the good ones 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -76,6 +77,7 @@ class DeltaTypeState:
     missing: set[str] = field(default_factory=set)  # subscribed names the server said do not exist
     acked: bool = False  # the first response of this type was ACKed (readiness)
     stats: TypeStats = field(default_factory=TypeStats)
+    expiry: dict[str, float] = field(default_factory=dict)  # name -> clock time its TTL runs out (xDS "TTL")
 
     def initial_request(self, node: base_pb2.Node) -> discovery_pb2.DeltaDiscoveryRequest:
         req = discovery_pb2.DeltaDiscoveryRequest(type_url=self.spec.type_url, node=node)
@@ -98,15 +100,20 @@ class DeltaTypeState:
         return canonical if canonical in self.known else None
 
     def on_response(
-        self, resp: discovery_pb2.DeltaDiscoveryResponse, handler: ResourceHandler
+        self, resp: discovery_pb2.DeltaDiscoveryResponse, handler: ResourceHandler, now: float = 0.0
     ) -> discovery_pb2.DeltaDiscoveryRequest:
         self.stats.responses += 1
         rejects: dict[str, str] = {}
         batch: list[Received] = []
         seen: set[str] = set()
+        ttls: dict[str, float | None] = {}
         for r in resp.resources:
             if not r.HasField("resource"):
-                continue  # a TTL heartbeat: the version we hold is still good
+                # A TTL heartbeat: the version we hold is still good for another TTL.
+                if r.HasField("ttl") and self.known.get(r.name) == r.version:
+                    self.expiry[r.name] = now + r.ttl.ToTimedelta().total_seconds()
+                continue
+            ttls[r.name] = r.ttl.ToTimedelta().total_seconds() if r.HasField("ttl") else None
             if r.name in seen:
                 rejects[r.name] = "appears twice in one response"
                 continue
@@ -128,6 +135,11 @@ class DeltaTypeState:
                 self._forget(res.name)  # rejected names are not remembered (ztunnel)
                 continue
             self.known[res.name] = res.version
+            ttl = ttls.get(res.name)
+            if ttl is None:
+                self.expiry.pop(res.name, None)
+            else:
+                self.expiry[res.name] = now + ttl
             self.missing.discard(res.name)
             for alias in res.aliases:
                 self.aliases[alias] = res.name
@@ -143,8 +155,19 @@ class DeltaTypeState:
             self.stats.acks += 1
         return ack
 
+    def expire(self, now: float, handler: ResourceHandler) -> list[str]:
+        """Drop the resources whose TTL ran out without a heartbeat (the control plane is gone): the handler is
+        told they were removed, and they are no longer declared on the next stream."""
+        gone = sorted(n for n, t in self.expiry.items() if t <= now)
+        if gone:
+            handler.apply(self.spec.type_url, [], gone)
+            for name in gone:
+                self._forget(name)
+        return gone
+
     def _forget(self, name: str) -> None:
         self.known.pop(name, None)
+        self.expiry.pop(name, None)
         for alias in [a for a, n in self.aliases.items() if n == name]:
             del self.aliases[alias]
 
@@ -152,11 +175,19 @@ class DeltaTypeState:
 class DeltaSession:
     """The client half of one Delta ADS conversation, across reconnects."""
 
-    def __init__(self, node: base_pb2.Node, types: Iterable[TypeSpec], handler: ResourceHandler) -> None:
+    def __init__(
+        self,
+        node: base_pb2.Node,
+        types: Iterable[TypeSpec],
+        handler: ResourceHandler,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.node = node
         self.handler = handler
         self.types = {t.type_url: DeltaTypeState(t) for t in types}
         self.unknown_responses = 0
+        self.clock = clock  # for TTLs; injected so tests need no wall time
 
     def start(self) -> list[discovery_pb2.DeltaDiscoveryRequest]:
         """The requests opening a new stream: one per type, each with the node and what we already hold."""
@@ -168,7 +199,17 @@ class DeltaSession:
         if state is None:
             self.unknown_responses += 1  # not ours: ACK it and move on (reference §2)
             return discovery_pb2.DeltaDiscoveryRequest(type_url=resp.type_url, response_nonce=resp.nonce)
-        return state.on_response(resp, self.handler)
+        return state.on_response(resp, self.handler, self.clock())
+
+    def expire(self) -> dict[str, list[str]]:
+        """Drop every resource whose TTL ran out; type -> names dropped."""
+        now = self.clock()
+        out = {t: gone for t, state in self.types.items() if (gone := state.expire(now, self.handler))}
+        return out
+
+    def next_expiry(self) -> float | None:
+        """Clock time of the earliest TTL deadline, if any resource has a TTL."""
+        return min((t for s in self.types.values() for t in s.expiry.values()), default=None)
 
     def subscribe(self, type_url: str, name: str) -> discovery_pb2.DeltaDiscoveryRequest | None:
         """An on-demand subscription to one name (no nonce); None when already subscribed."""

@@ -6,7 +6,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from microxds.cache import Snapshot, SnapshotCache
-from microxds.client.state import SotwTypeState
+from microxds.client.state import DeltaSession, SotwTypeState, TypeSpec
 from microxds.errors import ConfigError
 from microxds.resources import CLUSTER, Resource
 from microxds.server.delta import DeltaStream
@@ -135,3 +135,33 @@ def test_heartbeat_interval() -> None:
     assert interval_for(None) == 1.0
     assert interval_for(3.0) == 1.0
     assert interval_for(0.01) == 0.05
+
+
+def test_delta_client_drops_ttl_resources_without_heartbeats() -> None:
+    short, forever = ttl_cluster("short", 2.0), cluster("forever")
+    _, server, hb, _ = make(DeltaStream, short, forever)
+    now = [100.0]
+    removed: list[str] = []
+
+    class Handler:
+        def apply(self, type_url, resources, gone):  # type: ignore[no-untyped-def]
+            removed.extend(gone)
+            return {}
+
+    session = DeltaSession(node(), [TypeSpec(CLUSTER)], Handler(), clock=lambda: now[0])
+    (first,) = server.handle(session.start()[0])
+    session.receive(first.message())
+    assert session.next_expiry() == 102.0
+    now[0] = 101.5
+    hb.tick()
+    (beat,) = server.flush()
+    session.receive(beat.message())  # a heartbeat moves the deadline
+    assert session.next_expiry() == 103.5
+    now[0] = 103.0
+    assert session.expire() == {} and removed == []
+    now[0] = 103.6  # no heartbeat since: every replica is gone
+    assert session.expire() == {CLUSTER: ["short"]} and removed == ["short"]
+    assert set(session.types[CLUSTER].known) == {"forever"}  # no TTL: kept (last known good)
+    assert session.next_expiry() is None
+    # A new stream does not declare the dropped resource, so a replica that is back sends it again.
+    assert dict(session.start()[0].initial_resource_versions) == {"forever": forever.version}
