@@ -14,9 +14,15 @@ import httpx
 import pytest
 
 from hbone import Mesh, MeshConnectError, TunnelReader, TunnelWriter
+from hbone.identity import IdentityManager, SpiffeId
+from hbone.proxy.inbound import InboundConfig, InboundHandler
+from hbone.server import HboneServer
 from hbone.state import MeshState
 from hbone.testing import TestCA
+from hbone.tls import MeshTls
+from hbone.wire.authority import Authority
 from microxds.mesh import XdsControlPlane
+from tests.integration.test_agent_gateway import GATEWAY_ID, ONLY_ALICE, TwoNetworkMesh
 from tests.peers import LOOPBACK, close_server, free_port, start_http_server
 from tools.localmesh import APP_PORT, DENY_ALICE, ISTIOD_ID, SERVICE_VIP, LocalMesh
 
@@ -140,3 +146,32 @@ async def test_service_with_a_waypoint_is_reached_through_it(tmp_path: Path) -> 
                 writer.close()
     finally:
         await lm.stop()
+
+
+async def test_endpoint_on_another_network_through_its_gateway(tmp_path: Path) -> None:
+    """Double HBONE from the in-process client: bob is on net2 behind an east-west gateway, and his agent admits
+    only alice, so the echo comes back only if the inner mTLS through the gateway really is alice's, end to end."""
+    lm = TwoNetworkMesh(tmp_path)
+    gw_tls = MeshTls(IdentityManager.fixed(lm.ca.issue(SpiffeId.parse(GATEWAY_ID))))
+
+    async def to_bobs_node(target: Authority) -> tuple[str, int]:
+        return lm.ip("bob"), lm.hbone_port
+
+    gateway = HboneServer(gw_tls, InboundHandler(InboundConfig(resolve=to_bobs_node, own_ports=frozenset())))
+    _, lm.gateway_port = await gateway.listen(lm.ip("waypoint"), 0)
+    try:
+        lm.write_config(ONLY_ALICE)
+        await lm.start_control_plane()
+        await lm.start_app("bob")
+        await lm.start_agent("bob", network="net2")
+        bootstrap = lm.write_certs("alice", ALICE)
+        cp = XdsControlPlane(f"127.0.0.1:{lm.xds_port}", certs=bootstrap, identities=(ISTIOD_ID,))
+        async with Mesh(control_plane=cp, workload="default/alice", hbone_port=lm.hbone_port) as mesh:
+            reader, writer = await mesh.open_connection("bob.default.svc.cluster.local:80")
+            writer.write(b"across networks")
+            writer.write_eof()
+            assert await asyncio.wait_for(reader.read(), 10) == b"across networks"
+            writer.close()
+    finally:
+        await lm.stop()
+        await gateway.close()
