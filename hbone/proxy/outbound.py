@@ -235,7 +235,7 @@ class OutboundProxy:
             raise TunnelError("double HBONE needs a workload certificate")
         inner = await TlsStream.client(outer, client.tls.client_context())
         check_server_peer(inner.ssl_object, route.inner_identities)
-        conn = await connect_over(inner)
+        conn = await connect_over(inner, ssl_object=inner.ssl_object)  # the end-to-end peer, for callers
         headers = connect_request(
             route.authority, baggage=client.metadata, forwarded_host=route.forwarded_host,
             forwarded_network=self.network,

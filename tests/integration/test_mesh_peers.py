@@ -168,6 +168,8 @@ async def test_endpoint_on_another_network_through_its_gateway(tmp_path: Path) -
         cp = XdsControlPlane(f"127.0.0.1:{lm.xds_port}", certs=bootstrap, identities=(ISTIOD_ID,))
         async with Mesh(control_plane=cp, workload="default/alice", hbone_port=lm.hbone_port) as mesh:
             reader, writer = await mesh.open_connection("bob.default.svc.cluster.local:80")
+            # the identity reported is the inner (end-to-end) peer's, not the gateway's
+            assert str(writer.get_extra_info("peer_identity")) == "spiffe://cluster.local/ns/default/sa/bob"
             writer.write(b"across networks")
             writer.write_eof()
             assert await asyncio.wait_for(reader.read(), 10) == b"across networks"
