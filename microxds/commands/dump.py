@@ -13,6 +13,7 @@ import json
 import re
 import ssl
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -27,8 +28,9 @@ from hbone.grpc.client import Channel
 from hbone.grpc.codec import ProtoCodec
 from hbone.identity import IdentityManager, load_bundle
 from hbone.tls import MeshTls
+from microxds.commands.dumpview import Entry, WatchState, readable_ips, table
 from microxds.errors import ConfigError
-from microxds.resources import CLUSTER, LISTENER, PREFIX, resolve_type, resource_name
+from microxds.resources import ADDRESS, CLUSTER, LISTENER, PREFIX, resolve_type, resource_name
 from microxds.sources.protoreg import message_class
 
 ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/"
@@ -45,14 +47,19 @@ def register(sub: Any) -> None:
     sec.add_argument("--plaintext", action="store_true", help="h2c, no TLS (the default without --certs/--ca)")
     sec.add_argument("--certs", type=Path, metavar="DIR", help="mesh mTLS with this identity (cert-chain/key/root)")
     sec.add_argument("--ca", type=Path, metavar="FILE", help="server-auth TLS, trusting this CA bundle")
-    p.add_argument("--type", required=True, metavar="TYPE", help="cds|lds|rds|eds|sds|address|authorization|URL")
+    p.add_argument(
+        "--type", required=True, metavar="TYPE",
+        help="cds|lds|rds|eds|sds|address|workload|service|authorization|URL (workload, service: those Addresses)",
+    )  # fmt: skip
     p.add_argument("--delta", action="store_true", help="use DeltaAggregatedResources")
     p.add_argument("--node-id", default="microxds-dump", metavar="ID")
     p.add_argument("--node-cluster", default="", metavar="CLUSTER")
     p.add_argument("--node-meta", action="append", default=[], metavar="K=V", help="node metadata (repeatable)")
     p.add_argument("--names", nargs="*", default=[], metavar="NAME", help="resource names (default: all)")
     p.add_argument("--token-file", type=Path, metavar="FILE", help="send `authorization: Bearer <file content>`")
-    p.add_argument("--watch", action="store_true", help="keep printing every response until interrupted")
+    p.add_argument("--watch", action="store_true", help="keep printing what each response changes until interrupted")
+    p.add_argument("--summary", action="store_true", help="one table row per resource: type, name, version, detail")
+    p.add_argument("--raw", action="store_true", help="Istio IPs as protobuf JSON bytes (base64), to paste back")
     p.add_argument("--count", type=int, default=0, metavar="N", help="with --watch: stop after N responses")
     p.add_argument("--json", action="store_true", help="one JSON object per response")
     p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="wait for the first response (10)")
@@ -118,46 +125,96 @@ def decode(packed: any_pb2.Any) -> tuple[str, str | None, dict[str, Any]]:
     return name, version, {"@type": packed.type_url, **to_dict(message)}
 
 
-def render(resp: Any, delta: bool, as_json: bool, out: TextIO) -> None:
-    resources = []
+def entries_of(resp: Any, delta: bool, *, raw: bool = False) -> list[Entry]:
+    """The response's resources as (name, version, fields); Istio IPs as text unless `raw`."""
+    out: list[Entry] = []
     if delta:
         for r in resp.resources:
-            if r.HasField("resource"):
-                _, _, fields = decode(r.resource)
-                resources.append({"name": r.name, "version": r.version, "resource": fields})
-            else:
-                resources.append({"name": r.name, "version": r.version})  # a heartbeat or alias-only entry
+            fields = decode(r.resource)[2] if r.HasField("resource") else None  # None: heartbeat / alias-only
+            out.append(Entry(r.name, r.version, fields))
     else:
         for packed in resp.resources:
             name, version, fields = decode(packed)
-            entry: dict[str, Any] = {"name": name, "resource": fields}
-            if version is not None:
-                entry["version"] = version
-            resources.append(entry)
+            out.append(Entry(name, version, fields))
+    if not raw:
+        out = [Entry(e.name, e.version, readable_ips(e.fields)) if _istio(e) else e for e in out]
+    return out
+
+
+def _istio(entry: Entry) -> bool:
+    return entry.fields is not None and str(entry.fields.get("@type", "")).startswith(PREFIX + "istio.")
+
+
+def render(
+    resp: Any, delta: bool, as_json: bool, out: TextIO, *, view: View | None = None, state: WatchState | None = None
+) -> None:
+    view = view or View()
+    entries = [e for e in entries_of(resp, delta, raw=view.raw) if view.keep(e)]
     head: dict[str, Any] = {"type_url": resp.type_url, "nonce": resp.nonce}
     head["system_version_info" if delta else "version_info"] = resp.system_version_info if delta else resp.version_info
     if delta:
         head["removed_resources"] = list(resp.removed_resources)
+    removed: list[str] = list(head.get("removed_resources", []))
+    if state is not None:  # --watch: after the first response, show only what changed
+        first = state.first
+        added, changed, removed = state.apply(entries, removed, full_state=not delta)
+        if not first:
+            head["changes"] = {"added": [e.name for e in added], "changed": [e.name for e in changed],
+                               "removed": removed}  # fmt: skip
+            entries = added + changed
     if as_json:
+        resources = [
+            {"name": e.name, **({"version": e.version} if e.version else {}),
+             **({"resource": dict(e.fields)} if e.fields is not None else {})}
+            for e in entries
+        ]  # fmt: skip
         out.write(json.dumps({**head, "resources": resources}, sort_keys=False) + "\n")
+        out.flush()
+        return
+    kind = resp.type_url.rsplit(".", 1)[-1]
+    version = head.get("version_info", head.get("system_version_info"))
+    if "changes" in head:
+        ch = head["changes"]
+        out.write(f"# {kind}: +{len(ch['added'])} ~{len(ch['changed'])} -{len(ch['removed'])}, version {version!r}\n")
+        for name in ch["added"]:
+            out.write(f"# added: {name}\n")
+        for name in ch["changed"]:
+            out.write(f"# changed: {name}\n")
     else:
-        kind = resp.type_url.rsplit(".", 1)[-1]
-        version = head.get("version_info", head.get("system_version_info"))
-        out.write(f"# {kind}: {len(resources)} resources, version {version!r}, nonce {resp.nonce!r}\n")
-        for name in head.get("removed_resources", []):
-            out.write(f"# removed: {name}\n")
-        for r in resources:
-            out.write(f"--- # {r['name']}" + (f" (version {r['version']})" if "version" in r else "") + "\n")
-            if "resource" in r:
-                out.write(yaml.safe_dump(r["resource"], sort_keys=False))
+        out.write(f"# {kind}: {len(entries)} resources, version {version!r}, nonce {resp.nonce!r}\n")
+    for name in removed:
+        out.write(f"# removed: {name}\n")
+    if view.summary:
+        if entries:
+            out.write(table(entries) + "\n")
+    else:
+        for e in entries:
+            out.write(f"--- # {e.name}" + (f" (version {e.version})" if e.version else "") + "\n")
+            if e.fields is not None:
+                out.write(yaml.safe_dump(dict(e.fields), sort_keys=False))
     out.flush()
 
 
+@dataclass(frozen=True)
+class View:
+    """How to show resources: a table, raw protobuf JSON, or only one kind of Address."""
+
+    summary: bool = False
+    raw: bool = False
+    address_kind: str | None = None  # "workload" | "service": `--type workload|service` are Address subsets
+
+    def keep(self, entry: Entry) -> bool:
+        return self.address_kind is None or (entry.fields is not None and self.address_kind in entry.fields)
+
+
 async def dump(args: argparse.Namespace, out: TextIO) -> int:
+    address_kind = args.type if args.type in ("workload", "service") else None
     try:
-        type_url = resolve_type(args.type)
+        type_url = ADDRESS if address_kind else resolve_type(args.type)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    view = View(summary=args.summary, raw=args.raw, address_kind=address_kind)
+    state = WatchState() if args.watch else None
     names = list(args.names)
     if not names and type_url not in (CLUSTER, LISTENER):
         names = ["*"]  # non-LDS/CDS types have no legacy wildcard
@@ -190,7 +247,7 @@ async def dump(args: argparse.Namespace, out: TextIO) -> int:
                 if resp.type_url != type_url:
                     continue  # an ADS server may push other types on the stream; we asked for one
                 seen += 1
-                render(resp, args.delta, args.json, out)
+                render(resp, args.delta, args.json, out, view=view, state=state)
                 if args.delta:
                     await call.send(req_t(type_url=type_url, response_nonce=resp.nonce))
                 else:
