@@ -64,16 +64,28 @@ async def test_summary_table_and_address_subsets(plane: tuple[str, Path]) -> Non
     assert "workload" not in services.split("\n", 2)[2]
 
 
+class _Signalling(io.StringIO):
+    """An output that says when the dump flushed its first response."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushed = asyncio.Event()
+
+    def flush(self) -> None:
+        super().flush()
+        if self.getvalue():
+            self.flushed.set()
+
+
 async def test_watch_prints_what_changed(plane: tuple[str, Path]) -> None:
     server, config = plane
-    out = io.StringIO()
+    out = _Signalling()
     task = asyncio.ensure_future(
         dump(args("--server", server, "--type", "address", "--delta", "--watch", "--count", "2", "--summary"), out)
     )
     try:
         async with asyncio.timeout(20):
-            while "TYPE" not in out.getvalue():
-                await asyncio.sleep(0.02)  # poll the output buffer; the first response is being printed
+            await out.flushed.wait()  # the first response is printed
         text = config.read_text().replace('addresses: ["127.0.0.3"]', 'addresses: ["127.0.0.9"]')
         config.write_text(text)
         async with asyncio.timeout(20):
