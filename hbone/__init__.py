@@ -1,6 +1,6 @@
 """HBONE: TCP streams carried as HTTP/2 CONNECT over mutual TLS with SPIFFE identities.
 
-The library API (`Mesh`, `MeshServer`, `TunnelReader`, `TunnelWriter`, `TunnelPeer`, `ControlPlane`,
+The library API (`Mesh`, `MeshServer`, `TunnelReader`, `TunnelWriter`, `TunnelStream`, `TunnelPeer`, `ControlPlane`,
 `MeshTransport`, `MeshConnectError`, `AsgiHandler`, `SpiffeId`) is loaded on first use: `import hbone` does nothing
 heavy.
 """
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         TunnelHandler,
         TunnelPeer,
         TunnelReader,
+        TunnelStream,
         TunnelWriter,
     )
 
@@ -37,6 +38,7 @@ _MESH = (
     "TunnelHandler",
     "TunnelPeer",
     "TunnelReader",
+    "TunnelStream",
     "TunnelWriter",
 )
 __all__ = [
@@ -50,6 +52,7 @@ __all__ = [
     "TunnelHandler",
     "TunnelPeer",
     "TunnelReader",
+    "TunnelStream",
     "TunnelWriter",
     "__version__",
 ]

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from hbone.mesh.asgi import AsgiHandler
     from hbone.mesh.core import ControlPlane, Mesh
     from hbone.mesh.serving import MeshServer, TunnelHandler
-    from hbone.mesh.streams import TunnelPeer, TunnelReader, TunnelWriter
+    from hbone.mesh.streams import TunnelPeer, TunnelReader, TunnelStream, TunnelWriter
     from hbone.mesh.transport import MeshConnectError, MeshTransport
 
 _EXPORTS = {
@@ -26,6 +26,7 @@ _EXPORTS = {
     "TunnelHandler": "hbone.mesh.serving",
     "TunnelPeer": "hbone.mesh.streams",
     "TunnelReader": "hbone.mesh.streams",
+    "TunnelStream": "hbone.mesh.streams",
     "TunnelWriter": "hbone.mesh.streams",
 }
 
@@ -39,6 +40,7 @@ __all__ = [
     "TunnelHandler",
     "TunnelPeer",
     "TunnelReader",
+    "TunnelStream",
     "TunnelWriter",
 ]
 

@@ -21,7 +21,7 @@ from hbone.client import Endpoint, HboneClient
 from hbone.errors import ConfigError
 from hbone.identity.manager import CertificateSource, FileSource, IdentityManager
 from hbone.identity.spiffe import SpiffeId
-from hbone.mesh.streams import TunnelPeer, TunnelReader, TunnelWriter, _Carrier
+from hbone.mesh.streams import TunnelPeer, TunnelReader, TunnelStream, TunnelWriter
 from hbone.proxy.inbound import Authorizer, policy_authorizer
 from hbone.proxy.outbound import NoRoute, OutboundProxy, RouteKind, Router
 from hbone.state.model import Workload
@@ -196,7 +196,7 @@ class Mesh:
 
     async def open_tunnel(
         self, target: str, *, via: str | None = None, identities: Sequence[str | SpiffeId] = ()
-    ) -> tuple[_Carrier, TunnelPeer]:
+    ) -> tuple[TunnelStream, TunnelPeer]:
         """Open one tunnel to `target` (host:port or ip:port); the carrier and who terminated it.
 
         With `via` (host:port of an HBONE server) the tunnel goes there, expecting one of `identities` (empty:
@@ -209,7 +209,7 @@ class Mesh:
         if via is not None or self._outbound is None:
             endpoint = self._static_endpoint(authority, via, identities)
             tunnel = await client.open(authority, endpoint)
-            carrier = cast(_Carrier, tunnel.h2 if tunnel.stream is tunnel.h2 else tunnel.stream)
+            carrier = cast(TunnelStream, tunnel.h2 if tunnel.stream is tunnel.h2 else tunnel.stream)
             return carrier, TunnelPeer(tunnel.peer_identity, (endpoint.host, endpoint.port), str(authority))
         source = self._self_workload()
         snap = self._outbound.snapshot()

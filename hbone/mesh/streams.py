@@ -25,8 +25,9 @@ CLOSE_LINGER = 10.0
 _DEFAULT_LIMIT = 2**16
 
 
-class _Carrier(Protocol):
-    """A tunnel stream (`hbone.net.stream.Stream`) or TLS inside one (`hbone.net.tlsstream.TlsStream`)."""
+class TunnelStream(Protocol):
+    """The raw byte stream of one tunnel, as `Mesh.open_tunnel` returns it: `read(n)` (b"" at the peer's end),
+    `write` + `drain`, `write_eof` (half-close), `reset` (abort), `wait_closed`."""
 
     async def read(self, n: int = -1) -> bytes: ...
 
@@ -58,7 +59,7 @@ class TunnelPeer:
 class TunnelReader:
     """The reading side of a tunnel, shaped like `asyncio.StreamReader`."""
 
-    def __init__(self, carrier: _Carrier, *, limit: int = _DEFAULT_LIMIT) -> None:
+    def __init__(self, carrier: TunnelStream, *, limit: int = _DEFAULT_LIMIT) -> None:
         self._carrier = carrier
         self._limit = limit
         self._buffer = bytearray()
@@ -151,7 +152,7 @@ class TunnelReader:
 class TunnelWriter:
     """The writing side of a tunnel, shaped like `asyncio.StreamWriter`. `write_eof()` half-closes (END_STREAM)."""
 
-    def __init__(self, carrier: _Carrier, peer: TunnelPeer, extra: dict[str, Any] | None = None) -> None:
+    def __init__(self, carrier: TunnelStream, peer: TunnelPeer, extra: dict[str, Any] | None = None) -> None:
         self._carrier = carrier
         #: The verified other end of this tunnel.
         self.peer = peer

@@ -18,7 +18,7 @@ import httpx
 
 from hbone.errors import ConnectRefused, HboneError
 from hbone.identity.spiffe import SpiffeId
-from hbone.mesh.streams import TunnelPeer, _Carrier
+from hbone.mesh.streams import TunnelPeer, TunnelStream
 from hbone.net.tlsstream import TlsStream
 
 if TYPE_CHECKING:
@@ -37,8 +37,8 @@ class MeshConnectError(httpx.ConnectError):
         self.reason = reason
 
 
-class _TunnelStream(httpcore.AsyncNetworkStream):
-    def __init__(self, carrier: _Carrier | TlsStream, peer: TunnelPeer, tls: TlsStream | None = None) -> None:
+class _NetworkStream(httpcore.AsyncNetworkStream):
+    def __init__(self, carrier: TunnelStream | TlsStream, peer: TunnelPeer, tls: TlsStream | None = None) -> None:
         self._carrier = carrier
         self._peer = peer
         self._tls = tls
@@ -84,7 +84,7 @@ class _TunnelStream(httpcore.AsyncNetworkStream):
             raise httpcore.ConnectTimeout(f"TLS inside the tunnel to {self._peer.target} timed out") from e
         except HboneError as e:
             raise httpcore.ConnectError(f"TLS inside the tunnel to {self._peer.target}: {e}") from e
-        return _TunnelStream(tls, self._peer, tls)
+        return _NetworkStream(tls, self._peer, tls)
 
     def get_extra_info(self, info: str) -> Any:
         if info == "ssl_object":
@@ -116,7 +116,7 @@ class _TunnelBackend(httpcore.AsyncNetworkBackend):
                 carrier, peer = await self._mesh.open_tunnel(target, via=self._via, identities=self._identities)
         except TimeoutError as e:
             raise httpcore.ConnectTimeout(f"opening an HBONE tunnel to {target} timed out after {timeout}s") from e
-        return _TunnelStream(carrier, peer)
+        return _NetworkStream(carrier, peer)
 
     async def connect_unix_socket(
         self,
