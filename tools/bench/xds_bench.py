@@ -3,6 +3,7 @@
     .venv/bin/python tools/bench/xds_bench.py            # N = 100 and N = 1000
     .venv/bin/python tools/bench/xds_bench.py --quick    # N = 100 only
     .venv/bin/python tools/bench/xds_bench.py --clients 300 --workers 2 --json
+    .venv/bin/python tools/bench/xds_bench.py --quick --against go-control-plane   # both servers, one run
 
 The server is the real `microxds serve` CLI in its own process, fed a JSON config file in a temporary directory;
 the clients are minimal raw Delta ADS clients (hbone `Channel`, one HTTP/2 connection each) spread over
@@ -10,6 +11,12 @@ the clients are minimal raw Delta ADS clients (hbone `Channel`, one HTTP/2 conne
 moment the file is replaced, when the first and the last client ACKed the EDS response carrying the change. The
 server's CPU seconds (/proc/PID/stat) are sampled around each round, its RSS (/proc/PID/status VmRSS) before the
 clients connect and after they are all synced and idle.
+
+`--against go-control-plane` runs the same clients against `gcp-ads` too (go-control-plane v0.14, one LinearCache
+per type, built by tools/go-peers.sh) in the same run, and prints the ratios. go-control-plane has no config source:
+a change is one `UpdateResources` batch of the moved CLAs through its control port, and its "applied" time is when
+that batch was sent. The comparable figures are the fan-out (last ACK after applied), server CPU per round (ours
+includes re-parsing the whole file, about the no-op rewrite's CPU) and RSS per client.
 
 Note the file source: a change is noticed by polling (--poll-interval, 0.05 s here) and then debounced
 (--debounce-quiet, 0.05 s here), so the measured time includes up to ~0.1 s that is config-source latency, and
@@ -117,6 +124,92 @@ def start_server(cfg: Path, log: Path) -> tuple[Any, int]:
     raise SystemExit(f"server did not start:\n{log.read_text(errors='replace')[-3000:]}")
 
 
+
+class MicroxdsServer:
+    """The real `microxds serve`, fed a JSON file that each round rewrites."""
+
+    name = "microxds"
+
+    def __init__(self, tmp: Path) -> None:
+        self.cfg, self.log = tmp / "xds.json", tmp / "server.log"
+        self.applied = 1
+
+    def start(self) -> tuple[Any, int]:
+        write_config(self.cfg, 0, 0)
+        return start_server(self.cfg, self.log)
+
+    def noop_reload(self) -> float | None:
+        """A rewrite with the same resources: the config source re-parses everything (O(total)), nothing is pushed."""
+        t0 = time.time()
+        write_config(self.cfg, 0, 0, indent=1)
+        self.applied += 1
+        return wait_applied(self.log, self.applied) - t0
+
+    def change(self, version: int, moved: int) -> None:
+        write_config(self.cfg, version, moved)
+
+    def applied_at(self) -> float:
+        self.applied += 1
+        return wait_applied(self.log, self.applied)
+
+
+class GoControlPlaneServer:
+    """go-control-plane v0.14 (`gcp-ads` from tests/peers/go): the same resources, changed through its control port."""
+
+    name = "go-control-plane"
+
+    def __init__(self, tmp: Path) -> None:
+        import subprocess
+
+        self.dir = tmp
+        out = subprocess.run(["bash", str(Path(__file__).resolve().parents[1] / "go-peers.sh"), "dir"],
+                             capture_output=True, text=True, check=False)  # fmt: skip
+        self.binary = Path(os.environ.get("HBONE_GO_PEERS") or out.stdout.strip()) / "gcp-ads"
+        if not self.binary.is_file():
+            raise SystemExit("gcp-ads is not built: run tools/install-peers.sh (or tools/go-peers.sh build)")
+        self.control = 0
+        self.t_applied = 0.0
+
+    def start(self) -> tuple[Any, int]:
+        import subprocess
+
+        cfg, log = self.dir / "gcp.json", self.dir / "gcp.log"
+        cfg.write_text(json.dumps({"resources": [{"resource": r} for r in config(0, 0)["resources"]]}))
+        out = open(log, "wb")  # noqa: SIM115 - lives as long as the server
+        proc = subprocess.Popen([str(self.binary), "--config", str(cfg), "--record=false"], stdout=out,
+                                stderr=subprocess.STDOUT)  # fmt: skip
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            m = re.search(r"ready xds=[\d.]+:(\d+) control=[\d.]+:(\d+)", log.read_text(errors="replace"))
+            if m:
+                self.control = int(m.group(2))
+                return proc, int(m.group(1))
+            if proc.poll() is not None:
+                break
+            time.sleep(0.02)  # poll interval
+        proc.kill()
+        raise SystemExit(f"gcp-ads did not start:\n{log.read_text(errors='replace')[-3000:]}")
+
+    def noop_reload(self) -> float | None:
+        return None  # no config source to re-read
+
+    def change(self, version: int, moved: int) -> None:
+        import urllib.request
+
+        # One batch (one UpdateResources per type), as microxds applies one file change as one batch.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        resources = config(version, moved)["resources"][CLUSTERS : CLUSTERS + moved]
+        body = json.dumps({"resources": [{"resource": r} for r in resources]}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{self.control}/resources", method="PUT", data=body)
+        # The cache pushes before the PUT returns: "applied" is when the batch was handed over.
+        self.t_applied = time.time()
+        with opener.open(req, timeout=60) as resp:
+            resp.read()
+
+    def applied_at(self) -> float:
+        return self.t_applied
+
+
 # -- client workers ----------------------------------------------------------------------------------------------
 
 
@@ -204,10 +297,11 @@ async def worker_main(port: int, first: int, count: int, commands: Any, results:
         cmd = await loop.run_in_executor(None, commands.get)
         if cmd[0] == "stop":
             break
-        _, rnd, deadline = cmd
+        _, rnd, deadline, moved = cmd
         for c in clients:
             c.round = rnd
-        while any(rnd not in c.acked_at for c in clients) and time.time() < deadline:  # noqa: ASYNC110
+        # Done when every client ACKed responses carrying all the changed resources (one response or several).
+        while any(c.resources_in_round.get(rnd, 0) < moved for c in clients) and time.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.005)  # sampling the clients' state in this process
         acks = [c.acked_at.get(rnd) for c in clients]
         missing = sum(1 for a in acks if a is None)
@@ -230,12 +324,12 @@ def worker(port: int, first: int, count: int, commands: Any, results: Any) -> No
 # -- one run -----------------------------------------------------------------------------------------------------
 
 
-def run(n: int, workers: int) -> dict[str, Any]:
+def run(n: int, workers: int, against: str = "microxds") -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="xds-bench-") as tmp:
-        cfg, log = Path(tmp) / "xds.json", Path(tmp) / "server.log"
-        write_config(cfg, 0, 0)
-        proc, port = start_server(cfg, log)
+        server: MicroxdsServer | GoControlPlaneServer
+        server = GoControlPlaneServer(Path(tmp)) if against == "go-control-plane" else MicroxdsServer(Path(tmp))
+        proc, port = server.start()
         try:
             time.sleep(0.5)  # let the freshly started server settle before the baseline RSS sample
             base_rss = rss_kib(proc.pid)
@@ -262,24 +356,19 @@ def run(n: int, workers: int) -> dict[str, Any]:
             while time.time() < idle_deadline:
                 time.sleep(0.1)  # quiet period before the RSS sample
             synced_rss = rss_kib(proc.pid)
-            # A rewrite with the same resources: the config source re-parses everything (O(total)), nothing is pushed.
             cpu_before = cpu_seconds(proc.pid)
-            t0 = time.time()
-            write_config(cfg, 0, 0, indent=1)
-            reload_s = wait_applied(log, 2) - t0
+            reload_s = server.noop_reload()
             reload_cpu = cpu_seconds(proc.pid) - cpu_before
-            applied = 2
             rounds = []
             for version, moved in enumerate(ROUNDS, start=1):
                 cpu_before = cpu_seconds(proc.pid)
                 t0 = time.time()
                 for q in queues:
-                    q.put(("round", version, t0 + 60))
-                write_config(cfg, version, moved)
+                    q.put(("round", version, t0 + 60, moved))
+                server.change(version, moved)
                 reports = [results.get(timeout=120) for _ in range(workers)]
                 cpu_after = cpu_seconds(proc.pid)
-                applied += 1
-                t_applied = wait_applied(log, applied)
+                t_applied = server.applied_at()
                 rounds.append({
                     "endpoints_changed": moved,
                     "first_ack_s": round(min(r[2] for r in reports) - t0, 3),
@@ -295,6 +384,7 @@ def run(n: int, workers: int) -> dict[str, Any]:
             for p in procs:
                 p.join(30)
             return {
+                "server": server.name,
                 "clients": n,
                 "resources_per_client": 2 * CLUSTERS,
                 "initial_sync_s": round(sync_s, 2),
@@ -303,8 +393,8 @@ def run(n: int, workers: int) -> dict[str, Any]:
                 "server_rss_base_mib": round(base_rss / 1024, 1),
                 "server_rss_synced_mib": round(synced_rss / 1024, 1),
                 "rss_per_client_kib": round((synced_rss - base_rss) / n, 1),
-                "noop_reload_s": round(reload_s, 3),
-                "noop_reload_server_cpu_s": round(reload_cpu, 3),
+                "noop_reload_s": None if reload_s is None else round(reload_s, 3),
+                "noop_reload_server_cpu_s": None if reload_s is None else round(reload_cpu, 3),
                 "rounds": rounds,
             }
         finally:
@@ -321,24 +411,50 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, action="append", help="client counts (repeatable)")
     ap.add_argument("--workers", type=int, default=2, help="client processes (default 2)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--against", choices=["go-control-plane"], help="also run the same clients against this server")
     args = ap.parse_args(argv)
     counts = args.clients or ([100] if args.quick else [100, 1000])
-    out = [run(n, min(args.workers, n)) for n in counts]
+    servers = ["microxds"] + ([args.against] if args.against else [])
+    out = [run(n, min(args.workers, n), server) for n in counts for server in servers]
     if args.json:
         print(json.dumps(out, indent=1))
         return 0
     for r in out:
-        print(f"N={r['clients']} clients x {r['resources_per_client']} resources: initial sync {r['initial_sync_s']} s "
+        print(f"[{r['server']}] N={r['clients']} clients x {r['resources_per_client']} resources: initial sync "
+              f"{r['initial_sync_s']} s "
               f"(server CPU {r['initial_sync_server_cpu_s']} s, {r['connect_retries']} reconnects)\n"
               f"  server RSS {r['server_rss_base_mib']} -> {r['server_rss_synced_mib']} MiB = "
-              f"{r['rss_per_client_kib']} KiB/client\n  no-op rewrite (re-parse, nothing pushed): applied after "
-              f"{r['noop_reload_s']} s, server CPU {r['noop_reload_server_cpu_s']} s")  # fmt: skip
+              f"{r['rss_per_client_kib']} KiB/client")
+        if r["noop_reload_s"] is not None:
+            print(f"  no-op rewrite (re-parse, nothing pushed): applied after {r['noop_reload_s']} s, server CPU "
+                  f"{r['noop_reload_server_cpu_s']} s")  # fmt: skip
         for x in r["rounds"]:
             print(f"  {x['endpoints_changed']:>4} endpoints changed: applied {x['applied_s']} s, first ACK "
                   f"{x['first_ack_s']} s, last ACK {x['last_ack_s']} s (fan-out {x['fanout_s']} s), server CPU "
                   f"{x['server_cpu_s']} s, {x['resources_pushed']} resources "
                   f"pushed, {x['clients_missing']} clients missing")  # fmt: skip
+    if args.against:
+        print_ratios(out, args.against)
     return 0
+
+
+def print_ratios(out: list[dict[str, Any]], other: str) -> None:
+    """microxds ÷ the other server, same N, same run (below 1 = microxds needs less)."""
+
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:.2f}x" if b else "n/a"
+
+    for ours in (r for r in out if r["server"] == "microxds"):
+        theirs = next(r for r in out if r["server"] == other and r["clients"] == ours["clients"])
+        print(f"microxds / {other}, N={ours['clients']}: RSS per client "
+              f"{ratio(ours['rss_per_client_kib'], theirs['rss_per_client_kib'])}, initial sync "
+              f"{ratio(ours['initial_sync_s'], theirs['initial_sync_s'])}, initial sync server CPU "
+              f"{ratio(ours['initial_sync_server_cpu_s'], theirs['initial_sync_server_cpu_s'])}")  # fmt: skip
+        for a, b in zip(ours["rounds"], theirs["rounds"], strict=True):
+            print(f"  {a['endpoints_changed']:>4} changed: fan-out {ratio(a['fanout_s'], b['fanout_s'])} "
+                  f"({a['fanout_s']} vs {b['fanout_s']} s), last ACK {ratio(a['last_ack_s'], b['last_ack_s'])}, "
+                  f"server CPU {ratio(a['server_cpu_s'], b['server_cpu_s'])} "
+                  f"({a['server_cpu_s']} vs {b['server_cpu_s']} s)")  # fmt: skip
 
 
 if __name__ == "__main__":

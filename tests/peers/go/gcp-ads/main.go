@@ -5,6 +5,7 @@
 // stdout once both listeners are bound, and answers on the control port:
 //
 //	PUT    /resource            body: one entry as in the file; replaces (or adds) that resource
+//	PUT    /resources           body: a file; replaces (or adds) all its resources, one cache update per type
 //	DELETE /resource?type=T&name=N
 //	GET    /requests            every request received so far, one JSON object per line
 //	GET    /acks?version=V      how many streams ACKed version V (SotW) or a response carrying V (Delta)
@@ -304,6 +305,41 @@ func main() {
 		default:
 			http.Error(w, "method", http.StatusMethodNotAllowed)
 		}
+	})
+	http.HandleFunc("/resources", func(w http.ResponseWriter, req *http.Request) {
+		body, err := io.ReadAll(io.LimitReader(req.Body, 256<<20))
+		var f file
+		if err == nil {
+			err = json.Unmarshal(body, &f)
+		}
+		byType := map[string]map[string]types.Resource{}
+		for _, e := range f.Resources {
+			if err != nil {
+				break
+			}
+			var typ, name string
+			var msg types.Resource
+			if typ, name, msg, err = decode(e); err == nil {
+				if _, ok := linear[typ]; !ok {
+					err = fmt.Errorf("no cache for type %s (name it in the initial file)", typ)
+				} else if byType[typ] == nil {
+					byType[typ] = map[string]types.Resource{}
+				}
+				if err == nil {
+					byType[typ][name] = msg
+				}
+			}
+		}
+		for typ, m := range byType {
+			if err == nil {
+				err = linear[typ].UpdateResources(m, nil)
+			}
+		}
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		fmt.Fprintf(w, "%d\n", len(f.Resources))
 	})
 	http.HandleFunc("/requests", func(w http.ResponseWriter, _ *http.Request) {
 		rec.mu.Lock()
