@@ -49,6 +49,14 @@ build() {
     local dir tmp p name pkg start rc=0
     dir="$(peers_dir)" || { echo "go-peers: go not installed" >&2; return 1; }
     complete "$dir" && { echo "$dir"; return 0; }
+    # One builder at a time per machine: concurrent test runs (several worktrees) would each compile all of istio.
+    mkdir -p "$(dirname "$dir")" || return 1
+    exec 8>"$(dirname "$dir")/.build.lock"
+    if ! flock -n 8; then
+        echo "go-peers: another build of the Go peers is running; waiting for it" >&2
+        flock 8
+    fi
+    complete "$dir" && { echo "$dir"; return 0; }
     tmp="$dir.tmp.$$"
     mkdir -p "$tmp" || return 1
     for p in "${PROGRAMS[@]}"; do
