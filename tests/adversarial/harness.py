@@ -239,9 +239,11 @@ def check_bounds(target: Target, base_rss: int, base_fds: int, what: str, bound:
     """The process survived and its peak RSS stayed under `bound` above the baseline; prints the figures (-s)."""
     assert target.alive(), f"{what}: the server died"
     grew = target.peak_rss - base_rss
-    rss = f"peak RSS +{grew / MiB:.1f} MiB (base {base_rss / MiB:.0f} MiB)"
+    after = target.rss() - base_rss
+    rss = f"peak RSS +{grew / MiB:.1f} MiB (base {base_rss / MiB:.0f} MiB), +{after / MiB:.1f} MiB after"
     print(f"\nMEASURED {what}: {rss}, peak fds {target.peak_fds} (base {base_fds})")
     assert grew < bound, f"{what}: peak RSS +{grew >> 20} MiB over the {bound >> 20} MiB bound"
+    assert after < bound, f"{what}: RSS still +{after >> 20} MiB after the attack"
 
 
 def serve_config(tmp: Path, extra: str = "") -> Path:

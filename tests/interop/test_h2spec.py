@@ -52,9 +52,9 @@ async def test_h2spec_against_hbone_net(tls: bool, pki: TestPKI, tmp_path: Path)
         assert report.is_file(), run.stdout[-3000:] + run.stderr[-2000:]
         count, failed = results(report)
         assert count == TOTAL_CASES, run.stdout[-3000:]
-        assert failed <= EXPECTED_FAILURES, f"h2spec failures: {sorted(failed - EXPECTED_FAILURES)}\n" + run.stdout[
-            -6000:
-        ]
+        assert failed <= EXPECTED_FAILURES, (
+            f"h2spec failures: {sorted(failed - EXPECTED_FAILURES)}\n" + run.stdout[-6000:]
+        )
         big = await arun_peer([*base, "--max-header-length", "220000", "http2/4.2/3"], timeout=60)
         assert big.returncode == 0 and "1 passed" in big.stdout, big.stdout[-3000:] + big.stderr[-2000:]
     finally:

@@ -109,8 +109,14 @@ class GoControlPlane(ReadyPeer):
     """
 
     def __init__(self, config: Path, *, xds_port: int = 0, record: bool = True, **kw: Any) -> None:
-        args: list[str | os.PathLike[str]] = [require_go_peer("gcp-ads"), "--config", config,
-                                              "--xds", f"{LOOPBACK}:{xds_port}", f"--record={str(record).lower()}"]
+        args: list[str | os.PathLike[str]] = [
+            require_go_peer("gcp-ads"),
+            "--config",
+            config,
+            "--xds",
+            f"{LOOPBACK}:{xds_port}",
+            f"--record={str(record).lower()}",
+        ]
         super().__init__(args, name="gcp-ads", env=loopback_env(), **kw)
 
     @staticmethod
