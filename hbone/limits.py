@@ -21,14 +21,14 @@ from hbone.errors import Overloaded
 
 log = logging.getLogger("hbone.limits")
 
-# The limits this package enforces; README "Security and robustness" describes each one and its default.
+# The limits this package counts; README "Security and robustness" describes each one and its default. (The TLS
+# handshake timeout is enforced by the event loop itself, which reports no trip to count.)
 LIMITS: tuple[str, ...] = (
     "h2_rapid_reset",  # stream resets per connection per second -> GOAWAY ENHANCE_YOUR_CALM
     "h2_pending_streams",  # streams opened but not yet answered
     "h2_control_flood",  # PING/SETTINGS/PRIORITY frames per second -> GOAWAY ENHANCE_YOUR_CALM
     "h2_outbound_buffer",  # outbound buffer over its cap (peer does not read its ACKs): reading paused
     "h2_frame_size",  # frame header announces more than SETTINGS_MAX_FRAME_SIZE
-    "handshake_timeout",  # TLS handshake not done in time
     "preface_timeout",  # HTTP/2 preface / first request bytes not received in time
     "idle_timeout",  # connection idle (no stream, no bytes) for too long
     "max_connections",  # listener's connection cap

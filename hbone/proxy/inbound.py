@@ -19,7 +19,7 @@ from hbone.authz.engine import Decision, evaluate
 from hbone.authz.model import Connection, Policy
 from hbone.errors import BadRequest, Denied, HboneError, SelfCall, UpstreamUnreachable
 from hbone.identity.spiffe import SpiffeId
-from hbone.limits import TUNNELS, pending_dial
+from hbone.limits import TUNNELS, pending_dial, record_trip
 from hbone.net.pipe import TcpPipe, open_pipe
 from hbone.net.splice import splice
 from hbone.net.stream import Stream
@@ -234,6 +234,7 @@ class InboundHandler:
     async def admit(self, req: TunnelRequest, peer: PeerInfo, record: AccessRecord) -> tuple[str, int]:
         host, port = await self.config.resolve(req.target)
         if port in self.config.own_ports and (_is_local(host) or host in self.config.own_hosts):
+            record_trip("self_call")
             raise SelfCall(f"refusing a tunnel to this proxy's own port {port}")
         src_ip = (_ip(peer.address[0]) or _ANY) if peer.address else _ANY
         dst_ip = _ip(host) or _ANY

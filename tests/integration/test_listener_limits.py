@@ -100,10 +100,12 @@ async def test_connection_cap_refuses_with_enhance_your_calm() -> None:
 
 
 async def test_self_call_to_the_port_really_bound_is_refused() -> None:
+    before = limits.trip_counts()["self_call"]
     async with server() as (_, port, h2c):
         assert port not in (15008, 15006, 15001)
         assert await connect_status(h2c, f"127.0.0.1:{port}") == 503
         assert await connect_status(h2c, f"127.0.0.1:{h2c}") == 503
+    assert limits.trip_counts()["self_call"] == before + 2
 
 
 async def test_process_tunnel_cap_refuses_with_503(monkeypatch: pytest.MonkeyPatch) -> None:
