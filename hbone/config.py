@@ -165,7 +165,7 @@ class ServeConfig:
             return cfg
         if not isinstance(data, Mapping):
             raise ConfigError(f"{source}: the top level must be a mapping")
-        unknown = sorted(set(data) - set(_TOP))
+        unknown = sorted(map(str, set(data) - set(_TOP)))  # YAML keys may be null, numbers, ...
         if unknown:
             raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(_TOP)}")
         if "listen" in data:
@@ -188,7 +188,7 @@ class ServeConfig:
             return
         if not isinstance(data, Mapping):
             raise ConfigError(f"{where}: expected a mapping with mode and/or policies")
-        unknown = sorted(set(data) - {"mode", "policies"})
+        unknown = sorted(map(str, set(data) - {"mode", "policies"}))
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
         if "mode" in data:

@@ -91,7 +91,7 @@ class FrontendsConfig:
     def from_dict(cls, data: Any, source: str = "config") -> FrontendsConfig:
         if not isinstance(data, Mapping):
             raise ConfigError(f"{source}: the top level must be a mapping")
-        unknown = sorted(set(data) - _TOP)
+        unknown = sorted(map(str, set(data) - _TOP))
         if unknown:
             raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(_TOP))}")
         cfg = cls()
@@ -140,7 +140,7 @@ def listener_from_dict(data: Any, where: str) -> ListenerSpec:
     if kind not in LISTENER_TYPES:
         raise ConfigError(f"{where}: unknown listener type {kind!r}; known: {', '.join(LISTENER_TYPES)}")
     default_listen, extra = LISTENER_TYPES[kind]
-    unknown = sorted(set(data) - {"type", "listen"} - extra)
+    unknown = sorted(map(str, set(data) - {"type", "listen"} - extra))
     if unknown:
         allowed = ", ".join(sorted({"listen"} | extra)) if default_listen else ", ".join(sorted(extra))
         raise ConfigError(f"{where} ({kind}): unknown key(s) {', '.join(unknown)}; known: {allowed}")

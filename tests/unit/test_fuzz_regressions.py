@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from hbone.config import parse_listen
+from hbone.config import ServeConfig, parse_listen
 from hbone.errors import ConfigError
+from hbone.proxy.frontends_config import FrontendsConfig, listener_from_dict
 from hbone.wire import http1
 from microxds.errors import ConfigError as XdsConfigError
 from microxds.sources.yamlconfig import parse_texts
@@ -121,3 +122,19 @@ def test_a_corrupt_wrapped_sotw_resource_is_nacked_not_raised() -> None:
     assert nack.HasField("error_detail") and nack.response_nonce == "1"
     assert applied == ["c1"]
     load("xds_responses").one_input(corpus_input("xds_responses", "corrupt-wrapped-resource"))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{None: 1}, {"authorization": {None: "x"}}, {1: 2, "listen": None}],
+    ids=["top", "authorization", "number"],
+)
+def test_config_keys_that_are_not_strings_are_config_errors(data: dict[object, object]) -> None:
+    """`&policies:` (an anchor with no key) parses as a null key; sorting it with str keys raised TypeError."""
+    with pytest.raises(ConfigError, match="unknown key"):
+        ServeConfig.from_dict(data)
+    with pytest.raises(ConfigError):
+        FrontendsConfig.from_dict({None: 1})
+    with pytest.raises(ConfigError):
+        listener_from_dict({"type": "socks5", None: 1}, "listeners[0]")
+    load("hbone_config").one_input(corpus_input("hbone_config", "null-key"))
