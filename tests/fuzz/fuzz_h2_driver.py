@@ -7,6 +7,7 @@ application task still running after the connection is gone, or a hang."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import h2.config
@@ -57,31 +58,40 @@ class _Connection(H2Connection):
             self.bugs.append(exc)
 
 
-async def _session(data: bytes) -> None:
+App = Callable[[Stream, int, list[BaseException]], Awaitable[None]]
+
+
+async def _echo(stream: Stream, opts: int, bugs: list[BaseException]) -> None:
+    try:
+        stream.send_headers([(":status", "200")])
+        while chunk := await stream.read(4096):
+            if opts & 2:
+                stream.reset()
+                return
+            await stream.send(chunk)  # echo, as a tunnel's upstream would
+        stream.write_eof()
+        await stream.wait_closed()
+    except HboneError:
+        pass
+    except BaseException as exc:
+        if not isinstance(exc, asyncio.CancelledError):
+            bugs.append(exc)
+        raise
+
+
+async def drive(data: bytes, app: App) -> None:
+    """One server connection fed `data` (options, read sizes, then the bytes after the preface), `app` on every
+    stream; raises what the driver or the application hit that is not a documented outcome."""
     b = Bytes(data)
     opts = b.byte()
     sizes = b.sizes()
     bugs: list[BaseException] = []
 
-    async def app(stream: Stream) -> None:
-        try:
-            stream.send_headers([(":status", "200")])
-            while chunk := await stream.read(4096):
-                if opts & 2:
-                    stream.reset()
-                    return
-                await stream.send(chunk)  # echo, as a tunnel's upstream would
-            stream.write_eof()
-            await stream.wait_closed()
-        except HboneError:
-            pass
-        except BaseException as exc:
-            if not isinstance(exc, asyncio.CancelledError):
-                bugs.append(exc)
-            raise
+    async def handler(stream: Stream) -> None:
+        await app(stream, opts, bugs)
 
     settings = H2Settings.server(ping_interval=None, max_concurrent_streams=1 + (opts >> 4))
-    conn = _Connection(client=False, settings=settings, handler=app)
+    conn = _Connection(client=False, settings=settings, handler=handler)
     conn.bugs = bugs
     transport = _Transport()
     conn.connection_made(transport)
@@ -109,11 +119,15 @@ async def _session(data: bytes) -> None:
         raise bugs[0]
 
 
-def run(data: bytes) -> None:
+def run_app(data: bytes, app: App) -> None:
     global _loop
     if _loop is None:
         _loop = asyncio.new_event_loop()
-    _loop.run_until_complete(_session(data))
+    _loop.run_until_complete(drive(data, app))
+
+
+def run(data: bytes) -> None:
+    run_app(data, _echo)
 
 
 def _client(script: str) -> bytes:

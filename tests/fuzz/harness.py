@@ -24,6 +24,7 @@ NAMES = (
     "grpc_framing",
     "grpc_trailers",
     "grpc_capture",
+    "grpc_server",
     "socks5",
     "http1",
     "http_connect",
