@@ -21,6 +21,7 @@ from typing import Any
 
 from hbone.config import listen_host, parse_listen
 from hbone.errors import ConfigError, GrpcError
+from hbone.grpc.codec import ProtoCodec
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -31,6 +32,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c.add_argument("address", help="host:port of the gRPC server")
     c.add_argument("method", help="/package.Service/Method")
     c.add_argument("--data", default="", help="request message as hex, or @FILE for raw bytes (default: empty)")
+    c.add_argument("--json", metavar="JSON|@FILE", help="request as JSON (types: local protos or reflection)")
     mode = c.add_mutually_exclusive_group()
     mode.add_argument("--plaintext", action="store_true", help="h2c, no TLS (the default without --certs/--tls-ca)")
     mode.add_argument("--certs", type=Path, metavar="DIR", help="mesh mTLS with the workload bundle in DIR")
@@ -45,6 +47,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c.add_argument("--max-message-size", type=int, default=64 * 1024 * 1024)
     c.add_argument("--proto", metavar="MODULE.CLASS", help="protobuf class to print response messages with")
     c.set_defaults(func=cmd_call)
+
+    h = gsub.add_parser("health", help="grpc.health.v1 Check: print the serving status (exit 0 when SERVING)")
+    h.add_argument("address", help="host:port of the gRPC server")
+    h.add_argument("--service", default="", help="service name ('' is the whole server)")
+    hmode = h.add_mutually_exclusive_group()
+    hmode.add_argument("--plaintext", action="store_true", help="h2c, no TLS (the default without --certs/--tls-ca)")
+    hmode.add_argument("--certs", type=Path, metavar="DIR", help="mesh mTLS with the workload bundle in DIR")
+    hmode.add_argument("--tls-ca", type=Path, metavar="PEM", help="server-auth TLS trusting these roots")
+    h.add_argument("--expect-identity", action="append", default=[], metavar="SPIFFE_ID", help="with --certs")
+    h.add_argument("--authority", help=":authority to send (default ADDR)")
+    h.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds (10)")
+    h.set_defaults(func=cmd_health)
 
     d = gsub.add_parser("decode", help="decode a captured HTTP/2 byte stream into frames and gRPC messages")
     d.add_argument("file", help="capture of one direction of an HTTP/2 connection, or - for stdin")
@@ -108,10 +122,8 @@ def cmd_call(args: argparse.Namespace) -> int:
     return asyncio.run(_call(args))
 
 
-async def _call(args: argparse.Namespace) -> int:
-    from hbone.grpc.client import Channel
-
-    kwargs: dict[str, Any] = {"max_receive_message_size": args.max_message_size, "authority": args.authority}
+def _channel_kwargs(args: argparse.Namespace, max_message_size: int) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"max_receive_message_size": max_message_size, "authority": args.authority}
     if args.certs is not None:
         from hbone.identity import IdentityManager, load_bundle
         from hbone.tls import MeshTls
@@ -122,9 +134,41 @@ async def _call(args: argparse.Namespace) -> int:
         ctx = ssl.create_default_context(cafile=str(args.tls_ca))
         ctx.set_alpn_protocols(["h2"])
         kwargs["ssl"] = ctx
+    return kwargs
+
+
+def _json_request(text: str, cls: Any, method: str) -> bytes:
+    from google.protobuf import json_format
+
+    if cls is None:
+        raise ConfigError(f"--json: no message type for {method} (no local proto, no reflection on the server)")
+    body = Path(text[1:]).read_text() if text.startswith("@") else text
+    try:
+        return bytes(json_format.Parse(body, cls()).SerializeToString())
+    except json_format.ParseError as exc:
+        raise ConfigError(f"--json: not a {cls.DESCRIPTOR.full_name}: {exc}") from None
+
+
+def _as_json(data: bytes, cls: Any) -> str:
+    from google.protobuf import json_format
+
+    try:
+        text = str(json_format.MessageToJson(cls.FromString(data), indent=2))
+        return "\n      = " + text.replace("\n", "\n        ")
+    except Exception as exc:  # a message that does not match its declared type: show why, keep going
+        return f" (not a {cls.DESCRIPTOR.full_name}: {exc})"
+
+
+async def _call(args: argparse.Namespace) -> int:
+    from hbone.grpc.client import Channel
+    from hbone.grpc.resolve import method_types
+
     cls = load_class(args.proto)
-    request = parse_data(args.data)
-    async with Channel(args.address, **kwargs) as ch:
+    async with Channel(args.address, **_channel_kwargs(args, args.max_message_size)) as ch:
+        types = None if cls is not None or args.data else await method_types(ch, args.method)
+        request = (
+            _json_request(args.json, types[0] if types else None, args.method) if args.json else parse_data(args.data)
+        )
         call = ch.stream(args.method, timeout=args.timeout, metadata=parse_headers(args.header),
                          compression="gzip" if args.gzip else None)  # fmt: skip
         print(f"> {args.method} ({len(request)} bytes)")
@@ -135,7 +179,8 @@ async def _call(args: argparse.Namespace) -> int:
                 while (reply := await call.recv()) is not None:
                     if count == 0:
                         _print_headers("< headers", call.raw_headers)
-                    print(f"< message #{count}: {len(reply)} bytes{_show(reply, cls)}")
+                    shown = _as_json(reply, types[1]) if types and cls is None else _show(reply, cls)
+                    print(f"< message #{count}: {len(reply)} bytes{shown}")
                     count += 1
         except GrpcError:
             pass  # the status is printed below, with the trailers
@@ -149,6 +194,29 @@ async def _call(args: argparse.Namespace) -> int:
         for key, value in call.trailing_metadata or ():
             print(f"  trailing {key}: {value!r}" if isinstance(value, bytes) else f"  trailing {key}: {value}")
         return 0 if status.ok else 1
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    return asyncio.run(_health(args))
+
+
+async def _health(args: argparse.Namespace) -> int:
+    from hbone.grpc.client import Channel
+    from hbone.grpc.health import CHECK, ServingStatus, health_messages
+
+    request, response = health_messages()
+    async with Channel(args.address, **_channel_kwargs(args, 1 << 20)) as ch:
+        try:
+            reply = await ch.unary(
+                CHECK, request(service=args.service), timeout=args.timeout,
+                request_codec=ProtoCodec(request), response_codec=ProtoCodec(response),
+            )  # fmt: skip
+        except GrpcError as exc:
+            print(f"{args.address} {args.service or '(server)'}: {exc}")
+            return 1
+    status = ServingStatus(reply.status)
+    print(f"{args.address} {args.service or '(server)'}: {status.name}")
+    return 0 if status is ServingStatus.SERVING else 1
 
 
 def _print_headers(title: str, headers: list[tuple[bytes, bytes]] | None) -> None:

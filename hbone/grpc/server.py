@@ -38,6 +38,7 @@ from hbone.grpc.metadata import (
     response_headers,
     validate_request_headers,
 )
+from hbone.grpc.reflection import ReflectionServicer
 from hbone.grpc.status import Status, rejection_headers, trailers, trailers_only
 from hbone.net.settings import H2Settings
 from hbone.net.stream import Stream
@@ -281,6 +282,7 @@ class GrpcServer:
         max_send_message_size: int = 4 * MiB,
         compression: str | None = None,
         health: bool = True,
+        reflection: bool = True,
     ) -> None:
         self.max_receive_message_size = max_receive_message_size or DEFAULT_MAX_MESSAGE_SIZE
         self.max_send_message_size = max_send_message_size
@@ -296,6 +298,8 @@ class GrpcServer:
         self.health = HealthServicer()
         if health:
             self.health.register(self)
+        if reflection:  # grpc.reflection.v1 and v1alpha: grpcurl / `hbone grpc call` find the message types
+            ReflectionServicer(self).register()
 
     # --- registration --------------------------------------------------------------------------------------------
 

@@ -229,7 +229,7 @@ def test_health_messages_are_wire_compatible() -> None:
 
 
 def test_server_rejects_bad_paths() -> None:
-    server = GrpcServer(health=False)
+    server = GrpcServer(health=False, reflection=False)
     with pytest.raises(ValueError):
         server.add_unary("no-slash", lambda r, c: r, None, None)  # type: ignore[arg-type]
     assert server.methods == ()
