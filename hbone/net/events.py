@@ -122,11 +122,11 @@ class ConnectionEvents:
 
     def _on_stream_reset(self, event: ev.StreamReset) -> None:
         task = self._pending.pop(event.stream_id, None)
-        if task is not None and event.remote_reset:
+        if task is not None:
             # Reset before we answered: stop its work now, upstream dial included (the dial's socket is closed by
             # the cancellation), and count it: many of these per second is the rapid reset attack (CVE-2023-44487).
             task.cancel()
-            if self._guarded().premature_reset(self._loop.time()):
+            if event.remote_reset and self._guarded().premature_reset(self._loop.time()):
                 stream = self._streams.get(event.stream_id)
                 if stream is not None:
                     self._fail_stream(stream, StreamReset(int(event.error_code), "stream reset by peer"))
