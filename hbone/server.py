@@ -139,10 +139,12 @@ class HboneServer:
         )
         self.servers.append(server)
         sock: Any = server.sockets[0].getsockname()
-        if self.inbound is not None:
-            for bound in server.sockets:  # the self-call guard knows the ports we really listen on
+        # The self-call guard knows the ports we really listen on (a plain callable as `inbound` has no guard).
+        add_own = getattr(self.inbound, "add_own_address", None)
+        if add_own is not None:
+            for bound in server.sockets:
                 name = bound.getsockname()
-                self.inbound.add_own_address(name[0], name[1])
+                add_own(name[0], name[1])
         return sock[0], sock[1]
 
     async def dispatch(self, stream: Stream, peer: PeerInfo) -> None:
