@@ -74,7 +74,8 @@ def main() -> int:
     if use_atheris:
         engine.run_atheris(args.name, args.time, corpus_out, artifacts, args.seed, args.workers)
         return 0  # not reached: libFuzzer exits the process
-    print("atheris is not installed: fuzzing with hypothesis instead", file=sys.stderr)
+    if args.engine == "auto":
+        print("atheris is not installed: fuzzing with hypothesis instead", file=sys.stderr)
     return engine.run_hypothesis(args.name, args.time, artifacts, args.seed)
 
 

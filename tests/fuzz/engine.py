@@ -96,6 +96,7 @@ def _mutate(rng: random.Random, data: bytes) -> bytes:
 def run_hypothesis(name: str, seconds: int, artifacts: Path, seed: int | None) -> int:
     """The fallback: random and corpus-mutated inputs through hypothesis (which shrinks a failure)."""
     from hypothesis import HealthCheck, given, settings
+    from hypothesis import seed as fixed_seed
     from hypothesis import strategies as st
 
     harness = load(name)
@@ -103,22 +104,31 @@ def run_hypothesis(name: str, seconds: int, artifacts: Path, seed: int | None) -
     mutated = st.tuples(st.sampled_from(seeds), st.randoms(use_true_random=False)).map(lambda t: _mutate(t[1], t[0]))
     inputs = st.one_of(st.binary(max_size=harness.max_len), mutated)
 
-    @settings(max_examples=200, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-    @given(inputs)
+    failing: list[bytes] = []
+
     def check(data: bytes) -> None:
         try:
             harness.one_input(data)
         except BaseException:
-            _save(artifacts, data)
+            failing.append(data)  # hypothesis shrinks and replays the minimal failure last
             raise
 
     for data in seeds:
         harness.one_input(data)
-    random.seed(seed)
     end = time.monotonic() + seconds
     rounds = 0
+    rng = random.Random(seed)
     while time.monotonic() < end:
-        check()
+        # A fresh hypothesis seed per round (from --seed when given, so a run is repeatable end to end).
+        run = settings(max_examples=200, deadline=None, database=None, suppress_health_check=list(HealthCheck))(
+            fixed_seed(rng.getrandbits(64))(given(inputs)(check))
+        )
+        try:
+            run()
+        except BaseException:
+            if failing:
+                _save(artifacts, failing[-1])
+            raise
         rounds += 1
     print(f"hypothesis: {rounds * 200} inputs in {seconds} s, no crash", file=sys.stderr)
     return 0

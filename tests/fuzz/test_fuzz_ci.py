@@ -63,3 +63,24 @@ def test_every_harness_fuzzes_without_a_crash() -> None:
         reports = [r for r in pool.map(lambda n: _fuzz(n, Path(tmp)), NAMES) if r is not None]
     if reports:
         pytest.fail("\n\n".join(reports), pytrace=False)
+
+
+def test_the_fallback_engine_finds_a_planted_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hypothesis engine (used where atheris has no wheel) finds an IndexError behind a byte comparison
+    and keeps the input; a documented error (ValueError here) is not a crash."""
+    from tests.fuzz import engine
+    from tests.fuzz.harness import Harness
+
+    def planted(data: bytes) -> None:
+        if len(data) > 2 and data[0] == 0x7F:
+            raise IndexError("planted")
+        if data[:1] == b"\x01":
+            raise ValueError("documented")
+
+    harness = Harness("planted", planted, (ValueError,), dict)
+    monkeypatch.setattr(engine, "load", lambda name: harness)
+    monkeypatch.setattr(engine, "corpus_files", lambda name: [])
+    with pytest.raises(IndexError, match="planted"):
+        engine.run_hypothesis("planted", 30, tmp_path, seed=1)
+    (crash,) = tmp_path.glob("crash-*")
+    assert crash.read_bytes()[0] == 0x7F
