@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,7 +22,7 @@ from hbone.net.pool import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_STREAMS, Connection
 from hbone.net.settings import H2Settings
 from hbone.net.stream import Stream
 from hbone.net.tlsstream import ByteStream, TlsStream
-from hbone.tls import MeshTls, check_server_peer
+from hbone.tls import MeshTls, check_server_in_trust_domain, check_server_peer
 from hbone.wire.authority import Authority, parse_authority
 from hbone.wire.baggage import PeerMetadata
 from hbone.wire.tracecontext import TraceParent
@@ -132,7 +133,8 @@ class HboneClient:
         self.metadata = metadata
         self.connect_timeout = connect_timeout
         self.pool = ConnectionPool(self._dial, max_streams=max_streams, idle_timeout=idle_timeout)
-        self._peers: dict[int, SpiffeId | None] = {}
+        # Per live connection, forgotten with it (an id()-keyed dict grew by one entry per connection ever made).
+        self._peers: weakref.WeakKeyDictionary[object, SpiffeId | None] = weakref.WeakKeyDictionary()
         self._keys: dict[Endpoint, tuple[object, PoolKey]] = {}
 
     @property
@@ -183,7 +185,7 @@ class HboneClient:
             raise
         if ctx is not None:
             try:
-                self._peers[id(conn)] = check_server_peer(conn.ssl_object, key.dst)
+                self._peers[conn] = self._check_server(conn, key.dst)
             except PeerIdentityError:
                 await conn.close()
                 raise
@@ -247,7 +249,7 @@ class HboneClient:
                 body = await _read_some(stream, _MAX_ERROR_BODY)
                 stream.reset()
                 raise ConnectRefused(resp.status, body.decode("utf-8", "replace").strip())
-            tunnel = Tunnel(stream, stream, resp.status, self._peers.get(id(conn)), resp.peer)
+            tunnel = Tunnel(stream, stream, resp.status, self.peer_identity(conn), resp.peer)
             if endpoint.inner_tls:
                 await self._inner_tls(tunnel, endpoint)
             return tunnel
@@ -260,8 +262,23 @@ class HboneClient:
         if self.tls is None:
             raise TunnelError("inner mTLS needs a workload certificate (no --certs given)")
         inner = await TlsStream.client(tunnel.h2, self.tls.client_context())
-        tunnel.inner_identity = check_server_peer(inner.ssl_object, endpoint.inner_identities or endpoint.identities)
+        expected = endpoint.inner_identities or endpoint.identities
+        if expected:
+            tunnel.inner_identity = check_server_peer(inner.ssl_object, expected)
+        else:
+            tunnel.inner_identity = check_server_in_trust_domain(inner.ssl_object, self.tls.trust_domain)
         tunnel.stream = inner
+
+    def _check_server(self, conn: H2Connection, expected: tuple[str, ...]) -> SpiffeId:
+        """The server must present one of `expected`; an endpoint that names none (a library caller's choice,
+        never a config's: those require identities) accepts only identities of our own trust domain."""
+        if expected or self.tls is None:
+            return check_server_peer(conn.ssl_object, expected)
+        return check_server_in_trust_domain(conn.ssl_object, self.tls.trust_domain)
+
+    def peer_identity(self, conn: object) -> SpiffeId | None:
+        """The verified identity of the HBONE server on `conn` (None for h2c)."""
+        return self._peers.get(conn)
 
     async def close(self) -> None:
         await self.pool.close()

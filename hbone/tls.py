@@ -120,22 +120,35 @@ def check_client_peer(ssl_object: ssl.SSLObject | ssl.SSLSocket | None, trust_do
 
 
 def check_server_peer(ssl_object: ssl.SSLObject | ssl.SSLSocket | None, expected: Iterable[SpiffeId | str]) -> SpiffeId:
-    """Client side: one of the server's URI SANs must be an expected identity. Empty `expected` accepts any."""
+    """Client side: one of the server's URI SANs must be an expected identity. An empty `expected` is refused
+    (it used to accept any certificate the mesh CA signed, so any workload could pose as the server)."""
+    want = {str(e) for e in expected}
+    if not want:
+        raise PeerIdentityError(
+            "no expected server identity configured: set the server's SPIFFE id (e.g. --expect-identity)"
+        )
     cert = peer_certificate(ssl_object)
     if cert is None:
         raise PeerIdentityError("server presented no certificate")
     have = spiffe_ids_of(cert)
-    want = {str(e) for e in expected}
     if not have:
         raise PeerIdentityError("server certificate carries no SPIFFE URI SAN")
-    if not want:
-        return have[0]
     for ident in have:
         if str(ident) in want:
             return ident
     raise PeerIdentityError(
         f"server identity {', '.join(map(str, have))} is not one of the expected {', '.join(sorted(want))}"
     )
+
+
+def check_server_in_trust_domain(ssl_object: ssl.SSLObject | ssl.SSLSocket | None, trust_domain: str) -> SpiffeId:
+    """Client side, when the caller named no server identity: the server must be in our own trust domain."""
+    ident = peer_identity(ssl_object)
+    if ident is None:
+        raise PeerIdentityError("server certificate carries no SPIFFE URI SAN")
+    if ident.trust_domain != trust_domain:
+        raise PeerIdentityError(f"server identity {ident} is not in trust domain {trust_domain!r}")
+    return ident
 
 
 class MeshTls:

@@ -80,7 +80,9 @@ class AgentConfig:
     ca_address: str | None = None  # default: the xDS address
     transport: str = "mtls"  # mtls (node certificate) | tls (server-auth + bearer token) | plaintext
     certs: Path | None = None  # node identity for mtls
-    control_plane_identities: tuple[str, ...] = ()  # accepted control-plane SPIFFE ids (mtls); empty = any
+    # Accepted control-plane SPIFFE ids (mtls). Empty: istiod's, spiffe://<node trust domain>/ns/istio-system/sa/istiod
+    # (ztunnel's default); never "any", which let any workload certificate pose as the control plane.
+    control_plane_identities: tuple[str, ...] = ()
     workloads: tuple[str, ...] = ()
     forwards: tuple[Forward, ...] = ()
     hbone_port: int = 15008
@@ -188,10 +190,20 @@ class Agent:
 
     # -- control plane --------------------------------------------------------------------------------------------
 
+    def control_plane_identities(self) -> tuple[str, ...]:
+        """The control-plane SPIFFE ids accepted over mtls: the configured ones, else istiod's in our trust domain."""
+        if self.config.control_plane_identities:
+            return self.config.control_plane_identities
+        ident = self.node_identity.identity if self.node_identity is not None else None
+        if ident is None:
+            raise ConfigError("transport mtls: set control_plane_identities (the control plane's SPIFFE ids)")
+        return (f"spiffe://{ident.trust_domain}/ns/istio-system/sa/istiod",)
+
     def _channel(self, address: str, *, ca: bool) -> Channel:
         cfg = self.config
+        idents = self.control_plane_identities() if cfg.transport == "mtls" and self.node_tls is not None else ()
         return control_plane_channel(
-            address, cfg.transport, cfg.profile, node_tls=self.node_tls, identities=cfg.control_plane_identities, ca=ca
+            address, cfg.transport, cfg.profile, node_tls=self.node_tls, identities=idents, ca=ca
         )
 
     async def start(self) -> None:
@@ -200,6 +212,7 @@ class Agent:
             self.node_identity = IdentityManager(FileSource(cfg.certs))
             await self.node_identity.start()
             self.node_tls = MeshTls(self.node_identity)
+            log.info("control plane identities accepted: %s", ", ".join(self.control_plane_identities()))
         # Several control-plane replicas (`a:15012,b:15012`): xDS fails over between them; the CA is asked at the
         # first one unless ca_address says otherwise.
         addresses = [a.strip() for a in cfg.xds_address.split(",") if a.strip()]

@@ -26,6 +26,20 @@ from hbone.server import HboneServer
 from hbone.tls import MeshTls
 
 
+def _require_via_identities(cfg: FrontendsConfig) -> None:
+    """Over mTLS every `via` and double-HBONE gateway names the identities it may present: an empty list would
+    accept any workload certificate as the HBONE server (refused at start, saying what to set)."""
+    for route in (*cfg.routes.routes, cfg.routes.default):
+        if route.via is not None and not route.via.identities:
+            raise ConfigError(
+                f"route {route.name}: via {route.via.address} needs identities: [SPIFFE id of that HBONE server] "
+                "(--expect-identity with --via)"
+            )
+        double = route.double_hbone
+        if double is not None and not double.gateway_identities:
+            raise ConfigError(f"route {route.name}: double_hbone needs gateway_identities: [the gateway's SPIFFE id]")
+
+
 class Runtime:
     def __init__(self, cfg: FrontendsConfig) -> None:
         self.cfg = cfg
@@ -54,6 +68,7 @@ class Runtime:
                 "(or certs: in the config)"
             )
         if cfg.certs is not None:
+            _require_via_identities(cfg)
             self.manager = IdentityManager(FileSource(cfg.certs))
             await self.manager.start()
             self.tls = MeshTls(self.manager)

@@ -36,7 +36,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     probe.add_argument("--target", required=True)
     probe.add_argument("--certs", type=Path)
     probe.add_argument("--plaintext", action="store_true")
-    probe.add_argument("--expect-identity", action="append", default=[])
+    probe.add_argument(
+        "--expect-identity", action="append", default=[], help="the server's SPIFFE id (default: our trust domain)"
+    )
     probe.add_argument("--post", action="store_true")
     probe.add_argument("--json", action="store_true")
     probe.set_defaults(func=cmd_probe)
@@ -80,7 +82,7 @@ async def probe(args: argparse.Namespace) -> dict[str, Any]:
             report["tls_version"] = sslobj.version()
             report["alpn"] = sslobj.selected_alpn_protocol()
             report["cipher"] = sslobj.cipher()[0]
-            report["peer_identity"] = str(client._peers.get(id(conn)))
+            report["peer_identity"] = str(client.peer_identity(conn))
         try:
             tunnel = await client.open(args.target, ep)
         except ConnectRefused as e:  # the server answered: its status is a fact

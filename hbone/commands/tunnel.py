@@ -40,7 +40,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p.add_argument("--via", required=True, help="HBONE server HOST:PORT")
         p.add_argument("--certs", type=Path, help="our certificate directory (omit with --plaintext)")
         p.add_argument("--plaintext", action="store_true", help="h2c instead of mTLS")
-        p.add_argument("--expect-identity", action="append", default=[], help="accepted server SPIFFE id")
+        p.add_argument(
+            "--expect-identity",
+            action="append",
+            default=[],
+            help="the HBONE server's SPIFFE id (required with --certs; repeatable)",
+        )
         p.add_argument("--post", action="store_true", help="POST + x-tun instead of CONNECT")
         p.add_argument("--inner-tls", action="store_true", help="with --post: mTLS end to end inside the stream")
 
@@ -63,6 +68,8 @@ def _client(args: argparse.Namespace) -> tuple[HboneClient, Endpoint]:
         tls = None
     elif args.certs is None:
         raise ConfigError("--certs DIR is required unless --plaintext is given")
+    elif not args.expect_identity:  # an empty list would accept any workload as the HBONE server
+        raise ConfigError("--expect-identity SPIFFE_ID is required with --certs: the HBONE server's identity")
     else:
         tls = MeshTls(IdentityManager.fixed(load_bundle(args.certs)))
     ep = Endpoint.parse(

@@ -83,6 +83,11 @@ class Channel:
     ) -> None:
         if ssl is not None and tls is not None:
             raise ValueError("give either ssl (server-auth TLS) or tls (mesh mTLS), not both")
+        if tls is not None and not expected_identities and tunnel is None:
+            raise ConfigError(
+                f"gRPC over mesh mTLS to {target}: expected_identities is required, the server's SPIFFE id "
+                "(an empty list would accept any workload certificate)"
+            )
         self.target = target
         self._host, self._port = _split_target(target)
         self._ssl = ssl

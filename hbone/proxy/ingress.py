@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -64,7 +65,9 @@ class Ingress:
         self.opener = opener
         self.hosts = dict(hosts or {})
         self.timeout = timeout
-        self._sni: dict[int, str | None] = {}
+        # SNI per live TLS object, forgotten with it: a handshake that fails after the callback left an entry
+        # behind for good, and the HTTP path never removed its entries.
+        self._sni: weakref.WeakKeyDictionary[ssl.SSLObject, str | None] = weakref.WeakKeyDictionary()
         self.backends = H2Backends(opener)  # shared by every client connection of this listener
         self.request_timeout = request_timeout
 
@@ -116,7 +119,8 @@ class Ingress:
         await self._forward(reader, writer, "tls", lambda: lookup(self.hosts, sni), hello.data)
 
     async def handle_tls_terminated(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        name = self._sni.pop(id(writer.get_extra_info("ssl_object")), None)
+        obj = writer.get_extra_info("ssl_object")
+        name = self._sni.pop(obj, None) if obj is not None else None
         await self._forward(reader, writer, "tls-terminate", lambda: lookup(self.hosts, name))
 
     async def handle_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -168,7 +172,7 @@ class Ingress:
         default = next(iter(contexts.values()))
 
         def pick(obj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
-            self._sni[id(obj)] = name
+            self._sni[obj] = name
             chosen = contexts.get((name or "").lower())
             if chosen is None and name:
                 chosen = next((c for p, c in contexts.items() if host_matches(p, name.lower())), None)

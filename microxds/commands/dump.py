@@ -48,6 +48,10 @@ def register(sub: Any) -> None:
     sec.add_argument("--certs", type=Path, metavar="DIR", help="mesh mTLS with this identity (cert-chain/key/root)")
     sec.add_argument("--ca", type=Path, metavar="FILE", help="server-auth TLS, trusting this CA bundle")
     p.add_argument(
+        "--expect-identity", action="append", default=[], metavar="SPIFFE_ID",
+        help="with --certs: the server's SPIFFE id (repeatable; default istiod's in our trust domain)",
+    )  # fmt: skip
+    p.add_argument(
         "--type", required=True, metavar="TYPE",
         help="cds|lds|rds|eds|sds|address|workload|service|authorization|URL (workload, service: those Addresses)",
     )  # fmt: skip
@@ -72,7 +76,10 @@ def channel_for(args: argparse.Namespace) -> Channel:
         metadata.append(("authorization", "Bearer " + args.token_file.read_text().strip()))
     if args.certs is not None:
         tls = MeshTls(IdentityManager.fixed(load_bundle(args.certs)))
-        return Channel(args.server, tls=tls, metadata=metadata, max_receive_message_size=256 << 20)
+        expected = args.expect_identity or [f"spiffe://{tls.trust_domain}/ns/istio-system/sa/istiod"]
+        return Channel(
+            args.server, tls=tls, expected_identities=expected, metadata=metadata, max_receive_message_size=256 << 20
+        )
     if args.ca is not None:
         ctx = ssl.create_default_context(cafile=str(args.ca))
         ctx.set_alpn_protocols(["h2"])

@@ -54,8 +54,14 @@ def register(sub: Any) -> None:
     p.add_argument("--ca-max-ttl", type=float, default=90 * 86400, metavar="S", help="longest TTL signed (90d)")
     p.add_argument("--allow-all", action="store_true", help="no access control at all (trusted networks only)")
     p.add_argument("--jwt-key", action="append", default=[], type=Path, metavar="PEM", help="JWT public key")
-    p.add_argument("--jwt-issuer", metavar="ISS", help="required JWT issuer")
-    p.add_argument("--jwt-audience", action="append", default=[], metavar="AUD", help="accepted JWT audience")
+    p.add_argument("--jwt-issuer", metavar="ISS", help="the JWT issuer (required with --jwt-key)")
+    p.add_argument(
+        "--jwt-audience",
+        action="append",
+        default=[],
+        metavar="AUD",
+        help="accepted JWT audience (required with --jwt-key)",
+    )
     p.add_argument("--no-linear", action="store_true", help="serve endpoints/addresses from per-group snapshots")
     p.add_argument("--debounce-quiet", type=float, default=0.1, metavar="S", help="push after S quiet (0.1)")
     p.add_argument("--debounce-max", type=float, default=1.0, metavar="S", help="but at most S after a change (1.0)")

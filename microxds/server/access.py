@@ -176,7 +176,8 @@ def load_policy(path: str | os.PathLike[str]) -> AccessPolicy:
 
 @dataclass(frozen=True)
 class JwtVerifier:
-    """Verifies bearer tokens with PyJWT: signature by one of `keys`, plus issuer and audience when set."""
+    """Verifies bearer tokens with PyJWT: signature by one of `keys`, the issuer and one of the audiences, all
+    required (without them any token the key ever signed, for any service, would be accepted)."""
 
     keys: Sequence[Any]
     issuer: str | None = None
@@ -184,6 +185,12 @@ class JwtVerifier:
     algorithms: tuple[str, ...] = ("RS256", "ES256", "EdDSA", "PS256")
     leeway: float = 30.0
     _options: Mapping[str, Any] = field(default_factory=lambda: {"require": ["exp", "sub"]})
+
+    def __post_init__(self) -> None:
+        if not self.issuer or not self.audiences:
+            raise ConfigError(
+                "JWT verification needs an issuer and at least one audience (--jwt-issuer ISS --jwt-audience AUD)"
+            )
 
     @classmethod
     def from_files(
@@ -199,7 +206,7 @@ class JwtVerifier:
         """The verified `sub` of `token`; raises Unauthenticated."""
         last: Exception | None = None
         for key in self.keys:
-            options: Any = {**self._options, "verify_aud": bool(self.audiences)}
+            options: Any = {**self._options, "require": [*self._options["require"], "iss", "aud"]}
             try:
                 claims = jwt.decode(
                     token,

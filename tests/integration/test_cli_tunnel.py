@@ -70,6 +70,7 @@ async def run(*args: str, stdin: bytes = b"") -> tuple[int, bytes, bytes]:
     return proc.returncode, out, err
 
 
+EXPECT_BOB = ("--expect-identity", "spiffe://cluster.local/ns/ns/sa/bob")
 SERVE_READY = r"listening mtls=127\.0\.0\.1:(\d+) h2c=127\.0\.0\.1:(\d+)"
 
 
@@ -107,13 +108,18 @@ async def test_serve_probe_connect_forward(certs: Path) -> None:
             assert report["peer_identity"] == "spiffe://cluster.local/ns/ns/sa/bob"
 
             # default authorization is same-namespace: mallory (namespace "other") gets 401
-            rc, out, _ = await run("probe", via, "--target", target, "--certs", str(certs / "mallory"), "--json")
+            rc, out, _ = await run(
+                "probe", via, "--target", target, "--certs", str(certs / "mallory"), "--json", *EXPECT_BOB
+            )
             assert rc == 1 and json.loads(out)["status"] == 401
 
             # gRPC health on the same listeners: mTLS (caller authenticated) and h2c
             req_cls, resp_cls = health_messages()
             alice_tls = MeshTls(IdentityManager.fixed(load_bundle(certs / "alice")))
-            for ch in (Channel(via, tls=alice_tls), Channel(f"127.0.0.1:{h2c}")):
+            for ch in (
+                Channel(via, tls=alice_tls, expected_identities=["spiffe://cluster.local/ns/ns/sa/bob"]),
+                Channel(f"127.0.0.1:{h2c}"),
+            ):
                 async with ch:
                     resp = await ch.unary(
                         "/grpc.health.v1.Health/Check",
@@ -125,7 +131,7 @@ async def test_serve_probe_connect_forward(certs: Path) -> None:
                     assert resp.status == ServingStatus.SERVING
 
             rc, out, err = await run(
-                "connect", target, "--via", via, "--certs", str(certs / "alice"), stdin=b"through stdin\n"
+                "connect", target, "--via", via, "--certs", str(certs / "alice"), *EXPECT_BOB, stdin=b"through stdin\n"
             )
             assert rc == 0, err
             assert out == b"through stdin\n"
@@ -144,6 +150,7 @@ async def test_serve_probe_connect_forward(certs: Path) -> None:
                 via,
                 "--certs",
                 str(certs / "alice"),
+                *EXPECT_BOB,
                 "--post",
                 "--inner-tls",
                 ready=r"listening 127\.0\.0\.1:(\d+)",
@@ -190,9 +197,13 @@ async def test_serve_policies_from_config(tmp_path: Path, certs: Path) -> None:
         ):
             via = f"127.0.0.1:{m.group(1)}"
             target = f"127.0.0.1:{echo_port}"
-            _, out, _ = await run("probe", via, "--target", target, "--certs", str(certs / "mallory"), "--json")
+            _, out, _ = await run(
+                "probe", via, "--target", target, "--certs", str(certs / "mallory"), "--json", *EXPECT_BOB
+            )
             assert json.loads(out)["status"] == 200
-            _, out, _ = await run("probe", via, "--target", target, "--certs", str(certs / "alice"), "--json")
+            _, out, _ = await run(
+                "probe", via, "--target", target, "--certs", str(certs / "alice"), "--json", *EXPECT_BOB
+            )
             assert json.loads(out)["status"] == 401
     finally:
         echo.close()
@@ -215,9 +226,13 @@ async def test_serve_policies_without_mode_keep_same_namespace(tmp_path: Path, c
         ):
             via, h2c, target = f"127.0.0.1:{m.group(1)}", f"127.0.0.1:{m.group(2)}", f"127.0.0.1:{echo_port}"
             assert "authz=same-namespace policies=hbone-same-namespace,deny-port-1" in m.string
-            _, out, _ = await run("probe", via, "--target", target, "--certs", str(certs / "alice"), "--json")
+            _, out, _ = await run(
+                "probe", via, "--target", target, "--certs", str(certs / "alice"), "--json", *EXPECT_BOB
+            )
             assert json.loads(out)["status"] == 200
-            _, out, _ = await run("probe", via, "--target", target, "--certs", str(certs / "mallory"), "--json")
+            _, out, _ = await run(
+                "probe", via, "--target", target, "--certs", str(certs / "mallory"), "--json", *EXPECT_BOB
+            )
             assert json.loads(out)["status"] == 401
             _, out, _ = await run("probe", h2c, "--target", target, "--plaintext", "--json")
             assert json.loads(out)["status"] == 401

@@ -149,7 +149,7 @@ async def test_one_listener_serves_tunnels_and_grpc_and_grpc_through_a_tunnel(ca
         assert await asyncio.wait_for(tunnel.read(), 5) == b"tcp bytes"
         tunnel.write_eof()
 
-        async with Channel(f"127.0.0.1:{node_port}", tls=client_tls) as ch:
+        async with Channel(f"127.0.0.1:{node_port}", tls=client_tls, expected_identities=endpoint.identities) as ch:
             assert await ch.unary(PREFIX + "WhoAmI", b"") == str(client_tls.manager.identity).encode()
 
         async def open_tunnel() -> Any:

@@ -139,8 +139,10 @@ async def test_redirect_capture_in_netns_v4_and_v6(netns: tuple[str, str, str], 
             config.write_text(
                 f"certs: {certs}\n"
                 "routes:\n"
-                f"  - {{name: v4, match: {{cidrs: ['{v4h}/32']}}, via: '{v4h}:{hb4[1]}'}}\n"
-                f"  - {{name: v6, match: {{cidrs: ['{v6h}/128']}}, via: '[{v6h}]:{hb6[1]}'}}\n"
+                f"  - {{name: v4, match: {{cidrs: ['{v4h}/32']}}, via: '{v4h}:{hb4[1]}',"
+                f" identities: ['{node.identity}']}}\n"
+                f"  - {{name: v6, match: {{cidrs: ['{v6h}/128']}}, via: '[{v6h}]:{hb6[1]}',"
+                f" identities: ['{node.identity}']}}\n"
                 "listeners:\n"
                 "  - {type: redirect, listen: '127.0.0.1:15001'}\n"
                 "  - {type: redirect, listen: '[::1]:15001'}\n"

@@ -90,6 +90,9 @@ async def _ask(channel: Channel, node_id: str) -> d.DiscoveryResponse:
         return resp
 
 
+XDS_ID = "spiffe://cluster.local/ns/istio-system/sa/microxds"
+
+
 @pytest.fixture
 def ca() -> TestCA:
     return TestCA()
@@ -113,14 +116,14 @@ async def mtls_plane(tmp_path: Path, ca: TestCA) -> AsyncIterator[ControlPlane]:
 async def test_mtls_identity_decides_the_groups(mtls_plane: ControlPlane, ca: TestCA) -> None:
     host, port = mtls_plane.addresses["hbone"]
     edge = MeshTls(IdentityManager.fixed(ca.issue("edge", "gw")))
-    async with Channel(f"{host}:{port}", tls=edge) as ch:
+    async with Channel(f"{host}:{port}", tls=edge, expected_identities=[XDS_ID]) as ch:
         resp = await _ask(ch, "edge-1")
         assert len(resp.resources) == 1
         with pytest.raises(GrpcError) as err:
             await _ask(ch, "core-1")
         assert err.value.status == GrpcStatus.PERMISSION_DENIED
     other = MeshTls(IdentityManager.fixed(ca.issue("core", "app")))
-    async with Channel(f"{host}:{port}", tls=other) as ch:
+    async with Channel(f"{host}:{port}", tls=other, expected_identities=[XDS_ID]) as ch:
         with pytest.raises(GrpcError) as err:
             await _ask(ch, "edge-1")
         assert err.value.status == GrpcStatus.PERMISSION_DENIED

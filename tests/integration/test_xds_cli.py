@@ -74,7 +74,8 @@ async def test_dump_over_tls_and_mtls(plane: tuple[ControlPlane, Path], capsys: 
     ca_file = tmp / "server" / "root-cert.pem"
     assert await run_cli("dump", "--server", addr(cp, "tls"), "--ca", str(ca_file), "--type", "lds", "--json") == 0
     assert json.loads(capsys.readouterr().out)["resources"][0]["name"] == "http-10080"
-    assert await run_cli("dump", "--server", addr(cp, "hbone"), "--certs", str(tmp / "client"), "--type", "rds") == 0
+    assert await run_cli("dump", "--server", addr(cp, "hbone"), "--certs", str(tmp / "client"), "--type", "rds",
+                         "--expect-identity", "spiffe://cluster.local/ns/istio-system/sa/microxds") == 0  # fmt: skip
     assert "local-routes" in capsys.readouterr().out
     peers = {c.peer for c in cp.registry.clients()}
     assert not peers  # the dump streams are gone

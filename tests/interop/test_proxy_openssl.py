@@ -38,6 +38,7 @@ async def test_openssl_s_client_through_sni_gateway(tmp_path: Path) -> None:
             certs = ca.write(tmp_path / "gw", "istio-system", "eastwest")
             gport = free_port()
             args = ["--listen", f"{LOOPBACK}:{gport}", "--via", node.address, "--certs", str(certs)]
+            args += ["--expect-identity", str(node.identity)]
             async with ProcessPeer([sys.executable, "-m", "hbone.cli", "sni-gateway", *args], name="sni-gw") as gw:
                 await wait_port(LOOPBACK, gport, timeout=15, peer=gw)
                 proc = await asyncio.create_subprocess_exec(
