@@ -39,7 +39,7 @@ from hbone.wire.authority import Authority, parse_authority
 from hbone.wire.baggage import PeerMetadata
 from microxds.client.ads import AdsClient
 from microxds.client.ambient import AmbientHandler
-from microxds.controlplane import control_plane_channel, start_ambient_ads
+from microxds.controlplane import control_plane_channel, istiod_identity, start_ambient_ads
 from microxds.istio.ca import DEFAULT_TTL, IstioCASource
 from microxds.istio.node import NodeProfile
 from microxds.resources import ADDRESS
@@ -194,10 +194,9 @@ class Agent:
         """The control-plane SPIFFE ids accepted over mtls: the configured ones, else istiod's in our trust domain."""
         if self.config.control_plane_identities:
             return self.config.control_plane_identities
-        ident = self.node_identity.identity if self.node_identity is not None else None
-        if ident is None:
+        if self.node_tls is None:
             raise ConfigError("transport mtls: set control_plane_identities (the control plane's SPIFFE ids)")
-        return (f"spiffe://{ident.trust_domain}/ns/istio-system/sa/istiod",)
+        return (istiod_identity(self.node_tls),)
 
     def _channel(self, address: str, *, ca: bool) -> Channel:
         cfg = self.config

@@ -24,6 +24,11 @@ from microxds.resources import ADDRESS, AUTHORIZATION
 TRANSPORTS = ("mtls", "tls", "plaintext")
 
 
+def istiod_identity(node_tls: MeshTls) -> str:
+    """istiod's SPIFFE id in our trust domain: the control plane a node trusts by default, as ztunnel does."""
+    return f"spiffe://{node_tls.trust_domain}/ns/istio-system/sa/istiod"
+
+
 def control_plane_channel(
     address: str,
     transport: str,
@@ -33,11 +38,12 @@ def control_plane_channel(
     identities: tuple[str, ...] = (),
     ca: bool = False,
 ) -> Channel:
-    """A channel to the xDS (or, `ca=True`, CA) server at `address` over `transport`."""
+    """A channel to the xDS (or, `ca=True`, CA) server at `address` over `transport`. Over mtls the server must
+    present one of `identities`; none given means istiod's (`istiod_identity`), never any workload."""
     if transport == "mtls":
         if node_tls is None:
             raise ConfigError("transport mtls needs certs: a node certificate directory")
-        return Channel(address, tls=node_tls, expected_identities=identities)
+        return Channel(address, tls=node_tls, expected_identities=identities or (istiod_identity(node_tls),))
     provider = profile.metadata_provider(ca=ca)
     if transport == "tls":
         return Channel(address, ssl=profile.ssl_context(ca=ca), metadata_provider=provider)

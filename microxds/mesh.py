@@ -37,7 +37,7 @@ class XdsControlPlane:
     `address` may list replicas (`a:15012,b:15012`): xDS fails over between them, the CA is asked at the first
     unless `ca_address` says otherwise. `certs`: a bootstrap identity for `transport="mtls"`. `xds=False` uses only
     the CA; `ca=False` only xDS (the mesh then uses its own certificates). `identities`: accepted control-plane
-    SPIFFE ids (mtls).
+    SPIFFE ids (mtls; default istiod's in the bootstrap identity's trust domain, never any workload).
     """
 
     def __init__(
