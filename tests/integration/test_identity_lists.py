@@ -41,7 +41,7 @@ def test_grpc_over_mesh_tls_needs_expected_identities() -> None:
 def _agent(mesh: LocalMesh) -> Agent:
     certs = mesh.write_certs("node", NODE_ID)
     profile = NodeProfile(instance_ip=mesh.ip("bob"), pod_name="ztunnel-bob", token_path=None)
-    cfg = AgentConfig(xds_address=f"127.0.0.1:{mesh.xds_port}", certs=certs, profile=profile, ready_timeout=3.0)
+    cfg = AgentConfig(xds_address=f"127.0.0.1:{mesh.xds_port}", certs=certs, profile=profile, ready_timeout=10.0)
     return Agent(cfg)  # no control_plane_identities: the default applies
 
 
