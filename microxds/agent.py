@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
@@ -22,14 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hbone.authz.engine import Decision
-from hbone.authz.model import Connection
 from hbone.client import HboneClient
 from hbone.errors import ConfigError, HboneError, UpstreamUnreachable
 from hbone.grpc.client import Channel
 from hbone.identity import FileSource, IdentityManager
 from hbone.net.stream import Stream
-from hbone.proxy.inbound import InboundConfig, InboundHandler, PeerInfo
+from hbone.proxy.enforcing import EnforcingInbound
+from hbone.proxy.inbound import InboundConfig
 from hbone.proxy.outbound import OutboundProxy, Router
 from hbone.server import HboneServer
 from hbone.state import MeshSnapshot, MeshState, StateChange, Workload
@@ -92,57 +90,6 @@ class AgentConfig:
     on_demand: bool = False
     profile: NodeProfile = field(default_factory=lambda: NodeProfile(token_path=None))
     ready_timeout: float = 30.0
-
-
-# --- inbound enforcement -----------------------------------------------------------------------------------------
-
-_current: contextvars.ContextVar[Stream] = contextvars.ContextVar("hbone_inbound_stream")
-
-
-class EnforcingInbound:
-    """Wraps an `InboundHandler`: decides with the current snapshot and remembers every admitted connection, so a
-    policy change can close the ones now denied (ztunnel `AuthorizationPolicyLateRejection`, reference §4)."""
-
-    def __init__(self, state: MeshState, config: InboundConfig) -> None:
-        self.state = state
-        config.authorize = self.authorize
-        self.handler = InboundHandler(config)
-        self.open: dict[Stream, Connection] = {}
-        self.late_rejections = 0
-        self.denied = 0
-
-    def authorize(self, conn: Connection) -> Decision:
-        decision = self.state.snapshot().authorize(conn)
-        if not decision.allowed:
-            self.denied += 1
-        elif (stream := _current.get(None)) is not None:
-            self.open[stream] = conn  # `authorize` runs inside the stream's handler, in its context
-        return decision
-
-    async def __call__(self, stream: Stream, peer: PeerInfo) -> None:
-        token = _current.set(stream)
-        try:
-            await self.handler(stream, peer)
-        finally:
-            _current.reset(token)
-            self.open.pop(stream, None)
-
-    def add_own_address(self, host: str, port: int) -> None:
-        """The listener's bound address, for the wrapped handler's self-call guard (`HboneServer.listen`)."""
-        self.handler.add_own_address(host, port)
-
-    def recheck(self, snap: MeshSnapshot) -> int:
-        closed = 0
-        for stream, conn in list(self.open.items()):
-            decision = snap.authorize(conn)
-            if not decision.allowed:
-                log.info("closing %s -> %s:%d: %s", conn.src_identity, conn.dst_ip, conn.dst_port, decision.reason)
-                with contextlib.suppress(HboneError):
-                    stream.reset()
-                self.open.pop(stream, None)
-                closed += 1
-        self.late_rejections += closed
-        return closed
 
 
 # --- local workloads ---------------------------------------------------------------------------------------------

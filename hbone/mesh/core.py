@@ -284,12 +284,16 @@ class Mesh:
 
     # -- server -----------------------------------------------------------------------------------------------
 
+    def _choice(self, authorization: str | Sequence[Policy] | None) -> str | Sequence[Policy]:
+        choice = authorization if authorization is not None else self._authorization
+        if choice is None:
+            choice = "xds" if self.state is not None else DefaultMode.SAME_NAMESPACE.value
+        return choice
+
     def authorizer(self, authorization: str | Sequence[Policy] | None = None) -> Authorizer:
         """The decision function `serve` enforces (see the class docstring for the choices)."""
-        choice = authorization if authorization is not None else self._authorization
+        choice = self._choice(authorization)
         state = self.state
-        if choice is None:
-            choice = "xds" if state is not None else DefaultMode.SAME_NAMESPACE.value
         if not isinstance(choice, str):
             return policy_authorizer(tuple(choice))
         if choice == "xds":
@@ -317,7 +321,8 @@ class Mesh:
         tls = self.tls
         ident = self.identity
         namespace = (ident.namespace or "") if ident else ""
-        server = MeshServer(tls, handler, self.authorizer(authorization), namespace=namespace)
+        follow = self.state if self._choice(authorization) == "xds" else None
+        server = MeshServer(tls, handler, self.authorizer(authorization), namespace=namespace, state=follow)
         await server.listen(host, port)
         self._servers.append(server)
         return server

@@ -12,13 +12,16 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from types import TracebackType
+from typing import cast
 
 from hbone.errors import BadRequest, HboneError
 from hbone.mesh.streams import TunnelPeer, TunnelReader, TunnelWriter
 from hbone.net.stream import Stream
 from hbone.proxy.accesslog import AccessRecord
+from hbone.proxy.enforcing import EnforcingInbound
 from hbone.proxy.inbound import INNER_MTLS_PATH, Authorizer, InboundConfig, InboundHandler, PeerInfo
 from hbone.server import HboneServer
+from hbone.state import MeshSnapshot, MeshState, StateChange
 from hbone.tls import MeshTls
 from hbone.wire.authority import Authority
 from hbone.wire.tunnel_request import TunnelMode, parse_tunnel_request, tunnel_response
@@ -71,7 +74,17 @@ class _AppInbound(InboundHandler):
 class MeshServer:
     """An HBONE listener of a `Mesh` (returned by `Mesh.serve` / `Mesh.serve_asgi`); `await server.close()`."""
 
-    def __init__(self, tls: MeshTls, handler: TunnelHandler, authorize: Authorizer, *, namespace: str = "") -> None:
+    def __init__(
+        self,
+        tls: MeshTls,
+        handler: TunnelHandler,
+        authorize: Authorizer,
+        *,
+        namespace: str = "",
+        state: MeshState | None = None,
+    ) -> None:
+        """With `state`, tunnels are decided by its current snapshot (`authorize` is not used) and a policy change
+        closes the open tunnels it now denies, as the node agent does."""
         self._local_host = "0.0.0.0"
         config = InboundConfig(
             authorize=authorize,
@@ -82,10 +95,26 @@ class MeshServer:
             own_ports=frozenset(),
         )
         self.inbound = _AppInbound(config, handler)
-        self._server = HboneServer(tls, self.inbound)
+        self._enforcing: EnforcingInbound | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        if state is not None:
+            self._enforcing = EnforcingInbound(state, config, lambda c: _AppInbound(c, handler))
+            self.inbound = cast(_AppInbound, self._enforcing.handler)
+            self._unsubscribe = state.subscribe(self._on_change)
+        inbound = self._enforcing or self.inbound
+        self._server = HboneServer(tls, inbound)  # type: ignore[arg-type]  # EnforcingInbound is call-compatible
         self._address: tuple[str, int] | None = None
         self._on_close: list[Callable[[], Awaitable[None]]] = []
         self._closed = asyncio.Event()
+
+    def _on_change(self, change: StateChange, snap: MeshSnapshot) -> None:
+        if self._enforcing is not None and (change.policies or change.workloads):
+            self._enforcing.recheck(snap)
+
+    @property
+    def late_rejections(self) -> int:
+        """Open tunnels closed because a later policy denied them (xDS authorization only)."""
+        return self._enforcing.late_rejections if self._enforcing is not None else 0
 
     async def _resolve(self, target: Authority) -> tuple[str, int]:
         # The destination authorization sees: the target IP as asked, or (a service hostname) our listen address.
@@ -122,6 +151,8 @@ class MeshServer:
         if self._closed.is_set():
             return
         self._closed.set()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
         await self._server.close()
         for callback in self._on_close:
             with contextlib.suppress(Exception):

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from hbone import Mesh, MeshConnectError, TunnelReader, TunnelWriter
+from hbone.errors import ConnectRefused, HboneError
 from hbone.identity import IdentityManager, SpiffeId
 from hbone.proxy.inbound import InboundConfig, InboundHandler
 from hbone.server import HboneServer
@@ -177,3 +178,41 @@ async def test_endpoint_on_another_network_through_its_gateway(tmp_path: Path) -
     finally:
         await lm.stop()
         await gateway.close()
+
+
+async def test_in_process_server_follows_xds_policies_and_closes_denied_tunnels(tmp_path: Path) -> None:
+    """bob without an agent: an in-process `Mesh.serve` on bob's address, its certificate from the CA and its
+    policies over xDS. alice (also in process) is admitted; a DENY pushed later closes her open tunnel (late
+    rejection, as the agent does) and refuses new ones with 401."""
+    lm = LocalMesh(tmp_path)
+    try:
+        await lm.start_control_plane()
+
+        async def echo(reader: TunnelReader, writer: TunnelWriter) -> None:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+            writer.write_eof()
+
+        def control_plane(name: str) -> XdsControlPlane:
+            certs = lm.write_certs(name, f"spiffe://cluster.local/ns/default/sa/{name}")
+            return XdsControlPlane(f"127.0.0.1:{lm.xds_port}", certs=certs, identities=(ISTIOD_ID,))
+
+        async with Mesh(control_plane=control_plane("bob"), workload="default/bob") as bob:
+            server = await bob.serve(echo, host=lm.ip("bob"), port=lm.hbone_port)
+            async with Mesh(control_plane=control_plane("alice"), hbone_port=lm.hbone_port) as alice:
+                reader, writer = await alice.open_connection("bob.default.svc.cluster.local:80")
+                writer.write(b"ping")
+                assert await asyncio.wait_for(reader.readexactly(4), 10) == b"ping"
+
+                lm.write_config(DENY_ALICE)
+                assert bob.state is not None
+                await asyncio.wait_for(_policy(bob.state, "default/deny-alice"), 10)
+                with pytest.raises(HboneError):  # reset by bob's server
+                    await asyncio.wait_for(reader.read(), 10)
+                assert server.late_rejections == 1
+                with pytest.raises(ConnectRefused) as refused:
+                    await alice.open_connection("bob.default.svc.cluster.local:80")
+                assert refused.value.status == 401
+    finally:
+        await lm.stop()
