@@ -14,7 +14,7 @@ from hbone.errors import HboneError, UnsupportedDependency
 __all__ = ["build_parser", "event_loop_policy", "main"]
 
 # Modules under hbone.commands that contribute subcommands, in help order.
-COMMAND_MODULES = ("ca", "demo", "tunnel", "grpc", "frontends")
+COMMAND_MODULES = ("ca", "demo", "mesh", "tunnel", "grpc", "frontends")
 
 
 def build_parser() -> argparse.ArgumentParser:

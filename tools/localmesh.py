@@ -1,7 +1,10 @@
 """A local ambient mesh in one command: microxds (dev CA + YAML config) and two agents with echo apps.
 
     python tools/localmesh.py            # run the demo: allowed, denied by a policy (401), allowed again
-    python tools/localmesh.py --keep     # ... then keep running until Ctrl-C (prints the ports to try)
+    python tools/localmesh.py --keep     # ... then keep running until Ctrl-C, printing commands to try against it
+
+At the end it prints the same mesh as separate commands (`hbone mesh init`, then one command per piece), so it
+can be rebuilt CLI by CLI and taken apart.
 
 Everything is on loopback: microxds on 127.0.0.1, workloads alice and bob on their own loopback addresses
 (127.X.Y.2 and .3, all of 127/8 is local on Linux) with HBONE on one shared port, echo apps on bob's address.
@@ -25,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hbone.commands.mesh import MeshPlan
 from hbone.identity import CertificateAuthority, SpiffeId, write_bundle
 from hbone.testing import start_echo_server
 from microxds.agent import Agent, AgentConfig, Forward
@@ -227,11 +231,35 @@ async def demo(keep: bool) -> int:
             mesh.write_config()
             allowed = await _wait_for(mesh, expect_ok=True)
             print(f"3. policy removed: {'allowed again' if allowed else 'still denied'}")
+            print_by_hand()
             if keep:
+                print_try(mesh)
                 print("running; Ctrl-C to stop")
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.Event().wait()
             return 0 if ok and denied and allowed else 1
+
+
+def print_by_hand() -> None:
+    """The pieces this process ran, as the commands that start each by hand (`hbone mesh init` writes the files)."""
+    plan = MeshPlan(Path(".mesh"))  # the defaults of the README's quick start (127.0.0.2/3, :15012, :15008)
+    print("\nThe same mesh, CLI by CLI (each command in its own terminal):\n  hbone mesh init .mesh")
+    for what, cmd in plan.start_commands():
+        print(f"  {cmd}    # {what}")
+    print("then try:")
+    for what, cmd in plan.try_commands():
+        print(f"  {cmd}    # {what}")
+
+
+def print_try(mesh: LocalMesh) -> None:
+    """Commands against the mesh this process keeps running."""
+    certs = mesh.dir / "certs" / "node"
+    print("\nThis mesh keeps running; try:")
+    print(f"  microxds dump --server 127.0.0.1:{mesh.xds_port} --certs {certs} --type workload --summary")
+    print(f"  microxds dump --server 127.0.0.1:{mesh.xds_port} --certs {certs} --type address --delta --watch")
+    print(f"  microxds validate {mesh.config_path}")
+    print(f"  hbone probe {mesh.ip('bob')}:{mesh.hbone_port} --target {mesh.ip('bob')}:{APP_PORT} --certs {certs}")
+    print(f"  edit {mesh.config_path} (e.g. add the deny-alice policy): the agents follow within a second")
 
 
 async def _wait_for(mesh: LocalMesh, *, expect_ok: bool, timeout: float = 5.0) -> bool:  # noqa: ASYNC109

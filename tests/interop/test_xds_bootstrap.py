@@ -45,7 +45,7 @@ def example_on_loopback(tmp_path: Path, backend_port: int) -> Path:
     """examples/envoy-http-routes.yaml with its listener on 127.0.0.1:0 and its endpoints on our backend, plus a
     TCP listener to the same backend (traffic we can check without an HTTP server)."""
     text = (EXAMPLES / "envoy-http-routes.yaml").read_text()
-    text = text.replace("address: 0.0.0.0, port_value: 10080", "address: 127.0.0.1, port_value: 0")
+    text = text.replace("address: 127.0.0.1, port_value: 10080", "address: 127.0.0.1, port_value: 0")
     text = text.replace("port_value: 8080", f"port_value: {backend_port}").replace("port_value: 8081", "port_value: 9")
     tcp = (EXAMPLES / "envoy-tcp-proxy.yaml").read_text()
     doc, extra = yaml.safe_load(text), yaml.safe_load(tcp)

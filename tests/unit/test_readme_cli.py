@@ -108,3 +108,12 @@ def test_readme_commands_parse(line: str) -> None:
         parser.parse_args(words[1:])
     except SystemExit as exc:  # argparse reports the problem on stderr
         raise AssertionError(f"README.md command no longer parses: {line!r} (see `{words[0]} --help`)") from exc
+
+
+def test_quick_start_is_what_mesh_init_prints() -> None:
+    from hbone.commands.mesh import MeshPlan
+
+    quick_start = _section("Quick start")
+    plan = MeshPlan(Path(".mesh"))
+    missing = [cmd for _, cmd in plan.start_commands() + plan.try_commands() if cmd not in quick_start]
+    assert not missing, f"README.md '## Quick start' no longer shows what `hbone mesh init .mesh` prints: {missing}"
