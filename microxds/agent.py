@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hbone.client import HboneClient
-from hbone.errors import ConfigError, HboneError, UpstreamUnreachable
+from hbone.errors import BadRequest, ConfigError, HboneError, UpstreamUnreachable
 from hbone.grpc.client import Channel
 from hbone.identity import FileSource, IdentityManager
 from hbone.net.stream import Stream
@@ -259,13 +259,24 @@ class Agent:
             self.workload_ready.set()
 
     def _resolver(self, w: Workload) -> Callable[[Authority], Awaitable[tuple[str, int]]]:
-        """Inbound targets: an IP as given; a service hostname (double HBONE, east-west) through the service
-        table, preferring our namespace, to this workload's target port (ztunnel does the same)."""
+        """Inbound targets, only ever this workload (ztunnel's rule; anything else is 400, never relayed): one of
+        its own IPs; the VIP of a service that selects it, or a service hostname (double HBONE, east-west) through
+        the service table preferring our namespace, both to this workload's target port."""
+        own = {str(a) for a in w.addresses}
 
         async def resolve(target: Authority) -> tuple[str, int]:
+            snap = self.state.snapshot()
             if target.ip is not None:
-                return str(target.ip), target.port
-            svc = self.state.snapshot().service_by_host(target.host, w.namespace)
+                if str(target.ip) in own:
+                    return str(target.ip), target.port
+                vip = snap.service_by_vip(target.ip, target.port, w.network)
+                if vip is None or vip not in snap.services_of_workload(w):
+                    raise BadRequest(f"{target.ip} is not a workload this node serves for {w.uid}")
+                port = resolve_target_port(vip, target.port, w)
+                if port is None or not w.addresses:
+                    raise UpstreamUnreachable(f"no service port {target} on {w.uid}")
+                return str(w.addresses[0]), port
+            svc = snap.service_by_host(target.host, w.namespace)
             port = resolve_target_port(svc, target.port, w) if svc is not None else None
             if port is None or not w.addresses:
                 raise UpstreamUnreachable(f"no service port {target} on {w.uid}")
