@@ -1,7 +1,11 @@
 """One structured access-log record per tunnel (ztunnel logs one per connection, too).
 
 Records go to the `hbone.access` logger as a single JSON line in the message and as `extra` fields, so both
-plain log files and structured handlers get them.
+plain log files and structured handlers get them (`hbone.logsetup` prints them as bare JSON lines).
+
+This is also the one place tunnel accounting hooks in: sinks added with `add_sink` (the admin port's metrics and
+open-connection table) hear `opened` once per record — when the tunnel is established (`established()`), or at
+`finish()` for one refused before that — and `closed` at `finish()`.
 """
 
 from __future__ import annotations
@@ -9,10 +13,36 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 log = logging.getLogger("hbone.access")
+
+
+class AccessSink(Protocol):
+    def opened(self, record: AccessRecord) -> None: ...
+
+    def closed(self, record: AccessRecord) -> None: ...
+
+
+_sinks: list[AccessSink] = []
+
+
+def add_sink(sink: AccessSink) -> Callable[[], None]:
+    """Hear every access record of this process from now on; returns the function that stops it."""
+    _sinks.append(sink)
+
+    def remove() -> None:
+        if sink in _sinks:
+            _sinks.remove(sink)
+
+    return remove
+
+
+class _ByteCounter(Protocol):
+    bytes_in: int
+    bytes_out: int
 
 
 @dataclass(slots=True)
@@ -31,13 +61,42 @@ class AccessRecord:
     request: str | None = None  # HTTP front ends: "METHOD host/path" of the one request this record is for
     started: float = field(default_factory=time.monotonic)
     duration_ms: float = 0.0
+    opened_at: float = field(default_factory=time.time)  # wall clock, for the admin view of open tunnels
+    _live: _ByteCounter | None = None  # the tunnel stream while established: bytes so far, read live
+    _live_inbound: bool = True
+    _announced: bool = False
+
+    def established(self, stream: object, *, inbound: bool) -> None:
+        """The tunnel is up and relaying through `stream` (bytes counted live from its `bytes_in`/`bytes_out`;
+        `inbound`: the stream's peer is the source, so bytes *in* go towards the destination)."""
+        if hasattr(stream, "bytes_in") and hasattr(stream, "bytes_out"):
+            self._live, self._live_inbound = stream, inbound
+        if not self._announced:
+            self._announced = True
+            for sink in _sinks:
+                sink.opened(self)
+
+    def live_bytes(self) -> tuple[int, int]:
+        """(towards the destination, back from it) so far."""
+        live = self._live
+        if live is None:
+            return self.bytes_sent, self.bytes_received
+        return (live.bytes_in, live.bytes_out) if self._live_inbound else (live.bytes_out, live.bytes_in)
 
     def finish(self, status: int, result: str) -> None:
         self.status = status
         self.result = result
         self.duration_ms = round((time.monotonic() - self.started) * 1000, 3)
+        if _sinks:
+            if not self._announced:
+                self._announced = True
+                for sink in _sinks:
+                    sink.opened(self)
+            for sink in _sinks:
+                sink.closed(self)
+        self._live = None
         # Tunnel churn profile: asdict()'s recursive deep copy was ~9% of the server's per-tunnel CPU. Build the
-        # flat dict directly, and only when someone will see it (serve logs at WARNING unless -v).
+        # flat dict directly, and only when someone will see it.
         if log.isEnabledFor(logging.INFO):
             record = self.as_dict()
             log.info(json.dumps(record, separators=(",", ":")), extra={"access": record})

@@ -249,6 +249,7 @@ async def relay(
     leftover: bytes = b"",
 ) -> None:
     """Relay client <-> upstream with half-close, then finish the access record. Never raises but cancellation."""
+    record.established(upstream.pipe, inbound=False)
     try:
         if leftover:
             await upstream.pipe.send(leftover)

@@ -145,8 +145,12 @@ class InboundHandler:
         self._pipe_ok = cls.dial is InboundHandler.dial and cls.relay is InboundHandler.relay
 
     async def __call__(self, stream: Stream, peer: PeerInfo) -> None:
+        tls = self.config.tls
         record = AccessRecord(
-            "inbound", src_identity=str(peer.identity) if peer.identity else None, src_addr=_fmt(peer.address)
+            "inbound",
+            src_identity=str(peer.identity) if peer.identity else None,
+            dst_identity=str(tls.manager.identity) if tls is not None else None,  # we answer as the destination
+            src_addr=_fmt(peer.address),
         )
         self.total += 1
         if not TUNNELS.try_acquire():
@@ -218,6 +222,7 @@ class InboundHandler:
         try:
             if pipe is stream:
                 stream.send_headers(tunnel_response(200, peer=self.config.response_baggage))
+            record.established(stream, inbound=True)
             result = await splice(pipe, reader, writer)  # type: ignore[arg-type]  # TlsStream is stream-shaped
         except asyncio.CancelledError:
             _finish_cancelled(stream, record)
@@ -255,6 +260,7 @@ class InboundHandler:
             record.bytes_sent, record.bytes_received = stream.bytes_in, stream.bytes_out
             record.finish(200, f"broken: {e}")
             return
+        record.established(stream, inbound=True)
         pipe.start(stream)
         try:
             result = await pipe.wait()

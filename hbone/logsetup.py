@@ -1,0 +1,126 @@
+"""Logging for every command, in one place: `text` or `json` lines, access records as bare JSON objects.
+
+Access records (`hbone.access`, one per tunnel) are logged at INFO whatever the verbosity, and always as one
+JSON object on its own line with no text prefix, so a log shipper can parse them in either format. With
+`--log-format json` every other line is a JSON object too (`time`, `level`, `logger`, `message`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import sys
+from typing import Any, TextIO
+
+from hbone.errors import ConfigError
+
+FORMATS = ("text", "json")
+LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+          "warn": logging.WARNING, "error": logging.ERROR, "critical": logging.CRITICAL,
+          "off": logging.CRITICAL + 10}  # fmt: skip
+ACCESS_LOGGER = "hbone.access"
+
+
+def _time(record: logging.LogRecord) -> str:
+    return dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class LineFormatter(logging.Formatter):
+    """`text`: `TIME LEVEL logger: message`; `json`: one object per line. Access records: bare JSON either way."""
+
+    def __init__(self, fmt: str = "text") -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.json = fmt == "json"
+
+    def format(self, record: logging.LogRecord) -> str:
+        access: Any = getattr(record, "access", None)
+        if isinstance(access, dict):
+            return json.dumps({"time": _time(record), **access}, separators=(",", ":"), default=str)
+        if not self.json:
+            return super().format(record)
+        out: dict[str, Any] = {
+            "time": _time(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, separators=(",", ":"), default=str)
+
+
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Ours, so a second `configure()` (in-process callers, tests) replaces it instead of adding another."""
+
+
+def configure(level: int, fmt: str = "text", stream: TextIO | None = None) -> None:
+    """One stderr handler on the root logger with `fmt`, access logs at INFO.
+
+    Like `logging.basicConfig`, it leaves a root logger alone that already has someone else's handlers (an
+    embedding application, pytest's capture): only the access logger's level is set then."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--log-format {fmt!r}: use text or json")
+    root = logging.getLogger()
+    access = logging.getLogger(ACCESS_LOGGER)
+    if access.level == logging.NOTSET or access.level > logging.INFO:
+        access.setLevel(min(level, logging.INFO))
+    ours = [h for h in root.handlers if isinstance(h, _Handler)]
+    if len(ours) != len(root.handlers):
+        return
+    for old in ours:
+        root.removeHandler(old)
+    handler = _Handler(stream or sys.stderr)
+    handler.setFormatter(LineFormatter(fmt))
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+def parse_level(text: str) -> int:
+    level = LEVELS.get(text.strip().lower())
+    if level is None:
+        raise ConfigError(f"unknown log level {text!r}: use one of {', '.join(LEVELS)}")
+    return level
+
+
+def set_levels(spec: str) -> dict[str, str]:
+    """ztunnel's `/logging?level=`: `LEVEL` for the root logger, or `LOGGER=LEVEL[,LOGGER=LEVEL]` per logger.
+
+    Returns the levels now in force (root and every logger set explicitly under hbone/microxds)."""
+    for part in (p for p in spec.split(",") if p.strip()):
+        name, eq, value = part.rpartition("=")
+        logger = logging.getLogger(name.strip() if eq and name.strip() else None)
+        logger.setLevel(parse_level(value))
+    return current_levels()
+
+
+def current_levels() -> dict[str, str]:
+    levels = {"root": logging.getLevelName(logging.getLogger().level).lower()}
+    for name, logger in sorted(logging.Logger.manager.loggerDict.items()):
+        if (
+            isinstance(logger, logging.Logger)
+            and logger.level != logging.NOTSET
+            and name.startswith(("hbone", "microxds"))
+        ):
+            levels[name] = logging.getLevelName(logger.level).lower()
+    return levels
+
+
+def add_format_flag(parser: argparse.ArgumentParser) -> None:
+    """`--log-format` on `parser` and on every subcommand below it (either position works)."""
+    parser.add_argument(
+        "--log-format", choices=FORMATS, default="text", help="log lines as text or json (default text)"
+    )
+    for sub in _subparsers(parser):
+        sub.add_argument("--log-format", choices=FORMATS, default=argparse.SUPPRESS, help="text or json log lines")
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    out = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+                out.append(child)
+                out.extend(_subparsers(child))
+    return out
