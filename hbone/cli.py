@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from hbone import logsetup
 from hbone.commands.toplevel import add_common_flags, event_loop_policy, run_command
 from hbone.errors import HboneError, UnsupportedDependency
 
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"hbone.commands.{name}").register(sub)
+    logsetup.add_format_flag(parser)
     return parser
 
 
@@ -34,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logsetup.configure(level, args.log_format)
     return run_command("hbone", args, args.func, (HboneError,))
 
 

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hbone.admin.options import KEYS as ADMIN_KEYS
+from hbone.admin.options import config_keys as admin_config_keys
 from hbone.authz.config import policy_from_dict
 from hbone.authz.defaults import DefaultMode, default_policies
 from hbone.authz.model import Policy
@@ -40,7 +42,17 @@ from hbone.net.settings import H2Settings
 from hbone.safeyaml import read_limited, safe_load
 from hbone.wire.authority import Authority, parse_authority
 
-_TOP = ("listen", "h2c_listen", "certs", "authorization", "dial_timeout", "drain_timeout", "http2", "limits")
+_TOP = (
+    "listen",
+    "h2c_listen",
+    "certs",
+    "authorization",
+    "dial_timeout",
+    "drain_timeout",
+    "http2",
+    "limits",
+    *ADMIN_KEYS,
+)
 _H2 = {
     "max_concurrent_streams": "max_concurrent_streams",
     "stream_window": "initial_stream_window",
@@ -157,6 +169,7 @@ class ServeConfig:
     drain_timeout: float = 5.0
     h2: H2Settings = field(default_factory=H2Settings.server)
     limits: ProcessLimits = field(default_factory=ProcessLimits)
+    admin_ports: dict[str, str] = field(default_factory=dict)  # admin/metrics/readiness keys as written
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None, source: str = "config") -> ServeConfig:
@@ -178,6 +191,7 @@ class ServeConfig:
             cfg.dial_timeout = parse_duration(data["dial_timeout"], f"{source}: dial_timeout")
         if "drain_timeout" in data:
             cfg.drain_timeout = parse_duration(data["drain_timeout"], f"{source}: drain_timeout")
+        cfg.admin_ports = admin_config_keys(data, source)
         cfg._authz(data.get("authorization"), f"{source}: authorization")
         cfg._http2(data.get("http2"), f"{source}: http2")
         cfg.limits.update(data.get("limits"), f"{source}: limits")

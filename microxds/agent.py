@@ -90,6 +90,10 @@ class AgentConfig:
     on_demand: bool = False
     profile: NodeProfile = field(default_factory=lambda: NodeProfile(token_path=None))
     ready_timeout: float = 30.0
+    # admin / metrics / readiness ports as written (flags or config keys; `hbone.admin.options`)
+    admin: str | None = None
+    metrics: str | None = None
+    readiness: str | None = None
 
 
 # --- local workloads ---------------------------------------------------------------------------------------------

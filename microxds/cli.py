@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from hbone import logsetup
 from hbone.commands.toplevel import add_common_flags, run_command
 from hbone.errors import HboneError, UnsupportedDependency
 from microxds.errors import MicroxdsError
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"microxds.commands.{name}").register(sub)
+    logsetup.add_format_flag(parser)
     return parser
 
 
@@ -37,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.WARNING - 10 * min(args.verbose, 2)
     if args.command in ("serve", "agent") and not args.verbose:
         level = logging.INFO  # a server reports what it loaded and where it listens
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logsetup.configure(level, args.log_format)
     return run_command("microxds", args, args.func, (MicroxdsError, HboneError))
 
 

@@ -12,6 +12,8 @@ import asyncio
 import sys
 from pathlib import Path
 
+from hbone.admin.options import AdminOptions
+from hbone.admin.options import add_flags as add_admin_flags
 from hbone.commands.runtime import stop_on_signals
 from hbone.errors import ConfigError
 from hbone.proxy.capture_rules import RuleOptions, iptables_rules, nft_rules
@@ -29,6 +31,7 @@ from hbone.proxy.routing import Action, Route, RouteTable, Via
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = sub.add_parser("frontends", help="run the front ends and gateways listed in a YAML config")
     run.add_argument("--config", type=Path, required=True)
+    add_admin_flags(run)
     run.set_defaults(func=cmd_run)
 
     def simple(name: str, kind: str, help_text: str, *, outbound: bool = True) -> argparse.ArgumentParser:
@@ -113,6 +116,7 @@ def _sub_simple(
         p.add_argument("--expect-identity", action="append", default=[], help="accepted --via SPIFFE id")
         p.add_argument("--token-file", help="bearer token for the --via hop (re-read per tunnel)")
         p.add_argument("--direct", action="store_true", help="without --via: dial destinations directly")
+    add_admin_flags(p)
     p.set_defaults(func=cmd_simple, kind=kind)
     return p
 
@@ -181,11 +185,13 @@ def _allow_match(items: list[str]) -> dict[str, list[object]]:
 
 
 def cmd_simple(args: argparse.Namespace) -> int:
-    return asyncio.run(run(config_from_args(args)))
+    cfg = config_from_args(args)
+    return asyncio.run(run(cfg, admin=AdminOptions.resolve(args, cfg.admin_ports)))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    return asyncio.run(run(load_frontends_config(args.config)))
+    cfg = load_frontends_config(args.config)
+    return asyncio.run(run(cfg, admin=AdminOptions.resolve(args, cfg.admin_ports)))
 
 
 def cmd_print_rules(args: argparse.Namespace) -> int:
@@ -210,12 +216,24 @@ def cmd_print_rules(args: argparse.Namespace) -> int:
     return 0
 
 
-async def run(cfg: FrontendsConfig, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> int:
-    from hbone.commands.frontends_runtime import Runtime  # the composition root; heavy imports only when running
+async def run(
+    cfg: FrontendsConfig,
+    ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+    admin: AdminOptions | None = None,
+) -> int:
+    from hbone.admin.service import Observability  # heavy imports only when running
+    from hbone.commands.frontends_runtime import Runtime  # the composition root
 
     runtime = Runtime(cfg)
     await runtime.start()
-    for line in runtime.describe():
+    obs = Observability(admin or AdminOptions.off(), runtime.view())
+    try:
+        await obs.start()
+    except BaseException:
+        await runtime.close()
+        raise
+    for line in [*runtime.describe(), *obs.describe()]:
         print(f"hbone: {line}", file=sys.stderr, flush=True)
     stop = stop_on_signals(stop)
     if ready is not None:
@@ -223,6 +241,7 @@ async def run(cfg: FrontendsConfig, ready: asyncio.Event | None = None, stop: as
     try:
         await stop.wait()
     finally:
+        await obs.stop()
         await runtime.close()
     return 0
 

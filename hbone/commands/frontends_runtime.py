@@ -7,6 +7,8 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+from hbone.admin.dump import plain
+from hbone.admin.service import DaemonView, loaded
 from hbone.client import Endpoint, HboneClient
 from hbone.config import parse_duration
 from hbone.errors import ConfigError
@@ -38,6 +40,14 @@ def _require_via_identities(cfg: FrontendsConfig) -> None:
         double = route.double_hbone
         if double is not None and not double.gateway_identities:
             raise ConfigError(f"route {route.name}: double_hbone needs gateway_identities: [the gateway's SPIFFE id]")
+
+
+def _redacted(options: Any) -> dict[str, Any]:
+    """Listener options for the config dump, with secrets (proxy passwords) left out."""
+    out: dict[str, Any] = plain(options)
+    if "users" in out:
+        out["users"] = sorted(out["users"])  # names only
+    return out
 
 
 class Runtime:
@@ -162,6 +172,24 @@ class Runtime:
         else:
             server = await ingress.start_http(spec.host, spec.port)
         self._note(spec, server)
+
+    def view(self) -> DaemonView:
+        """What the admin port shows of this runtime."""
+
+        def config() -> dict[str, Any]:
+            return {
+                "listeners": [{"type": s.type, "listen": f"{s.host}:{s.port}", **_redacted(s.options)}
+                              for s in self.cfg.listeners] + [{"bound": b} for b in self.bound],
+                "routes": plain(self.cfg.routes),
+                "dial_timeout": self.cfg.dial_timeout,
+            }  # fmt: skip
+
+        def not_ready() -> str | None:
+            if self.cfg.certs is not None and not loaded(self.manager):
+                return "no certificate loaded"
+            return None if self.bound else "no listener bound"
+
+        return DaemonView(certificates=lambda: loaded(self.manager), config=config, not_ready=not_ready)
 
     def describe(self) -> list[str]:
         ident = self.manager.identity if self.manager else None

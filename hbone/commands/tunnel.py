@@ -8,6 +8,10 @@ import sys
 from pathlib import Path
 
 from hbone import limits
+from hbone.admin.dump import plain
+from hbone.admin.options import AdminOptions
+from hbone.admin.options import add_flags as add_admin_flags
+from hbone.admin.service import DaemonView, Observability, loaded
 from hbone.authz.defaults import DefaultMode
 from hbone.client import Endpoint, HboneClient
 from hbone.commands import probe
@@ -34,6 +38,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve.add_argument("--h2c-listen", help="plaintext HBONE address (off by default; trusted networks only)")
     serve.add_argument("--config", type=Path, help="YAML config (see README); flags override it")
     serve.add_argument("--authz", choices=[m.value for m in DefaultMode], help="authorization mode")
+    add_admin_flags(serve)
     serve.set_defaults(func=cmd_serve)
 
     def outbound(p: argparse.ArgumentParser) -> None:
@@ -58,6 +63,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     forward.add_argument("--listen", required=True, help="local HOST:PORT")
     forward.add_argument("--target", required=True)
     outbound(forward)
+    add_admin_flags(forward)
     forward.set_defaults(func=cmd_forward)
 
     probe.register(sub)
@@ -94,10 +100,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cfg.h2c_listen = parse_listen(args.h2c_listen)
     if args.authz:
         cfg.mode = DefaultMode.parse(args.authz)
-    return asyncio.run(serve(cfg))
+    return asyncio.run(serve(cfg, admin=AdminOptions.resolve(args, cfg.admin_ports)))
 
 
-async def serve(cfg: ServeConfig, ready: asyncio.Event | None = None) -> int:
+async def serve(cfg: ServeConfig, ready: asyncio.Event | None = None, admin: AdminOptions | None = None) -> int:
     manager: IdentityManager | None = None
     tls: MeshTls | None = None
     if cfg.listen is not None:
@@ -131,7 +137,21 @@ async def serve(cfg: ServeConfig, ready: asyncio.Event | None = None) -> int:
         max_connections=lim.max_connections,
         handshake_timeout=lim.handshake_timeout,
     )
-    addrs = []
+    addrs: list[str] = []
+    obs = Observability(
+        admin or AdminOptions.off(),
+        DaemonView(
+            certificates=lambda: loaded(manager),
+            config=lambda: {
+                "listeners": addrs,
+                "authorization": {**cfg.authz_summary(identity), "rules": plain(policies)},
+                "http2": plain(cfg.h2),
+                "limits": plain(lim),
+            },
+            not_ready=lambda: None if addrs and (manager is None or loaded(manager)) else "starting",
+        ),
+    )
+    await obs.start()
     if cfg.listen is not None:
         h, p = await server.listen(cfg.listen.host if cfg.listen.ip is None else str(cfg.listen.ip), cfg.listen.port)
         addrs.append(f"mtls={h}:{p}")
@@ -140,6 +160,7 @@ async def serve(cfg: ServeConfig, ready: asyncio.Event | None = None) -> int:
         h, p = await server.listen(a.host if a.ip is None else str(a.ip), a.port, plaintext=True)
         addrs.append(f"h2c={h}:{p}")
     if not addrs:
+        await obs.stop()
         raise ConfigError("nothing to listen on: set listen and/or h2c_listen")
     authz = cfg.authz_summary(identity)
     print(
@@ -148,6 +169,8 @@ async def serve(cfg: ServeConfig, ready: asyncio.Event | None = None) -> int:
         file=sys.stderr,
         flush=True,
     )
+    for line in obs.describe():
+        print(f"hbone serve: {line}", file=sys.stderr, flush=True)
     stop = stop_on_signals()
     if ready is not None:
         ready.set()
@@ -156,6 +179,7 @@ async def serve(cfg: ServeConfig, ready: asyncio.Event | None = None) -> int:
     _enter_drain(server)
     await server.drain(cfg.drain_timeout)
     await server.close()
+    await obs.stop()
     if manager is not None:
         await manager.stop()
     return 0
@@ -197,6 +221,7 @@ def cmd_forward(args: argparse.Namespace) -> int:
 
 async def _forward(args: argparse.Namespace) -> int:
     client, ep = _client(args)
+    admin = AdminOptions.resolve(args)
     listen = parse_listen(args.listen)
     parse_authority(args.target)
 
@@ -223,15 +248,35 @@ async def _forward(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(lambda: AcceptedPipe(open_stream, tasks, failed), host, listen.port)
     port = server.sockets[0].getsockname()[1]
+    certs = client.tls.manager.current if client.tls is not None else None
+    obs = Observability(
+        admin,
+        DaemonView(
+            certificates=lambda: [certs] if certs is not None else [],
+            config=lambda: {
+                "listeners": [{"listen": f"{listen.host}:{port}", "target": args.target}],
+                "routes": [{"via": f"{ep.host}:{ep.port}", "identities": list(ep.identities), "mode": ep.mode.value}],
+            },
+        ),
+    )
+    try:
+        await obs.start()
+    except BaseException:
+        server.close()
+        await client.close()
+        raise
     print(
         f"hbone forward: listening {listen.host}:{port} -> {args.target} via {ep.host}:{ep.port}",
         file=sys.stderr,
         flush=True,
     )
+    for line in obs.describe():
+        print(f"hbone forward: {line}", file=sys.stderr, flush=True)
     stop = stop_on_signals()
     try:
         await stop.wait()
     finally:
+        await obs.stop()
         server.close()
         for task in list(tasks):
             task.cancel()

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hbone.admin.options import KEYS as ADMIN_KEYS
+from hbone.admin.options import config_keys as admin_config_keys
 from hbone.config import parse_duration, parse_listen, read_yaml
 from hbone.errors import ConfigError, ProtocolError
 from hbone.proxy.routing import RouteTable, table_from_list
@@ -56,7 +58,7 @@ LISTENER_TYPES: dict[str, tuple[str | None, frozenset[str]]] = {
     "ingress-tls-terminate": ("0.0.0.0:443", frozenset({"hosts", "certs", "http", "request_timeout"})),
     "ingress-http": ("0.0.0.0:80", frozenset({"hosts", "request_timeout"})),
 }
-_TOP = {"certs", "dial_timeout", "default_route", "routes", "listeners", "mark"}
+_TOP = {"certs", "dial_timeout", "default_route", "routes", "listeners", "mark", *ADMIN_KEYS}
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ class FrontendsConfig:
     mark: int | None = None
     routes: RouteTable = field(default_factory=RouteTable)
     listeners: list[ListenerSpec] = field(default_factory=list)
+    admin_ports: dict[str, str] = field(default_factory=dict)  # admin/metrics/readiness keys as written
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "config") -> FrontendsConfig:
@@ -95,6 +98,7 @@ class FrontendsConfig:
         if unknown:
             raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(_TOP))}")
         cfg = cls()
+        cfg.admin_ports = admin_config_keys(data, source)
         if data.get("certs") is not None:
             cfg.certs = Path(str(data["certs"]))
         if "dial_timeout" in data:

@@ -116,6 +116,7 @@ class AdsClient:
         self.attempts = 0
         self.delays: list[float] = []  # every backoff delay slept, newest last (observability and tests)
         self.last_error: str | None = None
+        self.terminations: dict[str, int] = {}  # streams ended, by reason ("clean" or the error's type)
         self._call: BidiCall | None = None
         self._progress = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -173,6 +174,8 @@ class AdsClient:
                 self.backoff.reset()
             delay = self.backoff.next()
             self.last_error = None if error is None else str(error)
+            reason = "clean" if error is None else type(error).__name__
+            self.terminations[reason] = self.terminations.get(reason, 0) + 1
             log.log(
                 logging.INFO if error is None else logging.WARNING,
                 "%s: stream ended (%s); reconnecting in %.3fs",

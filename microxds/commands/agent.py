@@ -10,10 +10,15 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
+from hbone.admin.options import AdminOptions
+from hbone.admin.options import add_flags as add_admin_flags
+from hbone.admin.options import config_keys as admin_config_keys
+from hbone.admin.service import Observability
 from hbone.commands.runtime import stop_on_signals
 from hbone.errors import ConfigError as HboneConfigError
 from hbone.safeyaml import read_limited, safe_load
 from microxds.agent import Agent, AgentConfig, Forward
+from microxds.agent_admin import agent_view
 from microxds.errors import ConfigError
 from microxds.istio.node import NodeProfile
 
@@ -60,6 +65,7 @@ def register(sub: Any) -> None:
     p.add_argument("--hbone-port", type=int, help="HBONE port on every workload address (default 15008)")
     p.add_argument("--on-demand", action="store_true", help="Address on demand (XDS_ON_DEMAND)")
     p.add_argument("--istiod", action="store_true", help="istiod profile: settings from the environment")
+    add_admin_flags(p)
     p.set_defaults(func=run)
 
 
@@ -100,6 +106,7 @@ def config_from_dict(raw: dict[str, Any], *, base: Path = Path("."), source: str
         fwds.append(Forward(str(item["listen"]), str(item["target"]), str(item.get("workload", default))))
     kw["forwards"] = tuple(fwds)
     kw["profile"] = NodeProfile(**{"token_path": None, **node})
+    kw.update(admin_config_keys(raw, source))
     return AgentConfig(**kw)
 
 
@@ -114,7 +121,8 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         cfg = AgentConfig(xds_address="127.0.0.1:15012")
     changes: dict[str, Any] = {}
     for flag, key in (("xds_address", "xds_address"), ("ca_address", "ca_address"), ("transport", "transport"),
-                      ("certs", "certs"), ("hbone_port", "hbone_port")):  # fmt: skip
+                      ("certs", "certs"), ("hbone_port", "hbone_port"), ("admin", "admin"), ("metrics", "metrics"),
+                      ("readiness", "readiness")):  # fmt: skip
         value = getattr(args, flag)
         if value is not None:
             changes[key] = value
@@ -164,7 +172,18 @@ async def report_waiting(agent: Agent, cfg: AgentConfig, interval: float = WAITI
 
 async def serve(cfg: AgentConfig) -> None:
     agent = Agent(cfg)
-    await agent.start()
+    # The admin ports come up first: readiness answers 503 while the agent waits for xDS and certificates.
+    keys = {"admin": cfg.admin, "metrics": cfg.metrics, "readiness": cfg.readiness}
+    obs = Observability(AdminOptions.resolve(None, keys), agent_view(agent))
+    await obs.start()
+    for line in obs.describe():
+        print(f"microxds agent: {line}", flush=True)
+    try:
+        await agent.start()
+    except BaseException:
+        await obs.stop()
+        await agent.stop()
+        raise
     stop = stop_on_signals()
     waiting = asyncio.get_running_loop().create_task(report_waiting(agent, cfg))
     try:
@@ -177,6 +196,7 @@ async def serve(cfg: AgentConfig) -> None:
     finally:
         waiting.cancel()
         await agent.stop()
+        await obs.stop()
 
 
 def run(args: argparse.Namespace) -> int:

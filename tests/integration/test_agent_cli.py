@@ -37,6 +37,7 @@ async def test_agent_process_forwards_through_the_mesh(tmp_path: Path) -> None:
         env = {**os.environ, "PYTHONPATH": ROOT}
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "microxds.cli", "agent", "--config", str(config),
+            "--admin", "off", "--metrics", "off", "--readiness", "off",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
         )  # fmt: skip
         try:

@@ -19,9 +19,15 @@ from hbone.grpc.health import ServingStatus, health_messages
 from hbone.identity import IdentityManager, load_bundle
 from hbone.testing import TestCA, start_echo_server
 from hbone.tls import MeshTls
+from tests.peers import NO_ADMIN
 
 pytestmark = pytest.mark.timeout(60)
 HBONE = [sys.executable, "-m", "hbone.cli"]
+DAEMONS = ("serve", "forward")
+
+
+def _cmd(args: tuple[str, ...]) -> list[str]:
+    return [*HBONE, *args, *(NO_ADMIN if args and args[0] in DAEMONS else ())]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +43,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 async def process(*args: str, ready: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, re.Match[str]]]:
     """Start a command and wait for the stderr line matching `ready` (it reports the ports it bound)."""
     proc = await asyncio.create_subprocess_exec(
-        *HBONE, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        *_cmd(args), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
     assert proc.stderr is not None
     seen = []
@@ -63,7 +69,7 @@ async def process(*args: str, ready: str) -> AsyncIterator[tuple[asyncio.subproc
 
 async def run(*args: str, stdin: bytes = b"") -> tuple[int, bytes, bytes]:
     proc = await asyncio.create_subprocess_exec(
-        *HBONE, *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        *_cmd(args), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
     out, err = await asyncio.wait_for(proc.communicate(stdin), 30)
     assert proc.returncode is not None

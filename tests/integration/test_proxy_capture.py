@@ -24,7 +24,7 @@ from hbone.proxy.capture_rules import RuleOptions, iptables_rules
 from hbone.proxy.redirect import parse_sockaddr
 from hbone.testing import TestCA
 from tests.integration.test_proxy_mesh import hbone_node
-from tests.peers import ProcessPeer
+from tests.peers import NO_ADMIN, ProcessPeer
 from tests.peers.process import find_binary, missing_peer
 
 pytestmark = pytest.mark.timeout(60)
@@ -147,7 +147,19 @@ async def test_redirect_capture_in_netns_v4_and_v6(netns: tuple[str, str, str], 
                 "  - {type: redirect, listen: '127.0.0.1:15001'}\n"
                 "  - {type: redirect, listen: '[::1]:15001'}\n"
             )
-            cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "hbone.cli", "frontends", "--config", str(config)]
+            cmd = [
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                sys.executable,
+                "-m",
+                "hbone.cli",
+                "frontends",
+                "--config",
+                str(config),
+                *NO_ADMIN,
+            ]
             async with ProcessPeer(cmd, name="capture") as capture:
                 await wait_for_log(capture, "redirect listening", 2)
                 for host in (v4h, v6h):

@@ -21,7 +21,7 @@ import pytest
 from hbone.testing import TestCA
 from tests.integration import test_proxy_capture as capture
 from tests.integration.test_proxy_mesh import hbone_node
-from tests.peers import ProcessPeer
+from tests.peers import NO_ADMIN, ProcessPeer
 from tests.peers.process import missing_peer
 
 pytestmark = pytest.mark.timeout(60)
@@ -85,7 +85,19 @@ async def test_tproxy_outbound_capture_in_netns_v4_and_v6(netns: tuple[str, str,
             rules = print_rules("--include-cidr", f"{v4h}/32", "--include-cidr", f"{v6h}/128", "--config", str(config))
             assert not any("--dport" in r for r in rules) and any("--mark 0x539/0xfff -j RETURN" in r for r in rules)
             apply_rules(ns, rules)
-            cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "hbone.cli", "frontends", "--config", str(config)]
+            cmd = [
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                sys.executable,
+                "-m",
+                "hbone.cli",
+                "frontends",
+                "--config",
+                str(config),
+                *NO_ADMIN,
+            ]
             async with ProcessPeer(cmd, name="tproxy") as proxy:
                 await capture.wait_for_log(proxy, "tproxy listening", 2)
                 for host in (v4h, v6h):
@@ -136,7 +148,19 @@ async def test_tproxy_inbound_plaintext_with_proxy_v2(netns: tuple[str, str, str
         "listeners:\n"
         f"  - {{type: inbound-plaintext, listen: '127.0.0.1:{inbound_port}', capture: tproxy, proxy_protocol: true}}\n"
     )
-    inbound_cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "hbone.cli", "frontends", "--config", str(config)]
+    inbound_cmd = [
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        sys.executable,
+        "-m",
+        "hbone.cli",
+        "frontends",
+        "--config",
+        str(config),
+        *NO_ADMIN,
+    ]
     app_cmd = ["ip", "netns", "exec", ns, sys.executable, "-c", APP, str(app_port)]
     async with ProcessPeer(inbound_cmd, name="inbound") as inbound, ProcessPeer(app_cmd, name="app") as app:
         await capture.wait_for_log(inbound, "inbound-plaintext listening", 1)

@@ -25,7 +25,7 @@ BODY = b"0123456789abcdef" * (8 * 1024 * 1024 // 16)  # 8 MiB per request
 
 
 def hbone_cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "hbone.cli", *args]
+    return [sys.executable, "-m", "hbone.cli", *args, "--admin", "off", "--metrics", "off", "--readiness", "off"]
 
 
 @contextlib.asynccontextmanager

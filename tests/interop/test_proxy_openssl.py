@@ -12,7 +12,7 @@ import pytest
 from hbone.testing import TestCA
 from tests.integration.test_proxy_gateways import ISTIO_SNI, client_hello_bytes, fixed, tls_echo
 from tests.integration.test_proxy_mesh import hbone_node
-from tests.peers import LOOPBACK, ProcessPeer, free_port, require_binary, wait_port
+from tests.peers import LOOPBACK, NO_ADMIN, ProcessPeer, free_port, require_binary, wait_port
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
 IO = 10.0
@@ -39,7 +39,9 @@ async def test_openssl_s_client_through_sni_gateway(tmp_path: Path) -> None:
             gport = free_port()
             args = ["--listen", f"{LOOPBACK}:{gport}", "--via", node.address, "--certs", str(certs)]
             args += ["--expect-identity", str(node.identity)]
-            async with ProcessPeer([sys.executable, "-m", "hbone.cli", "sni-gateway", *args], name="sni-gw") as gw:
+            async with ProcessPeer(
+                [sys.executable, "-m", "hbone.cli", "sni-gateway", *args, *NO_ADMIN], name="sni-gw"
+            ) as gw:
                 await wait_port(LOOPBACK, gport, timeout=15, peer=gw)
                 proc = await asyncio.create_subprocess_exec(
                     openssl, "s_client", "-connect", f"{LOOPBACK}:{gport}", "-servername", ISTIO_SNI,

@@ -22,6 +22,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 NODE_DIR = REPO_ROOT / "tests" / "interop" / "node"
 INSTALL_HINT = "run tools/install-peers.sh"
 LOOPBACK = "127.0.0.1"
+# Flags for every daemon a test starts: never the fixed default admin ports (15000/15020/15021), which collide
+# between tests and between engineers running tests at the same time.
+NO_ADMIN = ("--admin", "off", "--metrics", "off", "--readiness", "off")
 
 
 # --------------------------------------------------------------------------------------------------
