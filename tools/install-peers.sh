@@ -52,6 +52,7 @@ declare -A PKG_CMD=(
     [tinyproxy-bin]=tinyproxy
     [iproute2]=ip
     [iptables]=iptables
+    [chromium]=chromium
 )
 apt_missing=()
 for pkg in "${!PKG_CMD[@]}"; do
@@ -165,6 +166,7 @@ report h2load "$(have h2load && first_line h2load --version)"
 report nghttpd "$(have nghttpd && first_line nghttpd --version)"
 report socat "$(have socat && socat -V 2>/dev/null | sed -n 's/^socat version \([^ ]*\).*/\1/p')"
 report microsocks "$(have microsocks && deb_version microsocks)"   # has no --version flag
+report chromium "$(have chromium && deb_version chromium)"          # headless, for the microxds status page test
 report tinyproxy "$(have tinyproxy && first_line tinyproxy -v)"
 report ip "$(have ip && first_line ip -V)"
 report iptables "$(have iptables && first_line iptables -V)"

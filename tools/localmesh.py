@@ -120,15 +120,16 @@ services:
 
     # -- processes --------------------------------------------------------------------------------------------------
 
-    async def start_control_plane(self, port: int = 0) -> int:
+    async def start_control_plane(self, port: int = 0, **options: Any) -> int:
+        """`options` go to `ServeOptions` (e.g. a plaintext `listen` for Envoy, `metrics_listen` for /debug)."""
         if not self.config_path.exists():
             self.write_config()
         certs = self.dir / "certs" / "istiod"
         if not certs.exists():
             self.write_certs("istiod", ISTIOD_ID)
         opts = ServeOptions(
-            config=self.config_path, listen=None, hbone_listen=f"127.0.0.1:{port or self.xds_port}", certs=certs,
-            quiet=0.05, max_delay=0.3, poll_interval=0.05,
+            **{"config": self.config_path, "listen": None, "hbone_listen": f"127.0.0.1:{port or self.xds_port}",
+               "certs": certs, "quiet": 0.05, "max_delay": 0.3, "poll_interval": 0.05, **options},
         )  # fmt: skip
         plane = ControlPlane(opts)
         self.ca_services = attach_ca(plane, self.ca, trusted_node_identities=[NODE_ID])

@@ -39,7 +39,11 @@ def register(sub: Any) -> None:
         metavar="id|cluster|metadata:KEY[,KEY]",
         help="how a node picks its `groups:` entry in the config (default: node id)",
     )
-    p.add_argument("--metrics-listen", metavar="ADDR", help="Prometheus /metrics and /ready, e.g. 127.0.0.1:15014")
+    p.add_argument(
+        "--metrics-listen",
+        metavar="ADDR",
+        help="/metrics, /ready, /debug/status (live page), /debug/syncz, /debug/config_dump?node=ID; e.g. :15014",
+    )
     p.add_argument("--access", type=Path, metavar="FILE", help="access rules: which identities read which groups")
     p.add_argument(
         "--ca", type=Path, metavar="DIR", help="serve the Istio CA API, signing with this dev CA (hbone ca init)"

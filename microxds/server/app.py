@@ -8,7 +8,8 @@
   endpoints is rejected unless linear caching is turned off (`linear_types=()`).
 * Listeners: plaintext h2c (`listen`, default 127.0.0.1:15010), TLS (`tls_listen`, server-auth, client
   certificates optional and verified when sent), HBONE mTLS (`hbone_listen`, caller SPIFFE id verified, same trust
-  domain), all served by one `GrpcServer`; an optional Prometheus endpoint (`metrics_listen`).
+  domain), all served by one `GrpcServer`; an optional metrics port (`metrics_listen`: Prometheus `/metrics`,
+  `/ready`, and the `/debug/status` page, `/debug/syncz`, `/debug/config_dump?node=ID`; `microxds.server.debug`).
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ import contextlib
 import datetime as dt
 import logging
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
+from hbone.admin.http import Handler, HttpServer, Query, Response
 from hbone.config import listen_host, parse_listen
 from hbone.errors import ConfigError as HboneConfigError
 from hbone.grpc.server import GrpcServer
@@ -47,6 +49,7 @@ from microxds.etcd.client import EtcdClient, StoreURL
 from microxds.istio.ca import MAX_TTL, register_ca
 from microxds.resources import ADDRESS, ENDPOINT, WORKLOAD, Resource
 from microxds.server.access import AccessPolicy, JwtVerifier
+from microxds.server.debug import DebugViews
 from microxds.server.heartbeat import Heartbeats, interval_for
 from microxds.server.pushqueue import Debouncer, PushQueue, release_memory_after_bursts
 from microxds.server.service import XdsService
@@ -130,51 +133,6 @@ def min_ttl(snap: ConfigSnapshot) -> float | None:
     return min(ttls) if ttls else None
 
 
-class MetricsServer:
-    """GET /metrics (Prometheus text) and /ready on a small asyncio HTTP/1.1 server; nothing else."""
-
-    def __init__(self, registry: CollectorRegistry, ready: Callable[[], bool]) -> None:
-        self.registry = registry
-        self.ready = ready
-        self._server: asyncio.Server | None = None
-
-    async def start(self, host: str, port: int) -> tuple[str, int]:
-        self._server = await asyncio.start_server(self._handle, host, port)
-        sock = self._server.sockets[0].getsockname()
-        return str(sock[0]), int(sock[1])
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-            path = head.split(b" ", 2)[1].split(b"?", 1)[0] if head.count(b" ") >= 2 else b""
-            if path == b"/metrics":
-                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(self.registry)
-            elif path == b"/ready":
-                ok = self.ready()
-                status, ctype, body = (
-                    ("200 OK" if ok else "503 Unavailable"),
-                    "text/plain",
-                    b"ready\n" if ok else b"not ready\n",
-                )
-            else:
-                status, ctype, body = "404 Not Found", "text/plain", b"try /metrics or /ready\n"
-            writer.write(
-                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                "Connection: close\r\n\r\n".encode()
-                + body
-            )
-            await writer.drain()
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
-            pass
-        finally:
-            writer.close()
-
-
 class ControlPlane:
     """One running control plane. `await start()`, then `await stop()`; `addresses` lists bound listeners."""
 
@@ -215,7 +173,7 @@ class ControlPlane:
         self.current: ConfigSnapshot | None = None
         self.addresses: dict[str, tuple[str, int]] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._metrics_server: MetricsServer | None = None
+        self._metrics_server: HttpServer | None = None
         self._identity: IdentityManager | None = None
         self._debouncer: Debouncer[ConfigSnapshot] | None = None
         self._grpc: GrpcServer | None = None
@@ -324,13 +282,26 @@ class ControlPlane:
             self.addresses["hbone"] = await grpc.listen(host, port, tls=mesh, settings=h2)
         if opts.metrics_listen:
             host, port = parse_address(opts.metrics_listen, "127.0.0.1")
-            self._metrics_server = MetricsServer(self.prom, self.ready)
-            self.addresses["metrics"] = await self._metrics_server.start(host, port)
+            self._metrics_server = HttpServer(self.debug_routes(), name="metrics")
+            self.addresses["metrics"] = await self._metrics_server.start(host, port, flag="--metrics-listen")
         for name, (host, port) in self.addresses.items():
             log.info("listening: %s on %s:%d", name, host, port)
 
     def ready(self) -> bool:
         return self.current is not None and bool(self.addresses)
+
+    def debug_routes(self) -> dict[str, Handler]:
+        """The --metrics-listen port: Prometheus, readiness and istiod-style debug views of connected proxies."""
+        views = DebugViews(self.registry, self.node_hash)
+
+        def metrics(_q: Query) -> Response:
+            return Response(200, generate_latest(self.prom), CONTENT_TYPE_LATEST)
+
+        def ready(_q: Query) -> Response:
+            return Response.text("ready\n") if self.ready() else Response.text("not ready\n", 503)
+
+        return {"/metrics": metrics, "/ready": ready, "/debug/syncz": views.syncz,
+                "/debug/config_dump": views.config_dump, "/debug/status": views.status_page}  # fmt: skip
 
     async def stop(self, grace: float = 2.0) -> None:
         for task in self._tasks:

@@ -33,7 +33,7 @@ from microxds.server.delta import DeltaStream
 from microxds.server.heartbeat import Heartbeats
 from microxds.server.pushqueue import PushQueue, StreamCore
 from microxds.server.sotw import SotwResponse, SotwStream
-from microxds.server.status import StatusRegistry
+from microxds.server.status import ClientStatus, StatusRegistry
 from microxds.server.wire import ResponseCodec
 
 log = logging.getLogger("microxds.server")
@@ -161,6 +161,10 @@ class XdsService:
         try:
             caller = self.caller_of(call)
             core = make(str(caller))
+            status = getattr(core, "status", None)  # SotwStream/DeltaStream: who is behind the stream, for /debug
+            if isinstance(status, ClientStatus):
+                status.identity = caller.identity or caller.subject
+                status.address = f"{caller.address[0]}:{caller.address[1]}" if caller.address else None
             await self.queue.serve(core, self._requests(call, caller), call.send)
         except GrpcError:
             raise

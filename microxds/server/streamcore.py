@@ -114,6 +114,7 @@ class StreamCore:
             node.CopyFrom(first_node)
         self.node = self.status.node = node
         self._watch = self.status.watch = self._cache.watch(node, self._on_change)
+        self.status.connected()
         return self._watch
 
     def _on_change(self, changes: Changes) -> None:
@@ -122,5 +123,6 @@ class StreamCore:
                 continue  # never requested: the first request will read the current state
             current = self._pending.get(type_url)
             self._pending[type_url] = names if current is None else current | names
+            self.status.changed(type_url)
         if self._pending and self.on_dirty is not None:
             self.on_dirty()

@@ -1,0 +1,122 @@
+"""The microxds status page, `microxds status` and the debug endpoints with a real Envoy and a real agent.
+
+The page is loaded once in headless Chromium (DevTools protocol on a pipe): it shows one row per proxy, and after
+a config edit that Envoy rejects it shows the NACK with Envoy's error, without a reload. The screenshot goes to
+docs/status-page.png (shown in the README).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.interop.test_xds_support import (
+    CLUSTER_T,
+    envoy_ads_bootstrap,
+    start_tag_server,
+    static_cluster,
+    tcp_listener,
+)
+from tests.peers import Envoy, ahttp_get, close_server, require_envoy
+from tests.peers.chromium import Browser
+from tools.localmesh import LocalMesh
+
+pytestmark = [pytest.mark.timeout(120), pytest.mark.interop]
+ROOT = Path(__file__).resolve().parents[2]
+CDS = "cluster_manager.cds."
+ROWS = "[...document.querySelectorAll('tr[data-node]')].map(r => r.dataset.node)"
+
+
+async def microxds_status(*args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "microxds.cli", "status", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+async def test_status_page_shows_envoy_and_agent_then_a_nack_live(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    require_envoy()
+    caplog.set_level(logging.INFO, logger="microxds.xds")
+    backend, backend_port = await start_tag_server(b"A")
+    good = [static_cluster("backend", backend_port), tcp_listener("tcp_in", "backend")]
+    mesh = LocalMesh(tmp_path)
+    mesh.write_config(yaml.safe_dump({"resources": good}, sort_keys=False))
+    try:
+        await mesh.start_control_plane(listen="127.0.0.1:0", metrics_listen="127.0.0.1:0")
+        assert mesh.plane is not None
+        xds_port = mesh.plane.addresses["plaintext"][1]
+        metrics_port = mesh.plane.addresses["metrics"][1]
+        await mesh.start_app("bob")
+        agent = await mesh.start_agent("bob")
+        async with Envoy(envoy_ads_bootstrap(xds_port, "GRPC")) as envoy, Browser() as browser:
+            await envoy.wait_ready()
+            await envoy.wait_stat(CDS + "update_success", lambda v: int(v) >= 1)
+            base = f"http://127.0.0.1:{metrics_port}"
+            await browser.open(f"{base}/debug/status")
+            nodes = await browser.wait_for(f"(() => {{ const n = {ROWS}; return n.length == 2 && n; }})()")
+            agent_node = agent.config.profile.node_id
+            assert sorted(nodes) == sorted(["envoy-1", agent_node])
+            await browser.wait_for("document.querySelectorAll('.state.SYNCED').length >= 4")
+            await browser.evaluate("window.loadedOnce = 'yes'")  # gone if the page were reloaded
+
+            # Valid for microxds, rejected by Envoy (connect_timeout must be > 0): a NACK.
+            bad = {**static_cluster("bad", backend_port), "connect_timeout": "-1s"}
+            mesh.write_config(yaml.safe_dump({"resources": [*good, bad]}, sort_keys=False))
+            await envoy.wait_stat(CDS + "update_rejected", lambda v: int(v) >= 1)
+            nack = await browser.wait_for(
+                "(() => { const n = document.querySelector('tr[data-node=\"envoy-1\"] .nack'); "
+                "return n && n.textContent; })()"
+            )
+            assert "duration" in nack.lower(), nack
+            assert await browser.evaluate("window.loadedOnce") == "yes"
+            assert await browser.evaluate(f"document.querySelector('tr[data-node=\"{agent_node}\"] .nack') === null")
+            await browser.screenshot(ROOT / "docs" / "status-page.png")
+
+            # The same state as JSON, per node config dump, istiod metric names and log lines.
+            syncz = json.loads((await ahttp_get(f"{base}/debug/syncz"))[1])
+            by_node = {row["node"]: row for row in syncz}
+            assert by_node["envoy-1"]["protocol"] == "SotW" and by_node[agent_node]["protocol"] == "Delta"
+            assert by_node[agent_node]["identity"] == "spiffe://cluster.local/ns/istio-system/sa/ztunnel"
+            assert by_node["envoy-1"]["types"][CLUSTER_T]["state"] == "NACKED"
+            assert all(t["state"] == "SYNCED" for t in by_node[agent_node]["types"].values())
+            status, body = await ahttp_get(f"{base}/debug/config_dump?node=envoy-1")
+            dump = json.loads(body)
+            assert status == 200 and dump["config"][0]["node"]["id"] == "envoy-1"
+            metrics = (await ahttp_get(f"{base}/metrics"))[1].decode()
+            assert "pilot_xds 2.0" in metrics
+            assert 'pilot_total_xds_rejects_total{type="cds"} 1.0' in metrics
+            assert 'pilot_xds_pushes_total{type="cds"}' in metrics and 'pilot_xds_pushes_total{type="wds"}' in metrics
+            assert "pilot_proxy_convergence_time_count" in metrics and "pilot_xds_push_time_bucket" in metrics
+            text = caplog.text
+            assert f"xds connect: node={agent_node} delta" in text and "xds connect: node=envoy-1 sotw" in text
+            assert "xds NACK: node=envoy-1 type=" + CLUSTER_T in text
+
+            # `microxds status`: the table over CSDS, then the resource-level view of one node.
+            rc, out = await microxds_status("--server", f"127.0.0.1:{xds_port}")
+            assert rc == 0, out
+            envoy_line = next(line for line in out.splitlines() if line.startswith("envoy-1"))
+            agent_line = next(line for line in out.splitlines() if line.startswith(agent_node))
+            assert "NACKED" in envoy_line and "SYNCED" in envoy_line
+            assert "SYNCED" in agent_line and "NACKED" not in agent_line  # (no policies: authorization shows "-")
+            print(out)
+            rc, out = await microxds_status("--server", f"127.0.0.1:{xds_port}", "envoy-1")
+            assert rc == 0 and "NACK:" in out and "! bad" in out, out
+            print(out)
+            rc, out = await microxds_status("--server", f"127.0.0.1:{xds_port}", "--json")
+            assert {p["node"] for p in json.loads(out)} == {"envoy-1", agent_node}
+            await asyncio.to_thread(mesh.write_config, yaml.safe_dump({"resources": good}, sort_keys=False))
+    finally:
+        await mesh.stop()
+        await close_server(backend)
+    assert f"xds disconnect: node={agent_node} delta" in caplog.text
