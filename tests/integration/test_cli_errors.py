@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from hbone.testing import TestCA, start_echo_server
+from tests.peers import NO_ADMIN
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = str(Path(__file__).resolve().parents[2])
@@ -21,9 +22,20 @@ HBONE = [sys.executable, "-m", "hbone.cli"]
 MICROXDS = [sys.executable, "-m", "microxds.cli"]
 
 
+DAEMONS = ("serve", "forward", "socks5", "http-proxy", "agent")
+
+
 def run(cmd: list[str], *args: str) -> subprocess.CompletedProcess[str]:
+    # Daemons never take the fixed default admin ports here (microxds serve has none).
+    admin = NO_ADMIN if args and args[0] in DAEMONS and not (cmd is MICROXDS and args[0] == "serve") else ()
     return subprocess.run(
-        [*cmd, *args], check=False, capture_output=True, text=True, timeout=30, env=ENV, stdin=subprocess.DEVNULL
+        [*cmd, *args, *admin],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=ENV,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -112,7 +124,7 @@ async def test_connect_with_regular_files_on_stdin_and_stdout(tmp_path: Path, ce
     (tmp_path / "in").write_bytes(payload)
     echo, echo_port = await start_echo_server()
     server = await asyncio.create_subprocess_exec(
-        *HBONE, "serve", "--h2c-listen", "127.0.0.1:0", "--listen", "none", "--authz", "allow-all",
+        *HBONE, "serve", "--h2c-listen", "127.0.0.1:0", "--listen", "none", "--authz", "allow-all", *NO_ADMIN,
         stderr=asyncio.subprocess.PIPE, env=ENV,
     )  # fmt: skip
     try:
@@ -143,7 +155,8 @@ async def test_agent_says_what_it_waits_for(tmp_path: Path) -> None:
         certs = mesh.write_certs("node-cli", "spiffe://cluster.local/ns/istio-system/sa/ztunnel")
         proc = await asyncio.create_subprocess_exec(
             *MICROXDS, "agent", "--xds-address", f"127.0.0.1:{mesh.xds_port}", "--certs", str(certs),
-            "--workload", "default/unknown", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=ENV,
+            "--workload", "default/unknown", *NO_ADMIN,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=ENV,
         )  # fmt: skip
         assert proc.stderr is not None
         seen = []

@@ -24,7 +24,7 @@ from hbone.tls import MeshTls
 from hbone.wire.authority import Authority
 from microxds.mesh import XdsControlPlane
 from tests.integration.test_agent_gateway import GATEWAY_ID, ONLY_ALICE, TwoNetworkMesh
-from tests.peers import LOOPBACK, close_server, free_port, start_http_server
+from tests.peers import LOOPBACK, NO_ADMIN, close_server, free_port, start_http_server
 from tools.localmesh import APP_PORT, DENY_ALICE, ISTIOD_ID, SERVICE_VIP, LocalMesh
 
 pytestmark = pytest.mark.timeout(90)
@@ -36,7 +36,7 @@ WAYPOINT = "spiffe://cluster.local/ns/default/sa/waypoint"
 @contextlib.asynccontextmanager
 async def hbone_serve(certs: Path) -> AsyncIterator[int]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "hbone.cli", "serve", "--certs", str(certs), "--listen", f"{LOOPBACK}:0",
+        sys.executable, "-m", "hbone.cli", "serve", "--certs", str(certs), "--listen", f"{LOOPBACK}:0", *NO_ADMIN,
         stderr=asyncio.subprocess.PIPE, cwd=ROOT,
     )  # fmt: skip
     assert proc.stderr is not None

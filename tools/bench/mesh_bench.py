@@ -146,7 +146,8 @@ def launch(args: argparse.Namespace) -> None:
         via = f"127.0.0.1:{hbone_port}"
         forward, fwd_port = _start(
             [sys.executable, "-m", "hbone.cli", "forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:8080",
-             "--via", via, "--certs", str(client_certs)], env, r"hbone forward: listening [\d.]+:(\d+)",
+             "--via", via, "--certs", str(client_certs), "--admin", "off", "--metrics", "off", "--readiness", "off"],
+            env, r"hbone forward: listening [\d.]+:(\d+)",
         )  # fmt: skip
         try:
             rows: dict[str, list[dict[str, float]]] = {"mesh": [], "sidecar": []}

@@ -139,7 +139,9 @@ async def bench(size_mib: int, rounds: int) -> dict[str, object]:
             ports = {k: free_port() for k in ("socks", "connect", "micro", "tiny")}
             conf = Path(tmp) / "tinyproxy.conf"
             conf.write_text(f"Port {ports['tiny']}\nListen {LOOPBACK}\nAllow {LOOPBACK}\nTimeout 60\nMaxClients 8\n")
-            via = ["--via", f"{LOOPBACK}:{hport}", "--certs", str(certs)]
+            # explicit `off`: fixed default admin ports collide between the two daemons (and other users)
+            via = ["--via", f"{LOOPBACK}:{hport}", "--certs", str(certs), "--admin", "off", "--metrics", "off",
+                   "--readiness", "off"]  # fmt: skip
             cli = [sys.executable, "-m", "hbone.cli"]
             try:
                 async with processes(
