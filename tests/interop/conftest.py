@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from concurrent import futures
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 
-from tests.peers import TestPKI, close_server, make_test_pki, start_echo_server
+from tests.peers import LOOPBACK, TestPKI, close_server, make_test_pki, start_echo_server
 
 _HERE = Path(__file__).resolve().parent
 
@@ -34,3 +37,25 @@ async def echo_port() -> AsyncIterator[int]:
         yield port
     finally:
         await close_server(server)
+
+
+@pytest.fixture
+def backends() -> Iterator[dict[str, int]]:
+    """Two grpcio servers answering `/interop.Echo/Call` with their own tag (proxyless xDS tests)."""
+    servers, ports = [], {}
+    for tag in ("A", "B"):
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+
+        def call(request: bytes, context: Any, tag: str = tag) -> bytes:
+            return tag.encode()
+
+        handler = grpc.unary_unary_rpc_method_handler(call)
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("interop.Echo", {"Call": handler})])
+        ports[tag] = server.add_insecure_port(f"{LOOPBACK}:0")
+        server.start()
+        servers.append(server)
+    try:
+        yield ports
+    finally:
+        for server in servers:
+            server.stop(0)

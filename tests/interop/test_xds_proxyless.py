@@ -13,12 +13,9 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
 from tests.interop.test_xds_support import Microxds, by_prefix
@@ -85,28 +82,6 @@ def write(path: Path, port: int) -> None:
     tmp = path.with_name(".tmp-" + path.name)
     tmp.write_text(json.dumps({"resources": proxyless_resources(port)}, indent=1))
     tmp.replace(path)
-
-
-@pytest.fixture
-def backends() -> Iterator[dict[str, int]]:
-    """Two grpcio servers answering METHOD with their own tag."""
-    servers, ports = [], {}
-    for tag in ("A", "B"):
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-
-        def call(request: bytes, context: Any, tag: str = tag) -> bytes:
-            return tag.encode()
-
-        handler = grpc.unary_unary_rpc_method_handler(call)
-        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("interop.Echo", {"Call": handler})])
-        ports[tag] = server.add_insecure_port(f"{LOOPBACK}:0")
-        server.start()
-        servers.append(server)
-    try:
-        yield ports
-    finally:
-        for server in servers:
-            server.stop(0)
 
 
 def bootstrap(tmp_path: Path, xds_port: int, node_id: str) -> Path:

@@ -12,10 +12,17 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
+from tests.interop.test_xds_proxyless import (
+    PY_CLIENT,
+    bootstrap,
+    proxyless_resources,
+    wait_answers,
+)
 from tests.interop.test_xds_support import (
     CLUSTER_T,
     envoy_ads_bootstrap,
@@ -23,7 +30,7 @@ from tests.interop.test_xds_support import (
     static_cluster,
     tcp_listener,
 )
-from tests.peers import Envoy, ahttp_get, close_server, require_envoy
+from tests.peers import Envoy, ProcessPeer, ahttp_get, close_server, loopback_env, require_envoy
 from tests.peers.chromium import Browser
 from tools.localmesh import LocalMesh
 
@@ -43,15 +50,30 @@ async def microxds_status(*args: str) -> tuple[int, str]:
     return proc.returncode, out.decode()
 
 
+def mesh_config(envoy: list[dict[str, Any]], grpc_port: int) -> str:
+    """Envoy's resources for every node; the proxyless listener/route/cluster only for node `grpcio-1` (its group),
+    so Envoy's wildcard LDS/CDS never see an api_listener."""
+    proxyless = proxyless_resources(grpc_port)
+    own = [r for r in proxyless if not r["@type"].endswith("ClusterLoadAssignment")]
+    shared = [r for r in proxyless if r["@type"].endswith("ClusterLoadAssignment")]  # endpoints are shared
+    doc = {"resources": [*envoy, *shared], "groups": {"grpcio-1": {"resources": own}}}
+    return yaml.dump(doc, Dumper=_NoAliases, sort_keys=False)  # config files refuse YAML aliases
+
+
+class _NoAliases(yaml.SafeDumper):
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 async def test_status_page_shows_envoy_and_agent_then_a_nack_live(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, backends: dict[str, int]
 ) -> None:
     require_envoy()
     caplog.set_level(logging.INFO, logger="microxds.xds")
     backend, backend_port = await start_tag_server(b"A")
     good = [static_cluster("backend", backend_port), tcp_listener("tcp_in", "backend")]
     mesh = LocalMesh(tmp_path)
-    mesh.write_config(yaml.safe_dump({"resources": good}, sort_keys=False))
+    mesh.write_config(mesh_config(good, backends["A"]))
     try:
         await mesh.start_control_plane(listen="127.0.0.1:0", metrics_listen="127.0.0.1:0")
         assert mesh.plane is not None
@@ -59,20 +81,23 @@ async def test_status_page_shows_envoy_and_agent_then_a_nack_live(
         metrics_port = mesh.plane.addresses["metrics"][1]
         await mesh.start_app("bob")
         agent = await mesh.start_agent("bob")
-        async with Envoy(envoy_ads_bootstrap(xds_port, "GRPC")) as envoy, Browser() as browser:
+        env = loopback_env({"GRPC_XDS_BOOTSTRAP": str(bootstrap(tmp_path, xds_port, "grpcio-1"))})
+        grpcio = ProcessPeer([sys.executable, "-c", PY_CLIENT, "60"], name="grpcio-xds", env=env)
+        async with Envoy(envoy_ads_bootstrap(xds_port, "GRPC")) as envoy, grpcio, Browser() as browser:
             await envoy.wait_ready()
+            await wait_answers(grpcio, "A")
             await envoy.wait_stat(CDS + "update_success", lambda v: int(v) >= 1)
             base = f"http://127.0.0.1:{metrics_port}"
             await browser.open(f"{base}/debug/status")
-            nodes = await browser.wait_for(f"(() => {{ const n = {ROWS}; return n.length == 2 && n; }})()")
+            nodes = await browser.wait_for(f"(() => {{ const n = {ROWS}; return n.length == 3 && n; }})()")
             agent_node = agent.config.profile.node_id
-            assert sorted(nodes) == sorted(["envoy-1", agent_node])
-            await browser.wait_for("document.querySelectorAll('.state.SYNCED').length >= 4")
+            assert sorted(nodes) == sorted(["envoy-1", "grpcio-1", agent_node])
+            await browser.wait_for("document.querySelectorAll('.state.SYNCED').length >= 8")
             await browser.evaluate("window.loadedOnce = 'yes'")  # gone if the page were reloaded
 
             # Valid for microxds, rejected by Envoy (connect_timeout must be > 0): a NACK.
             bad = {**static_cluster("bad", backend_port), "connect_timeout": "-1s"}
-            mesh.write_config(yaml.safe_dump({"resources": [*good, bad]}, sort_keys=False))
+            mesh.write_config(mesh_config([*good, bad], backends["A"]))
             await envoy.wait_stat(CDS + "update_rejected", lambda v: int(v) >= 1)
             nack = await browser.wait_for(
                 "(() => { const n = document.querySelector('tr[data-node=\"envoy-1\"] .nack'); "
@@ -94,7 +119,7 @@ async def test_status_page_shows_envoy_and_agent_then_a_nack_live(
             dump = json.loads(body)
             assert status == 200 and dump["config"][0]["node"]["id"] == "envoy-1"
             metrics = (await ahttp_get(f"{base}/metrics"))[1].decode()
-            assert "pilot_xds 2.0" in metrics
+            assert "pilot_xds 3.0" in metrics
             assert 'pilot_total_xds_rejects_total{type="cds"} 1.0' in metrics
             assert 'pilot_xds_pushes_total{type="cds"}' in metrics and 'pilot_xds_pushes_total{type="wds"}' in metrics
             assert "pilot_proxy_convergence_time_count" in metrics and "pilot_xds_push_time_bucket" in metrics
@@ -108,14 +133,16 @@ async def test_status_page_shows_envoy_and_agent_then_a_nack_live(
             envoy_line = next(line for line in out.splitlines() if line.startswith("envoy-1"))
             agent_line = next(line for line in out.splitlines() if line.startswith(agent_node))
             assert "NACKED" in envoy_line and "SYNCED" in envoy_line
+            grpc_line = next(line for line in out.splitlines() if line.startswith("grpcio-1"))
+            assert grpc_line.split().count("SYNCED") == 4, out  # LDS, RDS, CDS, EDS of the proxyless client
             assert "SYNCED" in agent_line and "NACKED" not in agent_line  # (no policies: authorization shows "-")
             print(out)
             rc, out = await microxds_status("--server", f"127.0.0.1:{xds_port}", "envoy-1")
             assert rc == 0 and "NACK:" in out and "! bad" in out, out
             print(out)
             rc, out = await microxds_status("--server", f"127.0.0.1:{xds_port}", "--json")
-            assert {p["node"] for p in json.loads(out)} == {"envoy-1", agent_node}
-            await asyncio.to_thread(mesh.write_config, yaml.safe_dump({"resources": good}, sort_keys=False))
+            assert {p["node"] for p in json.loads(out)} == {"envoy-1", "grpcio-1", agent_node}
+            await asyncio.to_thread(mesh.write_config, mesh_config(good, backends["A"]))
     finally:
         await mesh.stop()
         await close_server(backend)
