@@ -108,19 +108,5 @@ def current_levels() -> dict[str, str]:
 
 
 def add_format_flag(parser: argparse.ArgumentParser) -> None:
-    """`--log-format` on `parser` and on every subcommand below it (either position works)."""
-    parser.add_argument(
-        "--log-format", choices=FORMATS, default="text", help="log lines as text or json (default text)"
-    )
-    for sub in _subparsers(parser):
-        sub.add_argument("--log-format", choices=FORMATS, default=argparse.SUPPRESS, help="text or json log lines")
-
-
-def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
-    out = []
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for child in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
-                out.append(child)
-                out.extend(_subparsers(child))
-    return out
+    """`--log-format` on a top-level parser: `hbone --log-format json serve …` (it applies to every command)."""
+    parser.add_argument("--log-format", choices=FORMATS, default="text", help="log lines: text or json (default text)")

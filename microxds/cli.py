@@ -14,7 +14,7 @@ from hbone.errors import HboneError, UnsupportedDependency
 from microxds.errors import MicroxdsError
 
 # Modules under microxds.commands that contribute subcommands, in help order.
-COMMAND_MODULES = ("serve", "validate", "bootstrap", "store", "dump", "agent")
+COMMAND_MODULES = ("serve", "validate", "bootstrap", "store", "dump", "status", "agent")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -72,7 +72,7 @@ async def daemon(*args: str, listeners: tuple[str, ...]) -> AsyncIterator[Daemon
         while not set(listeners) <= set(ports):
             line = (await asyncio.wait_for(proc.stderr.readline(), 20)).decode()
             if not line:
-                raise AssertionError(f"{args[0]} exited: {''.join(lines)}")
+                raise AssertionError(f"{' '.join(args[:3])} exited: {''.join(lines)}")
             lines.append(line)
             if m := re.search(r"(\S+) listening (?:mtls=)?[\d.]+:(\d+)", line):
                 ports[m.group(1)] = int(m.group(2))
@@ -119,7 +119,7 @@ def sample(metrics: str, name: str, **labels: str) -> float:
 async def test_serve_admin_metrics_readiness_with_real_tunnels(certs: Path) -> None:
     echo, echo_port = await start_echo_server()
     target = f"127.0.0.1:{echo_port}"
-    args = ("serve", "--certs", str(certs / "bob"), "--listen", "127.0.0.1:0", *EPHEMERAL, "--log-format", "json")
+    args = ("--log-format", "json", "serve", "--certs", str(certs / "bob"), "--listen", "127.0.0.1:0", *EPHEMERAL)
     try:
         async with daemon(*args, listeners=("serve:", "admin", "metrics", "readiness")) as bob:
             assert await bob.get("readiness", "/healthz/ready") == (200, "ready\n")
