@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.peers import free_port
 from tools.localmesh import ISTIOD_ID, LocalMesh
 
 pytestmark = pytest.mark.timeout(60)
@@ -57,4 +59,73 @@ async def test_agent_process_forwards_through_the_mesh(tmp_path: Path) -> None:
             proc.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(proc.wait(), 15) == 0
     finally:
+        await mesh.stop()
+
+
+async def _get(port: int, path: str) -> tuple[int, str]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    data = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode()
+
+
+async def test_agent_readiness_waits_for_xds_then_admin_shows_its_state(tmp_path: Path) -> None:
+    """503 (with the reason) while the control plane is away, 200 once every xDS type is ACKed and the workload
+    serves; then the config dump has the mesh state and xDS versions, and the metrics the xDS counters."""
+    mesh = LocalMesh(tmp_path)
+    xds_port = free_port()
+    config = tmp_path / "bob.yaml"
+    config.write_text(yaml.safe_dump({
+        "xds_address": f"127.0.0.1:{xds_port}",
+        "certs": str(mesh.write_certs("node-cli", "spiffe://cluster.local/ns/istio-system/sa/ztunnel")),
+        "control_plane_identities": [ISTIOD_ID],
+        "workloads": ["default/bob"],
+        "hbone_port": mesh.hbone_port,
+        "node": {"instance_ip": mesh.ip("bob"), "pod_name": "ztunnel-bob"},
+        "admin": "127.0.0.1:0", "metrics": "127.0.0.1:0", "readiness": "127.0.0.1:0",
+    }))  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "microxds.cli", "agent", "--config", str(config),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": ROOT},
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        ports: dict[str, int] = {}
+        while len(ports) < 3:
+            line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+            assert line, (await proc.stderr.read()).decode() if proc.stderr else "agent exited"
+            if m := re.search(r"(admin|metrics|readiness) listening [\d.]+:(\d+)", line):
+                ports[m.group(1)] = int(m.group(2))
+        status, body = await _get(ports["readiness"], "/healthz/ready")
+        assert status == 503 and body.startswith("not ready: xDS"), body  # not started, or types not ACKed yet
+
+        await mesh.start_control_plane(xds_port)
+        await mesh.start_app("bob")
+        for _ in range(300):  # polling the probe as a kubelet does, at most 30 s
+            status, body = await _get(ports["readiness"], "/healthz/ready")
+            if status == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert status == 200, body
+
+        dump = json.loads((await _get(ports["admin"], "/config_dump"))[1])
+        assert {i["identity"] for i in dump["identities"]} >= {
+            "spiffe://cluster.local/ns/istio-system/sa/ztunnel",
+            "spiffe://cluster.local/ns/default/sa/bob",
+        }
+        assert any(w["name"] == "bob" for w in dump["workloads"].values())
+        assert any(s["name"] == "bob" for s in dump["services"].values())
+        types = dump["xds"]["types"]
+        assert types["type.googleapis.com/istio.workload.Address"]["acked"] is True
+        assert types["type.googleapis.com/istio.workload.Address"]["versions"]
+        assert dump["listeners"][0]["workload"] == "default/bob"
+        metrics = (await _get(ports["metrics"], "/metrics"))[1]
+        assert re.search(r'istio_xds_message_total\{url="type.googleapis.com/istio.workload.Address"\} [1-9]', metrics)
+        assert 'hbone_cert_expiry_timestamp_seconds{identity="spiffe://cluster.local/ns/default/sa/bob"}' in metrics
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(proc.wait(), 15)
         await mesh.stop()
