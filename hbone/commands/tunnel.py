@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
+from typing import Any
 
 from hbone import limits
 from hbone.admin.dump import plain
@@ -13,7 +14,7 @@ from hbone.admin.options import AdminOptions
 from hbone.admin.options import add_flags as add_admin_flags
 from hbone.admin.service import DaemonView, Observability, loaded
 from hbone.authz.defaults import DefaultMode
-from hbone.client import Endpoint, HboneClient
+from hbone.client import Endpoint, HboneClient, Tunnel
 from hbone.commands import probe
 from hbone.commands.runtime import stop_on_signals
 from hbone.commands.stdio import Stdio
@@ -25,6 +26,7 @@ from hbone.identity.manager import FileSource, IdentityManager
 from hbone.net.pipe import AcceptedPipe
 from hbone.net.splice import splice
 from hbone.net.stream import Stream
+from hbone.proxy.accesslog import AccessRecord
 from hbone.proxy.inbound import InboundConfig, InboundHandler, policy_authorizer
 from hbone.server import HboneServer
 from hbone.tls import MeshTls
@@ -225,17 +227,39 @@ async def _forward(args: argparse.Namespace) -> int:
     listen = parse_listen(args.listen)
     parse_authority(args.target)
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def open_tunnel(record: AccessRecord) -> Tunnel:
+        """One tunnel per accepted connection, with its access record (metrics and /connections)."""
         try:
             tunnel = await client.open(args.target, ep)
+        except HboneError as e:
+            record.finish(e.http_status, str(e))
+            raise
+        record.dst_identity = str(tunnel.peer_identity) if tunnel.peer_identity else None
+        record.established(tunnel.h2, inbound=False)
+        return tunnel
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        record = AccessRecord("forward", mode=ep.mode.value, src_addr=_peer(writer.transport), dst_addr=args.target)
+        try:
+            tunnel = await open_tunnel(record)
         except HboneError as e:
             print(f"hbone forward: {e}", file=sys.stderr)
             writer.close()
             return
-        await splice(tunnel.stream, reader, writer)  # type: ignore[arg-type]
+        result = await splice(tunnel.stream, reader, writer)  # type: ignore[arg-type]
+        _finish(record, result)
 
-    async def open_stream() -> Stream:
-        return (await client.open(args.target, ep)).h2
+    def accepted() -> AcceptedPipe:
+        record = AccessRecord("forward", mode=ep.mode.value, dst_addr=args.target)
+
+        async def open_stream() -> Stream:
+            record.src_addr = _peer(pipe.transport)
+            stream = (await open_tunnel(record)).h2
+            pipe.done.add_done_callback(lambda done: _finish(record, done.result()))
+            return stream
+
+        pipe = AcceptedPipe(open_stream, tasks, failed)
+        return pipe
 
     def failed(exc: BaseException) -> None:
         print(f"hbone forward: {exc}", file=sys.stderr)
@@ -246,7 +270,7 @@ async def _forward(args: argparse.Namespace) -> int:
         server = await asyncio.start_server(handle, host, listen.port)
     else:  # protocol splice: each chunk is relayed in the callback that received it (1 KiB round trip, RESULTS)
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: AcceptedPipe(open_stream, tasks, failed), host, listen.port)
+        server = await loop.create_server(accepted, host, listen.port)
     port = server.sockets[0].getsockname()[1]
     certs = client.tls.manager.current if client.tls is not None else None
     obs = Observability(
@@ -282,3 +306,14 @@ async def _forward(args: argparse.Namespace) -> int:
             task.cancel()
         await client.close()
     return 0
+
+
+def _peer(transport: Any) -> str | None:
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    return f"{peer[0]}:{peer[1]}" if peer else None
+
+
+def _finish(record: AccessRecord, result: Any) -> None:
+    """Close the access record of a relayed connection from its splice result (`SpliceResult` shape)."""
+    record.bytes_sent, record.bytes_received = result.to_stream, result.from_stream
+    record.finish(200, "ok" if result.error is None else f"broken: {result.error}")

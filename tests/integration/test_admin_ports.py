@@ -241,3 +241,35 @@ async def test_socks5_reports_as_source(certs: Path) -> None:
                 assert dump["listeners"][0]["type"] == "socks5" and dump["routes"]
     finally:
         echo.close()
+
+
+async def test_forward_counts_its_tunnels(certs: Path) -> None:
+    echo, echo_port = await start_echo_server()
+    try:
+        async with daemon(
+            "serve", "--certs", str(certs / "bob"), "--listen", "127.0.0.1:0", "--admin", "off", "--metrics", "off",
+            "--readiness", "off", listeners=("serve:",),
+        ) as bob:  # fmt: skip
+            via = f"127.0.0.1:{bob.ports['serve:']}"
+            async with daemon(
+                "forward", "--listen", "127.0.0.1:0", "--target", f"127.0.0.1:{echo_port}",
+                "--via", via, "--certs", str(certs / "alice"), *EPHEMERAL,
+                listeners=("forward:", "admin", "metrics"),
+            ) as fwd:  # fmt: skip
+                reader, writer = await asyncio.open_connection("127.0.0.1", fwd.ports["forward:"])
+                writer.write(b"z" * 200)
+                assert await reader.readexactly(200) == b"z" * 200
+                (conn,) = json.loads((await fwd.get("admin", "/connections"))[1])
+                assert conn["direction"] == "forward" and conn["peer_identity"] == BOB
+                assert conn["bytes_to_destination"] == 200 and conn["source"].startswith("127.0.0.1:")
+                writer.write_eof()
+                assert await reader.read() == b""
+                writer.close()
+                await fwd.access_records(1)
+                metrics = (await fwd.get("metrics", "/metrics"))[1]
+                labels = {"reporter": "source", "destination_principal": BOB, "response_flags": "-"}
+                assert sample(metrics, "istio_tcp_connections_closed_total", **labels) == 1
+                assert sample(metrics, "istio_tcp_received_bytes_total", **labels) == 200
+                assert sample(metrics, "istio_tcp_sent_bytes_total", **labels) == 200
+    finally:
+        echo.close()
