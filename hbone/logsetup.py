@@ -37,6 +37,10 @@ class LineFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         access: Any = getattr(record, "access", None)
         if isinstance(access, dict):
+            # The message already is the record's JSON object (accesslog): prepend the time, do not encode twice.
+            message = record.getMessage()
+            if message.startswith("{") and len(message) > 2:
+                return f'{{"time":"{_time(record)}",{message[1:]}'
             return json.dumps({"time": _time(record), **access}, separators=(",", ":"), default=str)
         if not self.json:
             return super().format(record)

@@ -29,6 +29,7 @@ from hbone.limits import trip_counts
 from hbone.proxy.accesslog import AccessRecord
 
 TCP_LABELS = ("reporter", "source_principal", "destination_principal", "response_flags")
+_MAX_CACHED = 4096  # label sets whose metric children are kept at hand
 
 
 @dataclass
@@ -65,6 +66,7 @@ class Telemetry:
     ) -> None:
         self.registry = CollectorRegistry()
         self.open: dict[int, AccessRecord] = {}
+        self._cache: dict[tuple[str, str, str, str], tuple[Any, Any, Any, Any]] = {}
         r = self.registry
         self.opened_total = Counter("istio_tcp_connections_opened", "TCP connections opened", TCP_LABELS, registry=r)
         self.closed_total = Counter("istio_tcp_connections_closed", "TCP connections closed", TCP_LABELS, registry=r)
@@ -80,14 +82,29 @@ class Telemetry:
 
     def opened(self, record: AccessRecord) -> None:
         self.open[id(record)] = record
-        self.opened_total.labels(*self._labels(record)).inc()
+        self._children(record)[0].inc()
 
     def closed(self, record: AccessRecord) -> None:
         self.open.pop(id(record), None)
-        labels = self._labels(record)
-        self.closed_total.labels(*labels).inc()
-        self.received_bytes.labels(*labels).inc(record.bytes_sent)
-        self.sent_bytes.labels(*labels).inc(record.bytes_received)
+        _, closed, received, sent = self._children(record)
+        closed.inc()
+        received.inc(record.bytes_sent)
+        sent.inc(record.bytes_received)
+
+    def _children(self, record: AccessRecord) -> tuple[Any, Any, Any, Any]:
+        # prometheus_client's labels() costs microseconds per call; a tunnel needs four, twice: cache per label set.
+        key = self._labels(record)
+        children = self._cache.get(key)
+        if children is None:
+            if len(self._cache) >= _MAX_CACHED:
+                self._cache.clear()
+            children = self._cache[key] = (
+                self.opened_total.labels(*key),
+                self.closed_total.labels(*key),
+                self.received_bytes.labels(*key),
+                self.sent_bytes.labels(*key),
+            )
+        return children
 
     @staticmethod
     def _labels(record: AccessRecord) -> tuple[str, str, str, str]:
