@@ -30,7 +30,7 @@ from tests.interop.test_xds_support import (
     static_cluster,
     tcp_listener,
 )
-from tests.peers import Envoy, ProcessPeer, ahttp_get, close_server, loopback_env, require_envoy
+from tests.peers import Envoy, ProcessPeer, ahttp_get, close_server, envoy_static_cluster, loopback_env, require_envoy
 from tests.peers.chromium import Browser
 from tools.localmesh import LocalMesh
 
@@ -95,15 +95,16 @@ async def test_status_page_shows_envoy_and_agent_then_a_nack_live(
             await browser.wait_for("document.querySelectorAll('.state.SYNCED').length >= 8")
             await browser.evaluate("window.loadedOnce = 'yes'")  # gone if the page were reloaded
 
-            # Valid for microxds, rejected by Envoy (connect_timeout must be > 0): a NACK.
-            bad = {**static_cluster("bad", backend_port), "connect_timeout": "-1s"}
+            # Passes microxds's validation (the protos' rules), rejected by Envoy's code (a STATIC cluster's endpoint
+            # must be an IP literal): a NACK.
+            bad = {"@type": CLUSTER_T, **envoy_static_cluster("bad", backend_port, host="localhost")}
             mesh.write_config(mesh_config([*good, bad], backends["A"]))
             await envoy.wait_stat(CDS + "update_rejected", lambda v: int(v) >= 1)
             nack = await browser.wait_for(
                 "(() => { const n = document.querySelector('tr[data-node=\"envoy-1\"] .nack'); "
                 "return n && n.textContent; })()"
             )
-            assert "duration" in nack.lower(), nack
+            assert "malformed ip address" in nack.lower(), nack
             assert await browser.evaluate("window.loadedOnce") == "yes"
             assert await browser.evaluate(f"document.querySelector('tr[data-node=\"{agent_node}\"] .nack') === null")
             await browser.screenshot(ROOT / "docs" / "status-page.png")
