@@ -25,6 +25,7 @@ import h2.events
 
 from hbone.net.connection import connect
 from hbone.net.settings import H2Settings
+from tests.peers import NO_ADMIN
 
 MiB = 1024 * 1024
 HBONE = [sys.executable, "-m", "hbone.cli"]
@@ -96,6 +97,8 @@ class Target:
 @contextlib.asynccontextmanager
 async def process(argv: Sequence[str], ready: str, nports: int, *, stdout: bool = False) -> AsyncIterator[Target]:
     """Start a server; `ready` is a regex over its stderr (or stdout) whose groups are the ports it bound."""
+    if list(argv[:3]) == HBONE or (list(argv[:3]) == MICROXDS and "agent" in argv):
+        argv = [*argv, *NO_ADMIN]  # never the fixed default admin ports (other tests and users run at once)
     proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     assert proc.stderr is not None and proc.stdout is not None
     source = proc.stdout if stdout else proc.stderr

@@ -32,7 +32,7 @@ from hbone.proxy.inbound import InboundConfig, InboundHandler, PeerInfo
 from hbone.server import HboneServer
 from hbone.tls import MeshTls
 from hbone.wire.tunnel_request import TunnelRequest, parse_tunnel_request
-from tests.peers import LOOPBACK, ProcessPeer, close_server, loopback_env, start_echo_server
+from tests.peers import LOOPBACK, NO_ADMIN, ProcessPeer, close_server, loopback_env, start_echo_server
 from tests.peers.istioecho import EchoServer, echo_client
 
 pytestmark = pytest.mark.timeout(120)
@@ -81,7 +81,7 @@ async def app() -> AsyncIterator[EchoServer]:
 
 async def hbone_serve(certs: Path) -> tuple[ProcessPeer, int]:
     peer = ProcessPeer([sys.executable, "-m", "hbone.cli", "-v", "serve", "--certs", str(certs),
-                        "--listen", f"{LOOPBACK}:0"], name="hbone-serve",
+                        "--listen", f"{LOOPBACK}:0", *NO_ADMIN], name="hbone-serve",
                        env=loopback_env({"PYTHONUNBUFFERED": "1"}))  # fmt: skip
     peer.start()
     deadline = asyncio.get_running_loop().time() + 30

@@ -16,7 +16,7 @@ from hbone.errors import UpstreamUnreachable
 from hbone.testing import TestCA
 from hbone.wire.authority import Authority
 from tests.integration.test_proxy_mesh import hbone_node
-from tests.peers import LOOPBACK, ProcessPeer, arun_peer, close_server, free_port, require_binary
+from tests.peers import LOOPBACK, NO_ADMIN, ProcessPeer, arun_peer, close_server, free_port, require_binary
 from tests.peers import wait_port as wait_port_peer
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(120)]
@@ -74,7 +74,7 @@ async def proxy(tmp_path: Path, *extra: str) -> AsyncIterator[int]:
     try:
         async with hbone_node(ca, "web", "ns", resolve=resolve) as node:
             args = ["http-proxy", "--listen", f"{LOOPBACK}:{port}", "--via", f"{LOOPBACK}:{node.port}"]
-            cmd = [sys.executable, "-m", "hbone.cli", *args, "--certs", str(certs), *extra]
+            cmd = [sys.executable, "-m", "hbone.cli", *args, "--certs", str(certs), *extra, *NO_ADMIN]
             async with ProcessPeer(cmd, name="hbone-http-proxy") as peer:
                 await wait_port_peer(LOOPBACK, port, timeout=15, peer=peer)
                 yield port
