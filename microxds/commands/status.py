@@ -40,6 +40,8 @@ def register(sub: Any) -> None:
     sec.add_argument("--plaintext", action="store_true", help="h2c, no TLS (the default without --certs/--ca)")
     sec.add_argument("--certs", type=Path, metavar="DIR", help="mesh mTLS with this identity")
     sec.add_argument("--ca", type=Path, metavar="FILE", help="server-auth TLS, trusting this CA bundle")
+    p.add_argument("--expect-identity", action="append", default=[], metavar="ID",
+                   help="with --certs: accepted server SPIFFE id (default: istiod's in our trust domain)")  # fmt: skip
     p.add_argument("--token-file", type=Path, metavar="FILE", help="send `authorization: Bearer <file content>`")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="per server (10)")
