@@ -216,7 +216,8 @@ async def test_socks5_reports_as_source(certs: Path) -> None:
         ) as bob:  # fmt: skip
             via = f"127.0.0.1:{bob.ports['serve:']}"
             async with daemon(
-                "socks5", "--listen", f"127.0.0.1:{free_port()}", "--via", via, "--certs", str(certs / "alice"),
+                "socks5", "--listen", f"127.0.0.1:{free_port()}", "--via", via, "--expect-identity", BOB,
+                "--certs", str(certs / "alice"),
                 *EPHEMERAL, listeners=("socks5", "admin", "metrics"),
             ) as socks:  # fmt: skip
                 reader, writer = await asyncio.open_connection("127.0.0.1", socks.ports["socks5"])
@@ -253,7 +254,7 @@ async def test_forward_counts_its_tunnels(certs: Path) -> None:
             via = f"127.0.0.1:{bob.ports['serve:']}"
             async with daemon(
                 "forward", "--listen", "127.0.0.1:0", "--target", f"127.0.0.1:{echo_port}",
-                "--via", via, "--certs", str(certs / "alice"), *EPHEMERAL,
+                "--via", via, "--expect-identity", BOB, "--certs", str(certs / "alice"), *EPHEMERAL,
                 listeners=("forward:", "admin", "metrics"),
             ) as fwd:  # fmt: skip
                 reader, writer = await asyncio.open_connection("127.0.0.1", fwd.ports["forward:"])
