@@ -33,6 +33,8 @@ _TLS12_CIPHERS = ":".join(
 class TlsOptions:
     allow_tls12: bool = False
     alpn: tuple[str, ...] = (ALPN_H2,)
+    #: False: a client certificate is asked for and verified when sent, but optional (server-auth TLS for Envoy
+    #: and gRPC clients that authenticate by JWT instead).
     require_client_cert: bool = True
 
 
@@ -65,7 +67,7 @@ def _base(ctx: ssl.SSLContext, bundle: CertifiedKey, options: TlsOptions) -> ssl
 def server_context(bundle: CertifiedKey, options: TlsOptions = TlsOptions()) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _base(ctx, bundle, options)
-    ctx.verify_mode = ssl.CERT_REQUIRED if options.require_client_cert else ssl.CERT_NONE
+    ctx.verify_mode = ssl.CERT_REQUIRED if options.require_client_cert else ssl.CERT_OPTIONAL
     # No resumption: every connection authenticates afresh, and no tickets race a quick client close.
     ctx.num_tickets = 0
     return ctx

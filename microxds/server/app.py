@@ -33,7 +33,7 @@ from hbone.identity import FileSource as CertFileSource
 from hbone.identity import IdentityManager
 from hbone.identity.certs import CertificateAuthority
 from hbone.net.settings import H2Settings
-from hbone.tls import MeshTls, TlsOptions, server_context
+from hbone.tls import MeshTls, TlsOptions
 from microxds.cache import (
     LinearCache,
     MetadataHash,
@@ -273,8 +273,9 @@ class ControlPlane:
         if opts.tls_listen and self._identity is not None:
             # Server-auth TLS for Envoy and gRPC clients: TLS 1.2 allowed (Envoy's upstream default maximum),
             # client certificates optional but verified when sent, so their SPIFFE id reaches the access rule.
-            ctx = server_context(self._identity.current, TlsOptions(allow_tls12=True, require_client_cert=False))
-            ctx.verify_mode = ssl.CERT_OPTIONAL
+            # MeshTls follows rotation: each handshake takes the context of the current certificate.
+            server_tls = MeshTls(self._identity, TlsOptions(allow_tls12=True, require_client_cert=False))
+            ctx = server_tls.server_context()
             host, port = parse_address(opts.tls_listen)
             self.addresses["tls"] = await grpc.listen(host, port, ssl_context=ctx, settings=h2)
         if opts.hbone_listen:
