@@ -100,7 +100,7 @@ def locate_problem(text: str, value: Any, *, max_depth: int = MAX_DEPTH) -> tupl
 def check_size(size: int, where: str, *, limit: int = MAX_CONFIG_BYTES) -> str | None:
     """A reason when `size` bytes exceed `limit`, else None."""
     if size > limit:
-        return f"{where} is {size:,} bytes; config files are limited to {limit:,} bytes"
+        return f"{where}: {size:,} bytes; config files are limited to {limit:,} bytes"
     return None
 
 
