@@ -144,9 +144,12 @@ async def test_serve_admin_metrics_readiness_with_real_tunnels(certs: Path) -> N
             try:
                 with pytest.raises(Exception, match="401"):
                     await mallory.open(target, ep)
+                # A tunnel to bob's own HBONE port trips the self-call limit (503).
+                with pytest.raises(Exception, match="503"):
+                    await mallory.open(f"127.0.0.1:{bob.ports['serve:']}", ep)
             finally:
                 await mallory.close()
-            await bob.access_records(2)
+            await bob.access_records(3)
             status, metrics = await bob.get("metrics", "/metrics")
             assert status == 200
             ok = {"reporter": "destination", "source_principal": ALICE, "destination_principal": BOB}
@@ -159,7 +162,8 @@ async def test_serve_admin_metrics_readiness_with_real_tunnels(certs: Path) -> N
             assert sample(metrics, "istio_tcp_connections_closed_total", **denied) == 1
             expiry = load_bundle(certs / "bob").not_after.timestamp()
             assert sample(metrics, "hbone_cert_expiry_timestamp_seconds", identity=BOB) == pytest.approx(expiry)
-            assert "# TYPE hbone_limit_trips_total counter" in metrics or "# TYPE hbone_limit_trips counter" in metrics
+            assert sample(metrics, "hbone_limit_trips_total", limit="self_call") == 1
+            assert sample(metrics, "istio_tcp_connections_closed_total", response_flags="CONNECT") == 1
             assert (await bob.get("admin", "/connections"))[1].strip() == "[]"
 
             status, body = await bob.get("admin", "/config_dump")
@@ -174,8 +178,8 @@ async def test_serve_admin_metrics_readiness_with_real_tunnels(certs: Path) -> N
             assert (await bob.get("admin", "/logging?level=loud"))[0] == 400
 
             # Access records are bare JSON objects on their own lines; other lines are JSON too (--log-format json).
-            records = await bob.access_records(2)
-            assert {(r["src_identity"], r["status"]) for r in records} == {(ALICE, 200), (MALLORY, 401)}
+            records = await bob.access_records(3)
+            assert {(r["src_identity"], r["status"]) for r in records} == {(ALICE, 200), (MALLORY, 401), (MALLORY, 503)}
             assert all(json.loads(line) for line in bob.lines if line.startswith("{"))
 
             # Requests are bounded: a huge head gets 431, a body-carrying method 405, an unknown path 404.

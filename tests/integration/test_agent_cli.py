@@ -124,6 +124,15 @@ async def test_agent_readiness_waits_for_xds_then_admin_shows_its_state(tmp_path
         metrics = (await _get(ports["metrics"], "/metrics"))[1]
         assert re.search(r'istio_xds_message_total\{url="type.googleapis.com/istio.workload.Address"\} [1-9]', metrics)
         assert 'hbone_cert_expiry_timestamp_seconds{identity="spiffe://cluster.local/ns/default/sa/bob"}' in metrics
+
+        # The control plane goes away: the stream's end is counted (ztunnel's istio_xds_connection_terminations).
+        await mesh.stop_control_plane()
+        for _ in range(300):  # at most 30 s
+            metrics = (await _get(ports["metrics"], "/metrics"))[1]
+            if "istio_xds_connection_terminations_total{" in metrics:
+                break
+            await asyncio.sleep(0.1)
+        assert re.search(r"istio_xds_connection_terminations_total\{reason=\"\w+\"\} [1-9]", metrics), metrics
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
