@@ -141,5 +141,7 @@ services:
             f"xds_address: 127.0.0.1:{plan.xds_port}\ntransport: mtls\ncerts: node\n"
             f'control_plane_identities: ["{plan.istiod_id}"]\nworkloads: [default/{name}]\n'
             f"hbone_port: {plan.hbone_port}\n{forwards}"
+            # Each agent's admin ports on its own address: two agents on one machine never collide.
+            f"admin: {plan.ip(host)}:15000\nmetrics: {plan.ip(host)}:15020\nreadiness: {plan.ip(host)}:15021\n"
             f"node:\n  instance_ip: {plan.ip(host)}\n  pod_name: ztunnel-{name}\n"
         )
