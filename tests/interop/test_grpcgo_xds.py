@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.interop.test_xds_proxyless import backends, bootstrap, wait_answers, write  # noqa: F401 (fixture)
+from tests.interop.test_xds_proxyless import bootstrap, wait_answers, write  # `backends`: tests/interop/conftest.py
 from tests.interop.test_xds_support import Microxds, by_prefix
 from tests.peers import ProcessPeer, loopback_env
 from tests.peers.gopeers import require_go_peer

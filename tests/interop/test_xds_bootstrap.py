@@ -20,7 +20,7 @@ import yaml
 
 from hbone.testing import TestCA
 from microxds.validate import validate_path
-from tests.interop.test_xds_proxyless import PY_CLIENT, backends, wait_answers  # noqa: F401 (fixture)
+from tests.interop.test_xds_proxyless import PY_CLIENT, wait_answers  # `backends`: tests/interop/conftest.py
 from tests.interop.test_xds_support import Microxds, by_prefix, start_tag_server, wait_tag
 from tests.peers import LOOPBACK, Envoy, ProcessPeer, close_server, envoy_validate, loopback_env, require_envoy
 
