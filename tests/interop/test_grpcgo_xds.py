@@ -19,7 +19,7 @@ from tests.peers.gopeers import require_go_peer
 pytestmark = pytest.mark.timeout(120)
 
 
-async def test_grpc_go_follows_endpoint_move(tmp_path: Path, backends: dict[str, int]) -> None:  # noqa: F811
+async def test_grpc_go_follows_endpoint_move(tmp_path: Path, backends: dict[str, int]) -> None:
     client = require_go_peer("grpc-xds-client")
     config = tmp_path / "xds.json"
     write(config, backends["A"])

@@ -100,7 +100,7 @@ async def test_envoy_runs_the_printed_bootstrap(tmp_path: Path, mode: str) -> No
         await close_server(backend)
 
 
-async def test_grpcio_uses_the_printed_bootstrap(tmp_path: Path, backends: dict[str, int]) -> None:  # noqa: F811
+async def test_grpcio_uses_the_printed_bootstrap(tmp_path: Path, backends: dict[str, int]) -> None:
     text = (EXAMPLES / "grpc-proxyless.yaml").read_text()
     config = tmp_path / "xds.yaml"
     config.write_text(text.replace("port_value: 50051", f"port_value: {backends['A']}"))
