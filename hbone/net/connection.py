@@ -8,7 +8,9 @@ Flow control (RFC 9113 §5.2, §6.9): inbound windows are credited only when the
 outbound data waits in each stream's bounded queue until the peer's windows and the transport allow it.
 The driver is composed of mixins, each reached through `H2Connection`: the h2 event handlers live in
 `hbone.net.events`; sending, resets, window credit and transport writes in `hbone.net.sending`; keepalive, GOAWAY,
-`drain()` (RFC 9113 §6.8), close and teardown in `hbone.net.lifecycle`.
+`drain()` (RFC 9113 §6.8), close and teardown in `hbone.net.lifecycle`. Abuse limits (rapid reset, control-frame
+floods, a peer that does not read, small reads for floods of tiny frames) are counted by the sans-IO
+`hbone.net.abuse.ConnectionGuard` and enforced here and in the event handlers.
 """
 
 from __future__ import annotations

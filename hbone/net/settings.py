@@ -79,7 +79,8 @@ class H2Settings:
     #: sends a handful; each costs an ACK or h2 bookkeeping here).
     max_control_frames_per_second: int = 1000
     #: Bytes queued in the transport above which we stop reading from the peer until it reads (queued PING/SETTINGS
-    #: ACKs of a peer that does not read). Envoy's per-connection buffer limit is 1 MiB too.
+    #: ACKs of a peer that does not read). Envoy's per-connection buffer limit is 1 MiB too. At least 64 KiB: reading
+    #: resumes when the transport drains below its low-water mark, so the cap must be above its high-water mark.
     max_outbound_buffer: int = 1 * MiB
     #: Server: seconds from accept (after TLS) until the client's preface and SETTINGS must have arrived.
     preface_timeout: float | None = 10.0
@@ -109,6 +110,8 @@ class H2Settings:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be positive")
+        if self.max_outbound_buffer < 64 * KiB:
+            raise ConfigError("max_outbound_buffer must be at least 65536 (the transports' high-water mark)")
         if self.max_pending_streams is not None and self.max_pending_streams < 1:
             raise ConfigError("max_pending_streams must be positive or None")
         if not 0 <= self.header_table_size <= 2**32 - 1:

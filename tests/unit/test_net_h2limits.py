@@ -13,7 +13,7 @@ import pytest
 from hyperframe.frame import PingFrame, SettingsFrame
 
 from hbone import limits
-from hbone.errors import H2ErrorCode
+from hbone.errors import ConfigError, H2ErrorCode
 from hbone.net.abuse import SMALL_READ
 from hbone.net.connection import H2Connection
 from hbone.net.h2framebuffer import ZeroCopyFrameBuffer
@@ -224,3 +224,16 @@ def test_slow_frame_is_reassembled_in_place() -> None:
         owners.add(id(buf._data))
     assert len(owners) <= 3  # appended in place, not a new copy of the pending frame per read (~512 reads)
     assert len(got) == 1 and got[0].data == payload
+
+
+def test_limit_settings_are_validated() -> None:
+    for bad in (
+        {"max_outbound_buffer": 1000},  # under the transports' high-water mark: reading would never resume
+        {"max_resets_per_second": 0},
+        {"max_pending_streams": 0},
+        {"preface_timeout": 0},
+        {"idle_timeout": -1},
+    ):
+        with pytest.raises(ConfigError):
+            H2Settings.server(**bad)
+    assert H2Settings.server(max_pending_streams=None).pending_stream_limit == 200
