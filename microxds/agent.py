@@ -34,7 +34,6 @@ from hbone.state import MeshSnapshot, MeshState, StateChange, Workload
 from hbone.state.endpoints import resolve_target_port
 from hbone.tls import MeshTls
 from hbone.wire.authority import Authority, parse_authority
-from hbone.wire.baggage import PeerMetadata
 from microxds.client.ads import AdsClient
 from microxds.client.ambient import AmbientHandler
 from microxds.controlplane import control_plane_channel, istiod_identity, start_ambient_ads
@@ -242,11 +241,7 @@ class Agent:
         identity = IdentityManager(source)
         await identity.start()
         tls = MeshTls(identity)
-        meta = PeerMetadata(
-            cluster=w.cluster_id, namespace=w.namespace, workload_name=w.workload_name or w.name,
-            service_name=w.canonical_name, service_version=w.canonical_revision,
-            region=w.locality.region, zone=w.locality.zone,
-        )  # fmt: skip
+        meta = w.peer_metadata()
         client = HboneClient(tls, metadata=meta)
         inbound = EnforcingInbound(
             self.state,

@@ -8,9 +8,10 @@ protocols are `asyncio.Protocol`s bound to a transport and speak HTTP/1.1 only; 
 handlers and speak HTTP/2 as well, which tunnels from HTTP/2 clients (httpx, Envoy, gRPC-web) need.
 
 The app sees the caller in `scope["extensions"]["hbone"]`: `{"peer_identity": "spiffe://…" or None,
-"peer_address": (host, port), "target": "host:port", "forwarded_for": "ip:port" or None}` (the last from the
-CONNECT's `forwarded` header, the original client when a proxy or waypoint opened the tunnel). Lifespan events
-run once per server (startup before the listener opens, shutdown when it closes), as under hypercorn itself.
+"peer_address": (host, port), "target": "host:port", "forwarded_for": "ip:port" or None, "baggage": {...}}`
+(`forwarded_for` from the CONNECT's `forwarded` header, the original client when a proxy or waypoint opened the
+tunnel; `baggage` the caller's workload metadata). Lifespan events run once per server (startup before the
+listener opens, shutdown when it closes), as under hypercorn itself.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ class AsgiHandler:
             "peer_address": peer.address,
             "target": peer.target,
             "forwarded_for": peer.forwarded_for,
+            "baggage": dict(peer.baggage),
         }
         app = self.app
 

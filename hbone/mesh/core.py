@@ -29,6 +29,7 @@ from hbone.state.snapshot import MeshSnapshot
 from hbone.state.store import MeshState
 from hbone.tls import MeshTls, peer_identity
 from hbone.wire.authority import Authority, parse_authority
+from hbone.wire.baggage import PeerMetadata
 
 if TYPE_CHECKING:
     from hbone.grpc.client import Channel
@@ -92,6 +93,7 @@ class Mesh:
         self._tls: MeshTls | None = None
         self._client: HboneClient | None = None
         self._outbound: OutboundProxy | None = None
+        self._metadata: PeerMetadata | None = None
         self._servers: list[MeshServer] = []
         self._started = False
 
@@ -112,7 +114,9 @@ class Mesh:
             self._manager = IdentityManager(source)
             await self._manager.start()
             self._tls = MeshTls(self._manager)
-            self._client = HboneClient(self._tls, connect_timeout=self._connect_timeout)
+            me = self._self_workload()
+            self._metadata = me.peer_metadata() if me is not None else None
+            self._client = HboneClient(self._tls, metadata=self._metadata, connect_timeout=self._connect_timeout)
             state = cp.state if cp is not None else None
             if state is not None:
                 router = Router(network=self.network, hbone_port=self.hbone_port)
@@ -322,7 +326,9 @@ class Mesh:
         ident = self.identity
         namespace = (ident.namespace or "") if ident else ""
         follow = self.state if self._choice(authorization) == "xds" else None
-        server = MeshServer(tls, handler, self.authorizer(authorization), namespace=namespace, state=follow)
+        server = MeshServer(
+            tls, handler, self.authorizer(authorization), namespace=namespace, state=follow, metadata=self._metadata
+        )
         await server.listen(host, port)
         self._servers.append(server)
         return server

@@ -24,6 +24,7 @@ from hbone.server import HboneServer
 from hbone.state import MeshSnapshot, MeshState, StateChange
 from hbone.tls import MeshTls
 from hbone.wire.authority import Authority
+from hbone.wire.baggage import PeerMetadata
 from hbone.wire.tunnel_request import TunnelMode, parse_tunnel_request, tunnel_response
 
 log = logging.getLogger("hbone.mesh")
@@ -53,7 +54,8 @@ class _AppInbound(InboundHandler):
             self.refuse(stream, e.http_status, str(e))
             record.finish(e.http_status, str(e))
             return
-        writer = TunnelWriter(stream, TunnelPeer(peer.identity, peer.address, str(req.target), req.forwarded_for))
+        caller = TunnelPeer(peer.identity, peer.address, str(req.target), req.forwarded_for, req.baggage)
+        writer = TunnelWriter(stream, caller)
         reader = TunnelReader(stream)
         try:
             await self._handler(reader, writer)
@@ -82,6 +84,7 @@ class MeshServer:
         *,
         namespace: str = "",
         state: MeshState | None = None,
+        metadata: PeerMetadata | None = None,
     ) -> None:
         """With `state`, tunnels are decided by its current snapshot (`authorize` is not used) and a policy change
         closes the open tunnels it now denies, as the node agent does."""
@@ -89,6 +92,7 @@ class MeshServer:
         config = InboundConfig(
             authorize=authorize,
             namespace=namespace,
+            response_baggage=metadata,
             tls=tls,
             resolve=self._resolve,
             # Nothing is dialled, so there is no loop to a port of ours to refuse.

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from hbone.errors import HboneError
@@ -54,6 +54,8 @@ class TunnelPeer:
     target: str
     #: Server side: the original client from the request's `forwarded: for=` (set by proxies and waypoints).
     forwarded_for: str | None = None
+    #: The other end's workload metadata from `baggage` (k8s.namespace.name, k8s.deployment.name, ...), if sent.
+    baggage: Mapping[str, str] = field(default_factory=dict)
 
 
 class TunnelReader:

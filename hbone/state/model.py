@@ -16,6 +16,7 @@ from typing import NoReturn
 from hbone.authz.model import IPAddress, Policy
 from hbone.errors import IdentityError
 from hbone.identity.spiffe import SpiffeId
+from hbone.wire.baggage import PeerMetadata
 
 DEFAULT_TRUST_DOMAIN = "cluster.local"
 DEFAULT_SERVICE_ACCOUNT = "default"
@@ -209,6 +210,14 @@ class Workload:
     @property
     def healthy(self) -> bool:
         return self.status is WorkloadStatus.HEALTHY
+
+    def peer_metadata(self) -> PeerMetadata:
+        """What a proxy sending for this workload puts in `baggage` (ztunnel src/baggage.rs)."""
+        return PeerMetadata(
+            cluster=self.cluster_id, namespace=self.namespace, workload_name=self.workload_name or self.name,
+            service_name=self.canonical_name, service_version=self.canonical_revision,
+            region=self.locality.region, zone=self.locality.zone,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

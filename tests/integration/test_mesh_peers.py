@@ -127,10 +127,12 @@ async def test_service_with_a_waypoint_is_reached_through_it(tmp_path: Path) -> 
     lm.waypoint_port = free_port()
     try:
         await lm.start_control_plane()
-        seen: asyncio.Future[tuple[str | None, str]] = asyncio.get_running_loop().create_future()
+        seen: asyncio.Future[tuple[str | None, str, str | None]] = asyncio.get_running_loop().create_future()
 
         async def waypoint(reader: TunnelReader, writer: TunnelWriter) -> None:
-            seen.set_result((str(writer.peer.identity), writer.peer.target))
+            # the sender's workload metadata travels in baggage, as the agent sends it
+            name = writer.peer.baggage.get("k8s.deployment.name")
+            seen.set_result((str(writer.peer.identity), writer.peer.target, name))
             writer.write(b"via waypoint")
             writer.write_eof()
 
@@ -143,7 +145,7 @@ async def test_service_with_a_waypoint_is_reached_through_it(tmp_path: Path) -> 
                 reader, writer = await mesh.open_connection("bob.default.svc.cluster.local:80")
                 assert str(writer.get_extra_info("peer_identity")) == WAYPOINT
                 assert await asyncio.wait_for(reader.read(), 10) == b"via waypoint"
-                assert await asyncio.wait_for(seen, 10) == (ALICE, f"{SERVICE_VIP}:80")
+                assert await asyncio.wait_for(seen, 10) == (ALICE, f"{SERVICE_VIP}:80", "alice")
                 writer.close()
     finally:
         await lm.stop()
