@@ -59,13 +59,12 @@ class TlsOrigination:
 class EgressRule:
     name: str
     match: Match
-    #: Caller SPIFFE ids admitted, as shell patterns (`spiffe://td/ns/app/sa/*`); empty admits any mesh caller.
+    #: Caller SPIFFE ids admitted, as shell patterns (`spiffe://td/ns/app/sa/*`). Empty admits nobody: every
+    #: workload of the trust domain is `spiffe://td/*`, written out.
     callers: tuple[str, ...] = ()
     tls: TlsOrigination | None = None
 
     def admits(self, caller: SpiffeId | None) -> bool:
-        if not self.callers:
-            return True
         return caller is not None and any(fnmatch.fnmatchcase(str(caller), p) for p in self.callers)
 
 
@@ -91,6 +90,10 @@ def rule_from_dict(data: object, where: str) -> EgressRule:
     callers = data.get("callers") or []
     if not isinstance(callers, list):
         raise ConfigError(f"{where}.callers: expected a list of SPIFFE id patterns")
+    if not callers:  # an empty list never means "anyone"
+        raise ConfigError(
+            f"{where}.callers: name the SPIFFE ids allowed to use this rule (--caller), e.g. spiffe://td/ns/app/sa/*"
+        )
     return EgressRule(
         str(data.get("name", where)),
         match_from_dict(data.get("match"), f"{where}.match"),

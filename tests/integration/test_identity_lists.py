@@ -15,7 +15,10 @@ import pytest
 from hbone.commands.frontends_runtime import Runtime
 from hbone.errors import ConfigError, PeerIdentityError
 from hbone.grpc.client import Channel
+from hbone.identity.spiffe import SpiffeId
+from hbone.proxy.egress import EgressRule, rules_from_list
 from hbone.proxy.frontends_config import FrontendsConfig
+from hbone.proxy.routing import Match
 from hbone.testing import TestCA
 from hbone.tls import check_server_peer
 from microxds.agent import Agent, AgentConfig
@@ -101,3 +104,12 @@ def test_jwt_verification_requires_issuer_and_audience(tmp_path: Path) -> None:
     with pytest.raises(Unauthenticated, match="aud"):
         verifier.subject(no_aud)
     assert verifier.subject(_token(key, "ops:a")) == "ops:a"
+
+
+def test_egress_rules_name_their_callers() -> None:
+    rule = {"name": "gh", "match": {"hosts": ["api.github.com"], "ports": [443]}}
+    with pytest.raises(ConfigError, match="callers: name the SPIFFE ids"):
+        rules_from_list([rule], "allow")  # main: admitted every mesh caller
+    assert not EgressRule("r", Match()).admits(SpiffeId.parse("spiffe://cluster.local/ns/a/sa/b"))
+    (everyone,) = rules_from_list([{**rule, "callers": ["spiffe://cluster.local/*"]}], "allow")
+    assert everyone.admits(SpiffeId.parse("spiffe://cluster.local/ns/a/sa/b")) and not everyone.admits(None)
