@@ -103,14 +103,16 @@ def _start(cmd: list[str], env: dict[str, str], pattern: str) -> tuple[subproces
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + 30
+    lines: list[str] = []
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line:
             break
+        lines.append(line.strip())
         if m := re.search(pattern, line):
             return proc, int(m.group(1))
     proc.kill()
-    raise SystemExit(f"{cmd[1:3]} did not start")
+    raise SystemExit(f"{' '.join(cmd[1:3])} did not start: {' | '.join(lines[-3:])}")
 
 
 def _phase(args: argparse.Namespace, env: dict[str, str], extra: list[str], watch: dict[str, int]) -> dict[str, float]:
@@ -146,7 +148,8 @@ def launch(args: argparse.Namespace) -> None:
         via = f"127.0.0.1:{hbone_port}"
         forward, fwd_port = _start(
             [sys.executable, "-m", "hbone.cli", "forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:8080",
-             "--via", via, "--certs", str(client_certs), "--admin", "off", "--metrics", "off", "--readiness", "off"],
+             "--via", via, "--certs", str(client_certs), "--expect-identity", str(ca.spiffe("bench", "api")),
+             "--admin", "off", "--metrics", "off", "--readiness", "off"],
             env, r"hbone forward: listening [\d.]+:(\d+)",
         )  # fmt: skip
         try:
