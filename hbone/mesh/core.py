@@ -203,10 +203,11 @@ class Mesh:
     ) -> tuple[TunnelStream, TunnelPeer]:
         """Open one tunnel to `target` (host:port or ip:port); the carrier and who terminated it.
 
-        With `via` (host:port of an HBONE server) the tunnel goes there, expecting one of `identities` (empty:
-        any identity the mesh roots vouch for). Without it, xDS state routes it like the node agent does
-        (service VIP or hostname → endpoint, waypoint or network gateway); without xDS an IP target is reached
-        at its own HBONE port. Refusals raise `ConnectRefused` (with the server's status, e.g. 401).
+        With `via` (host:port of an HBONE server) the tunnel goes there, expecting one of `identities` (required:
+        the server's SPIFFE ids). Without it, xDS state routes it like the node agent does (service VIP or
+        hostname → endpoint, waypoint or network gateway, with the identities xDS names); without xDS an IP target
+        is reached at its own HBONE port, again expecting `identities`. Refusals raise `ConnectRefused` (with the
+        server's status, e.g. 401).
         """
         client = self._need_client()
         authority = parse_authority(target)
@@ -237,10 +238,14 @@ class Mesh:
         return Authority.from_parts(vip, authority.port) if vip is not None else authority
 
     def _static_endpoint(self, authority: Authority, via: str | None, identities: Sequence[str | SpiffeId]) -> Endpoint:
+        if via is None and authority.ip is None:
+            raise NoRoute(f"cannot resolve {authority.host} without a control plane: pass via=HOST:PORT")
+        if not identities:
+            # Without xDS nothing says who should answer; "any identity of the mesh" would let any workload that
+            # can take the address stand in for the destination (the CLIs' --expect-identity rule).
+            raise ConfigError(f"tunnel to {authority}: pass identities=[...], the HBONE server's expected SPIFFE ids")
         if via is not None:
             return Endpoint.parse(via, identities=identities)
-        if authority.ip is None:
-            raise NoRoute(f"cannot resolve {authority.host} without a control plane: pass via=HOST:PORT")
         return Endpoint(str(authority.ip), self.hbone_port, tuple(str(i) for i in identities))
 
     async def open_connection(

@@ -21,6 +21,7 @@ from hbone.server import HboneServer
 from hbone.testing import TestCA
 
 pytestmark = pytest.mark.timeout(60)
+API = "spiffe://cluster.local/ns/shop/sa/api"
 
 
 @pytest.fixture
@@ -43,7 +44,9 @@ async def test_open_connection_and_serve_are_asyncio_shaped(certs: dict[str, Pat
     async with Mesh(certs["api"]) as server_mesh, Mesh(certs["web"]) as client_mesh:
         server = await server_mesh.serve(upper, host="127.0.0.1", port=0)
         via = f"127.0.0.1:{server.address[1]}"
-        reader, writer = await client_mesh.open_connection("127.0.0.1:7000", via=via)
+        with pytest.raises(ConfigError, match="pass identities"):  # who should answer must be said
+            await client_mesh.open_connection("127.0.0.1:7000", via=via)
+        reader, writer = await client_mesh.open_connection("127.0.0.1:7000", via=via, identities=[API])
         assert str(writer.get_extra_info("peer_identity")) == "spiffe://cluster.local/ns/shop/sa/api"
         writer.writelines([b"hello\n", b"mesh\npartial"])
         writer.write_eof()
@@ -62,7 +65,7 @@ async def test_open_connection_and_serve_are_asyncio_shaped(certs: dict[str, Pat
     async with Mesh(certs["x"]) as outsider, Mesh(certs["api"]) as server_mesh:
         server = await server_mesh.serve(upper, host="127.0.0.1", port=0)
         with pytest.raises(ConnectRefused) as refused:
-            await outsider.open_connection("127.0.0.1:7000", via=f"127.0.0.1:{server.address[1]}")
+            await outsider.open_connection("127.0.0.1:7000", via=f"127.0.0.1:{server.address[1]}", identities=[API])
         assert refused.value.status == 401
 
 
@@ -76,11 +79,11 @@ async def test_a_failing_handler_does_not_take_the_listener_down(certs: dict[str
     async with Mesh(certs["api"]) as server_mesh, Mesh(certs["web"]) as client_mesh:
         server = await server_mesh.serve(broken, host="127.0.0.1", port=0)
         via = f"127.0.0.1:{server.address[1]}"
-        reader, writer = await client_mesh.open_connection("127.0.0.1:1", via=via)
+        reader, writer = await client_mesh.open_connection("127.0.0.1:1", via=via, identities=[API])
         writer.write(b"!")
         with pytest.raises(HboneError):
             await asyncio.wait_for(reader.read(), 10)
-        reader, writer = await client_mesh.open_connection("127.0.0.1:1", via=via)
+        reader, writer = await client_mesh.open_connection("127.0.0.1:1", via=via, identities=[API])
         writer.write(b"?")
         assert await asyncio.wait_for(reader.read(), 10) == b"fine"
         writer.close()
@@ -94,7 +97,8 @@ async def test_grpc_channel_over_the_mesh(certs: dict[str, Path]) -> None:
         hbone_server = HboneServer(server_mesh.tls, InboundHandler(InboundConfig(own_ports=frozenset())))
         _, hbone_port = await hbone_server.listen("127.0.0.1", 0)
         try:
-            channel = client_mesh.grpc_channel(f"{host}:{grpc_port}", via=f"127.0.0.1:{hbone_port}")
+            via = f"127.0.0.1:{hbone_port}"
+            channel = client_mesh.grpc_channel(f"{host}:{grpc_port}", via=via, identities=[API])
             async with channel:
                 assert await channel.unary(PREFIX + "Unary", b"over hbone", timeout=10) == b"over hbone"
         finally:
@@ -105,7 +109,7 @@ async def test_grpc_channel_over_the_mesh(certs: dict[str, Path]) -> None:
 async def test_lifecycle_errors_are_one_line(certs: dict[str, Path]) -> None:
     mesh = Mesh(certs["web"])
     with pytest.raises(ConfigError, match="not started"):
-        await mesh.open_connection("127.0.0.1:80", via="127.0.0.1:1")
+        await mesh.open_connection("127.0.0.1:80", via="127.0.0.1:1", identities=[API])
     with pytest.raises(ConfigError, match="needs certificates"):
         await Mesh().start()
 
@@ -129,7 +133,8 @@ def test_runs_on_uvloop(certs: dict[str, Path]) -> None:
     async def scenario() -> tuple[str, bytes]:
         async with Mesh(certs["api"]) as server_mesh, Mesh(certs["web"]) as client_mesh:
             server = await server_mesh.serve_asgi(app, host="127.0.0.1", port=0)
-            transport = client_mesh.httpx_transport(http1=False, http2=True, via=f"127.0.0.1:{server.address[1]}")
+            via = f"127.0.0.1:{server.address[1]}"
+            transport = client_mesh.httpx_transport(http1=False, http2=True, via=via, identities=[API])
             async with httpx.AsyncClient(transport=transport, timeout=20) as client:
                 r = await client.get("http://127.0.0.1:8080/")
                 return type(asyncio.get_running_loop()).__module__, r.content

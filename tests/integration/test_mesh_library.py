@@ -90,7 +90,7 @@ async def test_httpx_to_asgi_app_in_another_process(pki: dict[str, Path], http2:
                     await client.get("http://127.0.0.1:8080/")
                 assert err.value.status == 401
         async with Mesh(pki["mallory"]) as outsider:  # another namespace: denied by same-namespace authorization
-            transport = outsider.httpx_transport(http1=not http2, http2=http2, via=via)
+            transport = outsider.httpx_transport(http1=not http2, http2=http2, via=via, identities=[HELLO])
             async with httpx.AsyncClient(transport=transport) as client:
                 with pytest.raises(MeshConnectError, match=r"refused.*401.*denied") as err:
                     await client.get("http://127.0.0.1:8080/")

@@ -71,7 +71,7 @@ async def test_httpx_through_hbone_serve(tmp_path: Path) -> None:
                         r = await client.get(f"http://{LOOPBACK}:{app_port}/")
                         assert r.status_code == 200 and r.text == "behind hbone serve\n"
             async with Mesh(ca.write(tmp_path / "other", "elsewhere", "web")) as outsider:
-                transport = outsider.httpx_transport(via=f"{LOOPBACK}:{port}")
+                transport = outsider.httpx_transport(via=f"{LOOPBACK}:{port}", identities=[server_id])
                 async with httpx.AsyncClient(transport=transport) as client:
                     with pytest.raises(MeshConnectError) as err:
                         await client.get(f"http://{LOOPBACK}:{app_port}/")

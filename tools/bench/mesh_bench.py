@@ -84,7 +84,11 @@ async def run_client(args: argparse.Namespace) -> None:
     if args.via:
         async with hbone.Mesh(args.certs) as mesh:
             transport = mesh.httpx_transport(
-                via=args.via, http1=not args.http2, http2=args.http2, max_connections=args.concurrency
+                via=args.via,
+                identities=[args.expect_identity],
+                http1=not args.http2,
+                http2=args.http2,
+                max_connections=args.concurrency,
             )
             async with httpx.AsyncClient(transport=transport) as client:
                 result = await load(client)
@@ -155,7 +159,8 @@ def launch(args: argparse.Namespace) -> None:
         try:
             rows: dict[str, list[dict[str, float]]] = {"mesh": [], "sidecar": []}
             for _ in range(args.repeats):
-                mesh_args = ["--certs", str(client_certs), "--via", via, "--url", "http://127.0.0.1:8080/", *loop_flag]
+                mesh_args = ["--certs", str(client_certs), "--via", via, "--url", "http://127.0.0.1:8080/",
+                             "--expect-identity", str(ca.spiffe("bench", "api")), *loop_flag]  # fmt: skip
                 rows["mesh"].append(_phase(args, env, mesh_args, {"server": server.pid}))
                 side_args = ["--url", f"http://127.0.0.1:{fwd_port}/", *loop_flag]
                 rows["sidecar"].append(_phase(args, env, side_args, {"server": server.pid, "forward": forward.pid}))
@@ -190,6 +195,7 @@ def main() -> None:
     parser.add_argument("--certs", help=argparse.SUPPRESS)
     parser.add_argument("--via", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--expect-identity", help=argparse.SUPPRESS)
     parser.add_argument("--uvloop", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--repeats", type=int, default=3)
