@@ -71,7 +71,7 @@ class EgressRule:
 def rule_from_dict(data: object, where: str) -> EgressRule:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping")
-    unknown = sorted(set(data) - {"name", "match", "callers", "tls"})
+    unknown = sorted(map(str, set(data) - {"name", "match", "callers", "tls"}))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: name, match, callers, tls")
     tls = data.get("tls")

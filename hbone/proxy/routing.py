@@ -198,7 +198,7 @@ def match_from_dict(data: Mapping[str, Any] | None, where: str) -> Match:
         return Match()
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a mapping with hosts/cidrs/ports")
-    unknown = sorted(set(data) - _MATCH_KEYS)
+    unknown = sorted(map(str, set(data) - _MATCH_KEYS))  # YAML keys may be booleans, numbers, null
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(_MATCH_KEYS))}")
     cidrs = []
@@ -214,7 +214,7 @@ def match_from_dict(data: Mapping[str, Any] | None, where: str) -> Match:
 def route_from_dict(data: Mapping[str, Any], where: str = "route") -> Route:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a mapping")
-    unknown = sorted(set(data) - _ROUTE_KEYS)
+    unknown = sorted(map(str, set(data) - _ROUTE_KEYS))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(_ROUTE_KEYS))}")
     via: Via | None = None
@@ -256,7 +256,7 @@ def route_from_dict(data: Mapping[str, Any], where: str = "route") -> Route:
 def double_from_dict(data: Any, where: str) -> DoubleHbone:
     if not isinstance(data, Mapping) or "gateway" not in data:
         raise ConfigError(f"{where}: expected a mapping with gateway: HOST:PORT")
-    unknown = sorted(set(data) - _DOUBLE_KEYS)
+    unknown = sorted(map(str, set(data) - _DOUBLE_KEYS))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(_DOUBLE_KEYS))}")
     try:

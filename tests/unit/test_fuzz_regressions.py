@@ -138,3 +138,29 @@ def test_config_keys_that_are_not_strings_are_config_errors(data: dict[object, o
     with pytest.raises(ConfigError):
         listener_from_dict({"type": "socks5", None: 1}, "listeners[0]")
     load("hbone_config").one_input(corpus_input("hbone_config", "null-key"))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "routes:\n  - {name: lan, match: {cidrs: ['192.168.0.0/16']}, on: direct}\n",  # YAML 1.1: `on` is True
+        "routes:\n  - {name: m, match: {hosts: [a], 1: x}, via: 10.0.0.5:15008}\n",
+        "routes:\n  - {name: r, double_hbone: {gateway: 10.2.0.1:15008, null: x}}\n",
+    ],
+)
+def test_non_string_keys_in_frontends_config_are_config_errors(text: str) -> None:
+    """hbone_config harness: a key YAML reads as a boolean, number or null made `sorted()` of the unknown keys
+    raise TypeError (str < bool) in the route, match and double_hbone parsers (and egress rules, below)."""
+    from hbone.proxy.frontends_config import FrontendsConfig
+    from hbone.safeyaml import safe_load
+
+    with pytest.raises(ConfigError, match="unknown key"):
+        FrontendsConfig.from_dict(safe_load(text, "f.yaml"), "f.yaml")
+    load("hbone_config").one_input(corpus_input("hbone_config", "boolean-route-key"))
+
+
+def test_non_string_keys_in_an_egress_rule_are_config_errors() -> None:
+    from hbone.proxy.egress import rule_from_dict
+
+    with pytest.raises(ConfigError, match="unknown key"):
+        rule_from_dict({"name": "gh", "match": {"hosts": ["a"]}, True: 1}, "allow[0]")
