@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the Go test peers of tests/peers/go (go-control-plane ADS server, grpc-go xDS client, istiod's
-# discovery server on a fake cluster, the real pilot-discovery, istio's echo client/server, h2spec).
+# discovery server and CA on a fake cluster, istio's echo client/server, h2spec).
 #
 #   tools/go-peers.sh dir     print the directory the binaries of this source tree live in (builds nothing)
 #   tools/go-peers.sh build   build them there unless already built (idempotent; a few ms when done)
@@ -17,6 +17,10 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SRC="$ROOT/tests/peers/go"
 TAGS="vtprotobuf,disable_pgv"   # how istio builds its binaries
+# istiod-fake links istio's test helpers (pilot/test/xdstest), which call the protoc-gen-validate methods that
+# disable_pgv compiles out: it is built like istio's tests are.
+TEST_TAGS="vtprotobuf"
+tags_for() { [[ "$1" == istiod-fake ]] && echo "$TEST_TAGS" || echo "$TAGS"; }
 # name -> package (relative to the module)
 PROGRAMS=(
     "gcp-ads=./gcp-ads"
@@ -25,8 +29,10 @@ PROGRAMS=(
     "echo-client=istio.io/istio/pkg/test/echo/cmd/client"
     "echo-server=istio.io/istio/pkg/test/echo/cmd/server"
     "istiod-fake=./istiod-fake"
-    "pilot-discovery=istio.io/istio/pilot/cmd/pilot-discovery"
 )
+# istio's pilot-discovery (a `tool` of the module) is not built: at the pinned commit it cannot run without
+# Kubernetes (`discovery --registries= --configDir DIR` panics in serviceentry.newController on the nil
+# multicluster controller). istiod-fake serves istio's discovery and CA code instead.
 
 export GOTOOLCHAIN=local GOFLAGS="-mod=readonly -buildvcs=false"
 
@@ -36,7 +42,7 @@ peers_dir() {
     sums="$(cd "$ROOT" && find tests/peers/go -type f \( -name '*.go' -o -name go.mod -o -name go.sum \) \
         | LC_ALL=C sort | xargs sha256sum)"
     local key
-    key="$(printf '%s\n%s\ntags=%s\n' "$sums" "$go_version" "$TAGS" | sha256sum | cut -c1-16)"
+    key="$(printf '%s\n%s\ntags=%s/%s\n' "$sums" "$go_version" "$TAGS" "$TEST_TAGS" | sha256sum | cut -c1-16)"
     echo "${HBONE_PEERS_CACHE:-$HOME/.cache/hbone-peers}/go/$key"
 }
 
@@ -69,11 +75,11 @@ build() {
             continue
         fi
         start=$SECONDS
-        if (cd "$SRC" && nice -n 10 go build -tags="$TAGS" -trimpath -o "$tmp/$name" "$pkg") 2>"$tmp/$name.log"; then
+        if (cd "$SRC" && nice -n 10 go build -tags="$(tags_for "$name")" -trimpath -o "$tmp/$name" "$pkg") 2>"$tmp/$name.log"; then
             echo "go-peers: built $name in $((SECONDS - start))s" >&2
             rm -f "$tmp/$name.log"
         else
-            echo "go-peers: building $name failed: (cd tests/peers/go && go build -tags=$TAGS -trimpath $pkg)" >&2
+            echo "go-peers: building $name failed: (cd tests/peers/go && go build -tags=$(tags_for "$name") -trimpath $pkg)" >&2
             tail -n 20 "$tmp/$name.log" >&2
             mv "$tmp/$name.log" "$tmp/$name.failed"
             rc=1

@@ -180,7 +180,6 @@ go_peer() {  # report name, binary, version
     if [[ -n "$GO_PEERS_DIR" && -x "$GO_PEERS_DIR/$2" ]]; then report "$1" "$3"; else report "$1" ""; fi
 }
 go_peer istiod-fake istiod-fake "istio.io/istio $(go_pin istio.io/istio)"
-go_peer pilot-disc pilot-discovery "istio.io/istio $(go_pin istio.io/istio)"
 go_peer istio-echo echo-server "istio.io/istio $(go_pin istio.io/istio)"
 go_peer gcp-ads gcp-ads "go-control-plane $(go_pin github.com/envoyproxy/go-control-plane)"
 go_peer grpc-go-xds grpc-xds-client "grpc-go $(go_pin google.golang.org/grpc)"

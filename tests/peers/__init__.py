@@ -12,6 +12,9 @@ Tests import from ``tests.peers``; the modules are:
 - ``envoy_config``: Envoy bootstrap builders (tcp_proxy, HBONE server and client)
 - ``etcd``: :class:`Etcd`, a single-member etcd with etcdctl
 - ``pki``: :func:`make_test_pki`, Istio-style test certificates
+- ``gopeers``: the Go peers built from ``tests/peers/go`` (go-control-plane, istiod-fake, grpc-go, h2spec)
+- ``istioecho``: istio's echo client and server (istio's Go HBONE stack)
+- ``h2app``: a plain HTTP/2 listener on ``hbone.net`` for h2spec; ``recorder``: a byte-recording relay
 """
 
 from tests.peers.envoy import (

@@ -42,8 +42,7 @@ def go_peers_dir() -> Path | None:
 
 
 def require_go_peer(name: str) -> Path:
-    """Path of one Go peer binary (gcp-ads, grpc-xds-client, istiod-fake, pilot-discovery, echo-client,
-    echo-server, h2spec)."""
+    """Path of one Go peer binary (gcp-ads, grpc-xds-client, istiod-fake, echo-client, echo-server, h2spec)."""
     base = go_peers_dir()
     if base is None:
         missing_peer(f"Go peer {name}: the go toolchain is not installed (tools/install-peers.sh builds the Go peers)")
@@ -142,15 +141,35 @@ def entry(resource: Mapping[str, Any], name: str | None = None) -> dict[str, Any
 
 
 class IstiodFake(ReadyPeer):
-    """``istiod-fake``: istiod's discovery server on a fake Kubernetes cluster fed from YAML (ambient on)."""
+    """``istiod-fake``: istiod's discovery server on a fake Kubernetes cluster fed from YAML (ambient on).
 
-    def __init__(self, objects: Path, *, token: str = "", identity: str = "", **kw: Any) -> None:
+    With ``tls`` (a cert-chain.pem/key.pem directory) its xDS port is TLS like istiod's 15012, and with ``cacerts``
+    (plugged-in ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem) it also serves istio's CA there; ``token``
+    is the bearer token of the pod ``pod`` (NS/NAME), whose service account may impersonate pods on its node when
+    listed in ``trusted_node_accounts`` (CA_TRUSTED_NODE_ACCOUNTS).
+    """
+
+    def __init__(
+        self,
+        objects: Path,
+        *,
+        token: str = "",
+        pod: str = "",
+        tls: Path | None = None,
+        cacerts: Path | None = None,
+        trusted_node_accounts: str = "",
+        **kw: Any,
+    ) -> None:
         args: list[str | os.PathLike[str]] = [require_go_peer("istiod-fake"), "--objects", objects]
         if token:
             args += ["--token", token]
-        if identity:
-            args += ["--identity", identity]
-        env = loopback_env({"PILOT_ENABLE_AMBIENT": "true"})
+        if pod:
+            args += ["--pod", pod]
+        if tls is not None:
+            args += ["--tls-cert", tls / "cert-chain.pem", "--tls-key", tls / "key.pem"]
+        if cacerts is not None:
+            args += ["--cacerts", cacerts]
+        env = loopback_env({"PILOT_ENABLE_AMBIENT": "true", "CA_TRUSTED_NODE_ACCOUNTS": trusted_node_accounts})
         super().__init__(args, name="istiod-fake", env=env, **kw)
 
     async def apply(self, yaml_text: str) -> None:
