@@ -73,7 +73,8 @@ async def proxy(tmp_path: Path, *extra: str) -> AsyncIterator[int]:
     port = free_port()
     try:
         async with hbone_node(ca, "web", "ns", resolve=resolve) as node:
-            args = ["http-proxy", "--listen", f"{LOOPBACK}:{port}", "--via", f"{LOOPBACK}:{node.port}"]
+            args = ["http-proxy", "--listen", f"{LOOPBACK}:{port}", "--via", f"{LOOPBACK}:{node.port}",
+                    "--expect-identity", str(node.identity)]  # fmt: skip
             cmd = [sys.executable, "-m", "hbone.cli", *args, "--certs", str(certs), *extra, *NO_ADMIN]
             async with ProcessPeer(cmd, name="hbone-http-proxy") as peer:
                 await wait_port_peer(LOOPBACK, port, timeout=15, peer=peer)
