@@ -251,7 +251,9 @@ class Proc:
 
     async def start(self, ready: str, wait_s: float = 30) -> re.Match[str]:
         self.proc = proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "hbone.cli", *self._args, stdin=asyncio.subprocess.DEVNULL,
+            # admin ports off: two daemons here (and other users' processes) must not share the fixed defaults
+            sys.executable, "-m", "hbone.cli", *self._args, "--admin", "off", "--metrics", "off", "--readiness", "off",
+            stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL, stderr=self._out,
         )  # fmt: skip
         deadline = time.monotonic() + wait_s
@@ -308,6 +310,7 @@ async def soak(tunnels: int, *, concurrency: int, seed: int, max_size: int, tunn
             forward = Proc("hbone forward", [
                 "forward", "--listen", "127.0.0.1:0", "--target", f"127.0.0.1:{up_port}",
                 "--via", f"127.0.0.1:{m.group(1)}", "--certs", str(base / "client"),
+                "--expect-identity", str(ca.spiffe("soak", "server")),
             ], base / "forward.log")  # fmt: skip
             fport = int((await forward.start(r"hbone forward: listening [^:]+:(\d+)")).group(1))
             procs = {"serve": serve, "forward": forward}
