@@ -54,6 +54,7 @@ class XdsControlPlane:
         profile: NodeProfile | None = None,
         on_demand: bool = False,
         ready_timeout: float = 30.0,
+        impersonate: bool | None = None,
     ) -> None:
         self.addresses = [a.strip() for a in address.split(",") if a.strip()]
         if not self.addresses:
@@ -69,6 +70,9 @@ class XdsControlPlane:
         self.profile = profile or NodeProfile(token_path=None)
         self.on_demand = on_demand
         self.ready_timeout = ready_timeout
+        #: Ask the CA on behalf of another identity (None: when the wanted identity is not the bootstrap one). A
+        #: node token, as istiod's tests and ztunnel use, needs True.
+        self.impersonate = impersonate
         self._state = MeshState() if xds else None
         self._bootstrap: IdentityManager | None = None
         self._channels: dict[str, Channel] = {}
@@ -115,7 +119,7 @@ class XdsControlPlane:
         wanted = identity or own
         if wanted is None:
             raise ConfigError("name the identity to ask the CA for (Mesh(identity='spiffe://…'))")
-        impersonate = own is not None and wanted != own
+        impersonate = self.impersonate if self.impersonate is not None else own is not None and wanted != own
         return IstioCASource(
             self._channel(self.ca_address, ca=True), wanted, ttl=self.cert_ttl, impersonate=impersonate
         )
