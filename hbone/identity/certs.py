@@ -31,6 +31,17 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def _validity(ttl: dt.timedelta, not_before: dt.datetime | None) -> tuple[dt.datetime, dt.datetime]:
+    """(not_before, not_after) of a certificate issued now whose lifetime is `ttl`.
+
+    not_before is backdated for clock skew, but by at most a quarter of the TTL: a full 5 minutes on a
+    short-lived certificate would put its half-life (when rotation starts) in the past, so it would be
+    renewed again at once, forever.
+    """
+    start = not_before if not_before is not None else now() - min(_BACKDATE, ttl / 4)
+    return start, start + ttl
+
+
 def generate_key() -> PrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
@@ -185,7 +196,7 @@ class CertificateAuthority:
         key = generate_key()
         td = SpiffeId.parse(f"spiffe://{trust_domain}")
         name = _name(f"{org} root CA", org)
-        start = now() - _BACKDATE
+        start, end = _validity(ttl, None)
         cert = (
             x509.CertificateBuilder()
             .subject_name(name)
@@ -193,7 +204,7 @@ class CertificateAuthority:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(start)
-            .not_valid_after(start + ttl)
+            .not_valid_after(end)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
@@ -206,7 +217,7 @@ class CertificateAuthority:
         self, *, ttl: dt.timedelta = DEFAULT_ROOT_TTL / 2, name: str = "intermediate CA"
     ) -> CertificateAuthority:
         key = generate_key()
-        start = now() - _BACKDATE
+        start, end = _validity(ttl, None)
         td = self.trust_domain
         builder = (
             x509.CertificateBuilder()
@@ -215,7 +226,7 @@ class CertificateAuthority:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(start)
-            .not_valid_after(min(start + ttl, self.cert.not_valid_after_utc))
+            .not_valid_after(min(end, self.cert.not_valid_after_utc))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
@@ -240,8 +251,7 @@ class CertificateAuthority:
         """Sign a workload certificate; returns the chain `[leaf, intermediates..., root]`."""
         if not isinstance(public_key, ec.EllipticCurvePublicKey):
             raise IdentityError("workload keys must be ECDSA")
-        start = not_before if not_before is not None else now() - _BACKDATE
-        end = start + ttl
+        start, end = _validity(ttl, not_before)
         leaf = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([]))
