@@ -93,6 +93,9 @@ class HealthServicer:
     def __init__(self) -> None:
         self._status: dict[str, ServingStatus] = {"": ServingStatus.SERVING}
         self._changed: dict[str, asyncio.Event] = {}
+        # Running Watch calls per service name (a name comes from the caller): the name's event is dropped with
+        # the last of them, so watches of made-up names leave nothing behind.
+        self._watchers: dict[str, int] = {}
         self._frozen = False
 
     def set_status(self, service: str, status: ServingStatus | int) -> None:
@@ -139,11 +142,19 @@ class HealthServicer:
         response = health_messages()[1]
         service = request.service
         last: ServingStatus | None = None
-        while True:
-            # Take the event before reading the status, so a change between the two is never missed.
-            event = self._changed.setdefault(service, asyncio.Event())
-            current = self._status.get(service, ServingStatus.SERVICE_UNKNOWN)
-            if current is not last:
-                last = current
-                yield response(status=int(current))
-            await event.wait()
+        self._watchers[service] = self._watchers.get(service, 0) + 1
+        try:
+            while True:
+                # Take the event before reading the status, so a change between the two is never missed.
+                event = self._changed.setdefault(service, asyncio.Event())
+                current = self._status.get(service, ServingStatus.SERVICE_UNKNOWN)
+                if current is not last:
+                    last = current
+                    yield response(status=int(current))
+                await event.wait()
+        finally:
+            left = self._watchers.pop(service) - 1
+            if left:
+                self._watchers[service] = left
+            else:
+                self._changed.pop(service, None)

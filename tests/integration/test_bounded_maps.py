@@ -9,10 +9,15 @@ import contextlib
 import gc
 import ssl
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from hbone.client import HboneClient
+from hbone.grpc.client import Channel
+from hbone.grpc.codec import ProtoCodec
+from hbone.grpc.health import WATCH, ServingStatus, health_messages
+from hbone.grpc.server import GrpcServer
 from hbone.net.pool import PoolKey
 from hbone.proxy.frontend import Dialer
 from hbone.proxy.ingress import Ingress
@@ -68,3 +73,23 @@ async def test_ingress_forgets_sni_of_failed_handshakes(tmp_path: Path) -> None:
     finally:
         server.close()
         await ingress.close()
+
+
+async def test_health_watch_of_made_up_names_leaves_nothing() -> None:
+    grpc = GrpcServer()
+    host, port = await grpc.listen()
+    request, response = health_messages()
+    codecs: dict[str, Any] = {"request_codec": ProtoCodec(request), "response_codec": ProtoCodec(response)}
+    try:
+        async with Channel(f"{host}:{port}") as ch:
+            for i in range(N):
+                watch = ch.server_stream(WATCH, request(service=f"made-up-{i}"), **codecs)
+                assert (await asyncio.wait_for(anext(watch), 10)).status == ServingStatus.SERVICE_UNKNOWN
+                await watch.aclose()  # type: ignore[attr-defined]
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 20  # the server ends each cancelled call on its own schedule
+            while grpc.health._changed and loop.time() < deadline:  # noqa: ASYNC110 - no event to wait on
+                await asyncio.sleep(0.05)
+            assert grpc.health._changed == {}  # main: one entry per name ever watched
+    finally:
+        await grpc.shutdown(0.5)
