@@ -256,7 +256,8 @@ def start_fleet(fleet: Fleet, a: argparse.Namespace, certs: dict[str, Path], pro
     serve = ["cli", "serve", "--certs", str(certs["srv"]), "--listen", "127.0.0.1:0", "--authz", "allow-all"]
     addr["serve"] = fleet.start("serve", peer(*serve, profile_as="serve"), r"listening mtls=([\d.]+:\d+)")
     for name, target in (("fwd-sink", addr["sink"]), ("fwd-echo", addr["echo"])):
-        fwd = ["cli", "forward", "--listen", "127.0.0.1:0", "--target", target, "--via", addr["serve"]]
+        fwd = ["cli", "forward", "--listen", "127.0.0.1:0", "--target", target, "--via", addr["serve"],
+               "--expect-identity", "spiffe://cluster.local/ns/bench/sa/server"]  # fmt: skip
         addr[name] = fleet.start(
             name, peer(*fwd, "--certs", str(certs["cli"]), profile_as=name), r"hbone forward: listening ([\d.]+:\d+)"
         )

@@ -141,7 +141,7 @@ async def bench(size_mib: int, rounds: int) -> dict[str, object]:
             conf.write_text(f"Port {ports['tiny']}\nListen {LOOPBACK}\nAllow {LOOPBACK}\nTimeout 60\nMaxClients 8\n")
             # explicit `off`: fixed default admin ports collide between the two daemons (and other users)
             via = ["--via", f"{LOOPBACK}:{hport}", "--certs", str(certs), "--admin", "off", "--metrics", "off",
-                   "--readiness", "off"]  # fmt: skip
+                   "--readiness", "off", "--expect-identity", str(ca.spiffe("ns", "web"))]  # fmt: skip
             cli = [sys.executable, "-m", "hbone.cli"]
             try:
                 async with processes(
