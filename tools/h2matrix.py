@@ -5,7 +5,7 @@
 Each version set is installed once with `pip install --no-deps --target` into the cache (default `.venv/h2matrix`,
 reused while the pins stay the same) and put in front of the venv's own copies with PYTHONPATH, so the rest of
 the environment is shared. It first checks that pyproject.toml declares exactly the ranges `hbone.net.h2deps`
-enforces at import. `tools/test.sh` runs it; warm it takes about half a minute.
+enforces at import. `tools/test.sh` runs it; warm it takes about 7 s on an idle machine.
 """
 
 from __future__ import annotations
