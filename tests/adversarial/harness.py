@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import os
 import re
-import signal
 import ssl
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -25,7 +24,7 @@ import h2.events
 
 from hbone.net.connection import connect
 from hbone.net.settings import H2Settings
-from tests.peers import NO_ADMIN
+from tests.peers import NO_ADMIN, stop_process
 
 MiB = 1024 * 1024
 HBONE = [sys.executable, "-m", "hbone.cli"]
@@ -123,13 +122,7 @@ async def process(argv: Sequence[str], ready: str, nports: int, *, stdout: bool 
         drains.append(asyncio.create_task(keep_draining(source)))
         yield Target(proc, ports, stderr=seen)
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 15)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop_process(proc, 15)
         for task in drains:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

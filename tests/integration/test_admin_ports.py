@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import json
 import re
-import signal
 import socket
 import struct
 import sys
@@ -21,7 +20,7 @@ from hbone.client import Endpoint, HboneClient
 from hbone.identity import IdentityManager, load_bundle
 from hbone.testing import TestCA, start_echo_server
 from hbone.tls import MeshTls
-from tests.peers import free_port
+from tests.peers import free_port, stop_process
 
 pytestmark = pytest.mark.timeout(90)
 HBONE = [sys.executable, "-m", "hbone.cli"]
@@ -86,13 +85,7 @@ async def daemon(*args: str, listeners: tuple[str, ...]) -> AsyncIterator[Daemon
         d._pump = asyncio.create_task(pump())
         yield d
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop_process(proc, 10)
 
 
 async def http_get(port: int, path: str, raw: bytes | None = None) -> tuple[int, str]:

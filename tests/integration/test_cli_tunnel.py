@@ -19,7 +19,7 @@ from hbone.grpc.health import ServingStatus, health_messages
 from hbone.identity import IdentityManager, load_bundle
 from hbone.testing import TestCA, start_echo_server
 from hbone.tls import MeshTls
-from tests.peers import NO_ADMIN
+from tests.peers import NO_ADMIN, stop_process
 
 pytestmark = pytest.mark.timeout(60)
 HBONE = [sys.executable, "-m", "hbone.cli"]
@@ -58,13 +58,7 @@ async def process(*args: str, ready: str) -> AsyncIterator[tuple[asyncio.subproc
                 break
         yield proc, m
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop_process(proc, 10)
 
 
 async def run(*args: str, stdin: bytes = b"") -> tuple[int, bytes, bytes]:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.peers import stop_process
+
 pytestmark = pytest.mark.timeout(240)
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
@@ -84,13 +86,7 @@ async def test_printed_commands_bring_the_mesh_up(tmp_path: Path) -> None:
                 await asyncio.sleep(0.2)  # retry interval of the probe, not synchronisation
     finally:
         for proc in reversed(procs):
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(proc.wait(), 15)
-                except TimeoutError:
-                    proc.kill()
-                    await proc.wait()
+            await stop_process(proc, 15)
 
 
 async def ready(proc: asyncio.subprocess.Process, command: str) -> None:
@@ -151,10 +147,4 @@ async def test_mesh_sh_keep_prints_commands_that_work() -> None:
         out = await run(probe)
         assert "status" in out.stdout and "Traceback" not in out.stderr, out.stdout + out.stderr
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                await asyncio.wait_for(proc.wait(), 20)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop_process(proc, 20, signal.SIGINT)

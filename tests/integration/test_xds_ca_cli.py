@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import re
-import signal
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from hbone.identity import IdentityManager, SpiffeId, load_bundle, write_bundle,
 from hbone.identity.certs import CertificateAuthority
 from hbone.tls import MeshTls
 from microxds.istio.ca import IstioCASource
+from tests.peers import stop_process
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,12 +64,7 @@ async def test_serve_signs_for_callers_and_trusted_nodes(tmp_path: Path) -> None
                 await IstioCASource(node, workload, impersonate=True, ttl=3 * HOUR).fetch()
             assert err.value.status == GrpcStatus.INVALID_ARGUMENT
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), 15)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await stop_process(proc, 15)
 
 
 async def test_ca_needs_the_hbone_listener(tmp_path: Path) -> None:

@@ -52,6 +52,7 @@ from tests.peers.process import (
     require_binary,
     require_node_xds,
     run_peer,
+    stop_process,
     wait_port,
     wait_port_sync,
 )
@@ -108,6 +109,7 @@ __all__ = [
     "start_echo_server",
     "start_http_server",
     "start_tls_echo_server",
+    "stop_process",
     "wait_port",
     "wait_port_sync",
 ]

@@ -122,6 +122,20 @@ async def wait_port(host: str, port: int, timeout: float = 10.0, peer: ProcessPe
         await asyncio.sleep(0.02)  # poll interval, not synchronisation
 
 
+async def stop_process(
+    proc: asyncio.subprocess.Process, timeout: float = 10.0, sig: signal.Signals = signal.SIGTERM
+) -> None:
+    """Stop an asyncio subprocess: `sig` (a graceful drain), wait up to `timeout`, then SIGKILL. Idempotent."""
+    if proc.returncode is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        await asyncio.wait_for(proc.wait(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+
+
 def wait_port_sync(host: str, port: int, timeout: float = 10.0, peer: ProcessPeer | None = None) -> None:
     """Blocking :func:`wait_port` for non-async tests."""
     deadline = time.monotonic() + timeout
