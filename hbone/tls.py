@@ -111,14 +111,20 @@ def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> SpiffeId 
     return ids[0] if ids else None
 
 
-def check_client_peer(ssl_object: ssl.SSLObject | ssl.SSLSocket | None, trust_domain: str) -> SpiffeId:
-    """Server side: the client must present a SPIFFE id in our own trust domain (reference §1)."""
+def _peer_in_trust_domain(
+    ssl_object: ssl.SSLObject | ssl.SSLSocket | None, trust_domain: str, side: str
+) -> SpiffeId:
     ident = peer_identity(ssl_object)
     if ident is None:
-        raise PeerIdentityError("client certificate carries no SPIFFE URI SAN")
+        raise PeerIdentityError(f"{side} certificate carries no SPIFFE URI SAN")
     if ident.trust_domain != trust_domain:
-        raise PeerIdentityError(f"client identity {ident} is not in trust domain {trust_domain!r}")
+        raise PeerIdentityError(f"{side} identity {ident} is not in trust domain {trust_domain!r}")
     return ident
+
+
+def check_client_peer(ssl_object: ssl.SSLObject | ssl.SSLSocket | None, trust_domain: str) -> SpiffeId:
+    """Server side: the client must present a SPIFFE id in our own trust domain (reference §1)."""
+    return _peer_in_trust_domain(ssl_object, trust_domain, "client")
 
 
 def check_server_peer(ssl_object: ssl.SSLObject | ssl.SSLSocket | None, expected: Iterable[SpiffeId | str]) -> SpiffeId:
@@ -145,12 +151,7 @@ def check_server_peer(ssl_object: ssl.SSLObject | ssl.SSLSocket | None, expected
 
 def check_server_in_trust_domain(ssl_object: ssl.SSLObject | ssl.SSLSocket | None, trust_domain: str) -> SpiffeId:
     """Client side, when the caller named no server identity: the server must be in our own trust domain."""
-    ident = peer_identity(ssl_object)
-    if ident is None:
-        raise PeerIdentityError("server certificate carries no SPIFFE URI SAN")
-    if ident.trust_domain != trust_domain:
-        raise PeerIdentityError(f"server identity {ident} is not in trust domain {trust_domain!r}")
-    return ident
+    return _peer_in_trust_domain(ssl_object, trust_domain, "server")
 
 
 class MeshTls:
