@@ -2,7 +2,7 @@
 
 One listener serves both HBONE tunnels (CONNECT, or POST with `x-tun`) and gRPC requests (POST with
 `content-type: application/grpc…`), so the control plane and CA can be reached over the same mTLS port as tunnels.
-A TLS client whose SPIFFE id is not in our trust domain is dropped right after the handshake (reference §1).
+A TLS client whose SPIFFE id is not in our trust domain is dropped right after the handshake (docs/hbone-spec.md).
 """
 
 from __future__ import annotations

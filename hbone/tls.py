@@ -1,6 +1,6 @@
 """mTLS contexts for HBONE, and peer identity checks after the handshake.
 
-Like ztunnel (reference §1 "TLS"): TLS 1.3 only unless TLS 1.2 is opted in, ALPN `h2`, client certificates
+Like ztunnel (docs/hbone-spec.md): TLS 1.3 only unless TLS 1.2 is opted in, ALPN `h2`, client certificates
 required, chains verified against the mesh roots (OpenSSL checks the clientAuth/serverAuth EKU for the role), no
 SNI, no session resumption. Python's ssl has no per-certificate verification hook, so the SPIFFE checks run right
 after the handshake: the server accepts only peers of its own trust domain, the client only a server whose URI
@@ -123,7 +123,7 @@ def _peer_in_trust_domain(
 
 
 def check_client_peer(ssl_object: ssl.SSLObject | ssl.SSLSocket | None, trust_domain: str) -> SpiffeId:
-    """Server side: the client must present a SPIFFE id in our own trust domain (reference §1)."""
+    """Server side: the client must present a SPIFFE id in our own trust domain (docs/hbone-spec.md)."""
     return _peer_in_trust_domain(ssl_object, trust_domain, "client")
 
 

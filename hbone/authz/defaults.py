@@ -1,7 +1,7 @@
 """Built-in policies for deployments without a control plane.
 
-Istio itself has no same-namespace default (reference §4 "Default behaviour": no policies → allow). The product brief
-does: "by default, only 'same trust domain and namespace' communication is allowed". Both are expressed here as
+Istio itself has no same-namespace default (docs/istio.md §4 "Default behaviour": no policies → allow). The product
+brief does: "by default, only 'same trust domain and namespace' communication is allowed". Both are expressed here as
 ordinary `Policy` values so the one engine decides every connection and a config dump shows what is enforced.
 """
 
@@ -57,7 +57,7 @@ def same_namespace_policy(trust_domain: str, namespace: str, *, name: str = SAME
 
 
 def allow_all_policy(namespace: str, *, name: str = ALLOW_ALL_NAME) -> Policy:
-    """ALLOW everything: `rules: [{}]`, one rule with no clauses, matches every connection (reference §4)."""
+    """ALLOW everything: `rules: [{}]`, one rule with no clauses, matches every connection (docs/istio.md §4)."""
     return Policy(name=name, namespace=namespace, scope=Scope.NAMESPACE, action=Action.ALLOW, rules=(Rule(),))
 
 

@@ -1,4 +1,4 @@
-"""Pure authorization decisions with Istio ambient (ztunnel) semantics — reference §4.
+"""Pure authorization decisions with Istio ambient (ztunnel) semantics — docs/istio.md §4.
 
 `evaluate(policies, conn)` decides one connection against the policies that apply to its destination workload;
 `PolicyIndex` selects those policies from a whole mesh (namespace, global, selector). Policies are compiled once
@@ -72,7 +72,7 @@ _Pred = Callable[[_Subject], bool]
 
 
 def _string_set(matches: Sequence[StringMatch]) -> Callable[[str | None], bool]:
-    """Any of `matches` hits the value. An absent value (no identity / no namespace) hits nothing (reference §4)."""
+    """Any of `matches` hits the value. An absent value (no identity / no namespace) hits nothing (docs/istio.md §4)."""
     exact = frozenset(m.value for m in matches if m.kind is StringMatchKind.EXACT)
     prefixes = tuple(m.value for m in matches if m.kind is StringMatchKind.PREFIX)
     suffixes = tuple(m.value for m in matches if m.kind is StringMatchKind.SUFFIX)
@@ -232,7 +232,7 @@ class CompiledPolicy:
 
 
 def compile_policy(policy: Policy) -> CompiledPolicy:
-    """Compile (once; cached on the policy). A policy with no rules never matches (reference §4)."""
+    """Compile (once; cached on the policy). A policy with no rules never matches (docs/istio.md §4)."""
     cached = policy._compiled
     if isinstance(cached, CompiledPolicy):
         return cached
@@ -260,7 +260,7 @@ def policy_matches(policy: Policy, conn: Connection) -> bool:
 
 
 def evaluate(policies: Iterable[Policy], conn: Connection) -> Decision:
-    """Decide `conn` against the policies that apply to its destination (reference §4 "Evaluation order").
+    """Decide `conn` against the policies that apply to its destination (docs/istio.md §4 "Evaluation order").
 
     1. any non-dry-run DENY that matches → deny; 2. no (non-dry-run) ALLOW policies → allow;
     3. any ALLOW that matches → allow; 4. otherwise deny. Dry-run policies never decide; the keys of those that
@@ -301,7 +301,7 @@ def is_allowed(policies: Iterable[Policy], conn: Connection) -> bool:
 
 
 class PolicyIndex:
-    """All policies of a mesh, indexed for selection (reference §4 "Which policies apply").
+    """All policies of a mesh, indexed for selection (docs/istio.md §4 "Which policies apply").
 
     Immutable once built: state snapshots share one index per policy generation. GLOBAL-scope policies apply
     mesh-wide only when they live in `root_namespace` (istiod only sets GLOBAL there); with `root_namespace=""`

@@ -2,7 +2,7 @@
 
 These are the values the engine evaluates. They carry no protobuf: `microxds.istio.convert` builds them from the
 xDS resource, and `hbone.authz.config` builds them from the YAML-ish AuthorizationPolicy form used in config files.
-Field names and nesting follow the proto (Authorization → rules → clauses → matches; reference §2), so conversion is
+Field names and nesting follow the proto (Authorization → rules → clauses → matches; docs/istio.md §2), so conversion is
 one line per field.
 """
 
@@ -29,7 +29,7 @@ class Scope(enum.IntEnum):
 
 
 class Action(enum.IntEnum):
-    """`istio.security.Action`; values are the proto numbers. CUSTOM/AUDIT never reach ztunnel (reference §4)."""
+    """`istio.security.Action`; values are the proto numbers. CUSTOM/AUDIT never reach ztunnel (docs/istio.md §4)."""
 
     ALLOW = 0
     DENY = 1
@@ -67,7 +67,7 @@ class StringMatch:
 
     @classmethod
     def from_istio(cls, text: str) -> StringMatch:
-        """istiod's `stringToMatch`: `*` → presence, `*x` → suffix x, `x*` → prefix x, else exact (reference §4)."""
+        """istiod's `stringToMatch`: `*` → presence, `*x` → suffix x, `x*` → prefix x, else exact (docs/istio.md §4)."""
         if text == "*":
             return cls.presence()
         if text.startswith("*"):
@@ -176,7 +176,7 @@ class Policy:
 
     @property
     def key(self) -> str:
-        """The xDS resource name, `<namespace>/<name>` (reference §2)."""
+        """The xDS resource name, `<namespace>/<name>` (docs/istio.md §2)."""
         return f"{self.namespace}/{self.name}"
 
     @classmethod

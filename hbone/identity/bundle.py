@@ -7,7 +7,7 @@ Layouts, tried in this order when a directory is given:
 An explicit layout names the three files directly.
 
 Trust anchors are the last element(s) of the chain plus the root file's certificates (istiod's CA returns the
-roots as the last chain element; reference §1 "Trust anchors").
+roots as the last chain element; docs/hbone-spec.md).
 """
 
 from __future__ import annotations

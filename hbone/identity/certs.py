@@ -2,7 +2,7 @@
 
 Everything is ECDSA P-256 with SHA-256, as istiod and ztunnel use. Workload certificates carry the SPIFFE id as a
 URI SAN and both serverAuth and clientAuth EKUs, because the same certificate serves inbound (server) and outbound
-(client) HBONE (reference §1, "How the client verifies the server").
+(client) HBONE (docs/hbone-spec.md).
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ class CertifiedKey:
         return self.leaf.not_valid_after_utc
 
     def refresh_at(self) -> dt.datetime:
-        """Half-life of the leaf, when istio/ztunnel rotate (reference §3 "Rotation")."""
+        """Half-life of the leaf, when istio/ztunnel rotate (docs/istio.md §3)."""
         return self.not_before + (self.not_after - self.not_before) / 2
 
     def chain_pem(self) -> bytes:
@@ -300,7 +300,7 @@ class CertificateAuthority:
 
 
 def build_csr(key: PrivateKey, spiffe: SpiffeId) -> x509.CertificateSigningRequest:
-    """A CSR as istiod expects it: empty subject, one critical URI SAN, P-256, SHA-256 (reference §3 "CSR")."""
+    """A CSR as istiod expects it: empty subject, one critical URI SAN, P-256, SHA-256 (docs/istio.md §3)."""
     return (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([]))

@@ -2,7 +2,7 @@
 
 A `CertificateSource` produces a `CertifiedKey` on demand: reloading files written by an external rotator, signing
 with a local dev CA, or asking a remote CA (the Istio CA client lives in microxds and plugs in here). The manager
-refreshes at half-life (reference §3 "Rotation"), retries failures with exponential backoff (0.5 s doubling to
+refreshes at half-life (docs/istio.md §3), retries failures with exponential backoff (0.5 s doubling to
 150 s) and keeps serving the old certificate until it actually expires. Listeners are called after each rotation;
 new connections use the new certificate, existing connections keep the one they were made with.
 """

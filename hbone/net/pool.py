@@ -1,4 +1,4 @@
-"""HBONE connection pool, as ztunnel's (reference §1 "Pooling").
+"""HBONE connection pool, as ztunnel's (docs/hbone-spec.md).
 
 - Keyed by (source identity, destination identities, destination address): a connection carries exactly one
   source and one destination identity.

@@ -6,7 +6,7 @@ byte received (the ClientHello included) over HBONE; the mTLS session stays end 
 workloads. A route's `token_file` adds `authorization: Bearer` for hops that ask for it. A ClientHello that is
 garbage or never completes is refused with a TLS alert and a close; nothing reaches an upstream.
 
-Double HBONE (reference §1): the gateway accepts an outer CONNECT to `svc-fqdn:port`, resolves the service to an
+Double HBONE (docs/hbone-spec.md): the gateway accepts an outer CONNECT to `svc-fqdn:port`, resolves the service to an
 endpoint workload on its network and forwards the inner bytes (TLS + HTTP/2 of the inner tunnel) opaquely to that
 workload's HBONE port. `open_double_hbone` is the client: outer tunnel to the gateway, then a fresh mTLS + h2
 connection inside it (never pooled, like ztunnel) verified against the target's identities.

@@ -1,5 +1,5 @@
 """Authorization that follows mesh state: every tunnel is decided with the current snapshot, and a policy change
-closes the admitted tunnels it now denies (ztunnel's `AuthorizationPolicyLateRejection`, reference §4).
+closes the admitted tunnels it now denies (ztunnel's `AuthorizationPolicyLateRejection`, docs/istio.md §4).
 
 Used by the node agent's inbound listeners and by the in-process mesh server (`hbone.Mesh.serve` with xDS).
 """

@@ -1,6 +1,6 @@
 """The inbound HBONE handler (ztunnel's :15008): validate, authorize, dial, answer, splice.
 
-Per stream (reference §1 "Response codes"): 400 for a method other than CONNECT/POST or a bad authority, 401 when
+Per stream (docs/hbone-spec.md): 400 for a method other than CONNECT/POST or a bad authority, 401 when
 authorization denies, 503 when the upstream is unknown, is one of our own ports, refuses or times out (10 s).
 `200` goes out only after the upstream TCP connect succeeded, optionally with a response `baggage` header.
 """

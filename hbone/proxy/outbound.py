@@ -1,7 +1,7 @@
 """Outbound routing for a self-configuring node proxy: where a connection to VIP:port or host:port goes.
 
 `Router.route()` is pure (DESIGN §5.7): mesh snapshot + source workload + target → a `Route`, following ztunnel's
-`src/proxy/outbound.rs` (reference §1):
+`src/proxy/outbound.rs` (docs/hbone-spec.md):
 
 * a service VIP:port or hostname:port → the service's waypoint if it names one (CONNECT authority stays VIP:port,
   the waypoint's identity is expected); else a healthy endpoint, round robin within the closest locality tier;

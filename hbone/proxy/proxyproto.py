@@ -1,8 +1,8 @@
 """HBONE inbound for apps that ask for PROXY protocol (ztunnel's `application_tunnel{protocol=PROXY}`).
 
 Same as `InboundHandler`, but before the first byte the app receives a PROXY v2 header: src = the HBONE client's
-address, dst = the address dialed, TLV 0xD0 = the client's SPIFFE id (reference §1 "PROXY protocol with
-waypoints"). `ports` limits it to the app ports that asked for it (empty: every tunnel).
+address, dst = the address dialed, TLV 0xD0 = the client's SPIFFE id (docs/hbone-spec.md §5).
+`ports` limits it to the app ports that asked for it (empty: every tunnel).
 
 Lives beside `inbound.py` rather than in it; a cleaner hook there would be an `InboundConfig.app_tunnel(target)`
 callback consulted right after the dial.

@@ -2,7 +2,7 @@
 
 Pure functions over domain values; `MeshSnapshot` wires them to its indexes. Semantics follow ztunnel's upstream
 selection: a Service port's `target_port` 0 is a named port resolved per endpoint through `Workload.services`
-(reference §2 "Port"); `LoadBalancing.routing_preference` ranks endpoints by how many leading scopes match the
+(docs/istio.md §2); `LoadBalancing.routing_preference` ranks endpoints by how many leading scopes match the
 client (FAILOVER: best rank first; STRICT: only endpoints matching every scope); `health_policy` ONLY_HEALTHY (the
 default) drops unhealthy endpoints.
 """

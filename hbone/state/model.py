@@ -1,4 +1,4 @@
-"""Ambient mesh domain types, mirroring `istio.workload` (reference §2) field for field.
+"""Ambient mesh domain types, mirroring `istio.workload` (docs/istio.md §2) field for field.
 
 No protobuf here: `microxds.istio.convert` builds these from `istio.workload.Address`, config files build them
 directly. Enum values are the proto numbers where the reference gives them; convert by name otherwise. Validation
@@ -200,7 +200,7 @@ class Workload:
 
     @cached_property
     def identity(self) -> SpiffeId:
-        """`spiffe://<td>/ns/<ns>/sa/<sa>`; empty trust domain / service account mean the defaults (reference §2)."""
+        """`spiffe://<td>/ns/<ns>/sa/<sa>`; empty trust domain / service account: the defaults."""
         return SpiffeId.istio(
             self.trust_domain or DEFAULT_TRUST_DOMAIN,
             self.namespace,

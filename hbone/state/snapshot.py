@@ -292,7 +292,7 @@ class MeshSnapshot:
 
     def recheck(self, connections: Iterable[Connection]) -> tuple[tuple[Connection, Decision], ...]:
         """The open connections this snapshot now denies, with why — the proxy closes them
-        (ztunnel `AuthorizationPolicyLateRejection`, reference §4)."""
+        (ztunnel `AuthorizationPolicyLateRejection`, docs/istio.md §4)."""
         out = []
         for conn in connections:
             decision = self.authorize(conn)

@@ -72,7 +72,7 @@ class ApplyResult:
 
     @property
     def nack_message(self) -> str:
-        """The rejects joined with "; ", as ztunnel fills `error_detail.message` (reference §2 ACK/NACK)."""
+        """The rejects joined with "; ", as ztunnel fills `error_detail.message` (docs/istio.md §2 ACK/NACK)."""
         return "; ".join(str(r) for r in self.rejects)
 
 

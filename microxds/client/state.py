@@ -197,7 +197,7 @@ class DeltaSession:
         """The ACK or NACK for `resp` (after applying it)."""
         state = self.types.get(resp.type_url)
         if state is None:
-            self.unknown_responses += 1  # not ours: ACK it and move on (reference §2)
+            self.unknown_responses += 1  # not ours: ACK it and move on (docs/istio.md §2)
             return discovery_pb2.DeltaDiscoveryRequest(type_url=resp.type_url, response_nonce=resp.nonce)
         return state.on_response(resp, self.handler, self.clock())
 

@@ -7,7 +7,7 @@ element (which may hold several PEM roots), and the leaf must carry the identity
 half-life with 0.5 s → 150 s backoff and the old certificate kept until expiry is `IdentityManager`'s job.
 
 Server (`CaService`, `register_ca`): signs for the authenticated caller only — never for the CSR's SANs
-(reference §3). A caller whose identity is in `trusted_node_identities` may ask for another identity through
+(docs/istio.md §3). A caller whose identity is in `trusted_node_identities` may ask for another identity through
 `ImpersonatedIdentity`; anyone else asking for an identity not its own is refused with UNAUTHENTICATED, like
 istiod. TTL: ≤ 0 means `default_ttl`; above `max_ttl` is refused (INVALID_ARGUMENT).
 """

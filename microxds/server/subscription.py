@@ -12,7 +12,7 @@ resources to return"):
   `delta.go` `deltaWatchedResources`) (Delta rule 7).
 * Unsubscribing a name never subscribed is a no-op (Delta rule 4).
 
-Memory (reference §5 complaint 6): thousands of clients usually subscribe to the same names and hold the same
+Memory (docs/performance.md complaint 6): thousands of clients usually subscribe to the same names and hold the same
 versions, so both halves of the state are structurally shared. Name sets are immutable and interned (one frozenset
 per distinct set, however many clients use it). What a client holds is a shared, interned name -> version map plus
 a small private overlay of differences (`SentVersions`), folded back into a shared map when it grows. An idle

@@ -6,7 +6,7 @@ parse as one list (protobuf encoding guide, "Last One Wins" / "Packed repeated f
 serialised head (version, type URL, nonce, removals) plus the field-2 entries of its resources, which are
 built once per resource and shared by every client (`sotw_entry`, `delta_entry`). Building a 2,000-resource
 initial response is then one `b"".join` instead of 2,000 protobuf messages per client, which also keeps the
-initial-sync memory peak low (reference §5 complaint 6; go-control-plane PR #1324 for the same idea).
+initial-sync memory peak low (docs/performance.md complaint 6; go-control-plane PR #1324 for the same idea).
 
 `WireResponse` is what the stream cores return; the service's codec sends `serialize()`. Tests and tools that read
 fields get them from a message parsed on first attribute access.

@@ -6,7 +6,7 @@ They become istio.workload.Address and istio.security.Authorization resources th
 - `Workload.services` lists the services a workload backs, with their ports (from the service's `workloads:` or
   the workload's `services:`);
 - policies follow istiod's AuthorizationPolicy conversion (pilot/pkg/serviceregistry/kube/controller/ambient/
-  authorization.go, described in reference §4): `to` ports make one clause, `from` sources another, each L4 `when`
+  authorization.go, described in docs/istio.md §4): `to` ports make one clause, `from` sources another, each L4 `when`
   one more; an ALLOW rule with an HTTP attribute is dropped and a DENY rule loses its HTTP attributes (with a
   warning); selector policies are named in `Workload.authorization_policies`.
 Keys may be camelCase or snake_case.

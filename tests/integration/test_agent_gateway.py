@@ -2,7 +2,7 @@
 
 The gateway here is the smallest one that behaves like an east-west gateway: an HBONE server that routes the outer
 `CONNECT bob.default.svc.cluster.local:80` to bob's node (HBONE port) and relays the bytes opaquely, so the inner
-mTLS runs end to end between alice and bob's agent (reference §1 "Double HBONE").
+mTLS runs end to end between alice and bob's agent (docs/hbone-spec.md).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The waypoint is the two verified recipes back to back (docs/interop.md "Envoy as an HBONE peer"):
 `hbone_in` terminates HBONE (mTLS 1.3 + h2 CONNECT) on the waypoint workload's address and hands the bytes to
 `connect_originate`, a tcp_proxy that opens HBONE again to bob's node agent with the waypoint's own identity and
-`:authority` = bob's IP:target port — the hops Istio's waypoints make (reference §1 "Waypoint hops").
+`:authority` = bob's IP:target port — the hops Istio's waypoints make (docs/hbone-spec.md).
 
 The mesh config names the waypoint on bob's service and allows only the waypoint's identity into bob, so a round
 trip that succeeds can only have gone through Envoy; alice reaching bob's address directly is refused with 401.

@@ -1,4 +1,4 @@
-"""AuthorizationPolicy dicts → Policy, converted as istiod converts them (reference §4 "How istiod converts")."""
+"""AuthorizationPolicy dicts → Policy, converted as istiod converts them (docs/istio.md §4 "How istiod converts")."""
 
 from __future__ import annotations
 

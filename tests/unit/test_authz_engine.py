@@ -1,4 +1,4 @@
-"""Table tests for every rule in reference §4 (authorization semantics); each test is named after its rule."""
+"""Table tests for every rule in docs/istio.md §4 (authorization semantics); each test is named after its rule."""
 
 from __future__ import annotations
 
@@ -210,7 +210,7 @@ def test_within_a_field_any_positive_may_match_and_no_negative_may_match() -> No
 M = Match
 SA = ServiceAccountMatch
 FIELD_TABLE = [
-    # (rule, match, plaintext, tls, tls_alt) — ztunnel rbac.rs table, expectations as in reference §4
+    # (rule, match, plaintext, tls, tls_alt) — ztunnel rbac.rs table, expectations as in docs/istio.md §4
     ("namespaces vs source namespace", M(namespaces=(E("namespace"),)), False, True, False),
     ("not_namespaces", M(not_namespaces=(E("namespace"),)), True, False, True),
     ("principals vs identity without spiffe://", M(principals=(E("td/ns/namespace/sa/account"),)), False, True, False),

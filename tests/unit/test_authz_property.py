@@ -1,4 +1,4 @@
-"""Property test: the compiled engine agrees with a plain, obviously-correct reading of reference §4.
+"""Property test: the compiled engine agrees with a plain, obviously-correct reading of docs/istio.md §4.
 
 Policies and connections are drawn from tiny domains (two namespaces, two service accounts, a handful of IPs and
 ports) so that matches, near-misses, plaintext clients and non-Istio ids all occur often.

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-OUTSIDE = re.compile(r"\.\./shared|shared/reference|(?<![\w/])reference/[\w-]+\.md|DESIGN\.md")
+OUTSIDE = re.compile(r"\.\./shared|shared/reference|reference §|(?<![\w/])reference/[\w-]+\.md|DESIGN\.md")
 CITED = re.compile(r"docs/([\w-]+\.md)")
 TEXT = (".py", ".md", ".yaml", ".yml", ".json", ".sh", ".toml", ".txt", ".proto")
 
