@@ -23,8 +23,7 @@ from hbone.errors import ConfigError, HboneError
 from hbone.grpc.server import GrpcServer
 from hbone.identity.bundle import load_bundle
 from hbone.identity.manager import FileSource, IdentityManager
-from hbone.net.pipe import AcceptedPipe
-from hbone.net.splice import splice
+from hbone.net.relay import AcceptedPipe, RelayResult, TcpEnd, relay
 from hbone.net.stream import Stream
 from hbone.proxy.accesslog import AccessRecord
 from hbone.proxy.inbound import InboundConfig, InboundHandler, policy_authorizer
@@ -210,7 +209,7 @@ async def _connect(args: argparse.Namespace) -> int:
     try:
         tunnel = await client.open(args.target, ep)
         stdio = await Stdio.open()  # pipes, sockets, terminals or regular files (`< file`, `> file`)
-        result = await splice(tunnel.stream, stdio.reader, stdio.writer)  # type: ignore[arg-type]
+        result = await relay(TcpEnd(stdio.reader, stdio.writer), tunnel.stream, idle_timeout=None)
         await stdio.finish()
         return 0 if result.error is None else 1
     finally:
@@ -246,8 +245,7 @@ async def _forward(args: argparse.Namespace) -> int:
             print(f"hbone forward: {e}", file=sys.stderr)
             writer.close()
             return
-        result = await splice(tunnel.stream, reader, writer)  # type: ignore[arg-type]
-        _finish(record, result)
+        _finish(record, await relay(TcpEnd(reader, writer), tunnel.stream))
 
     def accepted() -> AcceptedPipe:
         record = AccessRecord("forward", mode=ep.mode.value, dst_addr=args.target)
@@ -266,9 +264,9 @@ async def _forward(args: argparse.Namespace) -> int:
 
     host = str(listen.ip) if listen.ip else listen.host
     tasks: set[asyncio.Task[None]] = set()
-    if ep.inner_tls:  # the stream carries TLS records: relay the plaintext with splice() over a TlsStream
+    if ep.inner_tls:  # the stream carries TLS records: the task relay carries the plaintext of a TlsStream
         server = await asyncio.start_server(handle, host, listen.port)
-    else:  # protocol splice: each chunk is relayed in the callback that received it (1 KiB round trip, RESULTS)
+    else:  # callback path: each chunk is relayed in the callback that received it (1 KiB round trip, RESULTS)
         loop = asyncio.get_running_loop()
         server = await loop.create_server(accepted, host, listen.port)
     port = server.sockets[0].getsockname()[1]
@@ -313,7 +311,7 @@ def _peer(transport: Any) -> str | None:
     return f"{peer[0]}:{peer[1]}" if peer else None
 
 
-def _finish(record: AccessRecord, result: Any) -> None:
-    """Close the access record of a relayed connection from its splice result (`SpliceResult` shape)."""
-    record.bytes_sent, record.bytes_received = result.to_stream, result.from_stream
-    record.finish(200, "ok" if result.error is None else f"broken: {result.error}")
+def _finish(record: AccessRecord, result: RelayResult) -> None:
+    """Close the access record of a relayed connection from its relay result."""
+    record.bytes_sent, record.bytes_received = result.sent, result.received
+    record.finish(200, result.outcome)

@@ -8,8 +8,7 @@ garbage or never completes is refused with a TLS alert and a close; nothing reac
 
 Double HBONE (docs/hbone-spec.md): the gateway accepts an outer CONNECT to `svc-fqdn:port`, resolves the service to an
 endpoint workload on its network and forwards the inner bytes (TLS + HTTP/2 of the inner tunnel) opaquely to that
-workload's HBONE port. `open_double_hbone` is the client: outer tunnel to the gateway, then a fresh mTLS + h2
-connection inside it (never pooled, like ztunnel) verified against the target's identities.
+workload's HBONE port. The client side is `hbone.proxy.double_hbone`.
 """
 
 from __future__ import annotations
@@ -17,26 +16,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 
-from hbone.client import Endpoint, HboneClient
-from hbone.errors import ConnectRefused, HboneError, ProtocolError, TunnelError, UpstreamUnreachable
-from hbone.identity.spiffe import SpiffeId
-from hbone.net.connection import H2Connection, connect
-from hbone.net.splice import SpliceResult, splice
-from hbone.net.stream import Stream
+from hbone.errors import HboneError, ProtocolError, UpstreamUnreachable
 from hbone.proxy.accesslog import AccessRecord
 from hbone.proxy.frontend import Opener, fmt_addr, relay, start_listener
 from hbone.proxy.inbound import Resolver
 from hbone.proxy.routing import RouteDenied
 from hbone.state.snapshot import MeshSnapshot
-from hbone.tls import check_server_peer
 from hbone.wire.authority import Authority, parse_authority
 from hbone.wire.clienthello import ClientHello, ClientHelloReader, sni_target
-from hbone.wire.tracecontext import TraceParent
-from hbone.wire.tunnel_request import connect_request, parse_tunnel_response
 
 log = logging.getLogger("hbone.eastwest")
 
@@ -146,64 +135,3 @@ def mesh_resolver(snapshot: Callable[[], MeshSnapshot], *, network: str = "", hb
         raise UpstreamUnreachable(f"service {target} has no endpoint on network {network or '(default)'}")
 
     return resolve
-
-
-# --- double HBONE: the client ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class DoubleTunnel:
-    """The inner tunnel: `stream` carries the application bytes, end to end with the target workload."""
-
-    stream: Stream
-    inner_identity: SpiffeId
-    outer_identity: SpiffeId | None
-    _conn: H2Connection
-    _relay: asyncio.Task[SpliceResult]
-
-    async def close(self) -> None:
-        await self._conn.close()
-        self._relay.cancel()
-        with contextlib.suppress(asyncio.CancelledError, HboneError):
-            await self._relay
-
-
-async def open_double_hbone(
-    client: HboneClient,
-    gateway: Endpoint,
-    target: str | Authority,
-    inner_identities: Sequence[str | SpiffeId],
-    *,
-    network: str | None = None,
-    forwarded_for: str | None = None,
-) -> DoubleTunnel:
-    """Outer CONNECT `target` via `gateway`, then mTLS + CONNECT `target` inside it (x-forwarded-network)."""
-    if client.tls is None:
-        raise TunnelError("double HBONE needs a workload certificate for the inner mTLS")
-    tgt = target if isinstance(target, Authority) else parse_authority(target)
-    outer = await client.open(tgt, gateway, forwarded_for=forwarded_for)
-    # A socketpair lets asyncio's own TLS and our H2Connection run over the outer stream unchanged.
-    near, far = socket.socketpair()
-    reader, writer = await asyncio.open_connection(sock=near)
-    task = asyncio.ensure_future(splice(outer.stream, reader, writer))  # type: ignore[arg-type]
-    try:
-        conn = await connect(sock=far, ssl=client.tls.client_context(), server_hostname="", settings=client.settings)
-        inner_identity = check_server_peer(conn.ssl_object, inner_identities)
-        headers = connect_request(
-            tgt,
-            baggage=client.metadata,
-            forwarded_for=forwarded_for,
-            traceparent=TraceParent.generate(),
-            forwarded_network=network,
-        )
-        stream = await conn.open_stream(headers)
-        resp = parse_tunnel_response(await stream.response_headers())
-        if not resp.ok:
-            stream.reset()
-            raise ConnectRefused(resp.status, "inner CONNECT refused by the target workload")
-    except BaseException:
-        task.cancel()
-        outer.reset()
-        far.close()
-        raise
-    return DoubleTunnel(stream, inner_identity, outer.peer_identity, conn, task)

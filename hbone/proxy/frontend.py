@@ -1,10 +1,10 @@
 """What every capture front end shares: open the upstream a route asks for, and relay bytes to it.
 
 `Dialer.open(target)` consults the route table and returns an `Upstream` whose `pipe` is stream-shaped (the
-HBONE tunnel's stream, its inner TLS stream, or a TCP connection behind `TcpPipe`), so one `splice` relays every
-case with half-close. Errors come out of the `hbone.errors` tree with the right codes for each front end: a
-refused route is `RouteDenied` (403 / SOCKS 0x02), a dial timeout `DialTimeout` (504 / 0x06), a failed dial
-`DialFailed` (502 / 0x04-0x05 from the OS error).
+HBONE tunnel's stream, the inner stream of a double-HBONE tunnel, or a TCP connection as a `TcpEnd`), so one
+`hbone.net.relay.relay` carries every case with half-close and the idle timeout. Errors come out of the
+`hbone.errors` tree with the right codes for each front end: a refused route is `RouteDenied` (403 / SOCKS 0x02),
+a dial timeout `DialTimeout` (504 / 0x06), a failed dial `DialFailed` (502 / 0x04-0x05 from the OS error).
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hbone.client import Endpoint, HboneClient
-from hbone.errors import ConfigError, H2ErrorCode, HboneError, UpstreamUnreachable
+from hbone.errors import ConfigError, UpstreamUnreachable
 from hbone.identity.spiffe import SpiffeId
 from hbone.limits import TUNNELS, pending_dial, trip_unattached
-from hbone.net.splice import splice
+from hbone.net.relay import IDLE_TIMEOUT, RelayResult, TcpEnd
+from hbone.net.relay import relay as relay_ends
 from hbone.proxy.accesslog import AccessRecord
+from hbone.proxy.double_hbone import DoubleTunnel, open_double_hbone
 from hbone.proxy.routing import Action, Decision, DoubleHbone, Route, RouteTable, Via
 from hbone.wire.authority import Authority
 from hbone.wire.tunnel_request import TunnelMode
@@ -45,48 +47,15 @@ class DialTimeout(UpstreamUnreachable, TimeoutError):
     http_status = 504
 
 
-class TcpPipe:
-    """A TCP connection (reader, writer) with the stream shape `splice` relays (read/send/write_eof/reset)."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-        self.error: BaseException | None = None
-
-    async def read(self, n: int = -1) -> bytes:
-        return await self.reader.read(n)
-
-    def write(self, data: bytes) -> None:
-        self.writer.write(data)
-
-    async def drain(self) -> None:
-        await self.writer.drain()
-
-    async def send(self, data: bytes | bytearray | memoryview) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    def write_eof(self) -> None:
-        if self.writer.can_write_eof():  # TLS transports cannot half-close; the close ends them instead
-            with contextlib.suppress(OSError, RuntimeError):
-                self.writer.write_eof()
-
-    def reset(self, code: int = H2ErrorCode.CANCEL) -> None:
-        self.writer.transport.abort()
-
-    async def wait_closed(self) -> None:
-        return None
-
-    def close(self) -> None:
-        self.writer.close()
-
-
 @dataclass
 class Upstream:
     """The far side for one client connection."""
 
-    pipe: Any  # Stream | TlsStream | TcpPipe: all stream-shaped for splice
+    pipe: Any  # Stream | DoublePipe | TcpEnd: all stream-shaped for the relay
     decision: Decision | None
     peer_identity: SpiffeId | None = None
+    #: Seconds the relay may move no byte either way before it closes both sides (None: never).
+    idle_timeout: float | None = IDLE_TIMEOUT
 
     def close(self) -> None:
         close = getattr(self.pipe, "close", None)
@@ -171,12 +140,19 @@ class Dialer:
     """Opens upstreams by route: HBONE via the route's server, or a direct dial."""
 
     def __init__(
-        self, client: HboneClient | None, routes: RouteTable, *, dial_timeout: float = 10.0, mark: int | None = None
+        self,
+        client: HboneClient | None,
+        routes: RouteTable,
+        *,
+        dial_timeout: float = 10.0,
+        mark: int | None = None,
+        idle_timeout: float | None = IDLE_TIMEOUT,
     ) -> None:
         self.client = client
         self.routes = routes
         self.dial_timeout = dial_timeout
         self.mark = mark
+        self.idle_timeout = idle_timeout
 
     async def open(
         self, target: Authority, *, src: tuple[str, int] | None = None, record: AccessRecord | None = None
@@ -190,7 +166,7 @@ class Dialer:
             reader, writer = await dial_tcp(
                 host, decision.target.port, connect_timeout=self.dial_timeout, mark=self.mark
             )
-            return Upstream(TcpPipe(reader, writer), decision)
+            return Upstream(TcpEnd(reader, writer), decision, idle_timeout=self.idle_timeout)
         if self.client is None:
             raise ConfigError(f"route {decision.route.name!r} needs HBONE but no client is configured")
         if decision.route.double_hbone is not None:
@@ -204,13 +180,11 @@ class Dialer:
         )
         if record is not None:
             record.dst_identity = str(tunnel.peer_identity) if tunnel.peer_identity else None
-        return Upstream(tunnel.stream, decision, tunnel.peer_identity)
+        return Upstream(tunnel.stream, decision, tunnel.peer_identity, self.idle_timeout)
 
     async def _double(
         self, decision: Decision, double: DoubleHbone, src: tuple[str, int] | None, record: AccessRecord | None
     ) -> Upstream:
-        from hbone.proxy.eastwest import open_double_hbone  # eastwest builds on this module
-
         assert self.client is not None
         gw = double.gateway
         gateway = Endpoint(str(gw.ip) if gw.ip is not None else gw.host, gw.port, double.gateway_identities)
@@ -220,15 +194,14 @@ class Dialer:
         if record is not None:
             record.mode = "DOUBLE-HBONE"
             record.dst_identity = str(tunnel.inner_identity)
-        return Upstream(DoublePipe(tunnel), decision, tunnel.inner_identity)
+        return Upstream(DoublePipe(tunnel), decision, tunnel.inner_identity, self.idle_timeout)
 
 
 class DoublePipe:
-    """The inner stream of a double-HBONE tunnel; `close()` also closes the inner connection and outer tunnel."""
+    """The inner stream of a double-HBONE tunnel as an upstream; `close()` also closes the inner connection and
+    the outer tunnel."""
 
-    _closing: set[asyncio.Task[None]] = set()
-
-    def __init__(self, tunnel: Any) -> None:
+    def __init__(self, tunnel: DoubleTunnel) -> None:
         self.tunnel = tunnel
         self.stream = tunnel.stream
 
@@ -236,9 +209,7 @@ class DoublePipe:
         return getattr(self.stream, name)
 
     def close(self) -> None:
-        task = asyncio.ensure_future(self.tunnel.close())
-        DoublePipe._closing.add(task)
-        task.add_done_callback(DoublePipe._closing.discard)
+        self.tunnel.stream.reset()  # no-op once it finished; the tunnel closes the rest when the stream is done
 
 
 async def relay(
@@ -247,23 +218,17 @@ async def relay(
     upstream: Upstream,
     record: AccessRecord,
     leftover: bytes = b"",
-) -> None:
-    """Relay client <-> upstream with half-close, then finish the access record. Never raises but cancellation."""
+) -> RelayResult:
+    """Relay a front end's client connection <-> upstream, then finish the access record. `leftover`: client bytes
+    the front end read past its handshake; they go upstream first. Never raises but cancellation."""
     record.established(upstream.pipe, inbound=False)
     try:
-        if leftover:
-            await upstream.pipe.send(leftover)
-        result = await splice(upstream.pipe, reader, writer)
-    except HboneError as e:
-        upstream.pipe.reset()
-        writer.transport.abort()
-        record.finish(200, f"broken: {e}")
-        return
+        result = await relay_ends(TcpEnd(reader, writer, leftover), upstream.pipe, idle_timeout=upstream.idle_timeout)
     finally:
         upstream.close()
-    record.bytes_sent = result.to_stream + len(leftover)
-    record.bytes_received = result.from_stream
-    record.finish(200, "ok" if result.error is None else f"broken: {result.error}")
+    record.bytes_sent, record.bytes_received = result.sent, result.received
+    record.finish(200, result.outcome)
+    return result
 
 
 def _fmt(addr: tuple[str, int] | None) -> str | None:
@@ -286,36 +251,6 @@ def errno_of(exc: BaseException) -> int | None:
 
 def is_refused(exc: BaseException) -> bool:
     return errno_of(exc) == errno.ECONNREFUSED
-
-
-async def join(a: Any, b: Any, *, chunk: int = 64 * 1024) -> tuple[int, int]:
-    """Relay between two stream-shaped ends (tunnel to tunnel) with half-close; returns bytes (a->b, b->a).
-
-    On an error in either direction both ends are reset and the error is raised.
-    """
-    counts = [0, 0]
-
-    async def copy(src: Any, dst: Any, i: int) -> None:
-        while data := await src.read(chunk):
-            await dst.send(data)
-            counts[i] += len(data)
-        dst.write_eof()
-
-    tasks = [asyncio.ensure_future(copy(a, b, 0)), asyncio.ensure_future(copy(b, a, 1))]
-    try:
-        await asyncio.gather(*tasks)
-    except BaseException:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        a.reset()
-        b.reset()
-        raise
-    for end in (a, b):
-        waiter = getattr(end, "wait_closed", None)
-        if waiter is not None:
-            await waiter()
-    return counts[0], counts[1]
 
 
 #: Connections one front-end listener serves at once; more are closed at accept (counted as `max_connections`).

@@ -23,10 +23,11 @@ from hbone.client import Endpoint
 from hbone.errors import ConfigError, ConnectRefused, HboneError, PeerIdentityError, UpstreamUnreachable
 from hbone.identity.spiffe import SpiffeId
 from hbone.net.connection import H2Connection
+from hbone.net.relay import relay
 from hbone.net.settings import H2Settings
 from hbone.net.stream import Stream
 from hbone.proxy.accesslog import AccessRecord
-from hbone.proxy.frontend import TLS_HANDSHAKE_TIMEOUT, Opener, Upstream, join
+from hbone.proxy.frontend import TLS_HANDSHAKE_TIMEOUT, Opener, Upstream
 from hbone.proxy.inbound import InboundConfig, InboundHandler, PeerInfo
 from hbone.tls import MeshTls, check_client_peer, check_server_peer
 from hbone.wire.authority import Authority
@@ -195,13 +196,9 @@ class H2RInbound(InboundHandler):
             record.finish(e.http_status, str(e))
             return
         stream.send_headers(tunnel_response(200))
-        try:
-            sent, received = await join(stream, inner)
-        except HboneError as e:
-            record.finish(200, f"broken: {e}")
-            return
-        record.bytes_sent, record.bytes_received = sent, received
-        record.finish(200, "ok")
+        result = await relay(stream, inner, idle_timeout=self.config.idle_timeout)
+        record.bytes_sent, record.bytes_received = result.sent, result.received
+        record.finish(200, result.outcome)
 
 
 class H2RNode:

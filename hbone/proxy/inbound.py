@@ -1,4 +1,4 @@
-"""The inbound HBONE handler (ztunnel's :15008): validate, authorize, dial, answer, splice.
+"""The inbound HBONE handler (ztunnel's :15008): validate, authorize, dial, answer, relay.
 
 Per stream (docs/hbone-spec.md): 400 for a method other than CONNECT/POST or a bad authority, 401 when
 authorization denies, 503 when the upstream is unknown, is one of our own ports, refuses or times out (10 s).
@@ -20,8 +20,7 @@ from hbone.authz.model import Connection, Policy
 from hbone.errors import BadRequest, Denied, HboneError, SelfCall, UpstreamUnreachable
 from hbone.identity.spiffe import SpiffeId
 from hbone.limits import TUNNELS, pending_dial, record_trip
-from hbone.net.pipe import TcpPipe, open_pipe
-from hbone.net.splice import splice
+from hbone.net.relay import IDLE_TIMEOUT, TcpEnd, TcpPipe, open_pipe, relay
 from hbone.net.stream import Stream
 from hbone.net.tlsstream import TlsStream
 from hbone.proxy.accesslog import AccessRecord
@@ -84,6 +83,8 @@ async def resolve_default(target: Authority) -> tuple[str, int]:
 class InboundConfig:
     authorize: Authorizer = field(default=lambda conn: Decision(True, None, "allow-all"))
     dial_timeout: float = 10.0
+    #: Seconds an established tunnel may move no byte either way before it is closed (None: never).
+    idle_timeout: float | None = IDLE_TIMEOUT
     #: Our own ports: a CONNECT to one of them on a local address is a self call (503), like ztunnel.
     own_ports: frozenset[int] = frozenset({15008, 15006, 15001})
     #: Specific addresses we listen on (besides loopback and the unspecified address) that count as "ourselves".
@@ -133,14 +134,15 @@ class InboundHandler:
 
     Gateways (egress, H2R, PROXY v2 inbound) subclass it; these methods are the supported override points:
     `handle_stream` (the whole per-stream flow), `admit` (resolve + self-call check + authorization, returns the
-    address to dial), `dial` (upstream TCP connect), `relay` (answer 200 and splice) and `refuse` (error status).
+    address to dial), `dial` (upstream TCP connect), `relay` (answer 200 and relay the bytes) and `refuse`
+    (error status).
     """
 
     def __init__(self, config: InboundConfig) -> None:
         self.config = config
         self.active = 0
         self.total = 0
-        # The protocol splice (hbone.net.pipe) replaces dial + relay unless a subclass overrides either of them.
+        # The relay's callback path (a TcpPipe upstream) replaces dial + relay unless a subclass overrides either.
         cls = type(self)
         self._pipe_ok = cls.dial is InboundHandler.dial and cls.relay is InboundHandler.relay
 
@@ -223,7 +225,7 @@ class InboundHandler:
             if pipe is stream:
                 stream.send_headers(tunnel_response(200, peer=self.config.response_baggage))
             record.established(stream, inbound=True)
-            result = await splice(pipe, reader, writer)  # type: ignore[arg-type]  # TlsStream is stream-shaped
+            result = await relay(pipe, TcpEnd(reader, writer), idle_timeout=self.config.idle_timeout)
         except asyncio.CancelledError:
             _finish_cancelled(stream, record)
             raise
@@ -233,8 +235,8 @@ class InboundHandler:
             return
         finally:
             writer.close()
-        record.bytes_sent, record.bytes_received = result.from_stream, result.to_stream
-        record.finish(200, "ok" if result.error is None else f"broken: {result.error}")
+        record.bytes_sent, record.bytes_received = result.sent, result.received
+        record.finish(200, result.outcome)
 
     async def admit(self, req: TunnelRequest, peer: PeerInfo, record: AccessRecord) -> tuple[str, int]:
         host, port = await self.config.resolve(req.target)
@@ -252,7 +254,7 @@ class InboundHandler:
         return host, port
 
     async def _relay_pipe(self, stream: Stream, pipe: TcpPipe, record: AccessRecord) -> None:
-        """`relay` for the protocol splice: the same answer, byte counts and records, no tasks."""
+        """`relay` on the callback path: the same answer, byte counts and records, no tasks."""
         try:
             stream.send_headers(tunnel_response(200, peer=self.config.response_baggage))
         except HboneError as e:
@@ -261,14 +263,13 @@ class InboundHandler:
             record.finish(200, f"broken: {e}")
             return
         record.established(stream, inbound=True)
-        pipe.start(stream)
         try:
-            result = await pipe.wait()
+            result = await relay(stream, pipe, idle_timeout=self.config.idle_timeout)
         except asyncio.CancelledError:
             _finish_cancelled(stream, record)
             raise
-        record.bytes_sent, record.bytes_received = result.from_stream, result.to_stream
-        record.finish(200, "ok" if result.error is None else f"broken: {result.error}")
+        record.bytes_sent, record.bytes_received = result.sent, result.received
+        record.finish(200, result.outcome)
 
     async def _dial_pipe(self, host: str, port: int) -> TcpPipe:
         with pending_dial():

@@ -20,8 +20,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from hbone.errors import BadRequest, ConfigError, HboneError, ProtocolError
+from hbone.net.relay import TcpEnd
 from hbone.proxy.accesslog import AccessRecord
-from hbone.proxy.frontend import Opener, TcpPipe, fmt_addr, relay, start_listener
+from hbone.proxy.frontend import Opener, fmt_addr, relay, start_listener
 from hbone.proxy.ingress_h1 import H1Ingress
 from hbone.proxy.ingress_h2 import H2Backends, H2Ingress
 from hbone.proxy.routing import host_matches
@@ -143,7 +144,7 @@ class Ingress:
                 peer = writer.get_extra_info("peername")
                 src = (str(peer[0]), int(peer[1])) if peer else None
                 front = H2Ingress(self.backends, self.route, request_timeout=self.request_timeout, scheme=scheme)
-                await front.serve(_Prefixed(reader, writer, buf), src)
+                await front.serve(TcpEnd(reader, writer, buf), src)
             else:
                 h1 = H1Ingress(self.opener, self.route, request_timeout=self.request_timeout, scheme=scheme)
                 await h1.serve(reader, writer, buf)
@@ -182,20 +183,6 @@ class Ingress:
         front.sni_callback = pick
         handler = self.handle_http if http else self.handle_tls_terminated
         return await start_listener(handler, host, port, ssl=front)
-
-
-class _Prefixed(TcpPipe):
-    """The client connection with the bytes already read for sniffing put back in front."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes) -> None:
-        super().__init__(reader, writer)
-        self._first = first
-
-    async def read(self, n: int = -1) -> bytes:
-        if self._first:
-            data, self._first = self._first, b""
-            return data
-        return await self.reader.read(n)
 
 
 def server_tls_context(path: Path, alpn: list[str] | None = None) -> ssl.SSLContext:

@@ -20,24 +20,21 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from hbone.client import Endpoint, HboneClient
-from hbone.errors import ConnectRefused, HboneError, TunnelError
-from hbone.net.connection import H2Connection
-from hbone.net.splice import splice
+from hbone.errors import HboneError, TunnelError
+from hbone.net.relay import IDLE_TIMEOUT, RelayResult, TcpEnd, relay
 from hbone.net.stream import Stream
-from hbone.net.tlsstream import TlsStream
+from hbone.proxy.double_hbone import open_inner
+from hbone.proxy.frontend import dial_tcp
 from hbone.state.endpoints import RoundRobin
 from hbone.state.model import GatewayAddress, NamespacedHostname, Service, TunnelProtocol, Workload
 from hbone.state.snapshot import MeshSnapshot
-from hbone.tls import check_server_peer
 from hbone.wire.authority import Authority
-from hbone.wire.tunnel_request import connect_request, parse_tunnel_response
 
 
 class NoRoute(TunnelError):
@@ -180,38 +177,51 @@ class OutboundProxy:
     """Carries accepted TCP connections along routes. `client_for(source)` gives the source's HBONE client."""
 
     def __init__(
-        self, router: Router, snapshot: Callable[[], MeshSnapshot], client_for: ClientFor, *, network: str = ""
+        self,
+        router: Router,
+        snapshot: Callable[[], MeshSnapshot],
+        client_for: ClientFor,
+        *,
+        network: str = "",
+        dial_timeout: float = 10.0,
+        idle_timeout: float | None = IDLE_TIMEOUT,
     ) -> None:
         self.router = router
         self.snapshot = snapshot
         self.client_for = client_for
         self.network = network
+        self.dial_timeout = dial_timeout
+        self.idle_timeout = idle_timeout
         self.active = 0
         self.routes: dict[RouteKind, int] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
 
     async def handle(
         self, source: Workload | None, target: Authority, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        """Route and relay one connection; on failure close it (a front end may answer first via `open`)."""
+    ) -> RelayResult:
+        """Route and relay one connection; on failure close it and raise (a front end may answer first via
+        `open_route`). Passthrough routes dial the destination directly (ztunnel's passthrough)."""
         try:
             route = self.router.route(self.snapshot(), source, target)
             self.routes[route.kind] = self.routes.get(route.kind, 0) + 1
             if route.kind is RouteKind.PASSTHROUGH:
-                await self._passthrough(route.authority, reader, writer)
-                return
-            stream = await self.open_route(source, route, writer.get_extra_info("peername"))
+                host = str(route.authority.ip or route.authority.host)
+                up: TcpEnd | Stream = TcpEnd(
+                    *await dial_tcp(host, route.authority.port, connect_timeout=self.dial_timeout)
+                )
+            else:
+                up = await self.open_route(source, route, writer.get_extra_info("peername"))
         except (HboneError, OSError):
             writer.close()
             raise
         self.active += 1
         try:
-            await splice(stream, reader, writer)
+            return await relay(TcpEnd(reader, writer), up, idle_timeout=self.idle_timeout)
         finally:
             self.active -= 1
 
     async def open_route(self, source: Workload | None, route: Route, peer: object = None) -> Stream:
-        """Open the HBONE tunnel(s) of `route`; returns the stream to relay bytes on."""
+        """Open the HBONE tunnel(s) of `route`; returns the stream to relay bytes on (for a network gateway, the
+        inner stream of the double-HBONE tunnel, which closes its inner connection when it finishes)."""
         assert route.hop is not None
         client = self.client_for(source)
         forwarded_for = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else None
@@ -221,57 +231,12 @@ class OutboundProxy:
         )
         if route.kind is not RouteKind.GATEWAY:
             return tunnel.h2
-        try:
-            return await self._inner(client, tunnel.h2, route)
-        except BaseException:
-            tunnel.reset()
-            raise
-
-    async def _inner(self, client: HboneClient, outer: Stream, route: Route) -> Stream:
-        """Double HBONE: mTLS inside the outer stream, then HTTP/2 CONNECT again (not pooled, like ztunnel)."""
-        from hbone.grpc.transport import connect_over  # the h2-over-a-byte-stream adapter
-
-        if client.tls is None:
-            raise TunnelError("double HBONE needs a workload certificate")
-        inner = await TlsStream.client(outer, client.tls.client_context())
-        check_server_peer(inner.ssl_object, route.inner_identities)
-        conn = await connect_over(inner, ssl_object=inner.ssl_object)  # the end-to-end peer, for callers
-        headers = connect_request(
-            route.authority, baggage=client.metadata, forwarded_host=route.forwarded_host,
-            forwarded_network=self.network,
-        )  # fmt: skip
-        stream = await conn.open_stream(headers)
-        resp = parse_tunnel_response(await stream.response_headers())
-        if not resp.ok:
-            stream.reset()
-            await conn.close()
-            raise ConnectRefused(resp.status, "inner CONNECT through the network gateway")
-        task = asyncio.get_running_loop().create_task(self._close_when_done(stream, conn))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return stream
-
-    @staticmethod
-    async def _close_when_done(stream: Stream, conn: H2Connection) -> None:
-        """The inner connection carries exactly one stream: close it with that stream."""
-        try:
-            await stream.wait_closed()
-        finally:
-            await conn.close()
-
-    async def _passthrough(self, target: Authority, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(str(target.ip or target.host), target.port)
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-                if dst.can_write_eof():
-                    dst.write_eof()
-
-        try:
-            await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
-        finally:
-            up_writer.close()
-            writer.close()
+        double = await open_inner(
+            client,
+            tunnel,
+            route.authority,
+            route.inner_identities,
+            network=self.network,
+            forwarded_host=route.forwarded_host,
+        )
+        return double.stream

@@ -19,8 +19,9 @@ import struct
 
 from hbone.authz.model import Connection
 from hbone.errors import HboneError, SelfCall
+from hbone.net.relay import TcpEnd
 from hbone.proxy.accesslog import AccessRecord
-from hbone.proxy.frontend import Opener, TcpPipe, Upstream, dial_tcp, fmt_addr, relay
+from hbone.proxy.frontend import Opener, Upstream, dial_tcp, fmt_addr, relay
 from hbone.proxy.inbound import Authorizer
 from hbone.wire.authority import Authority
 from hbone.wire.proxyv2 import proxy_header
@@ -182,7 +183,7 @@ class InboundPlaintext:
             writer.transport.abort()
             record.finish(getattr(e, "http_status", 503), str(e))
             return
-        pipe = TcpPipe(up_reader, up_writer)
+        pipe = TcpEnd(up_reader, up_writer)
         if self.proxy_protocol:
             pipe.write(proxy_header(src, (ip, port)))
         await relay(reader, writer, Upstream(pipe, None), record)

@@ -14,7 +14,8 @@ from hbone.client import Endpoint, HboneClient
 from hbone.errors import ConfigError, ConnectRefused, PeerIdentityError
 from hbone.identity.certs import CertifiedKey
 from hbone.net.stream import Stream
-from hbone.proxy.eastwest import SniGateway, open_double_hbone, static_resolver
+from hbone.proxy.double_hbone import open_double_hbone
+from hbone.proxy.eastwest import SniGateway, static_resolver
 from hbone.proxy.egress import EgressConfig, EgressHandler, EgressRule, TlsOrigination
 from hbone.proxy.frontend import Dialer
 from hbone.proxy.frontends_config import listener_from_dict

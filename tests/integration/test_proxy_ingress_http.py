@@ -16,10 +16,11 @@ import pytest
 from hbone.client import HboneClient
 from hbone.grpc.transport import ByteStreamTransport
 from hbone.net.connection import H2Connection, connect
+from hbone.net.relay import TcpEnd
 from hbone.net.settings import H2Settings
 from hbone.net.stream import Stream
 from hbone.proxy.frontend import Dialer
-from hbone.proxy.ingress import H2_PREFACE, Ingress, _Prefixed, parse_hosts
+from hbone.proxy.ingress import H2_PREFACE, Ingress, parse_hosts
 from hbone.proxy.routing import Action, Match, Route, RouteTable, Via
 from hbone.testing import TestCA
 from hbone.wire.authority import Authority, parse_authority
@@ -102,7 +103,7 @@ async def web_backend(name: str) -> AsyncIterator[int]:
                 first += data
             if first == H2_PREFACE:
                 conn = H2Connection(client=False, handler=lambda s: _serve_h2_stream(name, s))
-                ByteStreamTransport(_Prefixed(reader, writer, first), conn).start()
+                ByteStreamTransport(TcpEnd(reader, writer, first), conn).start()
                 await conn.wait_closed()
             else:
                 await _serve_h1(name, reader, writer, first)

@@ -1,5 +1,5 @@
-"""TcpPipe (the protocol splice) driven in memory: our server driver against a stock h2 client, a fake TCP
-transport on the other side. Pins down splice()'s semantics: half-close both ways, backpressure bounds, resets
+"""TcpPipe (the relay's callback path) driven in memory: our server driver against a stock h2 client, a fake TCP
+transport on the other side. Pins down the relay's semantics: half-close both ways, backpressure bounds, resets
 both ways, byte counts. No timing: every step is a direct call or one loop turn."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 
 from hbone.errors import ConnectRefused, H2ErrorCode, StreamReset
 from hbone.net.connection import H2Connection
-from hbone.net.pipe import AcceptedPipe, TcpPipe
+from hbone.net.relay import AcceptedPipe, TcpPipe
 from hbone.net.settings import H2Settings, KiB
 from hbone.net.stream import Stream
 from tests.unit.test_net_driver import feed  # feeds bytes through the BufferedProtocol path
@@ -132,7 +132,7 @@ async def test_half_close_both_ways_and_byte_counts() -> None:
     assert h2.events.StreamEnded in kinds(events)  # TCP FIN -> END_STREAM
     result = await h.pipe.wait()
     assert result.error is None
-    assert (result.from_stream, result.to_stream) == (5, 6)
+    assert (result.sent, result.received) == (5, 6)
     assert h.tcp.closed and not h.tcp.aborted
 
 
@@ -152,7 +152,7 @@ async def test_tcp_first_half_close_and_bytes_before_start() -> None:
     h.send(b"", end=True)
     result = await h.pipe.wait()
     assert h.tcp.eof and result.error is None
-    assert (result.from_stream, result.to_stream) == (5, 11)
+    assert (result.sent, result.received) == (5, 11)
 
 
 async def test_tcp_reading_pauses_while_the_stream_queue_is_full() -> None:
@@ -172,7 +172,7 @@ async def test_tcp_reading_pauses_while_the_stream_queue_is_full() -> None:
         h.to_server()
         await asyncio.sleep(0)
     assert stream.buffered <= 16 * KiB
-    assert h.pipe.result.to_stream == sent
+    assert h.pipe.to_stream == sent
 
 
 async def test_stream_credit_withheld_while_tcp_is_over_its_high_water_mark() -> None:
@@ -200,7 +200,7 @@ async def test_stream_reset_by_peer_aborts_tcp() -> None:
     result = await h.pipe.wait()
     assert h.tcp.aborted
     assert isinstance(result.error, StreamReset) and result.error.code == H2ErrorCode.CANCEL
-    assert result.from_stream == 3
+    assert result.sent == 3
 
 
 async def test_tcp_reset_resets_the_stream_with_connect_error() -> None:
@@ -212,7 +212,7 @@ async def test_tcp_reset_resets_the_stream_with_connect_error() -> None:
     resets = [e for e in events if isinstance(e, h2.events.StreamReset)]
     assert resets and resets[0].error_code == H2ErrorCode.CONNECT_ERROR
     result = await h.pipe.wait()
-    assert isinstance(result.error, ConnectionResetError) and result.to_stream == 2
+    assert isinstance(result.error, ConnectionResetError) and result.received == 2
 
 
 async def test_data_after_tcp_closed_resets_the_stream() -> None:
@@ -278,7 +278,7 @@ async def test_accepted_pipe_sends_early_bytes_first_once_the_tunnel_is_open() -
     pipe.eof_received()
     result = await pipe.wait()
     assert bytes(tcp.out) == b"HTTP/1.0 200 OK\r\n\r\n" and tcp.eof and result.error is None
-    await asyncio.gather(*tasks)  # the open task ends with the splice
+    await asyncio.gather(*tasks)  # the open task ends with the relay
 
 
 async def test_accepted_pipe_drops_the_client_when_the_tunnel_cannot_open() -> None:
@@ -323,4 +323,4 @@ async def test_small_messages_are_credited_in_bounded_steps() -> None:
     for _ in range(40):
         h.send(bytes(1000))
         assert stream._recv_len < step  # never more than one step uncredited
-    assert h.pipe.result.from_stream == 40_000 and len(h.tcp.out) == 40_000
+    assert h.pipe.from_stream == 40_000 and len(h.tcp.out) == 40_000

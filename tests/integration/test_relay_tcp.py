@@ -1,4 +1,5 @@
-"""splice(): an HBONE-style CONNECT server relaying each stream to a loopback TCP upstream."""
+"""relay() on the task path: an HBONE-style CONNECT server relaying each stream to a loopback TCP upstream
+(asyncio streams, `TcpEnd`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import pytest
 
 from hbone.errors import H2ErrorCode, StreamReset
 from hbone.net.connection import connect, serve
-from hbone.net.splice import SpliceResult, splice
+from hbone.net.relay import RelayResult, TcpEnd
+from hbone.net.relay import relay as relay_ends
 from hbone.net.stream import Stream
 
 pytestmark = pytest.mark.timeout(60)
@@ -22,16 +24,16 @@ Upstream = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None
 
 
 @contextlib.asynccontextmanager
-async def relay(upstream: Upstream) -> AsyncIterator[tuple[int, asyncio.Queue[SpliceResult]]]:
-    """TCP upstream + h2c CONNECT server that splices every stream to it. Yields (h2 port, results)."""
+async def relay(upstream: Upstream) -> AsyncIterator[tuple[int, asyncio.Queue[RelayResult]]]:
+    """TCP upstream + h2c CONNECT server that relays every stream to it. Yields (h2 port, results)."""
     tcp = await asyncio.start_server(upstream, "127.0.0.1", 0)
     tcp_port = tcp.sockets[0].getsockname()[1]
-    results: asyncio.Queue[SpliceResult] = asyncio.Queue()
+    results: asyncio.Queue[RelayResult] = asyncio.Queue()
 
     async def handler(stream: Stream) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", tcp_port)
         stream.send_headers([(":status", "200")])  # ztunnel: 200 only after the upstream connect succeeded
-        results.put_nowait(await splice(stream, reader, writer))
+        results.put_nowait(await relay_ends(stream, TcpEnd(reader, writer)))
 
     h2srv = await serve(handler, "127.0.0.1", 0)
     try:
@@ -50,7 +52,7 @@ async def read_all(stream: Stream) -> bytes:
     return b"".join(parts)
 
 
-async def test_splice_half_close_both_ways_and_counts() -> None:
+async def test_relay_half_close_both_ways_and_counts() -> None:
     """Client FIN reaches the upstream as EOF; the upstream then answers and closes; END_STREAM comes back."""
 
     async def count_then_reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -69,11 +71,11 @@ async def test_splice_half_close_both_ways_and_counts() -> None:
         assert reply == f"got {len(payload)}".encode() + payload[:10]
         result = await asyncio.wait_for(results.get(), 10)
         assert result.error is None
-        assert (result.from_stream, result.to_stream) == (len(payload), len(reply))
+        assert (result.sent, result.received) == (len(payload), len(reply))
         await conn.close()
 
 
-async def test_splice_server_first_upstream() -> None:
+async def test_relay_server_first_upstream() -> None:
     async def banner(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"SSH-2.0-test\r\n")
         await writer.drain()
@@ -91,7 +93,7 @@ async def test_splice_server_first_upstream() -> None:
         assert await asyncio.wait_for(read_all(stream), 10) == b"echo hi\n"  # upstream FIN -> END_STREAM
         stream.write_eof()
         result = await asyncio.wait_for(results.get(), 10)
-        assert result.error is None and result.to_stream == 22 and result.from_stream == 3
+        assert result.error is None and result.received == 22 and result.sent == 3
         await conn.close()
 
 

@@ -1,20 +1,21 @@
-"""The protocol splice: one TCP connection and one HTTP/2 tunnel stream joined by callbacks, without tasks.
+"""The relay's callback path: one TCP connection and one HTTP/2 tunnel stream joined by callbacks, without tasks.
 
-`hbone.net.splice.splice()` relays between asyncio streams with two tasks, and every chunk wakes a task one loop
-turn after it arrived. Here the TCP side is an `asyncio.Protocol` and the stream delivers its DATA by callback
-(`Stream.attach`), so a chunk is written onward in the same callback that received it. Tunnel churn profile
-(RESULTS-hbone.md): the two splice tasks, `asyncio.wait` and the StreamReader/StreamWriter pair were the largest
-per-tunnel cost outside the HTTP/2 driver.
+The task relay (`copy.py`) wakes a task one loop turn after every chunk. Here the TCP side is an
+`asyncio.Protocol` and the stream delivers its DATA by callback (`Stream.attach`), so a chunk is written onward in
+the same callback that received it. Tunnel churn profile (RESULTS-hbone.md): the two copy tasks, `asyncio.wait`
+and the StreamReader/StreamWriter pair were the largest per-tunnel cost outside the HTTP/2 driver.
 
-Semantics are `splice()`'s (RFC 9113 §8.5):
+Semantics are the task relay's (RFC 9113 §8.5):
 - TCP FIN -> END_STREAM after the queued data; END_STREAM -> TCP FIN (`write_eof`) after the buffered data.
 - A TCP error (reset) resets the stream with CONNECT_ERROR; a stream reset or connection loss aborts the TCP
-  connection; the error is reported in `SpliceResult.error`, which is None after a clean close both ways.
+  connection; the error is reported in `RelayResult.error`, which is None after a clean close both ways.
+- Idle timeout: no byte either way for `idle_timeout` seconds resets the stream (CANCEL) and aborts TCP.
 - Backpressure: TCP reading pauses while the stream holds more than `max_send_buffer` queued bytes, and resumes at
   half of it. Received stream bytes are credited to the peer's windows only while the TCP transport is below its
   high-water mark; above it the credit is withheld, so the peer can never make us hold more than one window
   beyond the transport's buffer limit. Credit goes back in steps of at most 32 KiB (1/8 of a window).
-- Byte counts: `to_stream` is TCP -> stream, `from_stream` is stream -> TCP, as in `SpliceResult`.
+- Byte counts: `to_stream` is TCP -> stream, `from_stream` is stream -> TCP; the `RelayResult` maps them to
+  sent / received by which side the TCP connection is (`start(..., tcp_side=)`).
 """
 
 from __future__ import annotations
@@ -23,21 +24,25 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from hbone.errors import H2ErrorCode, HboneError, StreamReset
-from hbone.net.splice import SpliceResult
+from hbone.net.relay.result import DOWNSTREAM, IDLE_TIMEOUT, UPSTREAM, IdleTimeout, IdleWatch, RelayResult, Side, watch
 from hbone.net.stream import Stream
 
 _CREDIT_STEP = 32 * 1024
 
 
 class TcpPipe(asyncio.Protocol):
-    """The TCP side of a protocol splice. Create it as the protocol of a TCP transport, then call `start(stream)`
-    once the stream may carry data (after the 200 answer, or on the client after the tunnel opened); `done`
-    resolves with the `SpliceResult` when both directions ended or one broke."""
+    """The TCP side of the callback path. Create it as the protocol of a TCP transport; `relay()` joins it to a
+    stream once the stream may carry data (after the 200 answer, or on the client after the tunnel opened);
+    `done` resolves with the `RelayResult` when both directions ended or one broke."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._loop = loop or asyncio.get_running_loop()
-        self.done: asyncio.Future[SpliceResult] = self._loop.create_future()
-        self.result = SpliceResult()
+        self.done: asyncio.Future[RelayResult] = self._loop.create_future()
+        self.to_stream = 0  # TCP -> stream bytes
+        self.from_stream = 0  # stream -> TCP bytes
+        self._tcp_side: Side = UPSTREAM
+        self._ended_first: Side | None = None
+        self._idle: IdleWatch | None = None
         self.transport: asyncio.Transport | None = None
         self.stream: Stream | None = None
         self._early: list[bytes] = []  # TCP bytes that arrived before start() (server-first upstreams)
@@ -71,12 +76,13 @@ class TcpPipe(asyncio.Protocol):
         except HboneError as exc:  # the stream broke or its sending side is closed
             self._fail(exc)
             return
-        self.result.to_stream += len(data)
+        self.to_stream += len(data)
         if stream.buffered > self._send_limit:
             self._wait_drained(stream)
 
     def eof_received(self) -> bool:
         self._tcp_eof = True
+        self._ended(self._tcp_side)
         if self.stream is not None:
             self._end_stream(self.stream)
         return True  # keep our sending side open: TCP half-close
@@ -86,6 +92,7 @@ class TcpPipe(asyncio.Protocol):
         if self.done.done():
             return
         if exc is not None:
+            self._ended(self._tcp_side)
             self._fail(exc)
             return
         if not self._tcp_eof:  # closed without a FIN first: the same as a FIN for the stream direction
@@ -111,7 +118,7 @@ class TcpPipe(asyncio.Protocol):
             return
         self.transport.write(data)
         n = len(data)
-        self.result.from_stream += n
+        self.from_stream += n
         if self._write_paused:
             self._withheld += n
             return
@@ -127,6 +134,7 @@ class TcpPipe(asyncio.Protocol):
 
     def stream_eof(self) -> None:
         self._stream_eof = True
+        self._ended(self._stream_side)
         t = self.transport
         if t is not None and not self._lost and t.can_write_eof():
             t.write_eof()  # after the buffered bytes; TLS transports cannot half-close
@@ -137,13 +145,17 @@ class TcpPipe(asyncio.Protocol):
         self._maybe_done()
 
     def stream_failed(self, exc: HboneError) -> None:
+        self._ended(self._stream_side)
         self._fail(exc)
 
     # --- control -----------------------------------------------------------------------------------------------
 
-    def start(self, stream: Stream) -> None:
-        """Join `stream`: flush what TCP sent so far, then relay both ways."""
+    def start(self, stream: Stream, *, tcp_side: Side = UPSTREAM, idle_timeout: float | None = None) -> None:
+        """Join `stream`: flush what TCP sent so far, then relay both ways. `tcp_side` says which end of the relay
+        the TCP connection is (it maps the byte counts to sent / received)."""
         self.stream = stream
+        self._tcp_side = tcp_side
+        self._idle = watch(idle_timeout, self._moved, self._on_idle)
         settings = stream.connection.settings
         self._send_limit = settings.max_send_buffer
         self._credit_step = min(_CREDIT_STEP, settings.initial_stream_window // 8)
@@ -166,8 +178,8 @@ class TcpPipe(asyncio.Protocol):
         if self.stream is not None:
             self.stream.reset(code)
 
-    async def wait(self) -> SpliceResult:
-        """`done`, but cancelling the caller aborts both sides (CANCEL), like cancelling `splice()`."""
+    async def wait(self) -> RelayResult:
+        """`done`, but cancelling the caller aborts both sides (CANCEL), like cancelling the task relay."""
         try:
             return await asyncio.shield(self.done)
         except asyncio.CancelledError:
@@ -175,6 +187,32 @@ class TcpPipe(asyncio.Protocol):
             raise
 
     # --- internals ---------------------------------------------------------------------------------------------
+
+    @property
+    def _stream_side(self) -> Side:
+        return DOWNSTREAM if self._tcp_side == UPSTREAM else UPSTREAM
+
+    def _ended(self, side: Side) -> None:
+        if self._ended_first is None:
+            self._ended_first = side
+
+    def _moved(self) -> int:
+        return self.to_stream + self.from_stream
+
+    def _on_idle(self) -> None:
+        timeout = self._idle.timeout if self._idle is not None else 0.0
+        self._idle = None
+        self._fail(IdleTimeout(timeout))
+
+    def _result(self, error: BaseException | None) -> RelayResult:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        if self._tcp_side == UPSTREAM:
+            sent, received = self.from_stream, self.to_stream
+        else:
+            sent, received = self.to_stream, self.from_stream
+        return RelayResult(sent, received, self._ended_first, error)
 
     def _end_stream(self, stream: Stream) -> None:
         try:
@@ -218,15 +256,14 @@ class TcpPipe(asyncio.Protocol):
             return
         stream = self.stream
         err = stream.error if stream is not None else None
-        if isinstance(err, StreamReset) and err.code != H2ErrorCode.NO_ERROR:
-            self.result.error = err
-        self.done.set_result(self.result)
+        late = err if isinstance(err, StreamReset) and err.code != H2ErrorCode.NO_ERROR else None
+        self.done.set_result(self._result(late))
         if self.transport is not None:
             self.transport.close()
 
     def _fail(self, exc: BaseException) -> None:
-        """What broke the splice: reset the stream (CANCEL for our own errors, CONNECT_ERROR for TCP's, as
-        `splice()`), abort TCP."""
+        """What broke the relay: reset the stream (CANCEL for our own errors, CONNECT_ERROR for TCP's, as the
+        task relay does), abort TCP."""
         if self.done.done():
             return
         self._finish_with(exc)
@@ -235,8 +272,7 @@ class TcpPipe(asyncio.Protocol):
 
     def _finish_with(self, exc: BaseException) -> None:
         # done first: the reset that follows calls back into stream_failed(), which must see us finished.
-        self.result.error = exc
-        self.done.set_result(self.result)
+        self.done.set_result(self._result(exc))
         self._early.clear()
         if self.transport is not None:
             self.transport.abort()
@@ -260,11 +296,14 @@ class AcceptedPipe(TcpPipe):
         open_stream: Callable[[], Awaitable[Stream]],
         tasks: set[asyncio.Task[None]],
         on_error: Callable[[BaseException], None] | None = None,
+        *,
+        idle_timeout: float | None = IDLE_TIMEOUT,
     ) -> None:
         super().__init__()
         self._open_stream = open_stream
         self._tasks = tasks
         self._on_error = on_error
+        self._idle_timeout = idle_timeout
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -286,5 +325,5 @@ class AcceptedPipe(TcpPipe):
         if self.done.done():  # the client went away while the tunnel was being opened
             stream.reset(H2ErrorCode.CANCEL)
             return
-        self.start(stream)
+        self.start(stream, tcp_side=DOWNSTREAM, idle_timeout=self._idle_timeout)
         await self.wait()
