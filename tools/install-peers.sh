@@ -53,6 +53,10 @@ declare -A PKG_CMD=(
     [iproute2]=ip
     [iptables]=iptables
     [chromium]=chromium
+    # native load generators and backend of tools/bench/hbone_envoy_bench.py (and its smoke test)
+    [iperf3]=iperf3
+    [wrk]=wrk
+    [nginx]=nginx
 )
 apt_missing=()
 for pkg in "${!PKG_CMD[@]}"; do
@@ -168,6 +172,9 @@ report socat "$(have socat && socat -V 2>/dev/null | sed -n 's/^socat version \(
 report microsocks "$(have microsocks && deb_version microsocks)"   # has no --version flag
 report chromium "$(have chromium && deb_version chromium)"          # headless, for the microxds status page test
 report tinyproxy "$(have tinyproxy && first_line tinyproxy -v)"
+report iperf3 "$(have iperf3 && first_line iperf3 --version | cut -d' ' -f1-2)"
+report wrk "$(have wrk && deb_version wrk)"                         # -v exits 1
+report nginx "$(have nginx && nginx -v 2>&1 | sed -n 's|^nginx version: ||p')"
 report ip "$(have ip && first_line ip -V)"
 report iptables "$(have iptables && first_line iptables -V)"
 report node "$(have node && node --version)"

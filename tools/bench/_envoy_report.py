@@ -1,0 +1,183 @@
+"""Tables of `hbone_envoy_bench.py`: same-run ratios ours/Envoy against the targets, every process's CPU, and
+summaries of py-spy profiles. Input: runs[pair][kind] = list of one dict per repeat (see `run_case`)."""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+KINDS = ("bulk", "rr", "rate")
+PROXIES = ("client proxy", "server proxy")
+ROLES = (*PROXIES, "backend", "load generator")
+Run = dict[str, Any]
+Runs = dict[str, dict[str, list[Run]]]
+
+
+def _proxies(r: Run) -> float:
+    return float(sum(r["cpu"][p] for p in PROXIES))
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    kind: str
+    unit: str
+    value: Callable[[Run], float]
+    higher_is_better: bool
+    target: float | None  # on the ratio ours/Envoy
+
+
+METRICS = (
+    Metric("bulk throughput, one connection", "bulk", "MB/s", lambda r: r["bytes"] / r["seconds"] / 1e6, True, 1.0),
+    Metric("1 KiB round trip p50", "rr", "µs", lambda r: r["p50"], False, None),
+    Metric("1 KiB round trip p99", "rr", "µs", lambda r: r["p99"], False, 1.2),
+    Metric("new tunnels/s, 50 in flight", "rate", "/s", lambda r: r["rate"], True, 1.0),
+    Metric("CPU per GB (both proxies)", "bulk", "s", lambda r: _proxies(r) / (r["bytes"] / 1e9), False, 1.2),
+    Metric("CPU per tunnel (both proxies)", "rate", "ms", lambda r: _proxies(r) / r["ops"] * 1e3, False, 1.2),
+)
+
+# Per kind: what one unit of work is (for CPU per unit), its label, and how long a run lasted (for % of a core).
+_UNIT: dict[str, tuple[Callable[[Run], float], str, Callable[[Run], float]]] = {
+    "bulk": (lambda r: r["bytes"] / 1e9, "CPU s/GB", lambda r: r["seconds"]),
+    "rr": (lambda r: r["n"] / 1e6, "CPU µs/round trip", lambda r: r["wall"]),
+    "rate": (lambda r: r["ops"] / 1e3, "CPU ms/tunnel", lambda r: r["seconds"]),
+}
+
+
+def _by_rep(runs: list[Run], f: Callable[[Run], float]) -> dict[int, float]:
+    return {r["rep"]: f(r) for r in runs}
+
+
+def _fmt(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+
+
+def _three(xs: list[float]) -> str:
+    if not xs:
+        return "—"
+    return " / ".join(_fmt(v) for v in (min(xs), statistics.median(xs), max(xs)))
+
+
+def paired(runs: Runs, pair: str, base: str, m: Metric) -> list[float]:
+    """Per-repeat ratios pair/base of one metric (only repeats where both ran)."""
+    a = _by_rep(runs.get(pair, {}).get(m.kind, []), m.value)
+    b = _by_rep(runs.get(base, {}).get(m.kind, []), m.value)
+    return [a[k] / b[k] for k in sorted(a.keys() & b.keys()) if b[k] > 0]
+
+
+def _ratio(xs: list[float]) -> str:
+    if not xs:
+        return "—"
+    return f"{statistics.median(xs):.2f}x [{min(xs):.2f}-{max(xs):.2f}]" if len(xs) > 1 else f"{xs[0]:.2f}x"
+
+
+def _met(xs: list[float], m: Metric) -> str:
+    if not xs or m.target is None:
+        return ""
+    med = statistics.median(xs)
+    ok = med >= m.target if m.higher_is_better else med <= m.target
+    return "met" if ok else "**not met**"
+
+
+def _median(runs: Runs, pair: str, m: Metric) -> str:
+    vals = [m.value(r) for r in runs.get(pair, {}).get(m.kind, [])]
+    return _fmt(statistics.median(vals)) if vals else "—"
+
+
+def summary(runs: Runs, base: str) -> list[str]:
+    goal = {True: "≥", False: "≤"}
+    lines = [f"| metric | ours | {base} | ours/{base} (median [min-max]) | target | |", "|---|---|---|---|---|---|"]
+    for m in METRICS:
+        xs = paired(runs, "ours", base, m)
+        target = f"{goal[m.higher_is_better]} {m.target:.1f}x" if m.target else "(info)"
+        lines.append(f"| {m.name} ({m.unit}) | {_median(runs, 'ours', m)} | {_median(runs, base, m)} | {_ratio(xs)} "
+                     f"| {target} | {_met(xs, m)} |")  # fmt: skip
+    return lines
+
+
+def _cpu_cells(runs: list[Run], kind: str) -> str:
+    unit, _, wall = _UNIT[kind]
+    cells = []
+    for role in (*ROLES, "total"):
+        per, core = [], []
+        for r in runs:
+            secs = sum(r["cpu"].values()) if role == "total" else r["cpu"].get(role, float("nan"))
+            per.append(secs / unit(r))
+            core.append(100 * secs / wall(r))
+        cells.append(f"{statistics.median(per):.3g} ({statistics.median(core):.0f}%)")
+    return " | ".join(cells)
+
+
+def details(runs: Runs, labels: dict[str, str]) -> list[str]:
+    out: list[str] = []
+    for kind in KINDS:
+        ms = [m for m in METRICS if m.kind == kind and m.unit != "s" and m.unit != "ms"]
+        if not any(runs[p].get(kind) for p in runs):
+            continue
+        _, per, _ = _UNIT[kind]
+        head = " | ".join(f"{m.name} ({m.unit}) min / median / max | vs Envoy" for m in ms)
+        roles = " | ".join(ROLES)
+        out += ["", f"**{kind}** — {per} by process (its median share of one core in brackets)", "",
+                f"| pair | {head} | {roles} | total |", "|---" * (2 + 2 * len(ms) + len(ROLES)) + "|"]  # fmt: skip
+        for pair, label in labels.items():
+            rs = runs[pair].get(kind, [])
+            if not rs:
+                continue
+            cells = " | ".join(f"{_three([m.value(r) for r in rs])} | {_ratio(paired(runs, pair, 'envoy', m))}"
+                               for m in ms)  # fmt: skip
+            out.append(f"| {label} | {cells} | {_cpu_cells(rs, kind)} |")
+    return out
+
+
+def report(runs: Runs, labels: dict[str, str], title: str) -> str:
+    lines = [f"### {title}", ""]
+    for base in ("envoy", "envoy-matched"):
+        if "ours" in runs and base in runs:
+            what = "Envoy defaults" if base == "envoy" else "Envoy with windows and buffers matched to ours"
+            lines += ["", f"**ours vs {what}** (same run, paired by repeat)", "", *summary(runs, base)]
+    lines += details(runs, labels)
+    return "\n".join(lines) + "\n"
+
+
+# --- py-spy profiles -------------------------------------------------------------------------------------------
+
+_LINE = re.compile(r":\d+\)$")
+
+
+def _frame(f: str) -> str:
+    """`func (path/to/file.py:123)` → `func (file.py)`: costs of one function over all its lines."""
+    name, _, where = f.partition(" (")
+    return f"{name} ({Path(_LINE.sub('', where.rstrip(')'))).name})" if where else name
+
+
+def summarise_profile(path: Path, top: int = 15) -> str:
+    """Top functions of a py-spy `--format raw` file, by own samples and by samples under them."""
+    own: Counter[str] = Counter()
+    under: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = [_frame(f) for f in stack.split(";")]
+        total += n
+        own[frames[-1]] += n
+        for f in set(frames):
+            under[f] += n
+    if not total:
+        return f"#### {path.stem}: no samples"
+    rows = [f"#### {path.stem} ({total} samples while busy)", "", "| own % | function | | under % | function |",
+            "|---:|---|---|---:|---|"]  # fmt: skip
+    for (fo, no), (fu, nu) in zip(own.most_common(top), under.most_common(top), strict=False):
+        rows.append(f"| {100 * no / total:.1f} | `{fo}` | | {100 * nu / total:.1f} | `{fu}` |")
+    return "\n".join(rows)
+
+
+def summarise_profiles(directory: Path) -> str:
+    return "\n\n".join(summarise_profile(p) for p in sorted(directory.glob("*.txt")))
