@@ -14,12 +14,13 @@ import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from hbone.errors import ConnectionLost, H2ErrorCode, HboneError, PeerIdentityError
+from hbone.errors import ConnectionLost, H2ErrorCode, PeerIdentityError
 from hbone.identity.spiffe import SpiffeId
 from hbone.net.connection import H2Connection
 from hbone.net.settings import H2Settings
 from hbone.net.stream import Stream
 from hbone.proxy.inbound import InboundHandler, PeerInfo
+from hbone.proxy.responders import answer_stream
 from hbone.tls import MeshTls, check_client_peer, peer_identity
 
 log = logging.getLogger("hbone.server")
@@ -151,14 +152,16 @@ class HboneServer:
         method = _header(stream, b":method")
         if method == b"CONNECT" or (method == b"POST" and _header(stream, b"x-tun") is not None):
             if self.inbound is None:
-                return _answer(stream, 404, "this listener does not terminate HBONE tunnels")
+                return answer_stream(stream, 404, "this listener does not terminate HBONE tunnels")
             return await self.inbound(stream, peer)
         ctype = _header(stream, b"content-type") or b""
         if method == b"POST" and ctype.startswith(b"application/grpc") and self.grpc is not None:
             return await self.grpc(stream, peer)
         if method not in (b"CONNECT", b"POST"):
-            return _answer(stream, 400, f"method {method!r} is neither CONNECT nor POST")
-        return _answer(stream, 400, "POST without x-tun is not an HBONE tunnel, and no gRPC service is served here")
+            return answer_stream(stream, 400, f"method {method!r} is neither CONNECT nor POST")
+        return answer_stream(
+            stream, 400, "POST without x-tun is not an HBONE tunnel, and no gRPC service is served here"
+        )
 
     async def drain(self, deadline: float | None = None) -> None:
         """Stop accepting, send GOAWAY everywhere, let running streams finish until the deadline."""
@@ -176,12 +179,3 @@ class HboneServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(s.wait_closed(), 5)
         self.servers.clear()
-
-
-def _answer(stream: Stream, status: int, why: str) -> None:
-    try:
-        stream.send_headers([(":status", str(status)), ("content-type", "text/plain")])
-        stream.write(why.encode() + b"\n")
-        stream.write_eof()
-    except HboneError:
-        stream.reset()

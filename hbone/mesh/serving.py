@@ -17,8 +17,8 @@ from typing import cast
 from hbone.errors import BadRequest, HboneError
 from hbone.mesh.streams import TunnelPeer, TunnelReader, TunnelWriter
 from hbone.net.stream import Stream
-from hbone.proxy.accesslog import AccessRecord
 from hbone.proxy.enforcing import EnforcingInbound
+from hbone.proxy.guard import TunnelGuard
 from hbone.proxy.inbound import INNER_MTLS_PATH, Authorizer, InboundConfig, InboundHandler, PeerInfo
 from hbone.server import HboneServer
 from hbone.state import MeshSnapshot, MeshState, StateChange
@@ -42,35 +42,30 @@ class _AppInbound(InboundHandler):
         super().__init__(config)
         self._handler = handler
 
-    async def handle_stream(self, stream: Stream, peer: PeerInfo, record: AccessRecord) -> None:
-        try:
-            req = parse_tunnel_request(stream.request_headers)
-            record.mode, record.dst_addr = req.mode.value, str(req.target)
-            if req.mode is TunnelMode.POST and req.path == INNER_MTLS_PATH:
-                raise BadRequest("inner mTLS (POST /_hbone/mtls) is not served by an in-process mesh server")
-            await self.admit(req, peer, record)
-            stream.send_headers(tunnel_response(200, peer=self.config.response_baggage))
-        except HboneError as e:
-            self.refuse(stream, e.http_status, str(e))
-            record.finish(e.http_status, str(e))
-            return
+    async def handle_stream(self, stream: Stream, peer: PeerInfo, guard: TunnelGuard) -> None:
+        record = guard.record
+        req = parse_tunnel_request(stream.request_headers)
+        record.mode, record.dst_addr = req.mode.value, str(req.target)
+        if req.mode is TunnelMode.POST and req.path == INNER_MTLS_PATH:
+            raise BadRequest("inner mTLS (POST /_hbone/mtls) is not served by an in-process mesh server")
+        await self.admit(req, peer, record)
+        stream.send_headers(tunnel_response(200, peer=self.config.response_baggage))
+        guard.answered(200)
         caller = TunnelPeer(peer.identity, peer.address, str(req.target), req.forwarded_for, req.baggage)
         writer = TunnelWriter(stream, caller)
         reader = TunnelReader(stream)
         try:
             await self._handler(reader, writer)
-        except HboneError as e:
-            record.finish(200, f"broken: {e}")
-            return
+        except HboneError:
+            raise  # the guard resets the stream and records it as broken
         except Exception as e:  # an application bug must not take the listener down
             log.exception("tunnel handler failed for %s from %s", req.target, peer.identity)
             writer.abort()
-            record.finish(200, f"handler failed: {e!r}")
+            guard.finish(200, f"handler failed: {e!r}")
             return
         finally:
             record.bytes_sent, record.bytes_received = stream.bytes_in, stream.bytes_out
             writer.close()
-        record.finish(200, "ok")
 
 
 class MeshServer:

@@ -25,11 +25,11 @@ import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from hbone.errors import BadRequest, ConfigError, HboneError
+from hbone.errors import BadRequest, ConfigError
 from hbone.identity.spiffe import SpiffeId
 from hbone.net.stream import Stream
-from hbone.proxy.accesslog import AccessRecord
 from hbone.proxy.frontend import dial_tcp
+from hbone.proxy.guard import TunnelGuard
 from hbone.proxy.inbound import INNER_MTLS_PATH, InboundConfig, InboundHandler, PeerInfo
 from hbone.proxy.routing import Match, RouteDenied, match_from_dict
 from hbone.wire.authority import Authority
@@ -125,22 +125,18 @@ class EgressHandler(InboundHandler):
                 return rule
         raise RouteDenied(f"egress to {target} is not allowed for {caller or 'an unauthenticated caller'}")
 
-    async def handle_stream(self, stream: Stream, peer: PeerInfo, record: AccessRecord) -> None:
+    async def handle_stream(self, stream: Stream, peer: PeerInfo, guard: TunnelGuard) -> None:
+        record = guard.record
         record.direction = "egress"
-        try:
-            req = parse_tunnel_request(stream.request_headers)
-            record.mode, record.dst_addr = req.mode.value, str(req.target)
-            if req.mode is TunnelMode.POST and req.path == INNER_MTLS_PATH:
-                raise BadRequest("the egress gateway takes plain CONNECT/POST tunnels, not inner mTLS")
-            rule = self.allowed(req.target, peer.identity)
-            host, port = await self.admit(req, peer, record)
-            reader, writer = await self._dial_out(req.target, host, port, rule)
-            record.policy = f"{rule.name}+{record.policy}" if record.policy else rule.name
-        except HboneError as e:
-            self.refuse(stream, e.http_status, str(e))
-            record.finish(e.http_status, str(e))
-            return
-        await self.relay(stream, stream, reader, writer, record)
+        req = parse_tunnel_request(stream.request_headers)
+        record.mode, record.dst_addr = req.mode.value, str(req.target)
+        if req.mode is TunnelMode.POST and req.path == INNER_MTLS_PATH:
+            raise BadRequest("the egress gateway takes plain CONNECT/POST tunnels, not inner mTLS")
+        rule = self.allowed(req.target, peer.identity)
+        host, port = await self.admit(req, peer, record)
+        reader, writer = await self._dial_out(req.target, host, port, rule)
+        record.policy = f"{rule.name}+{record.policy}" if record.policy else rule.name
+        await self.relay(stream, stream, reader, writer, guard)
 
     async def _dial_out(
         self, target: Authority, host: str, port: int, rule: EgressRule

@@ -28,6 +28,7 @@ from hbone.net.settings import H2Settings
 from hbone.net.stream import Stream
 from hbone.proxy.accesslog import AccessRecord
 from hbone.proxy.frontend import TLS_HANDSHAKE_TIMEOUT, Opener, Upstream
+from hbone.proxy.guard import TunnelGuard
 from hbone.proxy.inbound import InboundConfig, InboundHandler, PeerInfo
 from hbone.tls import MeshTls, check_client_peer, check_server_peer
 from hbone.wire.authority import Authority
@@ -182,23 +183,19 @@ class H2RInbound(InboundHandler):
         super().__init__(config or InboundConfig())
         self.gateway = gateway
 
-    async def handle_stream(self, stream: Stream, peer: PeerInfo, record: AccessRecord) -> None:
+    async def handle_stream(self, stream: Stream, peer: PeerInfo, guard: TunnelGuard) -> None:
+        record = guard.record
         record.direction = "h2r-gateway"
-        try:
-            req = parse_tunnel_request(stream.request_headers)
-            record.dst_addr = str(req.target)
-            if self.gateway.lookup(req.target.host) is None:  # never a plain inbound: no open relay
-                raise UpstreamUnreachable(f"{req.target.host} is not a registered H2R node name or identity")
-            inner, ident = await self.gateway.open(req.target.host, req.target, forwarded_for=record.src_addr)
-            record.dst_identity = str(ident)
-        except HboneError as e:
-            self.refuse(stream, e.http_status, str(e))
-            record.finish(e.http_status, str(e))
-            return
+        req = parse_tunnel_request(stream.request_headers)
+        record.dst_addr = str(req.target)
+        if self.gateway.lookup(req.target.host) is None:  # never a plain inbound: no open relay
+            raise UpstreamUnreachable(f"{req.target.host} is not a registered H2R node name or identity")
+        inner, ident = await self.gateway.open(req.target.host, req.target, forwarded_for=record.src_addr)
+        record.dst_identity = str(ident)
         stream.send_headers(tunnel_response(200))
+        guard.answered(200)
         result = await relay(stream, inner, idle_timeout=self.config.idle_timeout)
-        record.bytes_sent, record.bytes_received = result.sent, result.received
-        record.finish(200, result.outcome)
+        guard.relayed(result.sent, result.received, result.error)
 
 
 class H2RNode:

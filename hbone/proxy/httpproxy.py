@@ -17,10 +17,11 @@ import hmac
 import logging
 from collections.abc import Mapping
 
-from hbone.errors import BadRequest, ConnectRefused, Denied, HboneError, ProtocolError
+from hbone.errors import BadRequest, Denied, HboneError, ProtocolError
 from hbone.proxy.accesslog import AccessRecord
 from hbone.proxy.frontend import Opener, fmt_addr, relay, start_listener
 from hbone.proxy.ingress_h1 import H1Ingress
+from hbone.wire.answers import proxy_status_for
 from hbone.wire.authority import Authority
 from hbone.wire.http1 import Request, absolute_form
 from hbone.wire.httpconnect import (
@@ -31,7 +32,6 @@ from hbone.wire.httpconnect import (
     connection_established,
     error_response,
     error_response_for,
-    status_for,
 )
 
 log = logging.getLogger("hbone.httpproxy")
@@ -43,15 +43,6 @@ class ProxyAuthRequired(Denied):
     """Missing or wrong Proxy-Authorization (answer 407 with a Basic challenge)."""
 
     http_status = 407
-
-
-def proxy_status_for(exc: BaseException) -> int:
-    """A remote HBONE server's 401/403 is a policy refusal here (403); its 503 is a bad gateway (502)."""
-    if isinstance(exc, ProxyAuthRequired):
-        return 407
-    if isinstance(exc, ConnectRefused):
-        return 403 if exc.status in (401, 403) else 502
-    return status_for(exc)
 
 
 class HttpConnectProxy:

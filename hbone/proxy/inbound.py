@@ -17,14 +17,17 @@ from dataclasses import dataclass, field
 
 from hbone.authz.engine import Decision, evaluate
 from hbone.authz.model import Connection, Policy
-from hbone.errors import BadRequest, Denied, HboneError, SelfCall, UpstreamUnreachable
+from hbone.errors import BadRequest, Denied, HboneError, Overloaded, SelfCall, UpstreamUnreachable
 from hbone.identity.spiffe import SpiffeId
 from hbone.limits import TUNNELS, pending_dial, record_trip
 from hbone.net.relay import IDLE_TIMEOUT, TcpEnd, TcpPipe, open_pipe, relay
 from hbone.net.stream import Stream
 from hbone.net.tlsstream import TlsStream
 from hbone.proxy.accesslog import AccessRecord
+from hbone.proxy.guard import TunnelGuard
+from hbone.proxy.responders import StreamResponder
 from hbone.tls import MeshTls, check_client_peer
+from hbone.wire.answers import answer_for
 from hbone.wire.authority import Authority
 from hbone.wire.baggage import PeerMetadata
 from hbone.wire.tunnel_request import TunnelMode, TunnelRequest, parse_tunnel_request, tunnel_response
@@ -123,19 +126,14 @@ def _is_local(ip: str) -> bool:
     return addr is not None and (addr.is_loopback or addr.is_unspecified)
 
 
-def _finish_cancelled(stream: Stream, record: AccessRecord) -> None:
-    """A tunnel whose connection went away (the connection cancels its handler tasks) still gets its record."""
-    record.bytes_sent, record.bytes_received = stream.bytes_in, stream.bytes_out
-    record.finish(200, f"broken: {stream.error or 'cancelled'}")
-
-
 class InboundHandler:
     """Handles HBONE CONNECT/POST streams on one listener. Call it with each incoming stream.
 
     Gateways (egress, H2R, PROXY v2 inbound) subclass it; these methods are the supported override points:
     `handle_stream` (the whole per-stream flow), `admit` (resolve + self-call check + authorization, returns the
-    address to dial), `dial` (upstream TCP connect), `relay` (answer 200 and relay the bytes) and `refuse`
-    (error status).
+    address to dial), `dial` (upstream TCP connect) and `relay` (answer 200 and splice). Each stream runs inside
+    a `TunnelGuard`: raise an `HboneError` to refuse it (status + reason before the 200, RST_STREAM after), and
+    the guard finishes the access record exactly once, cancellation included.
     """
 
     def __init__(self, config: InboundConfig) -> None:
@@ -155,17 +153,15 @@ class InboundHandler:
             src_addr=_fmt(peer.address),
         )
         self.total += 1
-        if not TUNNELS.try_acquire():
-            why = f"too many tunnels in this process (max_tunnels {TUNNELS.limit})"
-            self.refuse(stream, 503, why)
-            record.finish(503, why)
-            return
-        self.active += 1
-        try:
-            await self.handle_stream(stream, peer, record)
-        finally:
-            self.active -= 1
-            TUNNELS.release()
+        with TunnelGuard(record, StreamResponder(stream)) as guard:
+            if not TUNNELS.try_acquire():
+                raise Overloaded(f"too many tunnels in this process (max_tunnels {TUNNELS.limit})")
+            self.active += 1
+            try:
+                await self.handle_stream(stream, peer, guard)
+            finally:
+                self.active -= 1
+                TUNNELS.release()
 
     def add_own_address(self, host: str, port: int) -> None:
         """A listener of this process was bound to `host:port`: tunnels to it are self calls (503)."""
@@ -173,26 +169,19 @@ class InboundHandler:
         if not _is_local(host):
             self.config.own_hosts = self.config.own_hosts | {host}
 
-    async def handle_stream(self, stream: Stream, peer: PeerInfo, record: AccessRecord) -> None:
-        try:
-            req = parse_tunnel_request(stream.request_headers)
-            record.mode, record.dst_addr = req.mode.value, str(req.target)
-            if req.mode is TunnelMode.POST and req.path == INNER_MTLS_PATH:
-                return await self._handle_inner_tls(stream, req, peer, record)
-            host, port = await self.admit(req, peer, record)
-            if self._pipe_ok:
-                pipe = await self._dial_pipe(host, port)
-            else:
-                reader, writer = await self.dial(host, port)
-        except HboneError as e:
-            self.refuse(stream, e.http_status, str(e))
-            record.finish(e.http_status, str(e))
-            return
+    async def handle_stream(self, stream: Stream, peer: PeerInfo, guard: TunnelGuard) -> None:
+        record = guard.record
+        req = parse_tunnel_request(stream.request_headers)
+        record.mode, record.dst_addr = req.mode.value, str(req.target)
+        if req.mode is TunnelMode.POST and req.path == INNER_MTLS_PATH:
+            return await self._handle_inner_tls(stream, req, peer, guard)
+        host, port = await self.admit(req, peer, record)
         if self._pipe_ok:
-            return await self._relay_pipe(stream, pipe, record)
-        await self.relay(stream, stream, reader, writer, record)
+            return await self._relay_pipe(stream, await self._dial_pipe(host, port), guard)
+        reader, writer = await self.dial(host, port)
+        await self.relay(stream, stream, reader, writer, guard)
 
-    async def _handle_inner_tls(self, stream: Stream, req: TunnelRequest, peer: PeerInfo, record: AccessRecord) -> None:
+    async def _handle_inner_tls(self, stream: Stream, req: TunnelRequest, peer: PeerInfo, guard: TunnelGuard) -> None:
         """POST to /_hbone/mtls: answer 200 at once (the middle box needs it), then authenticate end to end.
 
         Failures after the inner handshake can no longer be a status code; the stream is reset instead
@@ -204,14 +193,15 @@ class InboundHandler:
         try:
             inner = await TlsStream.server(stream, self.config.tls.server_context())
             ident = check_client_peer(inner.ssl_object, self.config.tls.trust_domain)
-            record.src_identity = str(ident)
-            host, port = await self.admit(req, PeerInfo(ident, peer.address), record)
+            guard.record.src_identity = str(ident)
+            host, port = await self.admit(req, PeerInfo(ident, peer.address), guard.record)
             reader, writer = await self.dial(host, port)
         except HboneError as e:
+            # The 200 went out for the middle box; the status that counts is the refusal's, carried by a reset.
             stream.reset(e.h2_code)
-            record.finish(e.http_status, f"inner: {e}")
+            guard.finish(e.http_status, f"inner: {answer_for(e).reason}")
             return
-        await self.relay(stream, inner, reader, writer, record)
+        await self.relay(stream, inner, reader, writer, guard)
 
     async def relay(
         self,
@@ -219,24 +209,17 @@ class InboundHandler:
         pipe: Stream | TlsStream,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        record: AccessRecord,
+        guard: TunnelGuard,
     ) -> None:
         try:
             if pipe is stream:
                 stream.send_headers(tunnel_response(200, peer=self.config.response_baggage))
-            record.established(stream, inbound=True)
+            guard.answered(200)
+            guard.established(stream, inbound=True)
             result = await relay(pipe, TcpEnd(reader, writer), idle_timeout=self.config.idle_timeout)
-        except asyncio.CancelledError:
-            _finish_cancelled(stream, record)
-            raise
-        except HboneError as e:
-            record.bytes_sent, record.bytes_received = stream.bytes_in, stream.bytes_out
-            record.finish(200, f"broken: {e}")
-            return
         finally:
             writer.close()
-        record.bytes_sent, record.bytes_received = result.sent, result.received
-        record.finish(200, result.outcome)
+        guard.relayed(result.sent, result.received, result.error)
 
     async def admit(self, req: TunnelRequest, peer: PeerInfo, record: AccessRecord) -> tuple[str, int]:
         host, port = await self.config.resolve(req.target)
@@ -253,23 +236,17 @@ class InboundHandler:
             raise Denied(decision.reason if decision.reason.startswith("denied") else f"denied: {decision.reason}")
         return host, port
 
-    async def _relay_pipe(self, stream: Stream, pipe: TcpPipe, record: AccessRecord) -> None:
+    async def _relay_pipe(self, stream: Stream, pipe: TcpPipe, guard: TunnelGuard) -> None:
         """`relay` on the callback path: the same answer, byte counts and records, no tasks."""
         try:
             stream.send_headers(tunnel_response(200, peer=self.config.response_baggage))
-        except HboneError as e:
+        except BaseException:
             pipe.abort()
-            record.bytes_sent, record.bytes_received = stream.bytes_in, stream.bytes_out
-            record.finish(200, f"broken: {e}")
-            return
-        record.established(stream, inbound=True)
-        try:
-            result = await relay(stream, pipe, idle_timeout=self.config.idle_timeout)
-        except asyncio.CancelledError:
-            _finish_cancelled(stream, record)
             raise
-        record.bytes_sent, record.bytes_received = result.sent, result.received
-        record.finish(200, result.outcome)
+        guard.answered(200)
+        guard.established(stream, inbound=True)
+        result = await relay(stream, pipe, idle_timeout=self.config.idle_timeout)
+        guard.relayed(result.sent, result.received, result.error)
 
     async def _dial_pipe(self, host: str, port: int) -> TcpPipe:
         with pending_dial():
@@ -297,16 +274,6 @@ class InboundHandler:
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return reader, writer
-
-    @staticmethod
-    def refuse(stream: Stream, status: int, why: str) -> None:
-        try:
-            stream.send_headers([(":status", str(status)), ("content-type", "text/plain")])
-            stream.write(why.encode()[:512] + b"\n")
-            stream.write_eof()
-        except HboneError:
-            stream.reset()
-        log.debug("refused stream %s with %d: %s", stream.stream_id, status, why)
 
 
 def _fmt(addr: tuple[str, int] | None) -> str | None:

@@ -14,7 +14,7 @@ import asyncio
 
 from hbone.net.stream import Stream
 from hbone.net.tlsstream import TlsStream
-from hbone.proxy.accesslog import AccessRecord
+from hbone.proxy.guard import TunnelGuard
 from hbone.proxy.inbound import InboundConfig, InboundHandler
 from hbone.wire.authority import parse_authority
 from hbone.wire.proxyv2 import proxy_header
@@ -31,11 +31,12 @@ class ProxyProtocolInbound(InboundHandler):
         pipe: Stream | TlsStream,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        record: AccessRecord,
+        guard: TunnelGuard,
     ) -> None:
+        record = guard.record
         dst = writer.get_extra_info("peername")
         if dst and record.src_addr and (not self.ports or int(dst[1]) in self.ports):
             src = parse_authority(record.src_addr)
             if src.ip is not None and src.ip.version == (6 if ":" in str(dst[0]) else 4):
                 writer.write(proxy_header(src, (str(dst[0]), int(dst[1])), client_identity=record.src_identity))
-        await super().relay(stream, pipe, reader, writer, record)
+        await super().relay(stream, pipe, reader, writer, guard)

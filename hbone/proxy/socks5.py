@@ -13,23 +13,15 @@ import hmac
 import logging
 from collections.abc import Mapping
 
-from hbone.errors import ConnectRefused, HboneError
+from hbone.errors import HboneError
 from hbone.proxy.accesslog import AccessRecord
-from hbone.proxy.frontend import DialFailed, Opener, Upstream, fmt_addr, relay, start_listener
-from hbone.wire.socks5 import ConnectRequest, ProtocolViolation, ReplyCode, Socks5Server, reply_code_for
+from hbone.proxy.frontend import Opener, Upstream, fmt_addr, relay, start_listener
+from hbone.wire.answers import socks_reply_for
+from hbone.wire.socks5 import ConnectRequest, ProtocolViolation, ReplyCode, Socks5Server
 
 log = logging.getLogger("hbone.socks5")
 
 DEFAULT_LISTEN = ("127.0.0.1", 15080)
-
-
-def socks_reply_for(exc: BaseException) -> ReplyCode:
-    """REP for a failed open: the HBONE server's 401/403 is 'not allowed'; an OS error keeps its meaning."""
-    if isinstance(exc, ConnectRefused) and exc.status in (401, 403):
-        return ReplyCode.NOT_ALLOWED
-    if isinstance(exc, DialFailed) and exc.os_error is not None:
-        return reply_code_for(exc.os_error)
-    return reply_code_for(exc)
 
 
 class Socks5Proxy:

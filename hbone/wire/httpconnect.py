@@ -14,7 +14,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from hbone.errors import BadRequest, Denied, HboneError, LimitExceeded, TunnelError
+from hbone.errors import BadRequest, LimitExceeded
+from hbone.wire.answers import proxy_status_for, reason_of
 from hbone.wire.authority import Authority, parse_authority
 
 DEFAULT_MAX_HEADER_BYTES = 16 * 1024
@@ -257,20 +258,5 @@ def error_response(status: int, reason: str, *, realm: str = "hbone") -> bytes:
     return _head(status, headers) + body
 
 
-def status_for(exc: BaseException) -> int:
-    """The status a CONNECT proxy answers for an error: parse errors keep theirs, policy 403, upstream 502/504."""
-    if isinstance(exc, BadRequest | LimitExceeded):
-        return exc.http_status
-    if isinstance(exc, Denied):
-        return 403
-    if isinstance(exc, TimeoutError):
-        return 504
-    if isinstance(exc, TunnelError | OSError):
-        return 502
-    if isinstance(exc, HboneError) and 400 <= exc.http_status < 500:
-        return exc.http_status
-    return 502
-
-
 def error_response_for(exc: BaseException, *, realm: str = "hbone") -> bytes:
-    return error_response(status_for(exc), str(exc) or type(exc).__name__, realm=realm)
+    return error_response(proxy_status_for(exc), reason_of(exc), realm=realm)

@@ -9,13 +9,12 @@ pipelined after its request (optimistic data) are kept and handed back by `take_
 from __future__ import annotations
 
 import enum
-import errno
 import ipaddress
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from hbone.errors import Denied, HboneError, PeerIdentityError, ProtocolError, UpstreamUnreachable
+from hbone.errors import HboneError, ProtocolError
 from hbone.wire.authority import Authority, IPAddress
 
 VERSION = 0x05
@@ -337,21 +336,6 @@ def encode_reply(code: ReplyCode, bind: tuple[str | IPAddress, int] | None) -> b
     if not 0 <= port <= 65535:
         raise Socks5Error(f"bind port {port} is out of range 0..65535")
     return bytes((VERSION, code, 0x00)) + _encode_address(host) + struct.pack("!H", port)
-
-
-def reply_code_for(exc: BaseException) -> ReplyCode:
-    """The REP code that best describes why the upstream connect failed."""
-    if isinstance(exc, Denied | PeerIdentityError):
-        return ReplyCode.NOT_ALLOWED
-    if isinstance(exc, ConnectionRefusedError):
-        return ReplyCode.CONNECTION_REFUSED
-    if isinstance(exc, TimeoutError):
-        return ReplyCode.TTL_EXPIRED
-    if isinstance(exc, OSError) and exc.errno == errno.ENETUNREACH:
-        return ReplyCode.NETWORK_UNREACHABLE
-    if isinstance(exc, OSError | UpstreamUnreachable) or getattr(exc, "http_status", None) == 503:
-        return ReplyCode.HOST_UNREACHABLE
-    return ReplyCode.GENERAL_FAILURE
 
 
 # --- client side (tests, probes) ----------------------------------------------------------------------------------

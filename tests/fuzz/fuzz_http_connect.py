@@ -24,7 +24,7 @@ def run(data: bytes) -> None:
         _ = (str(request.target), request.get("host"), request.credentials)
         leftover = parser.take_leftover()
         assert payload.endswith(leftover), "leftover is not the tail of the input"
-        httpconnect.status_for(httpconnect.HeadersTooLarge("x"))
+        httpconnect.error_response_for(httpconnect.HeadersTooLarge("x"))
 
 
 def seeds() -> dict[str, bytes]:

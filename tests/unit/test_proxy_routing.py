@@ -6,18 +6,15 @@ import ipaddress
 
 import pytest
 
-from hbone.errors import ConfigError, ConnectRefused
+from hbone.errors import ConfigError
 from hbone.proxy.capture_rules import RuleOptions, iptables_rules, nft_rules
 from hbone.proxy.egress import EgressRule, rule_from_dict
 from hbone.proxy.frontends_config import FrontendsConfig
-from hbone.proxy.httpproxy import proxy_status_for
 from hbone.proxy.ingress import lookup, parse_hosts
 from hbone.proxy.ingress_h2 import forwardable, request_authority, strip_port
 from hbone.proxy.redirect import CaptureMode
 from hbone.proxy.routing import Action, Match, RouteDenied, RouteTable, host_matches, table_from_list
-from hbone.proxy.socks5 import socks_reply_for
 from hbone.wire.authority import Authority, parse_authority
-from hbone.wire.socks5 import ReplyCode
 
 A = parse_authority
 
@@ -141,10 +138,6 @@ def test_egress_rules_and_error_codes() -> None:
     )
     assert isinstance(rule, EgressRule) and rule.tls is not None and rule.tls.verify
     assert rule.admits(SpiffeIdLike("spiffe://td/ns/ci/sa/build")) and not rule.admits(None)  # type: ignore[arg-type]
-    assert socks_reply_for(ConnectRefused(401)) == ReplyCode.NOT_ALLOWED
-    assert socks_reply_for(RouteDenied("x")) == ReplyCode.NOT_ALLOWED
-    assert proxy_status_for(ConnectRefused(503)) == 502 and proxy_status_for(RouteDenied("x")) == 403
-    assert proxy_status_for(TimeoutError()) == 504
     assert Authority.from_parts("::1", 1).ip is not None
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hbone.errors import Denied, ProtocolError, UpstreamUnreachable
+from hbone.errors import ProtocolError
 from hbone.wire.socks5 import (
     AddressType,
     AuthRequest,
@@ -26,7 +25,6 @@ from hbone.wire.socks5 import (
     encode_reply,
     encode_request,
     encode_userpass,
-    reply_code_for,
 )
 
 NOAUTH = encode_greeting([Method.NO_AUTH])
@@ -183,16 +181,6 @@ def test_reply_domain_bind_and_partial_decode() -> None:
     assert decoded is not None and decoded[0].bind_host == "proxy.local"
     with pytest.raises(ProtocolError):
         decode_reply(b"\x04\x00\x00\x01\x00")
-
-
-def test_reply_code_for() -> None:
-    assert reply_code_for(ConnectionRefusedError()) is ReplyCode.CONNECTION_REFUSED
-    assert reply_code_for(TimeoutError()) is ReplyCode.TTL_EXPIRED
-    assert reply_code_for(OSError(errno.ENETUNREACH, "x")) is ReplyCode.NETWORK_UNREACHABLE
-    assert reply_code_for(OSError(errno.EHOSTUNREACH, "x")) is ReplyCode.HOST_UNREACHABLE
-    assert reply_code_for(UpstreamUnreachable()) is ReplyCode.HOST_UNREACHABLE
-    assert reply_code_for(Denied()) is ReplyCode.NOT_ALLOWED
-    assert reply_code_for(ValueError()) is ReplyCode.GENERAL_FAILURE
 
 
 _host = st.one_of(

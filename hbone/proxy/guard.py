@@ -1,0 +1,129 @@
+"""The tunnel guard: one owner for a tunnel's access record and for its error answer, on every path.
+
+Every front end and gateway runs a tunnel (or one HTTP request) inside a `TunnelGuard`:
+
+    with TunnelGuard(AccessRecord("socks5", ...), SocksResponder(machine, writer)) as guard:
+        upstream = await dialer.open(target, record=guard.record)   # any failure: raise it
+        guard.answered(200)                                          # the success answer went out
+        guard.established(upstream.pipe, inbound=False)
+        result = await relay(...)
+        guard.relayed(to_dest, from_dest, result.error)
+
+An exception leaving the block is answered on the client's wire by the `Responder` (what to answer comes from the
+one table, `hbone.wire.answers`): before the success answer an error status / reply / TLS alert, after it an
+RST_STREAM with the error's HTTP/2 code or a TCP abort. The record is finished exactly once — by `relayed`, by
+`fail`, by the exception, or by leaving the block — and cancellation (the client's connection went away) is
+recorded too, then re-raised. Errors are swallowed once answered (a tunnel's failure is not the listener's);
+one that is not a network or protocol error is a bug and is logged with its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from types import TracebackType
+from typing import Protocol
+
+from hbone.errors import HboneError
+from hbone.proxy.accesslog import AccessRecord
+from hbone.wire.answers import Answer, answer_for, reason_of
+
+log = logging.getLogger("hbone.proxy")
+
+#: Failures a tunnel meets in normal life; anything else reaching a guard is a bug (logged with a traceback).
+_EXPECTED = (HboneError, OSError, EOFError, ssl.SSLError)
+
+
+class Responder(Protocol):
+    """How one protocol puts an `Answer` on the client's wire."""
+
+    def refuse(self, answer: Answer) -> tuple[int, str]:
+        """Nothing was answered yet: send the error answer and close. Returns (status, result) for the record."""
+        ...
+
+    def abort(self, answer: Answer) -> None:
+        """The success answer already went out: break the tunnel (stream reset, TCP abort)."""
+        ...
+
+    def cause(self) -> BaseException | None:
+        """What broke the client's side, if known (reported instead of a bare "cancelled")."""
+        ...
+
+
+class TunnelGuard:
+    """Owns one `AccessRecord` and answers the tunnel's failure; a context manager (see the module doc)."""
+
+    __slots__ = ("_done", "record", "responder", "status")
+
+    def __init__(self, record: AccessRecord, responder: Responder | None = None) -> None:
+        self.record = record
+        self.responder = responder
+        #: The status that went out on the wire (None until the success answer, or a refusal, was sent).
+        self.status: int | None = None
+        self._done = False
+
+    @property
+    def finished(self) -> bool:
+        return self._done
+
+    def answered(self, status: int = 200) -> None:
+        """The success answer went out: later failures break the tunnel instead of answering a status."""
+        self.status = status
+
+    def established(self, stream: object, *, inbound: bool) -> None:
+        """The tunnel relays through `stream` from now on (live byte counts for the admin port)."""
+        self.record.established(stream, inbound=inbound)
+
+    def relayed(self, to_dest: int, from_dest: int, error: BaseException | str | None = None) -> None:
+        """The relay ended: bytes each way and what broke it (None: a clean close both ways). Finishes the record."""
+        if self._done:
+            return
+        self.record.bytes_sent, self.record.bytes_received = to_dest, from_dest
+        status = self.status if self.status is not None else 200
+        if error is None:
+            self.finish(status, "ok")
+        else:
+            self.finish(status, f"broken: {error if isinstance(error, str) else reason_of(error)}")
+
+    def fail(self, exc: BaseException) -> Answer:
+        """Answer `exc` on the wire (status before the success answer, reset after) and finish the record."""
+        answer = answer_for(exc)
+        if self._done:
+            return answer
+        if self.status is None:
+            status, result = self.responder.refuse(answer) if self.responder is not None else (answer.status, "")
+            self.status = status
+            self.finish(status, result or answer.reason)
+            return answer
+        if self.responder is not None:
+            self.responder.abort(answer)
+            cause = self.responder.cause() if not isinstance(exc, Exception) else None
+            if cause is not None:
+                answer = answer_for(cause)
+        self.finish(self.status, f"broken: {answer.reason}")
+        return answer
+
+    def finish(self, status: int, result: str) -> None:
+        """Finish the record (once; later calls do nothing). Bytes not reported by `relayed` are read live."""
+        if self._done:
+            return
+        self._done = True
+        record = self.record
+        if record._live is not None and not (record.bytes_sent or record.bytes_received):
+            record.bytes_sent, record.bytes_received = record.live_bytes()
+        record.finish(status, result)
+
+    def __enter__(self) -> TunnelGuard:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        if exc is None:
+            if not self._done:
+                self.finish(self.status if self.status is not None else 200, "ok")
+            return False
+        if isinstance(exc, Exception) and not isinstance(exc, _EXPECTED):
+            log.error("%s tunnel from %s failed", self.record.direction, self.record.src_addr, exc_info=exc)
+        self.fail(exc)
+        return isinstance(exc, Exception)  # cancellation (and KeyboardInterrupt, SystemExit) goes on

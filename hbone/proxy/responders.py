@@ -1,0 +1,141 @@
+"""How each protocol puts a failure on the client's wire (`hbone.proxy.guard.Responder` implementations).
+
+Which answer to give is decided once, in `hbone.wire.answers`; these only say how it looks on each wire:
+
+- `StreamResponder` — an HTTP/2 stream (HBONE inbound, gateways, H2R, HTTP/2 ingress): `:status` with a one-line
+  text/plain body before the response headers went out, RST_STREAM with the error's code after.
+- `Http1Responder` — HTTP/1.1 CONNECT / forward proxy: a status line with a text body and `Connection: close`
+  (407 carries the Basic challenge); after `200 Connection Established` a TCP abort.
+- `SocksResponder` — SOCKS5: the REP code of the answer, then close; after the success reply a TCP abort.
+- `TcpResponder` — raw TCP front ends (capture, ingress TCP/TLS, SNI gateway): nothing to say in the protocol but
+  an optional TLS alert; a TCP reset (what the client would see had the destination refused) or a close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from hbone.errors import HboneError
+from hbone.net.stream import Stream
+from hbone.wire.answers import Answer
+from hbone.wire.httpconnect import error_response
+from hbone.wire.socks5 import Socks5Server, State
+
+log = logging.getLogger("hbone.proxy")
+
+
+def answer_stream(stream: Stream, status: int, text: str) -> None:
+    """Answer an HTTP/2 request with `status` and `text` as a text/plain body, ending the stream. A stream that
+    can no longer take a response (reset, connection gone, headers already sent) is reset instead."""
+    body = text.encode("utf-8", "replace") + b"\n"
+    try:
+        stream.send_headers(
+            [(b":status", str(status).encode()), (b"content-type", b"text/plain; charset=utf-8"),
+             (b"content-length", str(len(body)).encode())]
+        )  # fmt: skip
+        stream.write(body)
+        stream.write_eof()
+    except HboneError:
+        with contextlib.suppress(HboneError):
+            stream.reset()
+    log.debug("answered stream %s with %d: %s", stream.stream_id, status, text)
+
+
+class StreamResponder:
+    """An HTTP/2 stream: status + text before the response headers, RST_STREAM after."""
+
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+
+    def refuse(self, answer: Answer) -> tuple[int, str]:
+        answer_stream(self.stream, answer.status, answer.reason)
+        return answer.status, answer.reason
+
+    def abort(self, answer: Answer) -> None:
+        with contextlib.suppress(HboneError):
+            self.stream.reset(answer.h2_code)
+
+    def cause(self) -> BaseException | None:
+        return self.stream.error
+
+
+class _Abortable:
+    """A TCP client connection: abort after the success answer."""
+
+    __slots__ = ("writer",)
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+
+    def abort(self, answer: Answer) -> None:
+        self.writer.transport.abort()
+
+    def cause(self) -> BaseException | None:
+        return None
+
+
+class Http1Responder(_Abortable):
+    """An HTTP/1.1 proxy client: the proxy status (403 policy, 502 upstream, 504 timeout, 4xx) with a text body."""
+
+    __slots__ = ("describe", "realm")
+
+    def __init__(
+        self, writer: asyncio.StreamWriter, *, realm: str = "hbone", describe: Callable[[str], str] | None = None
+    ) -> None:
+        super().__init__(writer)
+        self.realm = realm
+        self.describe = describe  # body text from the reason (e.g. naming the target); the record keeps the reason
+
+    def refuse(self, answer: Answer) -> tuple[int, str]:
+        text = self.describe(answer.reason) if self.describe is not None else answer.reason
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            self.writer.write(error_response(answer.proxy_status, text, realm=self.realm))
+        self.writer.close()  # the transport sends what is buffered, then closes
+        return answer.proxy_status, answer.reason
+
+
+class SocksResponder(_Abortable):
+    """A SOCKS5 client: the answer's REP code (RFC 1928 §6), then close."""
+
+    __slots__ = ("machine",)
+
+    def __init__(self, machine: Socks5Server, writer: asyncio.StreamWriter) -> None:
+        super().__init__(writer)
+        self.machine = machine
+
+    def refuse(self, answer: Answer) -> tuple[int, str]:
+        if self.machine.state is State.REPLY_PENDING:  # a reply is only possible once the request was read
+            self.machine.reply(answer.socks)
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            self.writer.write(self.machine.data_to_send())
+        self.writer.close()
+        return answer.status, f"{answer.socks.name}: {answer.reason}"
+
+
+class TcpResponder(_Abortable):
+    """A raw TCP client: an optional TLS alert chosen by status, then a reset (`reset`) or a close."""
+
+    __slots__ = ("alert", "reset")
+
+    def __init__(
+        self, writer: asyncio.StreamWriter, *, reset: bool = False, alert: Callable[[int], bytes | None] | None = None
+    ) -> None:
+        super().__init__(writer)
+        self.reset = reset
+        self.alert = alert
+
+    def refuse(self, answer: Answer) -> tuple[int, str]:
+        alert = self.alert(answer.status) if self.alert is not None else None
+        if alert:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                self.writer.write(alert)
+        if self.reset and not alert:
+            self.writer.transport.abort()
+        else:
+            self.writer.close()
+        return answer.status, answer.reason
