@@ -30,6 +30,8 @@ def _instance(cls: type[HboneError]) -> HboneError:
         return cls(503, "nope")  # type: ignore[call-arg]
     if issubclass(cls, errors.StreamReset):
         return cls(int(H2ErrorCode.CANCEL))  # type: ignore[call-arg]
+    if cls.__name__ == "IdleTimeout":
+        return cls(3600.0)  # type: ignore[arg-type]
     if issubclass(cls, errors.GrpcError):
         return cls(errors.GrpcStatus.UNAVAILABLE, "down")  # type: ignore[call-arg]
     return cls("why it failed")
