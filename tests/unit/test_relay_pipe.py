@@ -14,7 +14,7 @@ import pytest
 
 from hbone.errors import ConnectRefused, H2ErrorCode, StreamReset
 from hbone.net.connection import H2Connection
-from hbone.net.relay import AcceptedPipe, TcpPipe
+from hbone.net.relay import DOWNSTREAM, AcceptedPipe, IdleTimeout, TcpPipe, relay
 from hbone.net.settings import H2Settings, KiB
 from hbone.net.stream import Stream
 from tests.unit.test_net_driver import feed  # feeds bytes through the BufferedProtocol path
@@ -131,7 +131,7 @@ async def test_half_close_both_ways_and_byte_counts() -> None:
     events = await h.to_peer()
     assert h2.events.StreamEnded in kinds(events)  # TCP FIN -> END_STREAM
     result = await h.pipe.wait()
-    assert result.error is None
+    assert result.error is None and result.ended_first == DOWNSTREAM  # the stream (client side) ended first
     assert (result.sent, result.received) == (5, 6)
     assert h.tcp.closed and not h.tcp.aborted
 
@@ -324,3 +324,27 @@ async def test_small_messages_are_credited_in_bounded_steps() -> None:
         h.send(bytes(1000))
         assert stream._recv_len < step  # never more than one step uncredited
     assert h.pipe.from_stream == 40_000 and len(h.tcp.out) == 40_000
+
+
+async def test_idle_timeout_resets_the_stream_and_aborts_tcp() -> None:
+    h = Harness()
+    stream = await h.open(start=False)
+    stream.send_headers([(":status", "200")])
+    result = await relay(stream, h.pipe, idle_timeout=0.02)  # nothing moves either way
+    assert isinstance(result.error, IdleTimeout) and result.ended_first is None
+    assert h.tcp.aborted
+    resets = [e for e in await h.to_peer() if isinstance(e, h2.events.StreamReset)]
+    assert resets and resets[0].error_code == H2ErrorCode.CANCEL
+
+
+async def test_relay_maps_counts_by_side_and_names_the_side_that_ended_first() -> None:
+    h = Harness()
+    stream = await h.open(start=False)
+    stream.send_headers([(":status", "200")])
+    task = asyncio.ensure_future(relay(h.pipe, stream))  # TCP as the downstream (hbone forward's shape)
+    await asyncio.sleep(0)
+    h.pipe.data_received(b"request")
+    assert h.pipe.eof_received() is True  # the TCP side (downstream) ends first
+    h.send(b"answer", end=True)
+    result = await task
+    assert (result.sent, result.received, result.ended_first) == (7, 6, DOWNSTREAM) and result.error is None

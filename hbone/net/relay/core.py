@@ -167,7 +167,7 @@ async def _copy(src: End, dst: End, res: RelayResult, src_side: Side, chunk: int
     while True:
         try:
             data = await src.read(chunk)
-        except BaseException:
+        except Exception:  # not cancellation: that is the idle timeout or our caller, neither side's end
             res.ended(src_side)
             raise
         try:
@@ -181,7 +181,7 @@ async def _copy(src: End, dst: End, res: RelayResult, src_side: Side, chunk: int
             else:
                 res.received += len(data)
             await dst.drain()
-        except BaseException:
+        except Exception:
             res.ended(dst_side)
             raise
 

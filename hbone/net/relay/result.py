@@ -66,10 +66,16 @@ class IdleWatch:
 
     __slots__ = ("_count", "_handle", "_last", "_last_change", "_loop", "_on_idle", "_period", "timeout")
 
-    def __init__(self, timeout: float, count: Callable[[], int], on_idle: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        timeout: float,
+        count: Callable[[], int],
+        on_idle: Callable[[], None],
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         if timeout <= 0:
             raise ValueError("idle timeout must be positive")
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop or asyncio.get_running_loop()
         self.timeout = timeout
         self._period = timeout / 4
         self._count = count
