@@ -12,6 +12,7 @@ authorization:
       action: ALLOW
       rules: [{from: [{source: {principals: ["cluster.local/ns/shop/sa/frontend"]}}]}]
 dial_timeout: 10s
+tunnel_idle_timeout: 1h          # an established tunnel with no byte either way for this long is closed (0: never)
 drain_timeout: 5s
 http2: {max_concurrent_streams: 200, stream_window: 4194304, connection_window: 16777216, ping_interval: 10s,
         max_resets_per_second: 100, max_control_frames_per_second: 1000, max_outbound_buffer: 1048576,
@@ -38,6 +39,7 @@ from hbone.authz.defaults import DefaultMode, default_policies
 from hbone.authz.model import Policy
 from hbone.errors import ConfigError
 from hbone.identity.spiffe import SpiffeId
+from hbone.net.relay import IDLE_TIMEOUT
 from hbone.net.settings import H2Settings
 from hbone.safeyaml import read_limited, safe_load
 from hbone.wire.authority import Authority, parse_authority
@@ -48,6 +50,7 @@ _TOP = (
     "certs",
     "authorization",
     "dial_timeout",
+    "tunnel_idle_timeout",
     "drain_timeout",
     "http2",
     "limits",
@@ -125,6 +128,11 @@ def parse_duration(value: Any, where: str) -> float:
     return seconds
 
 
+def parse_idle_timeout(value: Any, where: str) -> float | None:
+    """An idle timeout: a duration, where 0 means none."""
+    return parse_duration(value, where) or None
+
+
 def parse_listen(text: str, default_host: str = "0.0.0.0") -> Authority:
     """A listen address: `HOST:PORT`, `[V6]:PORT` or `:PORT` (on `default_host`); port 0 picks a free port.
 
@@ -166,6 +174,7 @@ class ServeConfig:
     mode: DefaultMode = DefaultMode.SAME_NAMESPACE
     policies: tuple[Policy, ...] = ()
     dial_timeout: float = 10.0
+    tunnel_idle_timeout: float | None = IDLE_TIMEOUT
     drain_timeout: float = 5.0
     h2: H2Settings = field(default_factory=H2Settings.server)
     limits: ProcessLimits = field(default_factory=ProcessLimits)
@@ -189,6 +198,8 @@ class ServeConfig:
             cfg.certs = Path(str(data["certs"]))
         if "dial_timeout" in data:
             cfg.dial_timeout = parse_duration(data["dial_timeout"], f"{source}: dial_timeout")
+        if "tunnel_idle_timeout" in data:
+            cfg.tunnel_idle_timeout = parse_idle_timeout(data["tunnel_idle_timeout"], f"{source}: tunnel_idle_timeout")
         if "drain_timeout" in data:
             cfg.drain_timeout = parse_duration(data["drain_timeout"], f"{source}: drain_timeout")
         cfg.admin_ports = admin_config_keys(data, source)

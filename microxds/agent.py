@@ -25,6 +25,7 @@ from hbone.client import HboneClient
 from hbone.errors import BadRequest, ConfigError, HboneError, UpstreamUnreachable
 from hbone.grpc.client import Channel
 from hbone.identity import FileSource, IdentityManager
+from hbone.net.relay import IDLE_TIMEOUT
 from hbone.net.stream import Stream
 from hbone.proxy.enforcing import EnforcingInbound
 from hbone.proxy.inbound import InboundConfig
@@ -89,6 +90,8 @@ class AgentConfig:
     on_demand: bool = False
     profile: NodeProfile = field(default_factory=lambda: NodeProfile(token_path=None))
     ready_timeout: float = 30.0
+    # Seconds an established tunnel (outbound or inbound) may move no byte either way before it is closed; None: never.
+    tunnel_idle_timeout: float | None = IDLE_TIMEOUT
     # admin / metrics / readiness ports as written (flags or config keys; `hbone.admin.options`)
     admin: str | None = None
     metrics: str | None = None
@@ -130,7 +133,13 @@ class Agent:
         self.ads: AdsClient | None = None
         self.workloads: dict[str, LocalWorkload] = {}
         self.router = Router(network=config.network, hbone_port=config.hbone_port)
-        self.outbound = OutboundProxy(self.router, self.state.snapshot, self._client_for, network=config.network)
+        self.outbound = OutboundProxy(
+            self.router,
+            self.state.snapshot,
+            self._client_for,
+            network=config.network,
+            idle_timeout=config.tunnel_idle_timeout,
+        )
         self.forward_addresses: dict[str, tuple[str, int]] = {}
         self._forward_servers: list[asyncio.Server] = []
         self._pending: dict[str, asyncio.Task[None]] = {}
@@ -248,6 +257,7 @@ class Agent:
             InboundConfig(
                 namespace=w.namespace, tls=tls, response_baggage=meta, resolve=self._resolver(w),
                 own_ports=frozenset({cfg.hbone_port, 15008, 15006, 15001}),
+                idle_timeout=cfg.tunnel_idle_timeout,
             ),
         )  # fmt: skip
         server = HboneServer(tls, inbound, grpc=None)  # type: ignore[arg-type]  # InboundHandler's call signature

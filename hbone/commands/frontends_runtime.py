@@ -83,7 +83,9 @@ class Runtime:
             await self.manager.start()
             self.tls = MeshTls(self.manager)
             self.client = HboneClient(self.tls, mark=cfg.mark)  # marked dials: capture rules skip them by mark
-        self.opener = Dialer(self.client, cfg.routes, dial_timeout=cfg.dial_timeout, mark=cfg.mark)
+        self.opener = Dialer(
+            self.client, cfg.routes, dial_timeout=cfg.dial_timeout, mark=cfg.mark, idle_timeout=cfg.tunnel_idle_timeout
+        )
         # H2R gateways first: their registered names take precedence for every other front end.
         ordered = sorted(cfg.listeners, key=lambda s: s.type != "h2r-gateway")
         try:
@@ -110,7 +112,9 @@ class Runtime:
         opener = self.opener
         assert opener is not None
         kind, opts = spec.type, spec.options
-        base = InboundConfig(own_ports=frozenset(), dial_timeout=self.cfg.dial_timeout)
+        base = InboundConfig(
+            own_ports=frozenset(), dial_timeout=self.cfg.dial_timeout, idle_timeout=self.cfg.tunnel_idle_timeout
+        )
         if kind == "socks5":
             self._note(spec, await Socks5Proxy(opener, users=opts.get("users")).start(spec.host, spec.port))
         elif kind == "http-connect":
@@ -123,6 +127,7 @@ class Runtime:
                 mode=CaptureMode(str(opts.get("capture", "redirect"))),
                 proxy_protocol=bool(opts.get("proxy_protocol", False)),
                 dial_timeout=self.cfg.dial_timeout,
+                idle_timeout=self.cfg.tunnel_idle_timeout,
                 mark=self.cfg.mark if self.cfg.mark is not None else DEFAULT_MARK,
             )
             self._note(spec, await plain.start(spec.host, spec.port))

@@ -119,6 +119,7 @@ async def serve(cfg: ServeConfig, ready: asyncio.Event | None = None, admin: Adm
         InboundConfig(
             authorize=policy_authorizer(policies),
             dial_timeout=cfg.dial_timeout,
+            idle_timeout=cfg.tunnel_idle_timeout,
             namespace=(identity.namespace or "") if identity else "",
             tls=tls,
         )

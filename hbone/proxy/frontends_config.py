@@ -3,6 +3,7 @@
 ```yaml
 certs: ./etc/certs                  # our workload identity (Istio or SPIFFE layout)
 dial_timeout: 10s
+tunnel_idle_timeout: 1h             # a relayed connection with no byte either way for this long is closed (0: never)
 default_route: deny                 # what a destination no route matches gets: deny | direct
 routes:                             # hbone.proxy.routing: first match wins
   - {name: mesh, match: {hosts: ["*.svc.cluster.local"]}, via: 10.0.0.5:15008}
@@ -36,8 +37,9 @@ from typing import Any
 
 from hbone.admin.options import KEYS as ADMIN_KEYS
 from hbone.admin.options import config_keys as admin_config_keys
-from hbone.config import parse_duration, parse_listen, read_yaml
+from hbone.config import parse_duration, parse_idle_timeout, parse_listen, read_yaml
 from hbone.errors import ConfigError, ProtocolError
+from hbone.net.relay import IDLE_TIMEOUT
 from hbone.proxy.routing import RouteTable, table_from_list
 from hbone.wire.authority import Authority, parse_authority
 
@@ -58,7 +60,7 @@ LISTENER_TYPES: dict[str, tuple[str | None, frozenset[str]]] = {
     "ingress-tls-terminate": ("0.0.0.0:443", frozenset({"hosts", "certs", "http", "request_timeout"})),
     "ingress-http": ("0.0.0.0:80", frozenset({"hosts", "request_timeout"})),
 }
-_TOP = {"certs", "dial_timeout", "default_route", "routes", "listeners", "mark", *ADMIN_KEYS}
+_TOP = {"certs", "dial_timeout", "tunnel_idle_timeout", "default_route", "routes", "listeners", "mark", *ADMIN_KEYS}
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ class ListenerSpec:
 class FrontendsConfig:
     certs: Path | None = None
     dial_timeout: float = 10.0
+    tunnel_idle_timeout: float | None = IDLE_TIMEOUT
     mark: int | None = None
     routes: RouteTable = field(default_factory=RouteTable)
     listeners: list[ListenerSpec] = field(default_factory=list)
@@ -103,6 +106,8 @@ class FrontendsConfig:
             cfg.certs = Path(str(data["certs"]))
         if "dial_timeout" in data:
             cfg.dial_timeout = parse_duration(data["dial_timeout"], f"{source}: dial_timeout")
+        if "tunnel_idle_timeout" in data:
+            cfg.tunnel_idle_timeout = parse_idle_timeout(data["tunnel_idle_timeout"], f"{source}: tunnel_idle_timeout")
         if data.get("mark") is not None:
             cfg.mark = _int(data["mark"], f"{source}: mark")
         cfg.routes = table_from_list(data.get("routes"), f"{source}: routes", str(data.get("default_route", "deny")))

@@ -19,7 +19,7 @@ import struct
 
 from hbone.authz.model import Connection
 from hbone.errors import HboneError, SelfCall
-from hbone.net.relay import TcpEnd
+from hbone.net.relay import IDLE_TIMEOUT, TcpEnd
 from hbone.proxy.accesslog import AccessRecord
 from hbone.proxy.frontend import Opener, Upstream, dial_tcp, fmt_addr, relay
 from hbone.proxy.inbound import Authorizer
@@ -148,6 +148,7 @@ class InboundPlaintext:
         mode: CaptureMode = CaptureMode.REDIRECT,
         proxy_protocol: bool = False,
         dial_timeout: float = 10.0,
+        idle_timeout: float | None = IDLE_TIMEOUT,
         mark: int | None = DEFAULT_MARK,
         namespace: str = "",
     ) -> None:
@@ -155,6 +156,7 @@ class InboundPlaintext:
         self.mode = mode
         self.proxy_protocol = proxy_protocol
         self.dial_timeout = dial_timeout
+        self.idle_timeout = idle_timeout
         self.mark = mark
         self.namespace = namespace
 
@@ -186,7 +188,7 @@ class InboundPlaintext:
         pipe = TcpEnd(up_reader, up_writer)
         if self.proxy_protocol:
             pipe.write(proxy_header(src, (ip, port)))
-        await relay(reader, writer, Upstream(pipe, None), record)
+        await relay(reader, writer, Upstream(pipe, None, idle_timeout=self.idle_timeout), record)
 
 
 def _pair(addr: object) -> tuple[str, int] | None:

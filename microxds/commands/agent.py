@@ -95,6 +95,8 @@ def config_from_dict(raw: dict[str, Any], *, base: Path = Path("."), source: str
         kw["certs"] = base / str(kw["certs"])
     if "cert_ttl" in kw:
         kw["cert_ttl"] = duration(str(kw["cert_ttl"]))
+    if "tunnel_idle_timeout" in kw:  # 0: never
+        kw["tunnel_idle_timeout"] = duration(str(kw["tunnel_idle_timeout"])).total_seconds() or None
     for key in ("workloads", "control_plane_identities"):
         if key in kw:
             kw[key] = tuple(str(v) for v in kw[key] or ())
