@@ -64,7 +64,7 @@ class HboneError(Exception):
 
 
 class UnsupportedDependency(HboneError, ImportError):
-    """An installed HTTP/2 library (h2, hyperframe, hpack) outside the supported range (hbone.net.h2deps)."""
+    """An installed HTTP/2 library (h2, hyperframe, hpack) outside the supported range (hbone.net.h2.deps)."""
 
 
 # --- configuration and identity -------------------------------------------------------------------------------

@@ -4,7 +4,7 @@
 
 Each version set is installed once with `pip install --no-deps --target` into the cache (default `.venv/h2matrix`,
 reused while the pins stay the same) and put in front of the venv's own copies with PYTHONPATH, so the rest of
-the environment is shared. It first checks that pyproject.toml declares exactly the ranges `hbone.net.h2deps`
+the environment is shared. It first checks that pyproject.toml declares exactly the ranges `hbone.net.h2.deps`
 enforces at import. `tools/test.sh` runs it; warm it takes about 7 s on an idle machine.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hbone.net.h2deps import SUPPORTED, spec  # noqa: E402 - after the path setup
+from hbone.net.h2.deps import SUPPORTED, spec  # noqa: E402 - after the path setup
 
 TESTS = ["tests/unit/test_net_*.py", "tests/unit/test_grpc_h2frames.py"]
 # The two property searches against stock h2 take a minute together; the main pytest run covers them.
@@ -63,7 +63,7 @@ def main() -> int:
     args, pytest_args = parser.parse_known_args()
     want = {name: spec(name) for name, _, _ in SUPPORTED}
     if declared() != want:
-        print(f"pyproject.toml declares {declared()} but hbone.net.h2deps enforces {want}", file=sys.stderr)
+        print(f"pyproject.toml declares {declared()} but hbone.net.h2.deps enforces {want}", file=sys.stderr)
         return 1
     rc = 0
     for label, reqs in version_sets().items():

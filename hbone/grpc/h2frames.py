@@ -1,8 +1,8 @@
 """Debugging decoder for captured HTTP/2 byte streams, with gRPC messages extracted per stream.
 
 Feed it one direction of a connection: the client's bytes (starting with the RFC 9113 §3.4 connection preface)
-or the server's (no preface). Frames are parsed with ``hyperframe`` and header blocks decoded with one ``hpack``
-decoder for the whole direction, as the receiving peer would. On streams whose headers say ``content-type:
+or the server's (no preface). Frames are parsed and header blocks decoded (one HPACK context for the whole direction,
+as the receiving peer would) by `hbone.net.h2.frames`. On streams whose headers say ``content-type:
 application/grpc*``, DATA payloads go through `MessageDecoder` (PROTOCOL-HTTP2.md "Length-Prefixed-Message")
 and the messages are shown as hex, or as text format when a protobuf class is given.
 
@@ -15,28 +15,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import hpack
-from hyperframe import frame as hf
-
-import hbone.net  # noqa: F401 - checks the h2/hyperframe/hpack versions before they are used
-from hbone.errors import H2ErrorCode, HboneError
+from hbone.errors import HboneError
 from hbone.grpc.framing import DEFAULT_MAX_MESSAGE_SIZE, MessageDecoder
 from hbone.grpc.metadata import header_text, is_grpc_content_type
 from hbone.grpc.status import parse_trailers
+from hbone.net.h2.frames import FRAME_HEADER_SIZE as _FRAME_HEADER
+from hbone.net.h2.frames import HeaderBlockDecoder, ParsedFrame, parse_frame
 
 __all__ = ["CLIENT_PREFACE", "FrameRecord", "GrpcMessage", "H2Decoder", "dump", "format_record"]
 
 CLIENT_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-_FRAME_HEADER = 9
-_SETTING_NAMES = {
-    1: "HEADER_TABLE_SIZE",
-    2: "ENABLE_PUSH",
-    3: "MAX_CONCURRENT_STREAMS",
-    4: "INITIAL_WINDOW_SIZE",
-    5: "MAX_FRAME_SIZE",
-    6: "MAX_HEADER_LIST_SIZE",
-    8: "ENABLE_CONNECT_PROTOCOL",
-}
 
 
 @dataclass(frozen=True)
@@ -96,9 +84,8 @@ class H2Decoder:
         self._max = max_message_size
         self._buf = bytearray()
         self._offset = 0  # stream offset of _buf[0]
-        self._hpack = hpack.Decoder(max_header_list_size=1 << 30)
         # The peer's SETTINGS (the other direction) bound the table; we cannot see them, so allow any size.
-        self._hpack.max_allowed_table_size = 1 << 32
+        self._hpack = HeaderBlockDecoder()
         self._streams: dict[int, _Stream] = {}
         self._block: _Block | None = None
         self.failed = False
@@ -127,9 +114,9 @@ class H2Decoder:
             self._consume(_FRAME_HEADER + length)
             try:
                 out.append(self._frame(offset, header, body))
-            except Exception as exc:  # a foreign library on hostile bytes: report, never propagate
+            except ValueError as exc:  # hostile bytes: report, never propagate
                 self.failed = True
-                out.append(FrameRecord(offset, "ERROR", detail=f"decoding failed at offset {offset}: {exc!r}"))
+                out.append(FrameRecord(offset, "ERROR", detail=f"decoding failed at offset {offset}: {exc}"))
                 break
         return out
 
@@ -158,34 +145,34 @@ class H2Decoder:
         self._offset += n
 
     def _frame(self, offset: int, header: bytes, body: bytes) -> FrameRecord:
-        frame, length = hf.Frame.parse_frame_header(memoryview(header))
-        frame.parse_body(memoryview(body))
-        kind = type(frame).__name__.removesuffix("Frame").upper()
-        if isinstance(frame, hf.ExtensionFrame):
-            kind = f"UNKNOWN(type={frame.type:#x})"
-        flags = tuple(sorted(frame.flags))
-        base = FrameRecord(offset, kind, frame.stream_id, flags, length)
-        if self._block is not None and not isinstance(frame, hf.ContinuationFrame):
-            raise ValueError(f"{kind} frame while a header block on stream {self._block.stream_id} awaits CONTINUATION")
-        if isinstance(frame, hf.HeadersFrame | hf.PushPromiseFrame):
-            self._block = _Block(frame.stream_id, [bytes(frame.data)], "END_STREAM" in frame.flags)
-            detail = f"promised_stream={frame.promised_stream_id}" if isinstance(frame, hf.PushPromiseFrame) else ""
+        frame = parse_frame(header, body)
+        base = FrameRecord(offset, frame.kind, frame.stream_id, frame.flags, frame.length)
+        if self._block is not None and frame.kind != "CONTINUATION":
+            raise ValueError(
+                f"{frame.kind} frame while a header block on stream {self._block.stream_id} awaits CONTINUATION"
+            )
+        if frame.is_header_block:
+            self._block = _Block(frame.stream_id, [frame.data], "END_STREAM" in frame.flags)
+            promised = frame.promised_stream_id
+            detail = f"promised_stream={promised}" if promised is not None else ""
             return self._maybe_end_block(base, frame, detail)
-        if isinstance(frame, hf.ContinuationFrame):
+        if frame.kind == "CONTINUATION":
             if self._block is None or self._block.stream_id != frame.stream_id:
                 raise ValueError("CONTINUATION without a header block to continue")
-            self._block.fragments.append(bytes(frame.data))
+            self._block.fragments.append(frame.data)
             return self._maybe_end_block(base, frame, "")
-        if isinstance(frame, hf.DataFrame):
+        if frame.kind == "DATA":
             return self._data(base, frame)
-        return replace(base, detail=_describe(frame))
+        if frame.kind.startswith("UNKNOWN"):
+            return replace(base, detail=f"{frame.detail} body={_hex(frame.data, 32)}")
+        return replace(base, detail=frame.detail)
 
-    def _maybe_end_block(self, base: FrameRecord, frame: Any, detail: str) -> FrameRecord:
+    def _maybe_end_block(self, base: FrameRecord, frame: ParsedFrame, detail: str) -> FrameRecord:
         block = self._block
         if block is None or "END_HEADERS" not in frame.flags:
             return replace(base, detail=detail or "header block continues")
         self._block = None
-        raw = self._hpack.decode(b"".join(block.fragments), raw=True)
+        raw = self._hpack.decode(b"".join(block.fragments))
         headers = tuple((header_text(k), header_text(v)) for k, v in raw)
         notes: list[str] = []
         st = self._streams.setdefault(block.stream_id, _Stream())
@@ -204,10 +191,10 @@ class H2Decoder:
             notes += self._end_stream(block.stream_id)
         return replace(base, detail=detail, headers=headers, notes=tuple(notes))
 
-    def _data(self, base: FrameRecord, frame: hf.DataFrame) -> FrameRecord:
+    def _data(self, base: FrameRecord, frame: ParsedFrame) -> FrameRecord:
         st = self._streams.setdefault(frame.stream_id, _Stream())
-        payload = bytes(frame.data)
-        detail = f"payload={len(payload)}" + (f" pad={frame.pad_length}" if "PADDED" in frame.flags else "")
+        payload = frame.data
+        detail = f"payload={len(payload)}" + (f" pad={frame.pad_length}" if frame.pad_length is not None else "")
         msgs: list[GrpcMessage] = []
         notes: list[str] = []
         if st.decoder is not None and not st.broken:
@@ -251,34 +238,6 @@ def _hex(data: bytes, limit: int) -> str:
     if limit <= 0 or len(data) <= limit:
         return data.hex()
     return f"{data[:limit].hex()}...(+{len(data) - limit} bytes)"
-
-
-def _code(value: int) -> str:
-    try:
-        return H2ErrorCode(value).name
-    except ValueError:
-        return f"{value:#x}"
-
-
-def _describe(frame: Any) -> str:
-    if isinstance(frame, hf.SettingsFrame):
-        if "ACK" in frame.flags:
-            return "ack"
-        return " ".join(f"{_SETTING_NAMES.get(k, hex(k))}={v}" for k, v in frame.settings.items()) or "(empty)"
-    if isinstance(frame, hf.WindowUpdateFrame):
-        return f"increment={frame.window_increment}"
-    if isinstance(frame, hf.PingFrame):
-        return f"opaque={bytes(frame.opaque_data).hex()}"
-    if isinstance(frame, hf.RstStreamFrame):
-        return f"error={_code(frame.error_code)}"
-    if isinstance(frame, hf.GoAwayFrame):
-        extra = f" debug={bytes(frame.additional_data)!r}" if frame.additional_data else ""
-        return f"last_stream={frame.last_stream_id} error={_code(frame.error_code)}{extra}"
-    if isinstance(frame, hf.PriorityFrame):
-        return f"depends_on={frame.depends_on} weight={frame.stream_weight} exclusive={frame.exclusive}"
-    if isinstance(frame, hf.ExtensionFrame):
-        return f"flag_byte={frame.flag_byte:#x} body={_hex(bytes(frame.body), 32)}"
-    return ""
 
 
 def format_record(rec: FrameRecord, *, hex_limit: int = 64) -> list[str]:

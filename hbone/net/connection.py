@@ -23,23 +23,18 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
-import h2.exceptions as h2x
-from h2.settings import SettingCodes, Settings
-
 from hbone.errors import ConnectionLost, H2ErrorCode, HboneError, LimitExceeded, ProtocolError
 from hbone.limits import ByteBudget
 from hbone.net.abuse import CHATTY_EVENTS, SMALL_READ, ConnectionGuard
 from hbone.net.events import ConnectionEvents, dispatch_table
-from hbone.net.h2memory import compact_settings
-from hbone.net.h2tuning import make_h2
+from hbone.net.h2 import new_engine
+from hbone.net.h2.api import Engine
 from hbone.net.lifecycle import ConnectionLifecycle
 from hbone.net.sending import ConnectionSending
 from hbone.net.settings import H2Settings
 from hbone.net.stream import HeaderInput, HeaderList, Stream, encode_headers, header_list_size
 
 StreamHandler = Callable[[Stream], Awaitable[None]]
-
-_DEFAULT_WINDOW = 65_535  # RFC 9113 §6.9.2 initial connection window
 
 
 # ConnectionSending before ConnectionLifecycle: the lifecycle's placeholder `_flush`/`_h2_reset` must not win.
@@ -62,7 +57,7 @@ class H2Connection(ConnectionEvents, ConnectionSending, ConnectionLifecycle, asy
         self.settings = settings or (H2Settings.client() if client else H2Settings.server())
         self._handler = handler
         self._registry = registry
-        self._h2 = make_h2(client=client, settings=self.settings)
+        self._engine: Engine = new_engine(client=client, settings=self.settings)
         self._transport: asyncio.Transport | None = None
         self._rview = _receive_buffer(self.settings.read_buffer_size)
         self._streams: dict[int, Stream] = {}
@@ -100,7 +95,7 @@ class H2Connection(ConnectionEvents, ConnectionSending, ConnectionLifecycle, asy
     @property
     def peer_max_concurrent_streams(self) -> int:
         """The peer's SETTINGS_MAX_CONCURRENT_STREAMS (our assumed initial value until its SETTINGS arrive)."""
-        limit = int(self._h2.remote_settings.max_concurrent_streams)
+        limit = self._engine.peer_max_concurrent_streams
         return limit if self._remote_settings_seen else min(limit, self.settings.initial_max_send_streams)
 
     @property
@@ -147,14 +142,12 @@ class H2Connection(ConnectionEvents, ConnectionSending, ConnectionLifecycle, asy
             finally:
                 if fut in self._capacity_waiters:
                     self._capacity_waiters.remove(fut)
-        sid = self._h2.get_next_available_stream_id()
+        try:
+            sid = self._engine.open_stream(encoded, end_stream)
+        except ProtocolError as exc:
+            raise ProtocolError(f"cannot open stream: {exc}") from exc
         stream = Stream(self, sid, local=True, request_headers=encoded)
         self._streams[sid] = stream
-        try:
-            self._h2.send_headers(sid, encoded, end_stream=end_stream)
-        except h2x.ProtocolError as exc:
-            self._streams.pop(sid, None)
-            raise ProtocolError(f"cannot open stream: {exc}") from exc
         if end_stream:
             stream._end_queued = True
             self._local_end(stream)
@@ -162,7 +155,7 @@ class H2Connection(ConnectionEvents, ConnectionSending, ConnectionLifecycle, asy
         return stream
 
     def _check_outbound_size(self, headers: HeaderList) -> None:
-        limit = self._h2.remote_settings.max_header_list_size
+        limit = self._engine.peer_max_header_list_size
         if limit is not None and header_list_size(headers) > limit:
             raise LimitExceeded(f"header list of {header_list_size(headers)} bytes exceeds peer's limit {limit}")
 
@@ -196,27 +189,7 @@ class H2Connection(ConnectionEvents, ConnectionSending, ConnectionLifecycle, asy
                 self._teardown(self._close_exc)
                 self._transport.abort()
                 return
-        s = self.settings
-        values = {
-            SettingCodes.INITIAL_WINDOW_SIZE: s.initial_stream_window,
-            SettingCodes.MAX_FRAME_SIZE: s.max_frame_size,
-            SettingCodes.MAX_CONCURRENT_STREAMS: s.max_concurrent_streams,
-            SettingCodes.MAX_HEADER_LIST_SIZE: s.max_header_list_size,
-            SettingCodes.HEADER_TABLE_SIZE: s.header_table_size,  # h2 sends it anyway (default 4096)
-        }
-        if self.client:
-            values[SettingCodes.ENABLE_PUSH] = 0
-        self._h2.local_settings = Settings(client=self.client, initial_values=values)
-        # A fresh Settings is a deque per setting again (~5 KiB per connection, xds_memprobe.py): compact it too.
-        compact_settings(self._h2.local_settings)
-        self._h2.decoder.max_header_list_size = 2 * self.settings.max_header_list_size
-        # h2 raises its frame-size limit only when a read batch *starts* after our SETTINGS were ACKed, so a peer
-        # that sends the ACK and a large frame in one segment would hit FRAME_SIZE_ERROR. Accept what we
-        # advertise from the start (frames above 16 KiB before the ACK are not a risk to us).
-        self._h2.max_inbound_frame_size = s.max_frame_size
-        self._h2.initiate_connection()
-        if s.connection_window > _DEFAULT_WINDOW:
-            self._h2.increment_flow_control_window(s.connection_window - _DEFAULT_WINDOW)
+        self._engine.start()
         self._flush()
         self._arm_ping()
         if not self.client:
@@ -234,8 +207,8 @@ class H2Connection(ConnectionEvents, ConnectionSending, ConnectionLifecycle, asy
         if not self._first_bytes.done():
             self._first_bytes.set_result(None)
         try:
-            events = self._h2.receive_data(self._rview[:nbytes])
-        except h2x.ProtocolError as exc:
+            events = self._engine.receive(self._rview[:nbytes])
+        except ProtocolError as exc:
             self._protocol_error(exc)
             return
         self._receiving = True

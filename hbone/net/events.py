@@ -1,8 +1,9 @@
 """HTTP/2 events from the peer, turned into stream state: requests, responses, data, ends, resets, settings.
 
 `ConnectionEvents` is a mixin of `hbone.net.connection.H2Connection`. The driver's `buffer_updated` feeds the
-received bytes to h2 and calls one handler per event through `dispatch_table`; the handlers start a server's
-request handler tasks (`_run_handler`) and hand headers, data, trailers and resets to the streams.
+received bytes to the engine (`hbone.net.h2.api`) and calls one handler per event through `dispatch_table`; the
+handlers start a server's request handler tasks (`_run_handler`) and hand headers, data, trailers and resets to
+the streams.
 """
 
 from __future__ import annotations
@@ -11,27 +12,25 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
-import h2.events as ev
-from h2.settings import SettingCodes
-
 from hbone.errors import ConnectionLost, H2ErrorCode, HboneError, LimitExceeded, StreamReset
+from hbone.net.h2 import api as ev
 from hbone.net.lifecycle import code_name
 from hbone.net.stream import HeaderList, Stream, StreamRefused, header_list_size
 
 if TYPE_CHECKING:
     from hbone.net.abuse import ConnectionGuard
     from hbone.net.connection import H2Connection, StreamHandler
-    from hbone.net.h2tuning import TunedH2Connection
+    from hbone.net.h2.api import Engine
     from hbone.net.settings import H2Settings
 
 
 class ConnectionEvents:
-    """The h2 event handlers of `H2Connection` (a mixin: it works on the driver's state)."""
+    """The engine event handlers of `H2Connection` (a mixin: it works on the driver's state)."""
 
     # --- provided by the driver ----------------------------------------------------------------------------------
     _loop: asyncio.AbstractEventLoop
     settings: H2Settings
-    _h2: TunedH2Connection
+    _engine: Engine
     _handler: StreamHandler | None
     _streams: dict[int, Stream]
     _blocked: dict[int, Stream]
@@ -71,7 +70,7 @@ class ConnectionEvents:
         if refuse:  # RFC 9113 §8.7: REFUSED_STREAM means "not processed, retry elsewhere"
             self._h2_reset(sid, H2ErrorCode.REFUSED_STREAM)
             return
-        headers: HeaderList = list(event.headers)
+        headers: HeaderList = event.headers
         stream = Stream(cast("H2Connection", self), sid, local=False, request_headers=headers)
         self._streams[sid] = stream
         if header_list_size(headers) > self.settings.max_header_list_size:
@@ -89,7 +88,7 @@ class ConnectionEvents:
         stream = self._streams.get(event.stream_id)
         if stream is None:
             return
-        headers: HeaderList = list(event.headers)
+        headers: HeaderList = event.headers
         if header_list_size(headers) > self.settings.max_header_list_size:
             self._h2_reset(stream.stream_id, H2ErrorCode.PROTOCOL_ERROR)
             self._fail_stream(stream, LimitExceeded("response header list exceeds max_header_list_size"))
@@ -99,11 +98,11 @@ class ConnectionEvents:
     def _on_trailers(self, event: ev.TrailersReceived) -> None:
         stream = self._streams.get(event.stream_id)
         if stream is not None:
-            stream._trailers_in = list(event.headers)
+            stream._trailers_in = event.headers
 
     def _on_data(self, event: ev.DataReceived) -> None:
         sid = event.stream_id
-        flow = event.flow_controlled_length
+        flow = event.flow
         data = event.data
         stream = self._streams.get(sid)
         if stream is None or stream._error is not None:
@@ -126,16 +125,16 @@ class ConnectionEvents:
             # Reset before we answered: stop its work now, upstream dial included (the dial's socket is closed by
             # the cancellation), and count it: many of these per second is the rapid reset attack (CVE-2023-44487).
             task.cancel()
-            if event.remote_reset and self._guarded().premature_reset(self._loop.time()):
+            if event.remote and self._guarded().premature_reset(self._loop.time()):
                 stream = self._streams.get(event.stream_id)
                 if stream is not None:
-                    self._fail_stream(stream, StreamReset(int(event.error_code), "stream reset by peer"))
+                    self._fail_stream(stream, StreamReset(event.code, "stream reset by peer"))
                 self._calm("h2_rapid_reset", f"over {self.settings.max_resets_per_second} unanswered streams reset/s")
                 return
         stream = self._streams.get(event.stream_id)
         if stream is None:
             return
-        code = int(event.error_code)
+        code = event.code
         if code == H2ErrorCode.NO_ERROR and stream._recv_eof:
             # RFC 9113 §8.1: after a complete response, RST_STREAM(NO_ERROR) only asks us to stop sending; the
             # response must not be discarded.
@@ -144,7 +143,7 @@ class ConnectionEvents:
         exc: HboneError
         if code == H2ErrorCode.REFUSED_STREAM:
             exc = StreamRefused()
-        elif event.remote_reset:
+        elif event.remote:
             exc = StreamReset(code, f"stream reset by peer ({code_name(code)})")
         else:
             exc = StreamReset(code, f"stream reset after a protocol error ({code_name(code)})")
@@ -159,23 +158,18 @@ class ConnectionEvents:
                 self._pump(stream)
 
     def _on_control_frame(self, event: Any) -> None:
-        """PING and PRIORITY frames (h2 answers PINGs itself): only counted against the flood limit."""
+        """PING and PRIORITY frames (the engine answers PINGs itself): only counted against the flood limit."""
         if self._guarded().control_frames(self._loop.time()):
             self._calm("h2_control_flood", f"over {self.settings.max_control_frames_per_second} control frames/s")
 
-    def _on_remote_settings(self, event: ev.RemoteSettingsChanged) -> None:
+    def _on_remote_settings(self, event: ev.SettingsChanged) -> None:
         if self._remote_settings_seen:  # the first SETTINGS of every connection is not a flood
             self._on_control_frame(event)
             if self._closed:
                 return
         self._remote_settings_seen = True
-        if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+        if event.window_changed:
             self._pump_blocked()
-
-    def _on_settings_acked(self, event: ev.SettingsAcknowledged) -> None:
-        # h2 sets the decoder limit to the advertised value on ACK; keep headroom so that an oversized request
-        # gets a 431 on its stream (our check) and only a grossly oversized one kills the connection.
-        self._h2.decoder.max_header_list_size = 2 * self.settings.max_header_list_size
 
     # --- server handlers -------------------------------------------------------------------------------------
 
@@ -214,12 +208,10 @@ _EVENT_HANDLERS = {
     ev.StreamEnded: "_on_stream_ended",
     ev.StreamReset: "_on_stream_reset",
     ev.WindowUpdated: "_on_window_updated",
-    ev.RemoteSettingsChanged: "_on_remote_settings",
-    ev.SettingsAcknowledged: "_on_settings_acked",
-    ev.PingAckReceived: "_on_ping_ack",
-    ev.PingReceived: "_on_control_frame",
-    ev.PriorityUpdated: "_on_control_frame",
-    ev.ConnectionTerminated: "_on_goaway",
+    ev.SettingsChanged: "_on_remote_settings",
+    ev.PingAcked: "_on_ping_ack",
+    ev.ControlFrame: "_on_control_frame",
+    ev.GoAwayReceived: "_on_goaway",
 }
 
 
@@ -227,7 +219,7 @@ _DISPATCH_TABLES: dict[type[Any], dict[type[Any], Callable[[Any, Any], None]]] =
 
 
 def dispatch_table(cls: type[ConnectionEvents]) -> dict[type[Any], Callable[[Any, Any], None]]:
-    """h2 event type -> handler function, once per class (so subclasses' overrides are honoured).
+    """Engine event type -> handler function, once per class (so subclasses' overrides are honoured).
 
     A dict of bound methods per connection cost ~2 KiB for every one of an xDS server's idle clients
     (tools/bench/xds_memprobe.py); unbound functions called as `handler(self, event)` cost nothing per connection.

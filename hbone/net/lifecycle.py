@@ -20,14 +20,12 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-import h2.events as ev
-import h2.exceptions as h2x
-
-from hbone.errors import ConnectionLost, H2ErrorCode, HboneError
+from hbone.errors import ConnectionLost, H2ErrorCode, HboneError, ProtocolError
+from hbone.net.h2.api import GoAwayReceived, PingAcked
 from hbone.net.stream import StreamRefused
 
 if TYPE_CHECKING:
-    from hbone.net.h2tuning import TunedH2Connection
+    from hbone.net.h2.api import Engine
     from hbone.net.settings import H2Settings
     from hbone.net.stream import Stream
 
@@ -81,7 +79,7 @@ class ConnectionLifecycle:
     # --- provided by the driver ----------------------------------------------------------------------------------
     _loop: asyncio.AbstractEventLoop
     settings: H2Settings
-    _h2: TunedH2Connection
+    _engine: Engine
     _transport: asyncio.Transport | None
     _streams: dict[int, Stream]
     _blocked: dict[int, Stream]
@@ -163,8 +161,8 @@ class ConnectionLifecycle:
 
     # --- GOAWAY ----------------------------------------------------------------------------------------------
 
-    def _on_goaway(self, event: ev.ConnectionTerminated) -> None:
-        code, last = int(event.error_code), event.last_stream_id
+    def _on_goaway(self, event: GoAwayReceived) -> None:
+        code, last = event.code, event.last_stream_id
         self.goaway_received = (code, last)
         self._closing = True
         for sid, stream in list(self._streams.items()):
@@ -173,7 +171,7 @@ class ConnectionLifecycle:
                 self._fail_stream(stream, StreamRefused(f"stream {sid} above GOAWAY last_stream_id {last}"))
         self._fail_capacity_waiters(ConnectionLost("peer sent GOAWAY"))
         if code != H2ErrorCode.NO_ERROR:
-            detail = event.additional_data or b""
+            detail = event.debug
             self._abort(ConnectionLost(f"peer sent GOAWAY {code_name(code)} {detail!r}"), None)
 
     def _send_goaway(self, code: int) -> None:
@@ -181,10 +179,10 @@ class ConnectionLifecycle:
         self._fail_capacity_waiters(ConnectionLost("connection is going away"))
         if self.goaway_sent_last_id is not None or self._transport is None:
             return
-        last = self._h2.highest_inbound_stream_id
+        last = self._engine.highest_inbound_stream_id
         try:
-            self._h2.close_connection(error_code=code, last_stream_id=last)
-        except h2x.ProtocolError:
+            self._engine.goaway(code, last)
+        except ProtocolError:
             return
         self.goaway_sent_last_id = last
 
@@ -276,13 +274,12 @@ class ConnectionLifecycle:
             pass
         self._loop.call_later(_LINGER, _end_linger, transport)
 
-    def _protocol_error(self, exc: h2x.ProtocolError) -> None:
-        code = int(getattr(exc, "error_code", H2ErrorCode.PROTOCOL_ERROR))
+    def _protocol_error(self, exc: ProtocolError) -> None:
+        code = int(exc.h2_code)
         self._log_error("HTTP/2 protocol error from peer", exc)
-        # h2 queues a GOAWAY for frame-level errors; a bad preface raises before it does, so send one ourselves.
-        if self._h2.outbound_size() == 0:
-            self._send_goaway(code)
-        self.goaway_sent_last_id = self._h2.highest_inbound_stream_id
+        # The engine has queued the GOAWAY (hbone.net.h2.api): no new streams, and linger so the peer reads it.
+        self._closing = True
+        self.goaway_sent_last_id = self._engine.highest_inbound_stream_id
         self._abort(ConnectionLost(f"HTTP/2 protocol error ({code_name(code)}): {exc}"), None)
 
     def _teardown(self, exc: HboneError) -> None:
@@ -333,14 +330,14 @@ class ConnectionLifecycle:
         self._ping_seq += 1
         self._ping_payload = self._ping_seq.to_bytes(8, "big")
         try:
-            self._h2.ping(self._ping_payload)
-        except h2x.ProtocolError:
+            self._engine.ping(self._ping_payload)
+        except ProtocolError:
             return
         self._flush()
         self._ping_deadline = self._loop.call_later(self.settings.ping_timeout, self._ping_timed_out)
 
-    def _on_ping_ack(self, event: ev.PingAckReceived) -> None:
-        if event.ping_data != self._ping_payload:
+    def _on_ping_ack(self, event: PingAcked) -> None:
+        if event.opaque != self._ping_payload:
             return
         self._ping_payload = None
         if self._ping_deadline is not None:
@@ -402,5 +399,5 @@ class ConnectionLifecycle:
         # At most 3 logs per connection and a per-process budget (docs/performance.md: unread stderr blocks).
         self._errors_logged += 1
         if self._errors_logged <= 3 and _limiter.allow():
-            expected = isinstance(exc, (HboneError, h2x.H2Error))
+            expected = isinstance(exc, HboneError)
             log.warning("%s (peer %s): %s", what, self.get_extra_info("peername"), exc, exc_info=not expected)

@@ -12,15 +12,14 @@ import asyncio
 from collections import deque
 from typing import TYPE_CHECKING
 
-import h2.exceptions as h2x
-
-from hbone.errors import H2ErrorCode, HboneError, LimitExceeded, StreamReset
-from hbone.net.h2framebuffer import FRAME_HEADER
+from hbone.errors import H2ErrorCode, HboneError, LimitExceeded, ProtocolError, StreamReset
+from hbone.net.h2.api import StreamClosed
+from hbone.net.h2.framebuffer import FRAME_HEADER
 from hbone.net.lifecycle import code_name
 from hbone.net.stream import HeaderList, Stream
 
 if TYPE_CHECKING:
-    from hbone.net.h2tuning import TunedH2Connection
+    from hbone.net.h2.api import Engine
     from hbone.net.settings import H2Settings
 
 # Write h2's buffer out as soon as it holds one full-size DATA frame (65,527 + 9 bytes: four whole TLS records): with
@@ -68,7 +67,7 @@ class ConnectionSending:
     # --- provided by the driver ----------------------------------------------------------------------------------
     _loop: asyncio.AbstractEventLoop
     settings: H2Settings
-    _h2: TunedH2Connection
+    _engine: Engine
     _transport: asyncio.Transport | None
     _blocked: dict[int, Stream]
     _write_paused: bool
@@ -88,8 +87,8 @@ class ConnectionSending:
         if not stream.local:
             self._pending.pop(stream.stream_id, None)  # answered: a reset from now on is not a premature one
         try:
-            self._h2.send_headers(stream.stream_id, headers, end_stream=end_stream)
-        except h2x.ProtocolError as exc:
+            self._engine.send_headers(stream.stream_id, headers, end_stream)
+        except ProtocolError as exc:
             self._send_failed(stream, exc)
             return
         if end_stream:
@@ -104,12 +103,12 @@ class ConnectionSending:
         if self._write_paused or self._transport is None:
             self._blocked[sid] = stream
             return
-        h2c = self._h2
+        engine = self._engine
         queue = stream._send
         try:
             if queue:
-                limit = record_fit(min(self.settings.max_send_frame_size, h2c.max_outbound_frame_size))
-                window = h2c.local_flow_control_window(sid)
+                limit = record_fit(min(self.settings.max_send_frame_size, engine.max_send_frame))
+                window = engine.send_window(sid)
                 full = False
                 while queue and window > 0:
                     n = min(stream._send_len, window, limit)
@@ -121,11 +120,11 @@ class ConnectionSending:
                         break
                     full = n == limit
                     # One frame of n bytes, from as many queued writes as it takes (fewer, fuller frames).
-                    h2c.send_plain_data(sid, _take(queue, n), n)
+                    engine.send_data(sid, _take(queue, n), n)
                     window -= n
                     stream._send_len -= n
                     stream.bytes_out += n
-                    if h2c.outbound_size() >= _FLUSH_EARLY:
+                    if engine.pending() >= _FLUSH_EARLY:
                         self._flush()
                         if self._write_paused:
                             # Keep the rest in the stream's queue: feeding a paused transport piled megabytes of
@@ -144,16 +143,16 @@ class ConnectionSending:
             if stream._end_queued:
                 if stream._trailers_out is not None:
                     self._check_outbound_size(stream._trailers_out)
-                    h2c.send_headers(sid, stream._trailers_out, end_stream=True)
+                    engine.send_headers(sid, stream._trailers_out, True)
                 else:
-                    h2c.end_stream(sid)
+                    engine.end_stream(sid)
                 self._local_end(stream)
                 self._schedule_flush()
-        except h2x.ProtocolError as exc:
-            self._send_failed(stream, exc)
-        except LimitExceeded as exc:
+        except LimitExceeded as exc:  # our own check of the trailers (a ProtocolError too: caught first)
             self._h2_reset(sid, H2ErrorCode.INTERNAL_ERROR)
             self._fail_stream(stream, exc)
+        except ProtocolError as exc:
+            self._send_failed(stream, exc)
 
     def _repump_soon(self) -> None:
         if self._repump_handle is None:
@@ -170,17 +169,17 @@ class ConnectionSending:
                 break
             self._pump(stream)
 
-    def _send_failed(self, stream: Stream, exc: h2x.ProtocolError) -> None:
-        """h2 refused a send on this stream. Never fatal for the connection.
+    def _send_failed(self, stream: Stream, exc: ProtocolError) -> None:
+        """The engine refused a send on this stream. Never fatal for the connection.
 
-        docs/performance.md pitfall: h2 processes a whole read batch before we see its events, so a RST_STREAM
+        docs/performance.md pitfall: the engine processes a whole read batch before we see its events, so a RST_STREAM
         later in the batch may already have closed the stream we are sending on. Its StreamReset event (with
         the real code) is still to come; settle the stream on the next loop iteration if nothing else did.
         """
         self._blocked.pop(stream.stream_id, None)
         stream._send.clear()
         stream._send_len = 0
-        if isinstance(exc, h2x.StreamClosedError):
+        if isinstance(exc, StreamClosed):
             self._loop.call_soon(self._settle_closed, stream)
         else:
             self._h2_reset(stream.stream_id, H2ErrorCode.INTERNAL_ERROR)
@@ -212,10 +211,7 @@ class ConnectionSending:
         self._schedule_flush()
 
     def _h2_reset(self, sid: int, code: int) -> None:
-        try:
-            self._h2.reset_stream(sid, code)
-        except h2x.ProtocolError:
-            pass  # already closed in h2: nothing to reset
+        self._engine.reset_stream(sid, code)  # a no-op on a stream already closed
         self._schedule_flush()
 
     # --- receive-side credit -------------------------------------------------------------------------------------
@@ -224,10 +220,7 @@ class ConnectionSending:
         """Credit `n` consumed bytes to the stream and connection windows (RFC 9113 §6.9)."""
         if n <= 0 or self._closed:
             return
-        try:
-            self._h2.acknowledge_received_data(n, sid)
-        except h2x.ProtocolError:
-            return
+        self._engine.credit(sid, n)
         self._schedule_flush()
 
     # --- writing to the transport --------------------------------------------------------------------------------
@@ -235,10 +228,10 @@ class ConnectionSending:
     def _schedule_flush(self) -> None:
         # Coalesce the frames of one loop iteration into a single transport.write. But the first small write of an
         # iteration on an idle connection goes out now: waiting a loop turn added to every hop's latency (RESULTS).
-        if self._flush_handle is not None or self._closed or self._receiving or not self._h2.outbound_size():
+        if self._flush_handle is not None or self._closed or self._receiving or not self._engine.pending():
             return  # already due; or buffer_updated writes at its end; or nothing to write
         idle = self._transport is not None and not self._transport.get_write_buffer_size()
-        if idle and self._h2.outbound_size() <= _FLUSH_NOW:
+        if idle and self._engine.pending() <= _FLUSH_NOW:
             self._flush()
         self._flush_handle = self._loop.call_soon(self._flush)
 
@@ -246,8 +239,8 @@ class ConnectionSending:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        if not self._h2.outbound_size():
+        if not self._engine.pending():
             return  # most flushes of a quiet connection: no new buffer, no write
-        data = self._h2.data_to_send()
+        data = self._engine.take_output()
         if data and self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)

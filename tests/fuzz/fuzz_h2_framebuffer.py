@@ -13,7 +13,7 @@ from h2.frame_buffer import FrameBuffer
 from hyperframe.exceptions import InvalidPaddingError
 from hyperframe.frame import DataFrame
 
-from hbone.net.h2framebuffer import PlainData, ZeroCopyFrameBuffer
+from hbone.net.h2.framebuffer import PlainData, ZeroCopyFrameBuffer
 from tests.fuzz.harness import Bytes, Harness, chunks, pack
 
 _MAX_FRAME = (16_384, 100, 1 << 20, 0)

@@ -11,7 +11,7 @@ import h2
 import pytest
 
 from hbone.errors import UnsupportedDependency
-from hbone.net import h2deps
+from hbone.net.h2 import deps as h2deps
 
 ROOT = Path(__file__).resolve().parents[2]
 

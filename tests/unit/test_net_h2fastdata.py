@@ -1,4 +1,4 @@
-"""h2tuning item 10 (hbone.net.h2fastdata): the DATA and credit fast paths must be indistinguishable from h2's own
+"""h2tuning item 10 (hbone.net.h2.fastdata): the DATA and credit fast paths must be indistinguishable from h2's own
 code, and these tests must fail if the h2 internals they mirror change (pinned h2>=4.1,<4.5)."""
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from hyperframe.frame import DataFrame
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hbone.net.h2framebuffer import PlainData
-from hbone.net.h2tuning import TunedH2Connection, make_h2
+from hbone.net.h2.framebuffer import PlainData
+from hbone.net.h2.tuning import TunedH2Connection, make_h2
 from hbone.net.settings import H2Settings
 
 REQUEST = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/x"), (b":authority", b"a")]

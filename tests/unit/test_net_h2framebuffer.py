@@ -26,8 +26,8 @@ from hyperframe.frame import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hbone.net.h2framebuffer import ZeroCopyFrameBuffer
-from hbone.net.h2tuning import TunedH2Connection, make_h2
+from hbone.net.h2.framebuffer import ZeroCopyFrameBuffer
+from hbone.net.h2.tuning import TunedH2Connection, make_h2
 from hbone.net.settings import H2Settings
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"

@@ -1,4 +1,4 @@
-"""hbone.net.h2headers (h2tuning item 9): the fast pass may only accept what h2's own validation accepts, and a
+"""hbone.net.h2.headers (h2tuning item 9): the fast pass may only accept what h2's own validation accepts, and a
 tuned connection must accept, reject and report header blocks exactly like stock h2."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.strategies import DrawFn, composite
 
-from hbone.net.h2headers import FastHeaderStream, acceptable
-from hbone.net.h2tuning import make_h2
+from hbone.net.h2.headers import FastHeaderStream, acceptable
+from hbone.net.h2.tuning import make_h2
 from hbone.net.settings import H2Settings
 
 Flags = h2.utilities.HeaderValidationFlags

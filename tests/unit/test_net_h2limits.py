@@ -16,7 +16,7 @@ from hbone import limits
 from hbone.errors import ConfigError, H2ErrorCode
 from hbone.net.abuse import SMALL_READ
 from hbone.net.connection import H2Connection
-from hbone.net.h2framebuffer import ZeroCopyFrameBuffer
+from hbone.net.h2.framebuffer import ZeroCopyFrameBuffer
 from hbone.net.settings import H2Settings, MiB
 from hbone.net.stream import Stream
 

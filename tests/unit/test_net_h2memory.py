@@ -10,8 +10,8 @@ from h2.settings import SettingCodes, Settings
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hbone.net.h2memory import CompactSettings, compact_settings
-from hbone.net.h2tuning import make_h2
+from hbone.net.h2.memory import CompactSettings, compact_settings
+from hbone.net.h2.tuning import make_h2
 from hbone.net.settings import H2Settings
 
 
@@ -99,9 +99,9 @@ async def test_driver_keeps_settings_compact_after_connection_made() -> None:
     for client in (True, False):
         conn = H2Connection(client=client, settings=H2Settings.server(ping_interval=None))
         conn.connection_made(FakeTransport())
-        assert isinstance(conn._h2.local_settings, CompactSettings)
-        assert isinstance(conn._h2.remote_settings, CompactSettings)
-        assert conn._h2.local_settings.max_concurrent_streams == 200
+        assert isinstance(conn._engine._h2.local_settings, CompactSettings)
+        assert isinstance(conn._engine._h2.remote_settings, CompactSettings)
+        assert conn._engine._h2.local_settings.max_concurrent_streams == 200
 
 
 async def test_header_table_size_is_advertised() -> None:
@@ -113,7 +113,7 @@ async def test_header_table_size_is_advertised() -> None:
         conn = H2Connection(client=False, settings=H2Settings.server(ping_interval=None, header_table_size=size))
         transport = FakeTransport()
         conn.connection_made(transport)
-        assert conn._h2.local_settings.header_table_size == size
+        assert conn._engine._h2.local_settings.header_table_size == size
         length = int.from_bytes(transport.out[:3], "big")  # the server's first frame is its SETTINGS
         payload = bytes(transport.out[9 : 9 + length])
         sent = {int.from_bytes(payload[i : i + 2], "big"): int.from_bytes(payload[i + 2 : i + 6], "big")

@@ -1,4 +1,4 @@
-"""The h2 shims in hbone.net.h2tuning: they must change nothing on the wire, and these tests must fail loudly if
+"""The h2 shims in hbone.net.h2.tuning: they must change nothing on the wire, and these tests must fail loudly if
 the h2 / hyperframe internals they rely on change (pinned h2>=4.1,<4.5, hyperframe>=6.0,<6.2)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import h2.settings
 import pytest
 from hyperframe.frame import DataFrame, WindowUpdateFrame
 
-from hbone.net.h2tuning import TunedH2Connection, _QuietDataFrame, _QuietWindowUpdateFrame, make_h2
+from hbone.net.h2.tuning import TunedH2Connection, _QuietDataFrame, _QuietWindowUpdateFrame, make_h2
 from hbone.net.settings import H2Settings
 
 REQUEST = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/x"), (b":authority", b"a")]
@@ -261,7 +261,7 @@ def _open_and_close(client: h2.connection.H2Connection, server: h2.connection.H2
 
 
 def test_stream_limits_enforced_exactly_and_closed_streams_pruned() -> None:
-    from hbone.net.h2tuning import _PRUNE_AT
+    from hbone.net.h2.tuning import _PRUNE_AT
 
     client = make_h2(client=True, settings=H2Settings.client())
     server = make_h2(client=False, settings=H2Settings.server())

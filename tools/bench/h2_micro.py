@@ -111,7 +111,7 @@ async def receive(total: int, fast: bool) -> float:
     conn = H2Connection(client=False, handler=handler)
     conn.connection_made(_Transport())  # type: ignore[arg-type]
     if not fast:  # h2's per-frame receive path and h2's credit bookkeeping
-        h2c = conn._h2
+        h2c = conn._engine._h2  # type: ignore[attr-defined]  # the h2 engine's tuned connection
         h2c.incoming_buffer.plain_data = False
         stock_ack = h2.connection.H2Connection.acknowledge_received_data
         h2c.acknowledge_received_data = lambda size, sid: stock_ack(h2c, size, sid)  # type: ignore[method-assign]
@@ -150,7 +150,7 @@ async def send(total: int, fast: bool) -> float:
     peer.receive_data(bytes(transport.head))
     _feed(conn, memoryview(bytes(peer.data_to_send())))
     if not fast:  # h2's own send_data for every frame
-        h2c = conn._h2
+        h2c = conn._engine._h2  # type: ignore[attr-defined]  # the h2 engine's tuned connection
         h2c.send_plain_data = lambda sid, pieces, size: h2c.send_data(sid, b"".join(pieces))  # type: ignore[method-assign]
     stream = await conn.open_stream(CONNECT)
     payload = bytes(range(256)) * (CHUNK // 256)

@@ -138,7 +138,11 @@ class Engine(Protocol):
     """What the driver needs from an HTTP/2 engine (RFC 9113); one instance per connection."""
 
     def start(self) -> None:
-        """Queue the preface (client), our SETTINGS and the connection window increase."""
+        """Queue the preface (client), our SETTINGS (from the engine's `H2Settings`: stream window, frame size,
+        concurrent streams, header list size, header table size; ENABLE_PUSH=0 on clients) and the connection
+        window increase up to `connection_window`. Frames up to our max_frame_size are accepted from now on
+        (before the peer ACKs), and the HPACK decoder allows 2x max_header_list_size, so the driver can answer
+        a merely oversized request with 431 and only a grossly oversized one is a connection error."""
 
     def receive(self, data: memoryview) -> list[Event]:
         """Process received bytes; `data` may be reused after return (copy what is kept)."""
@@ -149,7 +153,8 @@ class Engine(Protocol):
         """Client: a new stream with these request headers; returns its id."""
         ...
 
-    def send_headers(self, stream_id: int, headers: HeaderList, end_stream: bool) -> None: ...
+    def send_headers(self, stream_id: int, headers: HeaderList, end_stream: bool) -> None:
+        """A response or trailer block (a bare `:status 200` may take a fast path: one static-table byte)."""
 
     def send_data(self, stream_id: int, pieces: list[bytes | memoryview], size: int) -> None:
         """One DATA frame of `size` bytes (the sum of `pieces`), no END_STREAM; `size` fits `send_window`."""
@@ -158,12 +163,15 @@ class Engine(Protocol):
         """An empty DATA frame with END_STREAM."""
 
     def reset_stream(self, stream_id: int, code: int) -> None:
-        """RST_STREAM; a no-op for a stream that is already closed."""
+        """RST_STREAM; a no-op for a stream that is already closed (never raises)."""
 
     def credit(self, stream_id: int, size: int) -> None:
-        """The application consumed `size` received bytes: WINDOW_UPDATEs when due (stream and connection)."""
+        """The application consumed `size` received bytes: WINDOW_UPDATEs when due (stream and connection).
+        Never raises; on a closed or unknown stream only the connection window is credited."""
 
-    def goaway(self, code: int, last_stream_id: int | None = None, debug: bytes = b"") -> None: ...
+    def goaway(self, code: int, last_stream_id: int | None = None, debug: bytes = b"") -> None:
+        """GOAWAY; `last_stream_id` None announces `highest_inbound_stream_id`. The engine stays open for the
+        streams up to it (RFC 9113 §6.8 graceful drain); refusing new streams is the driver's job."""
 
     def ping(self, opaque: bytes) -> None: ...
 
@@ -182,6 +190,11 @@ class Engine(Protocol):
 
     @property
     def peer_max_header_list_size(self) -> int | None: ...
+
+    @property
+    def highest_inbound_stream_id(self) -> int:
+        """The highest stream id the peer opened (what a GOAWAY announces as last_stream_id)."""
+        ...
 
     # --- output --------------------------------------------------------------------------------------------
     def pending(self) -> int:

@@ -27,12 +27,12 @@ Why each exists (docs/performance.md, python-hyper/h2#1181):
    Python and was ~3% of each side's churn CPU (the random `traceparent` is a new literal on every request), for
    ~20% smaller literals that loopback and LAN links do not need. Any peer decodes both forms (RFC 7541 §5.2).
 8. Received frames are parsed from the driver's read buffer without h2's two bulk copies of every byte
-   (`hbone.net.h2framebuffer`, which has its own guard tests).
+   (`hbone.net.h2.framebuffer`, which has its own guard tests).
 9. Received header blocks are checked by a one-pass C-speed test that can only accept; anything it does not
-   accept goes through h2's own validation, which decides (`hbone.net.h2headers`, with its own guard tests).
+   accept goes through h2's own validation, which decides (`hbone.net.h2.headers`, with its own guard tests).
 10. DATA frames on open streams, both ways, credit, and the `:status 200` of a tunnel skip h2's general
    per-frame machinery (hyperframe objects, state machines, event lists, HPACK) when h2 would do nothing else
-   (`hbone.net.h2fastdata`, with its own equivalence and guard tests); everything else still goes through h2.
+   (`hbone.net.h2.fastdata`, with its own equivalence and guard tests); everything else still goes through h2.
 
 `tests/unit/test_net_h2tuning.py` fails if any internal relied on here changes. Pinned: h2>=4.1,<4.5,
 hyperframe>=6.0,<6.2.
@@ -53,7 +53,7 @@ from hpack import Encoder
 from hyperframe.exceptions import InvalidPaddingError
 from hyperframe.frame import DataFrame, Frame, WindowUpdateFrame
 
-from hbone.net.h2fastdata import (
+from hbone.net.h2.fastdata import (
     STATUS_200,
     accept_plain_data,
     acknowledge_counted,
@@ -62,9 +62,9 @@ from hbone.net.h2fastdata import (
     send_plain_data,
     send_status_200,
 )
-from hbone.net.h2framebuffer import FRAME_HEADER, PlainData, ZeroCopyFrameBuffer
-from hbone.net.h2headers import FastHeaderStream
-from hbone.net.h2memory import compact_settings
+from hbone.net.h2.framebuffer import FRAME_HEADER, PlainData, ZeroCopyFrameBuffer
+from hbone.net.h2.headers import FastHeaderStream
+from hbone.net.h2.memory import compact_settings
 from hbone.net.settings import H2Settings
 
 # hyperframe's frame header layout: 24-bit length split as (u16, u8), type, flags, 31-bit stream id.

@@ -36,10 +36,10 @@ from h2.events import DataReceived, Event
 from h2.stream import StreamInputs, StreamState
 from hyperframe.frame import DataFrame
 
-from hbone.net.h2framebuffer import FRAME_HEADER, PlainData
+from hbone.net.h2.framebuffer import FRAME_HEADER, PlainData
 
 if TYPE_CHECKING:
-    from hbone.net.h2tuning import TunedH2Connection
+    from hbone.net.h2.tuning import TunedH2Connection
 
 _END_STREAM = 0x1
 _CONN_OPEN = frozenset({ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN})

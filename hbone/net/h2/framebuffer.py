@@ -11,7 +11,7 @@ Safe because every hyperframe `parse_body` copies what it keeps out of the memor
 or struct unpacking); `tests/unit/test_net_h2framebuffer.py` checks that for every frame type, and that the frames
 produced for any split of a byte stream are identical to the stock buffer's.
 
-With `plain_data` set (h2tuning item 10, `hbone.net.h2fastdata`), an unpadded DATA frame outside a header block
+With `plain_data` set (h2tuning item 10, `hbone.net.h2.fastdata`), an unpadded DATA frame outside a header block
 comes out as a `PlainData` tuple instead of a hyperframe object, together with the complete unpadded DATA frames
 of the same stream that directly follow it (a run ends before any other frame, and after a frame with
 END_STREAM): frame headers are read with one struct unpack each, none of hyperframe's per-frame object, flag-set
