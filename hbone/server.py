@@ -12,19 +12,30 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
-from hbone.errors import ConnectionLost, H2ErrorCode, PeerIdentityError
+from hbone.errors import ConnectionLost, H2ErrorCode, HboneError, PeerIdentityError
 from hbone.identity.spiffe import SpiffeId
 from hbone.net.connection import H2Connection
 from hbone.net.settings import H2Settings
 from hbone.net.stream import Stream
-from hbone.proxy.inbound import InboundHandler, PeerInfo
-from hbone.proxy.responders import answer_stream
 from hbone.tls import MeshTls, check_client_peer, peer_identity
 
 log = logging.getLogger("hbone.server")
 
+
+@dataclass(frozen=True, slots=True)
+class PeerInfo:
+    """Who is on the other end of an HTTP/2 connection."""
+
+    identity: SpiffeId | None
+    address: tuple[str, int] | None
+    local_address: tuple[str, int] | None = None
+    tls: bool = True
+
+
+#: What serves a stream: the inbound HBONE handler (`hbone.proxy.inbound`), a `GrpcServer`, or any callable.
 StreamApp = Callable[[Stream, PeerInfo], Awaitable[None]]
 
 
@@ -77,11 +88,28 @@ async def _route(stream: Stream) -> None:
     await conn._server.dispatch(stream, conn.peer)
 
 
+def answer_stream(stream: Stream, status: int, text: str) -> None:
+    """Answer an HTTP/2 request with `status` and `text` as a text/plain body, ending the stream. A stream that
+    can no longer take a response (reset, connection gone, headers already sent) is reset instead."""
+    body = text.encode("utf-8", "replace") + b"\n"
+    try:
+        stream.send_headers(
+            [(b":status", str(status).encode()), (b"content-type", b"text/plain; charset=utf-8"),
+             (b"content-length", str(len(body)).encode())]
+        )  # fmt: skip
+        stream.write(body)
+        stream.write_eof()
+    except HboneError:
+        with contextlib.suppress(HboneError):
+            stream.reset()
+    log.debug("answered stream %s with %d: %s", stream.stream_id, status, text)
+
+
 class HboneServer:
     def __init__(
         self,
         tls: MeshTls | None,
-        inbound: InboundHandler | None,
+        inbound: StreamApp | None,
         *,
         settings: H2Settings | None = None,
         grpc: StreamApp | None = None,

@@ -111,9 +111,7 @@ def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> SpiffeId 
     return ids[0] if ids else None
 
 
-def _peer_in_trust_domain(
-    ssl_object: ssl.SSLObject | ssl.SSLSocket | None, trust_domain: str, side: str
-) -> SpiffeId:
+def _peer_in_trust_domain(ssl_object: ssl.SSLObject | ssl.SSLSocket | None, trust_domain: str, side: str) -> SpiffeId:
     ident = peer_identity(ssl_object)
     if ident is None:
         raise PeerIdentityError(f"{side} certificate carries no SPIFFE URI SAN")

@@ -260,7 +260,7 @@ class Agent:
                 idle_timeout=cfg.tunnel_idle_timeout,
             ),
         )  # fmt: skip
-        server = HboneServer(tls, inbound, grpc=None)  # type: ignore[arg-type]  # InboundHandler's call signature
+        server = HboneServer(tls, inbound, grpc=None)
         address = await server.listen(str(w.addresses[0]), cfg.hbone_port)
         self.workloads[ref] = LocalWorkload(w, identity, tls, client, inbound, server, address)
         log.info("serving %s (%s) on %s:%d", ref, w.identity, *address)

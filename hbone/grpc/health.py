@@ -22,7 +22,7 @@ from hbone.errors import GrpcError, GrpcStatus
 from hbone.grpc.codec import ProtoCodec
 
 if TYPE_CHECKING:
-    from hbone.grpc.server import GrpcServer, ServerCall
+    from hbone.grpc.servercall import MethodRegistry, ServerCall
 
 __all__ = ["CHECK", "WATCH", "HealthServicer", "ServingStatus", "health_messages"]
 
@@ -127,7 +127,7 @@ class HealthServicer:
         if event is not None:
             event.set()
 
-    def register(self, server: GrpcServer) -> None:
+    def register(self, server: MethodRegistry) -> None:
         request, response = health_messages()
         server.add_unary(CHECK, self.check, ProtoCodec(request), ProtoCodec(response))
         server.add_server_stream(WATCH, self.watch, ProtoCodec(request), ProtoCodec(response))

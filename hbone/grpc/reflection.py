@@ -18,7 +18,7 @@ from hbone.errors import GrpcStatus
 from hbone.grpc.codec import ProtoCodec
 
 if TYPE_CHECKING:
-    from hbone.grpc.server import GrpcServer, ServerCall
+    from hbone.grpc.servercall import MethodRegistry, ServerCall
 
 __all__ = ["VERSIONS", "ReflectionServicer", "reflection_messages"]
 
@@ -90,7 +90,7 @@ def reflection_messages(package: str) -> tuple[Any, Any]:
 class ReflectionServicer:
     """Answers from the server's registered methods and protobuf's default descriptor pool."""
 
-    def __init__(self, server: GrpcServer) -> None:
+    def __init__(self, server: MethodRegistry) -> None:
         self.server = server
 
     def register(self) -> None:

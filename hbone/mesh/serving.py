@@ -19,8 +19,8 @@ from hbone.mesh.streams import TunnelPeer, TunnelReader, TunnelWriter
 from hbone.net.stream import Stream
 from hbone.proxy.enforcing import EnforcingInbound
 from hbone.proxy.guard import TunnelGuard
-from hbone.proxy.inbound import INNER_MTLS_PATH, Authorizer, InboundConfig, InboundHandler, PeerInfo
-from hbone.server import HboneServer
+from hbone.proxy.inbound import INNER_MTLS_PATH, Authorizer, InboundConfig, InboundHandler
+from hbone.server import HboneServer, PeerInfo
 from hbone.state import MeshSnapshot, MeshState, StateChange
 from hbone.tls import MeshTls
 from hbone.wire.authority import Authority
@@ -101,7 +101,7 @@ class MeshServer:
             self.inbound = cast(_AppInbound, self._enforcing.handler)
             self._unsubscribe = state.subscribe(self._on_change)
         inbound = self._enforcing or self.inbound
-        self._server = HboneServer(tls, inbound)  # type: ignore[arg-type]  # EnforcingInbound is call-compatible
+        self._server = HboneServer(tls, inbound)
         self._address: tuple[str, int] | None = None
         self._on_close: list[Callable[[], Awaitable[None]]] = []
         self._closed = asyncio.Event()

@@ -30,8 +30,9 @@ from hbone.identity.spiffe import SpiffeId
 from hbone.net.stream import Stream
 from hbone.proxy.frontend import dial_tcp
 from hbone.proxy.guard import TunnelGuard
-from hbone.proxy.inbound import INNER_MTLS_PATH, InboundConfig, InboundHandler, PeerInfo
+from hbone.proxy.inbound import INNER_MTLS_PATH, InboundConfig, InboundHandler
 from hbone.proxy.routing import Match, RouteDenied, match_from_dict
+from hbone.server import PeerInfo
 from hbone.wire.authority import Authority
 from hbone.wire.tunnel_request import TunnelMode, parse_tunnel_request
 

@@ -15,7 +15,8 @@ from hbone.authz.engine import Decision
 from hbone.authz.model import Connection
 from hbone.errors import HboneError
 from hbone.net.stream import Stream
-from hbone.proxy.inbound import InboundConfig, InboundHandler, PeerInfo
+from hbone.proxy.inbound import InboundConfig, InboundHandler
+from hbone.server import PeerInfo
 from hbone.state import MeshSnapshot, MeshState
 
 log = logging.getLogger("hbone.inbound")

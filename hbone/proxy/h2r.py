@@ -29,7 +29,8 @@ from hbone.net.stream import Stream
 from hbone.proxy.accesslog import AccessRecord
 from hbone.proxy.frontend import TLS_HANDSHAKE_TIMEOUT, Opener, Upstream
 from hbone.proxy.guard import TunnelGuard
-from hbone.proxy.inbound import InboundConfig, InboundHandler, PeerInfo
+from hbone.proxy.inbound import InboundConfig, InboundHandler
+from hbone.server import PeerInfo
 from hbone.tls import MeshTls, check_client_peer, check_server_peer
 from hbone.wire.authority import Authority
 from hbone.wire.tracecontext import TraceParent

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from hbone.authz.engine import Decision, evaluate
 from hbone.authz.model import Connection, Policy
 from hbone.errors import BadRequest, Denied, HboneError, Overloaded, SelfCall, UpstreamUnreachable
-from hbone.identity.spiffe import SpiffeId
 from hbone.limits import TUNNELS, pending_dial, record_trip
 from hbone.net.relay import IDLE_TIMEOUT, TcpEnd, TcpPipe, open_pipe, relay
 from hbone.net.stream import Stream
@@ -26,6 +25,7 @@ from hbone.net.tlsstream import TlsStream
 from hbone.proxy.accesslog import AccessRecord
 from hbone.proxy.guard import TunnelGuard
 from hbone.proxy.responders import StreamResponder
+from hbone.server import PeerInfo
 from hbone.tls import MeshTls, check_client_peer
 from hbone.wire.answers import answer_for
 from hbone.wire.authority import Authority
@@ -40,16 +40,6 @@ log = logging.getLogger("hbone.inbound")
 
 Authorizer = Callable[[Connection], Decision]
 Resolver = Callable[[Authority], Awaitable[tuple[str, int]]]
-
-
-@dataclass(frozen=True, slots=True)
-class PeerInfo:
-    """Who is on the other end of an HTTP/2 connection."""
-
-    identity: SpiffeId | None
-    address: tuple[str, int] | None
-    local_address: tuple[str, int] | None = None
-    tls: bool = True
 
 
 def policy_authorizer(policies: Collection[Policy], *, cache_size: int = 4096) -> Authorizer:

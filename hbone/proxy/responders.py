@@ -20,28 +20,12 @@ from collections.abc import Callable
 
 from hbone.errors import HboneError
 from hbone.net.stream import Stream
+from hbone.server import answer_stream
 from hbone.wire.answers import Answer
 from hbone.wire.httpconnect import error_response
 from hbone.wire.socks5 import Socks5Server, State
 
 log = logging.getLogger("hbone.proxy")
-
-
-def answer_stream(stream: Stream, status: int, text: str) -> None:
-    """Answer an HTTP/2 request with `status` and `text` as a text/plain body, ending the stream. A stream that
-    can no longer take a response (reset, connection gone, headers already sent) is reset instead."""
-    body = text.encode("utf-8", "replace") + b"\n"
-    try:
-        stream.send_headers(
-            [(b":status", str(status).encode()), (b"content-type", b"text/plain; charset=utf-8"),
-             (b"content-length", str(len(body)).encode())]
-        )  # fmt: skip
-        stream.write(body)
-        stream.write_eof()
-    except HboneError:
-        with contextlib.suppress(HboneError):
-            stream.reset()
-    log.debug("answered stream %s with %d: %s", stream.stream_id, status, text)
 
 
 class StreamResponder:

@@ -17,7 +17,7 @@ from hbone.grpc.framing import encode_message
 from hbone.grpc.metadata import request_headers
 from hbone.grpc.server import GrpcServer, ServerCall
 from hbone.net.stream import Stream
-from hbone.proxy.inbound import PeerInfo
+from hbone.server import PeerInfo
 from tests.fuzz.fuzz_h2_driver import PREFACE, run_app
 from tests.fuzz.harness import Harness, pack
 

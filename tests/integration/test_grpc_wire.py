@@ -17,7 +17,7 @@ from hbone.grpc.server import GrpcServer
 from hbone.grpc.testing import PREFIX, EchoService
 from hbone.net.connection import H2Connection, connect, serve
 from hbone.net.stream import Stream
-from hbone.proxy.inbound import PeerInfo
+from hbone.server import PeerInfo
 
 pytestmark = pytest.mark.timeout(30)
 

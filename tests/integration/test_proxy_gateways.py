@@ -20,9 +20,9 @@ from hbone.proxy.egress import EgressConfig, EgressHandler, EgressRule, TlsOrigi
 from hbone.proxy.frontend import Dialer
 from hbone.proxy.frontends_config import listener_from_dict
 from hbone.proxy.h2r import H2RGateway, H2RInbound, H2RNode, H2ROpener, local_names_resolver
-from hbone.proxy.inbound import InboundConfig, InboundHandler, PeerInfo
+from hbone.proxy.inbound import InboundConfig, InboundHandler
 from hbone.proxy.routing import Action, Match, Route, RouteTable, Via
-from hbone.server import HboneServer
+from hbone.server import HboneServer, PeerInfo
 from hbone.testing import TestCA
 from hbone.tls import check_server_peer
 from hbone.wire.authority import Authority, parse_authority

@@ -28,8 +28,8 @@ from hbone.identity.bundle import write_bundle
 from hbone.identity.certs import CertificateAuthority
 from hbone.identity.spiffe import SpiffeId
 from hbone.net.stream import Stream
-from hbone.proxy.inbound import InboundConfig, InboundHandler, PeerInfo
-from hbone.server import HboneServer
+from hbone.proxy.inbound import InboundConfig, InboundHandler
+from hbone.server import HboneServer, PeerInfo
 from hbone.tls import MeshTls
 from hbone.wire.tunnel_request import TunnelRequest, parse_tunnel_request
 from tests.peers import LOOPBACK, NO_ADMIN, ProcessPeer, close_server, loopback_env, start_echo_server

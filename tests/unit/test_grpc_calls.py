@@ -23,7 +23,7 @@ from hbone.grpc.testing import PREFIX, EchoService
 from hbone.grpc.transport import ByteStreamTransport
 from hbone.net.connection import H2Connection
 from hbone.net.stream import Stream
-from hbone.proxy.inbound import PeerInfo
+from hbone.server import PeerInfo
 
 pytestmark = pytest.mark.timeout(20)
 
