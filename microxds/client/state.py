@@ -27,6 +27,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
 from hbone.errors import GrpcError, GrpcStatus
+from microxds.protoreg import message_class
 
 WILDCARD = "*"
 BACKOFF_INITIAL = 0.010
@@ -327,8 +328,6 @@ def _sotw_name(any_msg: object) -> tuple[str | None, bytes]:
         if wrapped is None:
             return None, value
         return wrapped.name or None, bytes(wrapped.resource.value)
-    from microxds.sources.protoreg import message_class
-
     try:
         msg = message_class(type_url.rsplit("/", 1)[-1]).FromString(value)
     except Exception:  # unknown or undecodable: reported by name as a reject

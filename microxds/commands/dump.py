@@ -30,8 +30,8 @@ from hbone.identity import IdentityManager, load_bundle
 from hbone.tls import MeshTls
 from microxds.commands.dumpview import Entry, WatchState, readable_ips, table
 from microxds.errors import ConfigError
+from microxds.protoreg import message_class
 from microxds.resources import ADDRESS, CLUSTER, LISTENER, PREFIX, resolve_type, resource_name
-from microxds.sources.protoreg import message_class
 
 ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/"
 _WRAPPER = PREFIX + "envoy.service.discovery.v3.Resource"

@@ -23,10 +23,11 @@ from typing import Any
 
 from google.protobuf import duration_pb2, json_format
 
+from microxds.protoreg import message_class
+
 from ..errors import ConfigError, ConfigErrors
 from ..resources import ADDRESS, PREFIX, Resource, address_aliases, resource_name
 from .configsnapshot import ConfigSnapshot, freeze
-from .protoreg import message_class
 from .wrapped import DISCOVERY_RESOURCE, unwrap
 from .yamlconfig import _rule_errors, parse_resource  # the file loader's own per-resource checks
 from .yamldoc import Located, load_documents

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from google.protobuf.message import Message
 
+from microxds.protoreg import message_class
+
 from ..errors import ConfigError
 from ..resources import PREFIX, resource_name
-from .protoreg import message_class
 
 DISCOVERY_RESOURCE = PREFIX + "envoy.service.discovery.v3.Resource"
 MAX_TTL = 30 * 86400.0  # a month; a longer "TTL" is a typo for forever

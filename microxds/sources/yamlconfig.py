@@ -28,12 +28,13 @@ from typing import Any
 
 from google.protobuf.message import Message
 
+from microxds.protoreg import parse_message
+
 from ..errors import ConfigError, ConfigErrors, DuplicateResourceError, UnknownTypeError
 from ..resources import ADDRESS, PREFIX, Resource, address_aliases, resource_name
 from . import pgv
 from .ambient import build_ambient
 from .configsnapshot import ConfigSnapshot, freeze
-from .protoreg import parse_message
 from .references import check_references
 from .wrapped import unwrap
 from .yamldoc import Document, Located, load_documents

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from microxds import protoreg
 from microxds.errors import MicroxdsError
-from microxds.sources import protoreg
 from microxds.sources.yamlconfig import parse_texts
 from tests.fuzz.harness import Bytes, Harness, pack
 

@@ -86,7 +86,7 @@ def test_a_type_url_never_imports_packages_outside_the_protobuf_roots() -> None:
     code = (
         "import sys\n"
         "from microxds.errors import UnknownTypeError\n"
-        "from microxds.sources.protoreg import message_class\n"
+        "from microxds.protoreg import message_class\n"
         "try:\n"
         "    message_class('type.googleapis.com/this.is.Zen')\n"
         "except UnknownTypeError:\n"

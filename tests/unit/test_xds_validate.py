@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from microxds.cli import main
+from microxds.protoreg import parse_message
 from microxds.sources.files import FileSource
 from microxds.sources.pgv import check
-from microxds.sources.protoreg import parse_message
 from microxds.validate import validate_path, validate_texts
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

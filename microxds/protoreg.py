@@ -19,7 +19,7 @@ from typing import Any
 from google.protobuf import descriptor_pool, json_format, message_factory
 from google.protobuf.message import Message
 
-from ..errors import ConfigError, UnknownTypeError
+from microxds.errors import ConfigError, UnknownTypeError
 
 TYPE_PREFIX = "type.googleapis.com/"
 # Proto packages generated into microxds._pb rather than installed at top level.
