@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from hbone.identity.spiffe import SpiffeId
 
@@ -178,13 +176,6 @@ class Policy:
     def key(self) -> str:
         """The xDS resource name, `<namespace>/<name>` (docs/istio.md §2)."""
         return f"{self.namespace}/{self.name}"
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, root_namespace: str = "istio-system") -> Policy:
-        """Build from the YAML-ish AuthorizationPolicy form, converted as istiod does; see `hbone.authz.config`."""
-        from hbone.authz.config import policy_from_dict  # deferred: config imports this module
-
-        return policy_from_dict(data, root_namespace=root_namespace)
 
 
 @dataclass(frozen=True, slots=True)

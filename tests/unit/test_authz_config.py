@@ -14,7 +14,6 @@ from hbone.authz.model import (
     Clause,
     Connection,
     Match,
-    Policy,
     Rule,
     Scope,
     ServiceAccountMatch,
@@ -187,8 +186,8 @@ def test_error_names_the_policy() -> None:
         policy_from_dict(flat(rules=[{"to": [{"ports": [70000]}]}]))
 
 
-def test_snake_case_and_from_dict_classmethod() -> None:
-    p = Policy.from_dict(flat(dry_run=True, rules=[{"from": [{"not_principals": ["*"]}]}]))
+def test_snake_case() -> None:
+    p = policy_from_dict(flat(dry_run=True, rules=[{"from": [{"not_principals": ["*"]}]}]))
     assert p.dry_run and p.rules[0].clauses[0].matches[0].not_principals == (StringMatch.presence(),)
     with pytest.raises(ConfigError, match="given twice"):
         policy_from_dict(flat(dryRun=True, dry_run=True))
