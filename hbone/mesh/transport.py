@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import httpcore
 import httpx
@@ -21,10 +21,15 @@ from hbone.identity.spiffe import SpiffeId
 from hbone.mesh.streams import TunnelPeer, TunnelStream
 from hbone.net.tlsstream import TlsStream
 
-if TYPE_CHECKING:
-    from hbone.mesh.core import Mesh
+__all__ = ["MeshConnectError", "MeshTransport", "TunnelOpener"]
 
-__all__ = ["MeshConnectError", "MeshTransport"]
+
+class TunnelOpener(Protocol):
+    """What the transport needs from its mesh (`hbone.mesh.core.Mesh`): one tunnel per connection."""
+
+    async def open_tunnel(
+        self, target: str, *, via: str | None = None, identities: Sequence[str | SpiffeId] = ()
+    ) -> tuple[TunnelStream, TunnelPeer]: ...
 
 
 class MeshConnectError(httpx.ConnectError):
@@ -97,7 +102,7 @@ class _NetworkStream(httpcore.AsyncNetworkStream):
 
 
 class _TunnelBackend(httpcore.AsyncNetworkBackend):
-    def __init__(self, mesh: Mesh, via: str | None, identities: Sequence[str | SpiffeId]) -> None:
+    def __init__(self, mesh: TunnelOpener, via: str | None, identities: Sequence[str | SpiffeId]) -> None:
         self._mesh = mesh
         self._via = via
         self._identities = tuple(identities)
@@ -156,7 +161,7 @@ class MeshTransport(httpx.AsyncBaseTransport):
 
     def __init__(
         self,
-        mesh: Mesh,
+        mesh: TunnelOpener,
         *,
         http1: bool = True,
         http2: bool = False,
