@@ -94,6 +94,8 @@ def summary(runs: Runs, base: str) -> list[str]:
     lines = [f"| metric | ours | {base} | ours/{base} (median [min-max]) | target | |", "|---|---|---|---|---|---|"]
     for m in METRICS:
         xs = paired(runs, "ours", base, m)
+        if not runs["ours"].get(m.kind) or not runs[base].get(m.kind):
+            continue
         target = f"{goal[m.higher_is_better]} {m.target:.1f}x" if m.target else "(info)"
         lines.append(f"| {m.name} ({m.unit}) | {_median(runs, 'ours', m)} | {_median(runs, base, m)} | {_ratio(xs)} "
                      f"| {target} | {_met(xs, m)} |")  # fmt: skip
@@ -155,10 +157,28 @@ def _frame(f: str) -> str:
     return f"{name} ({Path(_LINE.sub('', where.rstrip(')'))).name})" if where else name
 
 
+_IDLE = {"epoll_wait", "epoll_pwait"}  # with --native py-spy keeps samples of a loop waiting for events
+_SYSCALLS = {"write", "read", "writev", "readv", "send", "recv", "sendmsg", "recvmsg", "connect", "accept4", "close"}
+
+
+def _layer(frame: str) -> str:
+    """Where a sampled leaf frame runs: a shared library, the kernel via a system call, our Python, or C code."""
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")")
+    if ".so" in where:
+        lib = where.split(".so")[0]
+        return f"system call ({name})" if lib == "libc" and name in _SYSCALLS else f"{lib} (C)"
+    if where.endswith(".py"):
+        return "Python code"
+    return "uvloop (C)" if where.startswith(("loop.c", "sslproto", "handles")) else "CPython runtime (C)"
+
+
 def summarise_profile(path: Path, top: int = 15) -> str:
-    """Top functions of a py-spy `--format raw` file, by own samples and by samples under them."""
+    """Top functions of a py-spy `--format raw` file, by own samples and by samples under them; with C frames
+    (`--native`) also own samples by layer (library, system call, Python)."""
     own: Counter[str] = Counter()
     under: Counter[str] = Counter()
+    layers: Counter[str] = Counter()
     total = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -166,8 +186,11 @@ def summarise_profile(path: Path, top: int = 15) -> str:
             continue
         n = int(count)
         frames = [_frame(f) for f in stack.split(";")]
+        if frames[-1].partition(" (")[0] in _IDLE:
+            continue
         total += n
         own[frames[-1]] += n
+        layers[_layer(frames[-1])] += n
         for f in set(frames):
             under[f] += n
     if not total:
@@ -176,6 +199,11 @@ def summarise_profile(path: Path, top: int = 15) -> str:
             "|---:|---|---|---:|---|"]  # fmt: skip
     for (fo, no), (fu, nu) in zip(own.most_common(top), under.most_common(top), strict=False):
         rows.append(f"| {100 * no / total:.1f} | `{fo}` | | {100 * nu / total:.1f} | `{fu}` |")
+    if any(".so" in f for f in own):
+        rows += [
+            "",
+            "own samples by layer: " + ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in layers.most_common()),
+        ]
     return "\n".join(rows)
 
 

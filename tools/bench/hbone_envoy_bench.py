@@ -163,15 +163,28 @@ def run_case(hop: Hop, a: argparse.Namespace, pair: str, kind: str, warm: bool =
     return {**native.parse_wrk(text), "cpu": cpu}
 
 
-def _start_profilers(fleet: Fleet, names: list[str], out: Path) -> list[str]:
+def _start_profilers(fleet: Fleet, names: list[str], out: Path, native_frames: bool) -> list[str]:
     spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
     if not Path(spy).exists():
         raise RuntimeError("--profile needs py-spy: ensure_venv test,bench")
     started = []
     for name in names:
         pid = fleet.peers[name].proc.pid
-        argv = [spy, "record", "--pid", str(pid), "--rate", "250", "--nonblocking", "--format", "raw",
-                "-o", str(out / f"{name}.txt")]  # fmt: skip
+        # --nonblocking reads the stacks without pausing the process; C frames need it paused (py-spy's rule)
+        how = ["--native"] if native_frames else ["--nonblocking"]
+        argv = [
+            spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            "250",
+            *how,
+            "--format",
+            "raw",
+            "-o",
+            str(out / f"{name}.txt"),
+        ]
         fleet.start(f"py-spy-{name}", argv, None)
         started.append(f"py-spy-{name}")
     return started
@@ -202,6 +215,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="write every run's raw figures here")
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
     parser.add_argument("--profile", type=Path, help="py-spy our CLIs during the run, summaries into this dir")
+    parser.add_argument("--native-frames", action="store_true", help="--profile: with C frames (py-spy --native)")
+    parser.add_argument("--from-json", type=Path, help="run nothing: print the tables of a --json file again")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs)")
     a = parser.parse_args(argv)
     a.repeats = a.repeats or (1 if a.quick else 3)
@@ -214,6 +229,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     a = parse_args(argv)
+    if a.from_json is not None:
+        raw = json.loads(a.from_json.read_text())
+        runs = raw["runs"]
+        print(report(runs, {p: PAIRS[p].label for p in runs}, f"HBONE hop vs Envoy ({a.from_json.name})"))
+        return 0
     from hbone.testing import TestCA
 
     workdir = Path(tempfile.mkdtemp(prefix="hbone-envoy-bench-"))
@@ -235,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"[warm-up] {pair} {kind}: FAILED {e}", file=sys.stderr, flush=True)
         if a.profile is not None:
             a.profile.mkdir(parents=True, exist_ok=True)
-            profilers = _start_profilers(fleet, hop.ours, a.profile.resolve())
+            profilers = _start_profilers(fleet, hop.ours, a.profile.resolve(), a.native_frames)
         for rep in range(a.repeats):
             for kind in a.only:
                 for pair in a.pairs:
