@@ -230,9 +230,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     a = parse_args(argv)
     if a.from_json is not None:
-        raw = json.loads(a.from_json.read_text())
-        runs = raw["runs"]
-        print(report(runs, {p: PAIRS[p].label for p in runs}, f"HBONE hop vs Envoy ({a.from_json.name})"))
+        kept = json.loads(a.from_json.read_text())["runs"]
+        print(report(kept, {p: PAIRS[p].label for p in kept}, f"HBONE hop vs Envoy ({a.from_json.name})"))
         return 0
     from hbone.testing import TestCA
 
