@@ -9,8 +9,6 @@ stream. The block is always decoded first, whatever happens next, so both HPACK 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from hbone.errors import H2ErrorCode
 from hbone.net.h2 import native_frames as nf
 from hbone.net.h2.api import (
@@ -24,10 +22,7 @@ from hbone.net.h2.api import (
     TrailersReceived,
 )
 from hbone.net.h2.native_hpack import REQUEST, RESPONSE, TRAILERS, check_received, is_informational
-from hbone.net.h2.native_streams import CLOSED, HALF_CLOSED_LOCAL, HALF_CLOSED_REMOTE, OPEN, Stream
-
-if TYPE_CHECKING:
-    from hbone.net.h2.native_conn import NativeEngine
+from hbone.net.h2.native_streams import CLOSED, HALF_CLOSED_LOCAL, HALF_CLOSED_REMOTE, OPEN, Connection, Stream
 
 _INFORMATIONAL = -1  # a 1xx response: checked, then dropped
 
@@ -37,7 +32,7 @@ def _bad(message: str, code: int = H2ErrorCode.PROTOCOL_ERROR) -> Exception:
 
 
 def receive_block(
-    engine: NativeEngine, flags: int, sid: int, block: bytes | memoryview, *, depends: int | None, events: list[Event]
+    engine: Connection, flags: int, sid: int, block: bytes | memoryview, *, depends: int | None, events: list[Event]
 ) -> None:
     """Handle a complete header block received on `sid` (`flags` of its HEADERS frame)."""
     end = bool(flags & nf.END_STREAM)
@@ -93,7 +88,7 @@ def receive_block(
         events.append(ControlFrame(sid))
 
 
-def _new_stream(engine: NativeEngine, sid: int) -> Stream | None:
+def _new_stream(engine: Connection, sid: int) -> Stream | None:
     """The stream a block opens; None when it is a closed stream's and RST_STREAM answered it."""
     if sid in engine.closed:
         if engine.closed_by_reset(sid):

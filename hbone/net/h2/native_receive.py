@@ -12,8 +12,6 @@ joined payload. Everything else goes through `Receiver.frame`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from hbone.errors import H2ErrorCode, ProtocolError
 from hbone.net.h2 import native_frames as nf
 from hbone.net.h2.api import (
@@ -29,10 +27,15 @@ from hbone.net.h2.api import (
     WindowUpdated,
 )
 from hbone.net.h2.native_headers import receive_block
-from hbone.net.h2.native_streams import CLOSED, HALF_CLOSED_LOCAL, HALF_CLOSED_REMOTE, OPEN, RECV_RST_STREAM, Stream
-
-if TYPE_CHECKING:
-    from hbone.net.h2.native_conn import NativeEngine
+from hbone.net.h2.native_streams import (
+    CLOSED,
+    HALF_CLOSED_LOCAL,
+    HALF_CLOSED_REMOTE,
+    OPEN,
+    RECV_RST_STREAM,
+    Connection,
+    Stream,
+)
 
 _unpack_header = nf.FRAME_HEADER.unpack_from
 _RECV_OPEN = (OPEN, HALF_CLOSED_LOCAL)
@@ -41,11 +44,11 @@ _new_data_event = object.__new__
 
 
 class Receiver:
-    """Parses one connection's received bytes; owned by its `NativeEngine`."""
+    """Parses one connection's received bytes; owned by its `NativeEngine` (typed as the `Connection` protocol)."""
 
     __slots__ = ("_block", "_dead", "_engine", "_preface", "_settings_seen", "_tail")
 
-    def __init__(self, engine: NativeEngine) -> None:
+    def __init__(self, engine: Connection) -> None:
         self._engine = engine
         self._tail = bytearray()  # the start of a frame cut by the end of the last read
         self._preface = b"" if engine.client else nf.PREFACE  # what is still expected of the client preface

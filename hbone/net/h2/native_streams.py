@@ -12,6 +12,13 @@ window is exhausted, never more than the window's size.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from hbone.errors import ProtocolError
+    from hbone.net.h2.native_hpack import HeaderCodec
+    from hbone.net.settings import H2Settings
+
 # Stream states (h2's StreamState values; idle and reserved streams never exist here: no push).
 OPEN = 3
 HALF_CLOSED_REMOTE = 4
@@ -127,3 +134,31 @@ class Window:
         """Our own WINDOW_UPDATE beyond the initial size (the connection window at start)."""
         self.current += size
         self.maximum = max(self.maximum, self.current)
+
+
+class Connection(Protocol):
+    """What the receive side (`native_receive`, `native_headers`) uses of its `NativeEngine`: the connection
+    state and its stream bookkeeping. A protocol, so that the engine can own the receiver without a circle."""
+
+    client: bool
+    settings: H2Settings
+    out: bytearray
+    streams: dict[int, Stream]
+    closed: dict[int, int | None]
+    open_in: int
+    idle: bool
+    recv_window: Window
+    conn_send_window: int
+    peer: dict[int, int]
+    peer_initial_window: int
+    peer_max_frame: int
+    codec: HeaderCodec
+    divisor: int
+
+    def fail(self, exc: ProtocolError) -> None: ...
+    def new_stream(self, sid: int, local: bool) -> Stream: ...
+    def retire(self, stream: Stream) -> None: ...
+    def is_local_id(self, sid: int) -> bool: ...
+    def seen(self, sid: int) -> bool: ...
+    def closed_by_reset(self, sid: int) -> bool: ...
+    def reset_on_error(self, stream: Stream, code: int) -> None: ...
