@@ -8,10 +8,11 @@ JSON object on its own line with no text prefix, so a log shipper can parse them
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import logging
+import math
 import sys
+import time
 from typing import Any, TextIO
 
 from hbone.errors import ConfigError
@@ -24,7 +25,27 @@ ACCESS_LOGGER = "hbone.access"
 
 
 def _time(record: logging.LogRecord) -> str:
-    return dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return _stamp(record.created)
+
+
+_second: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
+
+
+def _stamp(created: float) -> str:
+    """`created` (seconds since the epoch) as `YYYY-MM-DDTHH:MM:SS.mmmZ`, the text of
+    `datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")` (microseconds rounded half-even first,
+    as datetime does, then truncated to milliseconds), with the date and time formatted once per second: the
+    access log writes one line per tunnel."""
+    global _second
+    frac, whole = math.modf(created)
+    us, sec = round(frac * 1e6), int(whole)
+    if us >= 1_000_000:
+        us, sec = us - 1_000_000, sec + 1
+    elif us < 0:
+        us, sec = us + 1_000_000, sec - 1
+    if _second[0] != sec:
+        _second = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
+    return f"{_second[1]}.{us // 1000:03d}Z"
 
 
 class LineFormatter(logging.Formatter):
@@ -57,6 +78,27 @@ class LineFormatter(logging.Formatter):
 
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
     """Ours, so a second `configure()` (in-process callers, tests) replaces it instead of adding another."""
+
+    def write_access(self, message: str) -> bool:
+        """Write an access record (`message`: its JSON object) as `handle()` would through `LineFormatter`, without
+        building a `LogRecord`: logging's machinery (record, caller lookup, filters, formatting) was two thirds of
+        an access record's ~27 us, one record per tunnel in each proxy. False, having written nothing, when this
+        handler would treat it differently (a filter, a level above INFO, another formatter)."""
+        if self.filters or self.level > logging.INFO or type(self.formatter) is not LineFormatter:
+            return False
+        if not (message.startswith("{") and len(message) > 2):
+            return False
+        line = f'{{"time":"{_stamp(time.time())}",{message[1:]}{self.terminator}'
+        with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
+            try:
+                self.stream.write(line)
+                self.flush()
+            except RecursionError:
+                raise
+            except Exception:  # reported the way emit() reports it, never raised into the tunnel's code
+                fields = {"name": ACCESS_LOGGER, "msg": message, "levelno": logging.INFO, "levelname": "INFO"}
+                self.handleError(logging.makeLogRecord(fields))
+        return True
 
 
 def configure(level: int, fmt: str = "text", stream: TextIO | None = None) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 log = logging.getLogger("hbone.access")
+_encode = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps(..., separators=) builds an encoder per call
 
 
 class AccessSink(Protocol):
@@ -99,7 +100,10 @@ class AccessRecord:
         # flat dict directly, and only when someone will see it.
         if log.isEnabledFor(logging.INFO):
             record = self.as_dict()
-            log.info(json.dumps(record, separators=(",", ":")), extra={"access": record})
+            text = _encode(record)
+            write = _sole_writer()
+            if write is None or not write(text):
+                log.info(text, extra={"access": record})
 
     def as_dict(self) -> dict[str, Any]:
         """The logged fields (every field but the monotonic start time), in declaration order."""
@@ -118,3 +122,23 @@ class AccessRecord:
             "request": self.request,
             "duration_ms": self.duration_ms,
         }
+
+
+def _sole_writer() -> Callable[[str], bool] | None:
+    """The `write_access` of the one handler our records would reach, if it has one (`hbone.logsetup`'s, as the
+    CLI sets it up): it writes the same line without a `LogRecord`. None when the records go anywhere else too (an
+    embedding application's handlers, pytest's capture, a filter on our logger), so those see every record as
+    before."""
+    if log.filters:
+        return None
+    found: list[logging.Handler] = []
+    node: logging.Logger | None = log
+    while node is not None:
+        found += node.handlers
+        if len(found) > 1 or not node.propagate:
+            break
+        node = node.parent
+    if len(found) != 1:
+        return None
+    write: Callable[[str], bool] | None = getattr(found[0], "write_access", None)
+    return write
