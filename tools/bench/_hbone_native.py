@@ -151,6 +151,19 @@ def start_iperf3(fleet: Fleet) -> str:
     return fleet.start("iperf3-s", argv, r"Server listening on (\d+)")
 
 
+def wait_iperf3_idle(fleet: Fleet, timeout: float = 15.0) -> None:
+    """Wait until the iperf3 server is listening for the next test: it refuses a client ("the server is busy")
+    while it is still closing the previous test's connections, which go through the proxies."""
+    log = fleet.workdir / "iperf3-s.log"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace")
+        if text.rfind("Server listening on") > text.rfind("Accepted connection"):
+            return
+        time.sleep(0.02)  # polling the server's own log for its state
+    raise RuntimeError(f"iperf3 server still busy after {timeout:.0f}s: {text[-500:]}")
+
+
 def iperf3_argv(address: str, seconds: int | None, nbytes: int | None) -> list[str]:
     host, _, port = address.rpartition(":")
     amount = ["-n", str(nbytes)] if nbytes else ["-t", str(seconds)]

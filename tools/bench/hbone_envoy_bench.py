@@ -144,6 +144,7 @@ def run_case(hop: Hop, a: argparse.Namespace, pair: str, kind: str, warm: bool =
     addr = hop.entry[pair, kind]
     if kind == "bulk":
         argv = native.iperf3_argv(addr, a.seconds, a.warm_bytes if warm else None)
+        native.wait_iperf3_idle(hop.fleet)
         text, cpu = run_load(hop, pair, kind, argv, a.case_timeout)
         return {**native.parse_iperf3(text), "cpu": cpu}
     if kind == "rr":
