@@ -32,6 +32,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
 MB = 1_000_000
+# Our daemons never take the fixed default admin ports (15000/15020/15021): other people's daemons hold them.
+NO_ADMIN = ("--admin", "off", "--metrics", "off", "--readiness", "off")
 
 
 # --- processes -------------------------------------------------------------------------------------------------
@@ -253,11 +255,12 @@ def start_fleet(fleet: Fleet, a: argparse.Namespace, certs: dict[str, Path], pro
         None,
     )
     addr["socat"] = _wait_listening(socat_port)
-    serve = ["cli", "serve", "--certs", str(certs["srv"]), "--listen", "127.0.0.1:0", "--authz", "allow-all"]
+    serve = ["cli", "serve", "--certs", str(certs["srv"]), "--listen", "127.0.0.1:0", "--authz", "allow-all",
+             *NO_ADMIN]  # fmt: skip
     addr["serve"] = fleet.start("serve", peer(*serve, profile_as="serve"), r"listening mtls=([\d.]+:\d+)")
     for name, target in (("fwd-sink", addr["sink"]), ("fwd-echo", addr["echo"])):
         fwd = ["cli", "forward", "--listen", "127.0.0.1:0", "--target", target, "--via", addr["serve"],
-               "--expect-identity", "spiffe://cluster.local/ns/bench/sa/server"]  # fmt: skip
+               "--expect-identity", "spiffe://cluster.local/ns/bench/sa/server", *NO_ADMIN]  # fmt: skip
         addr[name] = fleet.start(
             name, peer(*fwd, "--certs", str(certs["cli"]), profile_as=name), r"hbone forward: listening ([\d.]+:\d+)"
         )

@@ -36,7 +36,7 @@ from typing import Any
 
 import _hbone_native as native
 from _envoy_report import KINDS, report, summarise_profiles
-from hbone_bench import HERE, PY, Fleet, _signal_group, _versions
+from hbone_bench import HERE, NO_ADMIN, PY, Fleet, _signal_group, _versions
 
 SERVER_ID = "spiffe://cluster.local/ns/bench/sa/server"
 
@@ -108,8 +108,7 @@ class Hop:
 
     @staticmethod
     def _cli(*args: str) -> list[str]:
-        off = ["--admin", "off", "--metrics", "off", "--readiness", "off"]  # no fixed ports: others run tests too
-        return [PY, str(HERE / "_hbone_peers.py"), "--uvloop", "cli", *args, *off]
+        return [PY, str(HERE / "_hbone_peers.py"), "--uvloop", "cli", *args, *NO_ADMIN]
 
 
 def _children_cpu() -> float:
