@@ -37,11 +37,22 @@ from hbone.admin.options import config_keys as admin_config_keys
 from hbone.authz.config import policy_from_dict
 from hbone.authz.defaults import DefaultMode, default_policies
 from hbone.authz.model import Policy
+from hbone.configtext import (
+    Where,
+    check_keys,
+    mapping,
+    parse_duration,
+    parse_idle_timeout,
+    parse_int,
+    parse_listen,
+    parse_size,
+    where_of,
+)
 from hbone.errors import ConfigError
 from hbone.identity.spiffe import SpiffeId
 from hbone.net.relay import IDLE_TIMEOUT
 from hbone.net.settings import H2Settings
-from hbone.safeyaml import read_limited, safe_load
+from hbone.safeyaml import YamlLines, read_limited, safe_load
 from hbone.wire.authority import Authority, parse_authority
 
 _TOP = (
@@ -72,9 +83,12 @@ _H2 = {
     "idle_timeout": "idle_timeout",
 }
 _DURATIONS = ("ping_interval", "ping_timeout", "preface_timeout", "idle_timeout")
+#: Byte quantities: a number or a size with a unit (`64KiB`, `16MiB`).
+_H2_SIZES = ("stream_window", "connection_window", "max_frame_size", "max_header_list_size", "max_outbound_buffer")
 
 
-_LIMIT_INTS = ("max_connections", "max_tunnels", "max_pending_dials", "grpc_connection_bytes", "grpc_process_bytes")
+_LIMIT_INTS = ("max_connections", "max_tunnels", "max_pending_dials")
+_LIMIT_SIZES = ("grpc_connection_bytes", "grpc_process_bytes")
 
 
 @dataclass
@@ -88,82 +102,24 @@ class ProcessLimits:
     grpc_connection_bytes: int = 64 * 1024 * 1024
     grpc_process_bytes: int = 256 * 1024 * 1024
 
-    def update(self, data: Any, where: str) -> None:
+    def update(self, data: Any, where: str | Where) -> None:
         if data is None:
             return
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{where}: expected a mapping")
+        at = where_of(where)
+        check_keys(mapping(data, at), ("handshake_timeout", *_LIMIT_INTS, *_LIMIT_SIZES), at)
         for key, value in data.items():
             if key == "handshake_timeout":
-                self.handshake_timeout = parse_duration(value, f"{where}.{key}")
+                self.handshake_timeout = parse_duration(value, at / key)
                 if self.handshake_timeout <= 0:
-                    raise ConfigError(f"{where}.{key}: must be positive")
-            elif key in _LIMIT_INTS:
-                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                    raise ConfigError(f"{where}.{key}: expected a positive integer, got {value!r}")
-                setattr(self, key, value)
+                    raise (at / key).error("must be positive")
+            elif key in _LIMIT_SIZES:
+                setattr(self, key, parse_size(value, at / key, minimum=1))
             else:
-                known = ", ".join(("handshake_timeout", *_LIMIT_INTS))
-                raise ConfigError(f"{where}: unknown key {key!r}; known: {known}")
+                setattr(self, key, parse_int(value, at / key, minimum=1))
 
 
-_UNITS = (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0))
-
-
-def parse_duration(value: Any, where: str) -> float:
-    """`10s`, `500ms`, `2m`, `1h`, or a number of seconds."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ConfigError(f"{where}: expected a duration, got {value!r}")
-    text, scale = str(value).strip(), 1.0
-    for suffix, unit in _UNITS:
-        if isinstance(value, str) and text.endswith(suffix):
-            text, scale = text[: -len(suffix)], unit
-            break
-    try:
-        seconds = float(text) * scale
-    except ValueError:
-        raise ConfigError(f"{where}: invalid duration {value!r} (use e.g. 500ms, 10s, 2m)") from None
-    if seconds < 0:
-        raise ConfigError(f"{where}: duration must not be negative")
-    return seconds
-
-
-def parse_idle_timeout(value: Any, where: str) -> float | None:
-    """An idle timeout: a duration, where 0 means none."""
-    return parse_duration(value, where) or None
-
-
-def parse_listen(text: str, default_host: str = "0.0.0.0") -> Authority:
-    """A listen address: `HOST:PORT`, `[V6]:PORT` or `:PORT` (on `default_host`); port 0 picks a free port.
-
-    The one parser of listen flags for both CLIs (`hbone … --listen`, `microxds serve --listen`, …).
-    """
-    host, sep, port = text.rpartition(":")
-    if not sep or not (port.isascii() and port.isdigit()) or int(port) > 65535:
-        raise ConfigError(f"bad listen address {text!r}: use HOST:PORT, [V6]:PORT or :PORT (port 0 picks one)")
-    if not host:
-        host = f"[{default_host}]" if ":" in default_host else default_host
-    try:
-        probe = parse_authority(f"{host}:{port if port != '0' else '1'}")
-    except ValueError as e:
-        raise ConfigError(f"bad listen address {text!r}: {e}; use HOST:PORT, [V6]:PORT or :PORT") from None
-    return Authority(probe.host, int(port), probe.ip)
-
-
-def listen_host(addr: Authority) -> str:
-    """The host string to bind: the IP in text form, or the hostname."""
-    return str(addr.ip) if addr.ip is not None else addr.host
-
-
-def _address(value: Any, where: str) -> Authority | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ConfigError(f"{where}: expected HOST:PORT, got {value!r}")
-    try:
-        return parse_listen(value)
-    except ValueError as e:
-        raise ConfigError(f"{where}: {e}") from e
+def _address(value: Any, where: Where) -> Authority | None:
+    return None if value is None else parse_listen(value, where)
 
 
 @dataclass
@@ -181,52 +137,49 @@ class ServeConfig:
     admin_ports: dict[str, str] = field(default_factory=dict)  # admin/metrics/readiness keys as written
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None, source: str = "config") -> ServeConfig:
+    def from_dict(cls, data: Mapping[str, Any] | None, source: str | Where = "config") -> ServeConfig:
+        """Build from a parsed file; `source` names it (a `Where` with the text's lines gives `file:LINE`)."""
         cfg = cls()
         if data is None:
             return cfg
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{source}: the top level must be a mapping")
-        unknown = sorted(map(str, set(data) - set(_TOP)))  # YAML keys may be null, numbers, ...
-        if unknown:
-            raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(_TOP)}")
+        at = where_of(source)
+        check_keys(mapping(data, at, "a mapping at the top level"), _TOP, at)
         if "listen" in data:
-            cfg.listen = _address(data["listen"], f"{source}: listen")
+            cfg.listen = _address(data["listen"], at / "listen")
         if "h2c_listen" in data:
-            cfg.h2c_listen = _address(data["h2c_listen"], f"{source}: h2c_listen")
+            cfg.h2c_listen = _address(data["h2c_listen"], at / "h2c_listen")
         if data.get("certs") is not None:
             cfg.certs = Path(str(data["certs"]))
         if "dial_timeout" in data:
-            cfg.dial_timeout = parse_duration(data["dial_timeout"], f"{source}: dial_timeout")
+            cfg.dial_timeout = parse_duration(data["dial_timeout"], at / "dial_timeout")
         if "tunnel_idle_timeout" in data:
-            cfg.tunnel_idle_timeout = parse_idle_timeout(data["tunnel_idle_timeout"], f"{source}: tunnel_idle_timeout")
+            cfg.tunnel_idle_timeout = parse_idle_timeout(data["tunnel_idle_timeout"], at / "tunnel_idle_timeout")
         if "drain_timeout" in data:
-            cfg.drain_timeout = parse_duration(data["drain_timeout"], f"{source}: drain_timeout")
-        cfg.admin_ports = admin_config_keys(data, source)
-        cfg._authz(data.get("authorization"), f"{source}: authorization")
-        cfg._http2(data.get("http2"), f"{source}: http2")
-        cfg.limits.update(data.get("limits"), f"{source}: limits")
+            cfg.drain_timeout = parse_duration(data["drain_timeout"], at / "drain_timeout")
+        cfg.admin_ports = admin_config_keys(data, str(at))
+        cfg._authz(data.get("authorization"), at / "authorization")
+        cfg._http2(data.get("http2"), at / "http2")
+        cfg.limits.update(data.get("limits"), at / "limits")
         return cfg
 
-    def _authz(self, data: Any, where: str) -> None:
+    def _authz(self, data: Any, at: Where) -> None:
         if data is None:
             return
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{where}: expected a mapping with mode and/or policies")
-        unknown = sorted(map(str, set(data) - {"mode", "policies"}))
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+        check_keys(mapping(data, at, "a mapping with mode and/or policies"), ("mode", "policies"), at)
         if "mode" in data:
-            self.mode = DefaultMode.parse(str(data["mode"]))
+            try:
+                self.mode = DefaultMode.parse(str(data["mode"]))
+            except ConfigError as e:
+                raise (at / "mode").error(str(e)) from None
         raw = data.get("policies") or []
         if not isinstance(raw, list):
-            raise ConfigError(f"{where}.policies: expected a list")
+            raise (at / "policies").error(f"expected a list, got {raw!r}"[:120])
         policies = []
         for i, item in enumerate(raw):
             try:
                 policies.append(policy_from_dict(item))
             except ConfigError as e:
-                raise ConfigError(f"{where}.policies[{i}]: {e}") from e
+                raise (at / "policies" / i).error(str(e)) from None
         self.policies = tuple(policies)
         # No `mode:` keeps the default whatever policies are listed: one DENY must never let everyone else in.
 
@@ -246,31 +199,35 @@ class ServeConfig:
         """What is enforced, for the start line and a config dump: the effective mode and the policy names."""
         return {"mode": self.mode.value, "policies": [p.name for p in self.effective_policies(identity)]}
 
-    def _http2(self, data: Any, where: str) -> None:
+    def _http2(self, data: Any, at: Where) -> None:
         if data is None:
             return
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{where}: expected a mapping")
+        check_keys(mapping(data, at), _H2, at)
         changes: dict[str, Any] = {}
         for key, value in data.items():
-            if key not in _H2:
-                raise ConfigError(f"{where}: unknown key {key!r}; known: {', '.join(_H2)}")
             if key in _DURATIONS:
-                changes[_H2[key]] = None if value is None else parse_duration(value, f"{where}.{key}")
+                changes[_H2[key]] = None if value is None else parse_duration(value, at / key)
             elif value is None and key == "max_pending_streams":
                 changes[_H2[key]] = None
-            elif isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"{where}.{key}: expected an integer, got {value!r}")
+            elif key in _H2_SIZES:
+                changes[_H2[key]] = parse_size(value, at / key)
             else:
-                changes[_H2[key]] = value
+                changes[_H2[key]] = parse_int(value, at / key)
         try:
             self.h2 = self.h2.replace(**changes)
         except ConfigError as e:
-            raise ConfigError(f"{where}: {e}") from e
+            raise at.error(str(e)) from None
 
 
 def load_serve_config(path: Path) -> ServeConfig:
-    return ServeConfig.from_dict(read_yaml(path), str(path))
+    return ServeConfig.from_dict(*read_config(path))
+
+
+def read_config(path: Path) -> tuple[Any, Where]:
+    """A config file's parsed value and where it is (`file:LINE` in every later error), within the limits of
+    `read_yaml`."""
+    text = read_limited(path)
+    return safe_load(text, str(path)), Where(str(path), lines=YamlLines(text))
 
 
 def read_yaml(path: Path) -> Any:

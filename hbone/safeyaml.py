@@ -10,6 +10,7 @@ not recursive). Aliases of scalars are harmless and stay allowed. Used by every 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -141,3 +142,58 @@ def safe_load(text: str, where: str) -> Any:
         return value
     line, reason = problem
     raise ConfigError(f"{where}:{line}: {reason}" if line is not None else f"{where}: {reason}")
+
+
+# --- where a value is: line numbers for error messages ----------------------------------------------------------
+
+KeyPath = tuple[str | int, ...]
+
+
+def child_node(node: yaml.Node, step: str | int) -> yaml.Node | None:
+    """The value node under mapping key `step` or at sequence index `step`, or None."""
+    if isinstance(node, yaml.MappingNode) and isinstance(step, str):
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.value == step:
+                return value  # type: ignore[no-any-return]
+    elif isinstance(node, yaml.SequenceNode) and isinstance(step, int) and 0 <= step < len(node.value):
+        return node.value[step]  # type: ignore[no-any-return]
+    return None
+
+
+def walk_node(node: yaml.Node | None, path: KeyPath) -> yaml.Node | None:
+    """The node at `path`, or None when any step is missing."""
+    for step in path:
+        if node is None:
+            return None
+        node = child_node(node, step)
+    return node
+
+
+def node_line(node: yaml.Node | None, path: KeyPath) -> int:
+    """1-based line of the value at `path`; the nearest ancestor that exists when the path goes further."""
+    best = node.start_mark.line + 1 if node is not None else 1
+    for step in path:
+        if node is None:
+            break
+        node = child_node(node, step)
+        if node is not None:
+            best = node.start_mark.line + 1
+    return best
+
+
+class YamlLines:
+    """Lines of a single-document YAML/JSON text by key path (`hbone.configtext.LineLookup`). The node tree is
+    composed on first use only, so a valid config never pays for it; None when the text cannot be composed."""
+
+    __slots__ = ("_node", "_text")
+
+    def __init__(self, text: str) -> None:
+        self._text: str | None = text
+        self._node: yaml.Node | None = None
+
+    def line(self, path: KeyPath) -> int | None:
+        if self._text is not None:
+            text, self._text = self._text, None
+            with contextlib.suppress(yaml.YAMLError, RecursionError):
+                self._node = _Loader(text).get_single_node()
+        return node_line(self._node, path) if self._node is not None else None

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hbone.configtext import TextError, host_port, target_text
 from microxds.errors import ConfigError
 from microxds.server.app import parse_address
 
@@ -38,10 +39,10 @@ class BootstrapOptions:
     admin: str | None = "127.0.0.1:9901"  # Envoy admin listener; None leaves it out
 
     def host_port(self) -> tuple[str, int]:
-        host, sep, port = self.server.rpartition(":")
-        if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
-            raise ConfigError(f"bad --server {self.server!r}: use HOST:PORT")
-        return host.strip("[]"), int(port)
+        try:
+            return host_port(target_text(self.server))
+        except TextError as e:
+            raise ConfigError(f"bad --server {self.server!r}: {e}") from None
 
 
 def cert_files(certs: Path) -> tuple[Path, Path, Path]:

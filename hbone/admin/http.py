@@ -58,16 +58,6 @@ _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Al
             503: "Service Unavailable"}  # fmt: skip
 
 
-def parse_listen(text: str, flag: str, default_host: str = "0.0.0.0") -> tuple[str, int] | None:
-    """`HOST:PORT`, `:PORT` (all interfaces), `[V6]:PORT`, or `off` (None)."""
-    if text.strip().lower() == "off":
-        return None
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"{flag} {text!r}: use HOST:PORT, :PORT or off")
-    return host.strip("[]") or default_host, int(port)
-
-
 class HttpServer:
     """Serve `routes` (exact paths) on one address. `await start()` returns the bound (host, port)."""
 

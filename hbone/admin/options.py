@@ -12,7 +12,19 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hbone.admin.http import parse_listen
+from hbone.configtext import TextError, host_port, listen_text
+from hbone.errors import ConfigError
+
+
+def parse_listen(text: str, where: str, default_host: str = "0.0.0.0") -> tuple[str, int] | None:
+    """`HOST:PORT`, `:PORT` (all interfaces), `[V6]:PORT` (`hbone.configtext`), or `off` (None)."""
+    if text.strip().lower() == "off":
+        return None
+    try:
+        return host_port(listen_text(text, default_host))
+    except TextError as e:
+        raise ConfigError(f"{where}: {e}, or off") from None
+
 
 DEFAULTS = {"admin": "127.0.0.1:15000", "metrics": ":15020", "readiness": ":15021"}
 KEYS = tuple(DEFAULTS)

@@ -10,6 +10,7 @@ from typing import Any
 
 from cryptography import x509
 
+from hbone.configtext import arg_type, duration_text
 from hbone.errors import CertificateError, ConfigError
 from hbone.identity.bundle import load_ca, write_bundle, write_ca
 from hbone.identity.certs import CertificateAuthority, load_pem_certs, spiffe_ids_of
@@ -17,14 +18,11 @@ from hbone.identity.spiffe import SpiffeId
 
 
 def _duration(text: str) -> dt.timedelta:
-    """Parse `90s`, `30m`, `24h`, `365d`."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    try:
-        if text[-1] in units:
-            return dt.timedelta(seconds=float(text[:-1]) * units[text[-1]])
-        return dt.timedelta(seconds=float(text))
-    except (ValueError, IndexError) as e:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: use e.g. 90s, 30m, 24h, 365d") from e
+    """`--ttl`: `90s`, `30m`, `24h`, `365d`, `1h30m` or seconds (`hbone.configtext`)."""
+    return dt.timedelta(seconds=duration_text(text))
+
+
+_TTL = arg_type(_duration, "duration")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -34,7 +32,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     init = ca_sub.add_parser("init", help="create a root CA (and optionally an intermediate) in DIR")
     init.add_argument("--dir", required=True, type=Path, help="directory for ca-cert.pem, ca-key.pem, root-cert.pem")
     init.add_argument("--trust-domain", default="cluster.local")
-    init.add_argument("--ttl", type=_duration, default=dt.timedelta(days=3650), help="root validity (default 3650d)")
+    init.add_argument("--ttl", type=_TTL, default=dt.timedelta(days=3650), help="root validity (default 3650d)")
     init.add_argument("--intermediate", action="store_true", help="sign workloads with an intermediate below the root")
     init.add_argument("--force", action="store_true", help="overwrite an existing CA")
     init.set_defaults(func=cmd_ca_init)
@@ -43,7 +41,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     issue.add_argument("--ca-dir", required=True, type=Path)
     issue.add_argument("--spiffe", required=True, help="spiffe://TD/ns/NS/sa/SA")
     issue.add_argument("--out", required=True, type=Path, help="directory for cert-chain.pem, key.pem, root-cert.pem")
-    issue.add_argument("--ttl", type=_duration, default=dt.timedelta(hours=24), help="validity (default 24h)")
+    issue.add_argument("--ttl", type=_TTL, default=dt.timedelta(hours=24), help="validity (default 24h)")
     issue.add_argument("--dns", action="append", default=[], help="extra DNS SAN (repeatable)")
     issue.add_argument("--ip", action="append", default=[], help="extra IP SAN (repeatable)")
     issue.set_defaults(func=cmd_ca_issue)

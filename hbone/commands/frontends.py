@@ -15,12 +15,12 @@ from pathlib import Path
 from hbone.admin.options import AdminOptions
 from hbone.admin.options import add_flags as add_admin_flags
 from hbone.commands.runtime import stop_on_signals
+from hbone.configtext import parse_target
 from hbone.errors import ConfigError
 from hbone.proxy.capture_rules import RuleOptions, iptables_rules, nft_rules
 from hbone.proxy.frontends_config import (
     LISTENER_TYPES,
     FrontendsConfig,
-    address,
     listener_from_dict,
     load_frontends_config,
 )
@@ -137,7 +137,7 @@ def config_from_args(args: argparse.Namespace) -> FrontendsConfig:
     if args.certs:
         cfg.certs = args.certs
     if getattr(args, "via", None):
-        via = Via(address(args.via, "--via"), tuple(args.expect_identity))
+        via = Via(parse_target(args.via, "--via"), tuple(args.expect_identity))
         cfg.routes = RouteTable(cfg.routes.routes, Route("via", Action.HBONE, via=via, token_file=args.token_file))
     elif getattr(args, "direct", False):
         cfg.routes = RouteTable(cfg.routes.routes, Route("direct", Action.DIRECT))

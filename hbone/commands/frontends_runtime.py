@@ -10,13 +10,13 @@ from typing import Any
 from hbone.admin.dump import plain
 from hbone.admin.service import DaemonView, loaded
 from hbone.client import Endpoint, HboneClient
-from hbone.config import parse_duration
+from hbone.configtext import parse_duration, parse_listen, parse_target
 from hbone.errors import ConfigError
 from hbone.identity.manager import FileSource, IdentityManager
 from hbone.proxy.eastwest import SniGateway, static_resolver
 from hbone.proxy.egress import EgressConfig, EgressHandler, rules_from_list
 from hbone.proxy.frontend import Dialer, Opener
-from hbone.proxy.frontends_config import FrontendsConfig, ListenerSpec, address, listen_address
+from hbone.proxy.frontends_config import FrontendsConfig, ListenerSpec
 from hbone.proxy.h2r import H2RGateway, H2RInbound, H2RNode, H2ROpener, local_names_resolver
 from hbone.proxy.httpproxy import HttpConnectProxy
 from hbone.proxy.inbound import InboundConfig, InboundHandler
@@ -146,11 +146,11 @@ class Runtime:
             self._note(spec, await h2r.listen(spec.host, spec.port))
             self.opener = H2ROpener(h2r, opener)
             if opts.get("hbone_listen"):
-                front = listen_address(opts["hbone_listen"], "hbone_listen")
+                front = parse_listen(str(opts["hbone_listen"]), "hbone_listen")
                 host = str(front.ip) if front.ip is not None else front.host
                 await self._hbone(spec, H2RInbound(h2r, base), host, front.port)
         elif kind == "h2r-node":
-            gw_addr = address(opts["gateway"], "gateway")
+            gw_addr = parse_target(opts["gateway"], "gateway")
             endpoint = Endpoint(gw_addr.host, gw_addr.port, tuple(str(i) for i in opts.get("gateway_identities") or ()))
             base.resolve = local_names_resolver({str(n) for n in opts.get("names") or ()})
             node = H2RNode(self._need_tls(spec), endpoint, InboundHandler(base))
@@ -168,7 +168,7 @@ class Runtime:
         ingress = Ingress(opener, hosts=parse_hosts(opts.get("hosts") or {}), request_timeout=timeout)
         self.ingresses.append(ingress)
         if spec.type == "ingress-tcp":
-            server = await ingress.start_tcp(spec.host, spec.port, address(opts["target"], "target"))
+            server = await ingress.start_tcp(spec.host, spec.port, parse_target(opts["target"], "target"))
         elif spec.type == "ingress-tls-passthrough":
             server = await ingress.start_tls_passthrough(spec.host, spec.port)
         elif spec.type == "ingress-tls-terminate":

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hbone.config import listen_host, parse_listen
+from hbone.configtext import host_port, listen_host, parse_listen, parse_target
 from hbone.errors import ConfigError, GrpcError
 from hbone.grpc.codec import ProtoCodec
 
@@ -249,8 +249,8 @@ def cmd_sniff(args: argparse.Namespace) -> int:
 async def _sniff(args: argparse.Namespace) -> int:
     from hbone.grpc.h2frames import H2Decoder, format_record
 
-    up_host, _, up_port = args.upstream.rpartition(":")
-    listen = parse_listen(args.listen, "127.0.0.1")
+    up_host, up_port = host_port(parse_target(args.upstream, "--upstream"))
+    listen = parse_listen(args.listen, default_host="127.0.0.1")
     host, port = listen_host(listen), listen.port
     conn_ids = iter(range(1, 1 << 30))
 
@@ -270,7 +270,7 @@ async def _sniff(args: argparse.Namespace) -> int:
     async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         n = next(conn_ids)
         try:
-            up_r, up_w = await asyncio.open_connection(up_host, int(up_port))
+            up_r, up_w = await asyncio.open_connection(up_host, up_port)
         except OSError as exc:
             print(f"[{n}] cannot reach upstream {args.upstream}: {exc}", flush=True)
             writer.close()

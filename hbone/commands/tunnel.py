@@ -18,7 +18,8 @@ from hbone.client import Endpoint, HboneClient, Tunnel
 from hbone.commands import probe
 from hbone.commands.runtime import stop_on_signals
 from hbone.commands.stdio import Stdio
-from hbone.config import ServeConfig, load_serve_config, parse_listen
+from hbone.config import ServeConfig, load_serve_config
+from hbone.configtext import parse_listen
 from hbone.errors import ConfigError, HboneError
 from hbone.grpc.server import GrpcServer
 from hbone.identity.bundle import load_bundle

@@ -20,7 +20,16 @@ import ssl as _ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
-from hbone.errors import ConfigError, ConnectionLost, GrpcError, GrpcStatus, H2ErrorCode, HboneError, StreamReset
+from hbone.errors import (
+    ConfigError,
+    ConnectionLost,
+    GrpcError,
+    GrpcStatus,
+    H2ErrorCode,
+    HboneError,
+    ProtocolError,
+    StreamReset,
+)
 from hbone.grpc.call import MessageReader, connection_budget, frame, status_of
 from hbone.grpc.codec import Codec, RawCodec
 from hbone.grpc.framing import DEFAULT_MAX_MESSAGE_SIZE, SUPPORTED_ENCODINGS
@@ -32,6 +41,7 @@ from hbone.net.settings import H2Settings
 from hbone.net.stream import Stream
 from hbone.net.tlsstream import ByteStream
 from hbone.tls import MeshTls, check_server_peer
+from hbone.wire.authority import parse_authority
 
 __all__ = ["Channel", "ClientCall"]
 
@@ -41,10 +51,12 @@ _STATUS_KEY = b"grpc-status"
 
 
 def _split_target(target: str) -> tuple[str, int]:
-    host, sep, port = target.rpartition(":")
-    if not sep or not (port.isascii() and port.isdigit()) or not host:
-        raise ConfigError(f"bad server address {target!r}: use HOST:PORT or [V6]:PORT")
-    return host.strip("[]"), int(port)
+    """`HOST:PORT` or `[V6]:PORT`, by the one authority parser (`hbone.configtext` documents the forms)."""
+    try:
+        addr = parse_authority(target)
+    except ProtocolError as e:
+        raise ConfigError(f"bad server address {target!r}: {e}; use HOST:PORT or [V6]:PORT") from None
+    return addr.host, addr.port
 
 
 class _ClientConnection(H2Connection):

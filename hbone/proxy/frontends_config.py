@@ -37,11 +37,22 @@ from typing import Any
 
 from hbone.admin.options import KEYS as ADMIN_KEYS
 from hbone.admin.options import config_keys as admin_config_keys
-from hbone.config import parse_duration, parse_idle_timeout, parse_listen, read_yaml
-from hbone.errors import ConfigError, ProtocolError
+from hbone.config import read_config
+from hbone.configtext import (
+    Where,
+    check_keys,
+    fail,
+    mapping,
+    parse_duration,
+    parse_idle_timeout,
+    parse_int,
+    parse_listen,
+    parse_target,
+)
+from hbone.configtext import where_of as _where_of
 from hbone.net.relay import IDLE_TIMEOUT
 from hbone.proxy.routing import RouteTable, table_from_list
-from hbone.wire.authority import Authority, parse_authority
+from hbone.wire.authority import Authority
 
 #: listener type → (default listen address or None when it has none, allowed extra keys)
 LISTENER_TYPES: dict[str, tuple[str | None, frozenset[str]]] = {
@@ -94,106 +105,77 @@ class FrontendsConfig:
     admin_ports: dict[str, str] = field(default_factory=dict)  # admin/metrics/readiness keys as written
 
     @classmethod
-    def from_dict(cls, data: Any, source: str = "config") -> FrontendsConfig:
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{source}: the top level must be a mapping")
-        unknown = sorted(map(str, set(data) - _TOP))
-        if unknown:
-            raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(_TOP))}")
+    def from_dict(cls, data: Any, source: str | Where = "config") -> FrontendsConfig:
+        """Build from a parsed file; `source` names it (a `Where` with the text's lines gives `file:LINE`)."""
+        at = _where_of(source)
+        check_keys(mapping(data, at, "a mapping at the top level"), sorted(_TOP), at)
         cfg = cls()
-        cfg.admin_ports = admin_config_keys(data, source)
+        cfg.admin_ports = admin_config_keys(data, str(at))
         if data.get("certs") is not None:
             cfg.certs = Path(str(data["certs"]))
         if "dial_timeout" in data:
-            cfg.dial_timeout = parse_duration(data["dial_timeout"], f"{source}: dial_timeout")
+            cfg.dial_timeout = parse_duration(data["dial_timeout"], at / "dial_timeout")
         if "tunnel_idle_timeout" in data:
-            cfg.tunnel_idle_timeout = parse_idle_timeout(data["tunnel_idle_timeout"], f"{source}: tunnel_idle_timeout")
+            cfg.tunnel_idle_timeout = parse_idle_timeout(data["tunnel_idle_timeout"], at / "tunnel_idle_timeout")
         if data.get("mark") is not None:
-            cfg.mark = _int(data["mark"], f"{source}: mark")
-        cfg.routes = table_from_list(data.get("routes"), f"{source}: routes", str(data.get("default_route", "deny")))
+            cfg.mark = parse_int(data["mark"], at / "mark", minimum=0, maximum=0xFFFFFFFF)
+        cfg.routes = table_from_list(data.get("routes"), str(at / "routes"), str(data.get("default_route", "deny")))
         items = data.get("listeners") or []
         if not isinstance(items, list):
-            raise ConfigError(f"{source}: listeners must be a list")
-        cfg.listeners = [listener_from_dict(item, f"{source}: listeners[{i}]") for i, item in enumerate(items)]
+            raise (at / "listeners").error("expected a list")
+        cfg.listeners = [listener_from_dict(item, at / "listeners" / i) for i, item in enumerate(items)]
         return cfg
 
 
-def _int(value: Any, where: str) -> int:
-    if isinstance(value, bool):
-        raise ConfigError(f"{where}: expected an integer")
-    try:
-        return int(value, 0) if isinstance(value, str) else int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
-
-
-def address(value: Any, where: str) -> Authority:
-    try:
-        return parse_authority(str(value))
-    except ProtocolError as e:
-        raise ConfigError(f"{where}: {e}") from e
-
-
-def listen_address(value: Any, where: str) -> Authority:
-    """A `listen:` value, parsed as every listen flag is (`parse_listen`: `:PORT` allowed)."""
-    try:
-        return parse_listen(str(value))
-    except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from e
-
-
-def listener_from_dict(data: Any, where: str) -> ListenerSpec:
+def listener_from_dict(data: Any, where: str | Where) -> ListenerSpec:
+    at = _where_of(where)
     if not isinstance(data, Mapping) or "type" not in data:
-        raise ConfigError(f"{where}: expected a mapping with a type")
+        raise at.error("expected a mapping with a type")
     kind = str(data["type"])
     if kind not in LISTENER_TYPES:
-        raise ConfigError(f"{where}: unknown listener type {kind!r}; known: {', '.join(LISTENER_TYPES)}")
+        raise (at / "type").error(f"unknown listener type {kind!r}; known: {', '.join(LISTENER_TYPES)}")
     default_listen, extra = LISTENER_TYPES[kind]
-    unknown = sorted(map(str, set(data) - {"type", "listen"} - extra))
-    if unknown:
-        allowed = ", ".join(sorted({"listen"} | extra)) if default_listen else ", ".join(sorted(extra))
-        raise ConfigError(f"{where} ({kind}): unknown key(s) {', '.join(unknown)}; known: {allowed}")
+    check_keys(data, sorted({"type", "listen"} | extra), at, f"listener type {kind}")
     listen_text = data.get("listen", default_listen)
     if kind == "ingress-tcp" and listen_text is None:
-        raise ConfigError(f"{where} (ingress-tcp): listen is required")
-    listen = listen_address(listen_text, f"{where}.listen") if listen_text is not None else None
+        raise at.error("listen is required (ingress-tcp)")
+    listen = parse_listen(str(listen_text), at / "listen") if listen_text is not None else None
     options = {k: v for k, v in data.items() if k not in ("type", "listen")}
-    _check(kind, options, where)
+    _check(kind, options, at)
     return ListenerSpec(kind, listen, options)
 
 
-def _check(kind: str, options: Mapping[str, Any], where: str) -> None:
+def _check(kind: str, options: Mapping[str, Any], at: Where) -> None:
     """Validate the shape of each type's options now, not when the first connection arrives."""
-    for key in ("users", "services", "names", "hosts", "certs"):
-        value = options.get(key)
-        if value is not None and key != "names" and not isinstance(value, Mapping):
-            raise ConfigError(f"{where}.{key}: expected a mapping")
+    for key in ("users", "services", "hosts", "certs"):
+        if options.get(key) is not None:
+            mapping(options[key], at / key)
     if kind in ("ingress-tcp",) and "target" not in options:
-        raise ConfigError(f"{where} (ingress-tcp): target HOST:PORT is required")
+        raise at.error("target HOST:PORT is required (ingress-tcp)")
     if "target" in options:
-        address(options["target"], f"{where}.target")
+        parse_target(options["target"], at / "target")
     for key in ("services", "hosts"):
         for name, target in (options.get(key) or {}).items():
-            address(target, f"{where}.{key}[{name}]")
+            parse_target(target, at / key / str(name))
     if kind == "h2r-node":
         if "gateway" not in options:
-            raise ConfigError(f"{where} (h2r-node): gateway HOST:PORT is required")
-        address(options["gateway"], f"{where}.gateway")
+            raise at.error("gateway HOST:PORT is required (h2r-node)")
+        parse_target(options["gateway"], at / "gateway")
         idents = options.get("gateway_identities")
         if not isinstance(idents, list) or not idents:
-            raise ConfigError(
-                f"{where} (h2r-node): gateway_identities (--gateway-identity) is required: the gateway's SPIFFE id, "
+            raise at.error(
+                "gateway_identities (--gateway-identity) is required (h2r-node): the gateway's SPIFFE id, "
                 "e.g. spiffe://cluster.local/ns/istio-system/sa/h2r-gateway"
             )
         if not isinstance(options.get("names", []), list):
-            raise ConfigError(f"{where}.names: expected a list of names this node serves")
+            raise (at / "names").error("expected a list of names this node serves")
     if kind == "h2r-gateway" and not isinstance(options.get("names", {}), Mapping):
-        raise ConfigError(f"{where}.names: expected a mapping name → SPIFFE id")
+        raise (at / "names").error("expected a mapping name → SPIFFE id")
     if kind == "ingress-tls-terminate" and not options.get("certs"):
-        raise ConfigError(f"{where} (ingress-tls-terminate): certs {{sni: DIR}} is required")
+        raise at.error("certs {sni: DIR} is required (ingress-tls-terminate)")
     if kind == "inbound-plaintext" and str(options.get("capture", "redirect")) not in ("redirect", "tproxy"):
-        raise ConfigError(f"{where}.capture: must be redirect or tproxy")
+        raise fail(at / "capture", "must be redirect or tproxy")
 
 
 def load_frontends_config(path: Path) -> FrontendsConfig:
-    return FrontendsConfig.from_dict(read_yaml(path), str(path))
+    return FrontendsConfig.from_dict(*read_config(path))

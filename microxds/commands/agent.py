@@ -15,8 +15,9 @@ from hbone.admin.options import add_flags as add_admin_flags
 from hbone.admin.options import config_keys as admin_config_keys
 from hbone.admin.service import Observability
 from hbone.commands.runtime import stop_on_signals
+from hbone.configtext import TextError, duration_text, unknown_keys_text
 from hbone.errors import ConfigError as HboneConfigError
-from hbone.safeyaml import read_limited, safe_load
+from hbone.safeyaml import YamlLines, read_limited, safe_load
 from microxds.agent import Agent, AgentConfig, Forward
 from microxds.agent_admin import agent_view
 from microxds.errors import ConfigError
@@ -30,17 +31,13 @@ Against microxds: --transport mtls with a node certificate (--certs); against is
 XDS_ROOT_CA, token, node id and metadata from the environment, as ztunnel reads them).
 """
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
 
 def duration(text: str) -> dt.timedelta:
-    """`90s`, `30m`, `24h`, `90d` or plain seconds."""
+    """`90s`, `30m`, `24h`, `90d`, `1h30m` or plain seconds (`hbone.configtext`)."""
     try:
-        if text and text[-1] in _UNITS:
-            return dt.timedelta(seconds=float(text[:-1]) * _UNITS[text[-1]])
-        return dt.timedelta(seconds=float(text))
-    except ValueError:
-        raise ConfigError(f"bad duration {text!r}: use e.g. 90s, 30m, 24h") from None
+        return dt.timedelta(seconds=duration_text(text))
+    except TextError as e:
+        raise ConfigError(str(e)) from None
 
 
 def register(sub: Any) -> None:
@@ -71,32 +68,46 @@ def register(sub: Any) -> None:
 
 def config_from_yaml(path: Path) -> AgentConfig:
     try:
-        raw = safe_load(read_limited(path), str(path)) or {}
+        text = read_limited(path)
+        raw = safe_load(text, str(path)) or {}
     except HboneConfigError as exc:
         raise ConfigError(f"cannot read agent config: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError("the agent config must be a mapping", file=str(path))
-    return config_from_dict(raw, base=path.parent, source=str(path))
+    return config_from_dict(raw, base=path.parent, source=str(path), lines=YamlLines(text))
 
 
-def config_from_dict(raw: dict[str, Any], *, base: Path = Path("."), source: str = "config") -> AgentConfig:
-    known = {f.name for f in fields(AgentConfig)} | {"node"}
-    unknown = set(raw) - known
+def config_from_dict(
+    raw: dict[str, Any], *, base: Path = Path("."), source: str = "config", lines: YamlLines | None = None
+) -> AgentConfig:
+    def error(reason: str, *path: str | int) -> ConfigError:
+        return ConfigError(reason, file=source, line=lines.line(path) if lines is not None else None)
+
+    known = sorted({f.name for f in fields(AgentConfig)} | {"node"})
+    unknown = unknown_keys_text(raw, known)
     if unknown:
-        raise ConfigError(f"unknown keys {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}", file=source)
+        raise error(unknown, min(str(k) for k in raw if k not in known))
     if "xds_address" not in raw:
-        raise ConfigError("xds_address is required", file=source)
+        raise error("xds_address is required")
     node = raw.get("node") or {}
-    profile_fields = {f.name for f in fields(NodeProfile)}
-    if not isinstance(node, dict) or set(node) - profile_fields:
-        raise ConfigError(f"node: keys must be among {', '.join(sorted(profile_fields))}", file=source)
+    profile_fields = sorted(f.name for f in fields(NodeProfile))
+    if not isinstance(node, dict):
+        raise error(f"node: expected a mapping with keys among {', '.join(profile_fields)}", "node")
+    if (unknown := unknown_keys_text(node, profile_fields)) is not None:
+        raise error(f"node: {unknown}", "node", min(str(k) for k in node if k not in profile_fields))
     kw: dict[str, Any] = {k: v for k, v in raw.items() if k != "node"}
     if kw.get("certs") is not None:
         kw["certs"] = base / str(kw["certs"])
     if "cert_ttl" in kw:
-        kw["cert_ttl"] = duration(str(kw["cert_ttl"]))
+        try:
+            kw["cert_ttl"] = dt.timedelta(seconds=duration_text(kw["cert_ttl"]))
+        except TextError as e:
+            raise error(f"cert_ttl: {e}", "cert_ttl") from None
     if "tunnel_idle_timeout" in kw:  # 0: never
-        kw["tunnel_idle_timeout"] = duration(str(kw["tunnel_idle_timeout"])).total_seconds() or None
+        try:
+            kw["tunnel_idle_timeout"] = duration_text(kw["tunnel_idle_timeout"]) or None
+        except TextError as e:
+            raise error(f"tunnel_idle_timeout: {e}", "tunnel_idle_timeout") from None
     for key in ("workloads", "control_plane_identities"):
         if key in kw:
             kw[key] = tuple(str(v) for v in kw[key] or ())

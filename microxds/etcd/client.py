@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import unquote
 
+from hbone.configtext import TextError, target_text
 from hbone.errors import GrpcError, GrpcStatus, HboneError
 from hbone.grpc.client import Channel
 from hbone.grpc.codec import ProtoCodec
@@ -68,9 +69,10 @@ class StoreURL:
         if not endpoints:
             raise ConfigError(f"bad store {text!r}: no etcd endpoint (etcd://HOST:PORT/PREFIX)")
         for ep in endpoints:
-            host, colon, port = ep.rpartition(":")
-            if not colon or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
-                raise ConfigError(f"bad etcd endpoint {ep!r} in {text!r}: use HOST:PORT")
+            try:
+                target_text(ep)
+            except TextError as e:
+                raise ConfigError(f"bad etcd endpoint {ep!r} in {text!r}: {e}") from None
         prefix = "/" + unquote(path).strip("/")
         if prefix == "/":
             raise ConfigError(f"bad store {text!r}: give a key prefix, e.g. etcd://127.0.0.1:2379/microxds/prod")

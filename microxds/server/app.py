@@ -26,7 +26,7 @@ from pathlib import Path
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 from hbone.admin.http import Handler, HttpServer, Query, Response
-from hbone.config import listen_host, parse_listen
+from hbone.configtext import listen_host, parse_listen
 from hbone.errors import ConfigError as HboneConfigError
 from hbone.grpc.server import GrpcServer
 from hbone.identity import FileSource as CertFileSource
@@ -65,9 +65,9 @@ MiB = 1 << 20
 
 
 def parse_address(text: str, default_host: str = "0.0.0.0") -> tuple[str, int]:
-    """`HOST:PORT`, `:PORT` (on `default_host`) or `[V6]:PORT`: `hbone.config.parse_listen`, as a bindable pair."""
+    """`HOST:PORT`, `:PORT` (on `default_host`) or `[V6]:PORT`: `hbone.configtext.parse_listen`, as a bindable pair."""
     try:
-        addr = parse_listen(text, default_host)
+        addr = parse_listen(text, default_host=default_host)
     except HboneConfigError as e:
         raise ConfigError(str(e)) from None
     return listen_host(addr), addr.port

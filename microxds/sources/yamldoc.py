@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from hbone.safeyaml import MAX_DEPTH, locate_problem, yaml_problem
+from hbone.safeyaml import MAX_DEPTH, locate_problem, node_line, walk_node, yaml_problem
 
 from ..errors import ConfigError
 
@@ -57,7 +57,7 @@ class Document:
 
     def key_line(self, path: Path, key: str) -> int | None:
         """1-based line of the first mapping key named `key` anywhere under `path`, if any."""
-        node = _walk(self.node, path)
+        node = walk_node(self.node, path)
         found = _find_key(node, key) if node is not None else None
         return found.start_mark.line + 1 if found is not None else None
 
@@ -102,35 +102,6 @@ def load_documents(text: str, file: str) -> list[Document]:
     finally:
         loader.dispose()
     return docs
-
-
-def _child(node: yaml.Node, step: str | int) -> yaml.Node | None:
-    if isinstance(node, yaml.MappingNode) and isinstance(step, str):
-        for key, value in node.value:
-            if isinstance(key, yaml.ScalarNode) and key.value == step:
-                return value  # type: ignore[no-any-return]
-    elif isinstance(node, yaml.SequenceNode) and isinstance(step, int) and 0 <= step < len(node.value):
-        return node.value[step]  # type: ignore[no-any-return]
-    return None
-
-
-def _walk(node: yaml.Node | None, path: Path) -> yaml.Node | None:
-    for step in path:
-        if node is None:
-            return None
-        node = _child(node, step)
-    return node
-
-
-def node_line(node: yaml.Node | None, path: Path) -> int:
-    best = node.start_mark.line + 1 if node is not None else 1
-    for step in path:
-        if node is None:
-            break
-        node = _child(node, step)
-        if node is not None:
-            best = node.start_mark.line + 1
-    return best
 
 
 def _find_key(node: yaml.Node, key: str) -> yaml.Node | None:

@@ -170,7 +170,7 @@ async def test_serve_config_errors_are_clear(tmp_path: Path, certs: Path) -> Non
     cfg = tmp_path / "serve.yaml"
     cfg.write_text("listen: 127.0.0.1:0\nauthorisation: {mode: allow-all}\n")
     rc, _, err = await run("serve", "--config", str(cfg), "--certs", str(certs / "bob"))
-    assert rc == 2 and b"unknown key(s) authorisation" in err
+    assert rc == 2 and f"{cfg}:2: unknown key 'authorisation' (did you mean 'authorization'?)".encode() in err
     cfg.write_text("listen: 127.0.0.1:0\nfoo: bar: baz\n")
     rc, _, err = await run("serve", "--config", str(cfg))
     assert rc == 2 and f"{cfg}:2".encode() in err and b"invalid YAML" in err

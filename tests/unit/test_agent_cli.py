@@ -56,10 +56,11 @@ def test_istiod_profile_comes_from_the_environment(monkeypatch: pytest.MonkeyPat
     ("raw", "message"),
     [
         ({}, "xds_address is required"),
-        ({"xds_address": "a:1", "bogus": 1}, "unknown keys bogus"),
-        ({"xds_address": "a:1", "node": {"nope": 1}}, "node: keys"),
+        ({"xds_address": "a:1", "bogus": 1}, "unknown key 'bogus'; known: admin, ca_address"),
+        ({"xds_address": "a:1", "cert_tll": 1}, r"unknown key 'cert_tll' \(did you mean 'cert_ttl'\?\)$"),
+        ({"xds_address": "a:1", "node": {"nope": 1}}, "node: unknown key 'nope'; known: "),
         ({"xds_address": "a:1", "forwards": [{"listen": "x:1"}]}, "listen and target"),
-        ({"xds_address": "a:1", "cert_ttl": "soon"}, "bad duration"),
+        ({"xds_address": "a:1", "cert_ttl": "soon"}, "cert_ttl: invalid duration 'soon': use e.g. 250ms"),
     ],
 )
 def test_config_errors_are_clear(raw: dict[str, object], message: str) -> None:
@@ -73,3 +74,15 @@ def test_missing_workloads_or_certs_are_errors() -> None:
     with pytest.raises(ConfigError, match="needs --certs"):
         config_from_args(parse("--workload", "default/a"))
     assert duration("90") == dt.timedelta(seconds=90) and duration("2m") == dt.timedelta(minutes=2)
+
+
+def test_config_file_errors_name_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "agent.yml"
+    path.write_text("xds_address: a:1\n\ncert_ttl: 1y\n")
+    with pytest.raises(ConfigError) as info:
+        config_from_yaml(path)
+    assert str(info.value).startswith(f"{path}:3: cert_ttl: invalid duration '1y'")
+    path.write_text("xds_address: a:1\nnode:\n  pod_nmae: x\n")
+    with pytest.raises(ConfigError) as info:
+        config_from_yaml(path)
+    assert str(info.value) == f"{path}:3: node: unknown key 'pod_nmae' (did you mean 'pod_name'?)"

@@ -1,10 +1,10 @@
-"""One listen-address parser for both CLIs (`hbone.config.parse_listen`); `:PORT` means every interface."""
+"""One listen-address parser for both CLIs (`hbone.configtext.parse_listen`); `:PORT` means every interface."""
 
 from __future__ import annotations
 
 import pytest
 
-from hbone.config import listen_host, parse_listen
+from hbone.configtext import listen_host, parse_listen
 from hbone.errors import ConfigError
 from microxds.errors import ConfigError as MicroxdsConfigError
 from microxds.server.app import parse_address
@@ -28,7 +28,7 @@ def test_forms(text: str, host: str, port: int) -> None:
 
 def test_default_host_for_bare_port() -> None:
     assert parse_address(":0", "127.0.0.1") == ("127.0.0.1", 0)
-    assert listen_host(parse_listen(":1", "::1")) == "::1"
+    assert listen_host(parse_listen(":1", default_host="::1")) == "::1"
 
 
 @pytest.mark.parametrize("text", ["127.0.0.1:", "15010", "host:port", "1.2.3.4:70000", "a b:1", ""])

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from hbone.config import ServeConfig, parse_listen
+from hbone.config import ServeConfig
+from hbone.configtext import parse_listen
 from hbone.errors import ConfigError
 from hbone.proxy.frontends_config import FrontendsConfig, listener_from_dict
 from hbone.wire import http1

@@ -1,0 +1,222 @@
+"""hbone.configtext: the one parser of durations, sizes, addresses and key sets, with `file:line` in every error."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hbone.config import load_serve_config
+from hbone.configtext import (
+    TextError,
+    Where,
+    arg_type,
+    check_keys,
+    duration_text,
+    int_text,
+    listen_text,
+    parse_size,
+    size_text,
+    target_text,
+)
+from hbone.errors import ConfigError
+from hbone.proxy.frontends_config import load_frontends_config
+from hbone.safeyaml import YamlLines
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("10s", 10.0), ("250ms", 0.25), ("1m30s", 90.0), ("2h", 7200.0), ("7d", 604800.0), ("1h30m15s", 5415.0),
+        ("1.5s", 1.5), (".5s", 0.5), ("100us", 1e-4), ("100µs", 1e-4), ("10ns", 1e-8), (" 10s ", 10.0),
+        ("10", 10.0), ("0.5", 0.5), (10, 10.0), (0.25, 0.25), (0, 0.0), ("0", 0.0), ("0s", 0.0),
+    ],
+)  # fmt: skip
+def test_durations(value: Any, seconds: float) -> None:
+    assert duration_text(value) == pytest.approx(seconds)
+
+
+BAD_DURATIONS = [
+    ("10x", "invalid duration '10x': use e.g. 250ms, 10s, 1m30s, 2h, 7d or a number of seconds"),
+    ("", "invalid duration '': use e.g. 250ms, 10s, 1m30s, 2h, 7d or a number of seconds"),
+    ("s", "invalid duration 's': use e.g. 250ms, 10s, 1m30s, 2h, 7d or a number of seconds"),
+    ("1 s", "invalid duration '1 s': use e.g. 250ms, 10s, 1m30s, 2h, 7d or a number of seconds"),
+    ("inf", "invalid duration 'inf': use e.g. 250ms, 10s, 1m30s, 2h, 7d or a number of seconds"),
+    ("nan", "invalid duration 'nan': use e.g. 250ms, 10s, 1m30s, 2h, 7d or a number of seconds"),
+    ("1e3", "invalid duration '1e3': use e.g. 250ms, 10s, 1m30s, 2h, 7d or a number of seconds"),
+    ("10S", "invalid duration '10S': use e.g. 250ms, 10s, 1m30s, 2h, 7d or a number of seconds"),
+    ("-1s", "duration '-1s' is negative"),
+    ("-5", "duration '-5' is negative"),
+    (-1, "duration -1 is negative"),
+    (float("nan"), "invalid duration nan: use e.g. 250ms, 10s, 1m30s, 2h, 7d or a number of seconds"),
+    (float("inf"), "duration inf is longer than 100 years"),
+    ("36501d", "duration '36501d' is longer than 100 years"),
+    (True, "expected a duration, got True; use e.g. 250ms, 10s, 1m30s, 2h, 7d or a number of seconds"),
+    (None, "expected a duration, got None; use e.g. 250ms, 10s, 1m30s, 2h, 7d or a number of seconds"),
+    ([1], "expected a duration, got [1]; use e.g. 250ms, 10s, 1m30s, 2h, 7d or a number of seconds"),
+]
+
+
+@pytest.mark.parametrize(("value", "message"), BAD_DURATIONS)
+def test_bad_durations(value: Any, message: str) -> None:
+    with pytest.raises(TextError) as info:
+        duration_text(value)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    ("value", "size"),
+    [
+        (65536, 65536), ("65536", 65536), ("64KiB", 65536), ("1MiB", 1 << 20), ("4Gi", 4 << 30), ("1 MiB", 1 << 20),
+        ("1.5KiB", 1536), ("10B", 10), ("1kB", 1000), ("2MB", 2_000_000), ("0", 0), ("0.5MiB", 1 << 19),
+    ],
+)  # fmt: skip
+def test_sizes(value: Any, size: int) -> None:
+    assert size_text(value) == size
+
+
+BAD_SIZES = [
+    ("64kib", "invalid size '64kib': unknown unit 'kib' (did you mean KiB?); use e.g. 65536, 64KiB or 1MiB"),
+    ("1XB", "invalid size '1XB': unknown unit 'XB'; use e.g. 65536, 64KiB or 1MiB"),
+    ("MiB", "invalid size 'MiB': use e.g. 65536, 64KiB or 1MiB"),
+    ("1.3B", "size '1.3B' is not a whole number of bytes"),
+    ("-1KiB", "size '-1KiB' is negative"),
+    (-1, "size -1 is negative"),
+    (1.5, "expected a size, got 1.5; use e.g. 65536, 64KiB or 1MiB"),
+    (False, "expected a size, got False; use e.g. 65536, 64KiB or 1MiB"),
+]
+
+
+@pytest.mark.parametrize(("value", "message"), BAD_SIZES)
+def test_bad_sizes(value: Any, message: str) -> None:
+    with pytest.raises(TextError) as info:
+        size_text(value)
+    assert str(info.value) == message
+
+
+def test_size_range_names_the_place() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_size("2MiB", Where("f.yaml", ("http2", "max_frame_size")), maximum=1 << 20)
+    assert str(info.value) == "f.yaml: http2.max_frame_size: size '2MiB' is out of range: must be at least 0 and " \
+        "at most 1,048,576 bytes"  # fmt: skip
+
+
+def test_ints() -> None:
+    assert [int_text(v) for v in (5, "5", "0x539", "0o17", " 12 ")] == [5, 5, 0x539, 15, 12]
+    for bad, message in ((True, "expected an integer, got True"), ("1.0", "expected an integer, got '1.0'")):
+        with pytest.raises(TextError, match=f"^{message}$"):
+            int_text(bad)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("localhost", "bad listen address 'localhost': use HOST:PORT, [V6]:PORT or :PORT (port 0 picks one)"),
+        ("1.2.3.4:70000", "bad listen address '1.2.3.4:70000': use HOST:PORT, [V6]:PORT or :PORT (port 0 picks one)"),
+        ("::1:80", "bad listen address '::1:80': authority '::1:80': an IPv6 address must be in brackets, as "
+                   "[addr]:port; use HOST:PORT, [V6]:PORT or :PORT"),
+        (15008, "bad listen address 15008: use HOST:PORT, [V6]:PORT or :PORT (port 0 picks one)"),
+    ],
+)  # fmt: skip
+def test_bad_listen_addresses(text: Any, message: str) -> None:
+    with pytest.raises(TextError) as info:
+        listen_text(text)
+    assert str(info.value) == message
+
+
+def test_targets() -> None:
+    assert str(target_text("[::1]:8080")) == "[::1]:8080"
+    assert str(target_text("Echo.NS:80")) == "echo.ns:80"
+    for text, message in (
+        ("echo.ns", "authority 'echo.ns' has no port; expected host:port"),
+        ("a:0", "authority 'a:0': port 0 is out of range 1..65535"),
+        (None, "bad address None: use HOST:PORT or [V6]:PORT"),
+    ):
+        with pytest.raises(TextError) as info:
+            target_text(text)
+        assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"pign_interval": 1}, "x.yaml: http2: unknown key 'pign_interval' (did you mean 'ping_interval'?)"),
+        ({"bogus": 1}, "x.yaml: http2: unknown key 'bogus'; known: ping_interval, ping_timeout"),
+        ({"b": 1, "ping_timout": 2}, "x.yaml: http2: unknown keys 'b', 'ping_timout' (did you mean 'ping_timeout'?); "
+                                     "known: ping_interval, ping_timeout"),
+        ({None: 1, 3: 2}, "x.yaml: http2: unknown keys '3', 'None'; known: ping_interval, ping_timeout"),
+    ],
+)  # fmt: skip
+def test_unknown_keys(data: dict[Any, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        check_keys(data, ("ping_interval", "ping_timeout"), Where("x.yaml", ("http2",)))
+    assert str(info.value) == message
+
+
+def test_where_renders_file_line_and_path() -> None:
+    text = "a: 1\nlisteners:\n  - {type: x}\n  - type: y\n    listen: bad\n"
+    at = Where("f.yaml", lines=YamlLines(text))
+    assert str(at / "listeners" / 1 / "listen") == "f.yaml:5: listeners[1].listen"
+    assert str(at / "listeners" / 0 / "nope") == "f.yaml:3: listeners[0].nope"  # nearest ancestor's line
+    assert str(Where("--ttl")) == "--ttl"
+    broken = Where("g.yaml", ("a",), YamlLines("a: [\n"))
+    assert str(broken) == "g.yaml: a"  # unparseable text: no line rather than a wrong one
+    with pytest.raises(ConfigError, match=r"^f\.yaml:3: listeners: two lines$") as info:
+        raise (at / "listeners").error("two\nlines")
+    assert "\n" not in str(info.value)
+
+
+def test_flag_type_gives_argparse_one_line() -> None:
+    parser = argparse.ArgumentParser(prog="t", exit_on_error=False)
+    parser.add_argument("--ttl", type=arg_type(duration_text, "duration"))
+    assert parser.parse_args(["--ttl", "1m30s"]).ttl == 90.0
+    with pytest.raises(argparse.ArgumentError, match=r"invalid duration '1y': use e\.g\. 250ms"):
+        parser.parse_args(["--ttl", "1y"])
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("listen: 0.0.0.0:15008\nhttp2:\n  ping_interval: 10s\n  pign_timeout: 5s\n",
+         "{f}:4: http2: unknown key 'pign_timeout' (did you mean 'ping_timeout'?)"),
+        ("http2:\n  ping_interval: 10x\n",
+         "{f}:2: http2.ping_interval: invalid duration '10x': use e.g. 250ms, 10s, 1m30s, 2h, 7d or a number of "
+         "seconds"),
+        ("limits: {max_connections: 0}\n", "{f}:1: limits.max_connections: 0 is out of range: must be at least 1"),
+        ("\n\nh2c_listen: localhost\n",
+         "{f}:3: h2c_listen: bad listen address 'localhost': use HOST:PORT, [V6]:PORT or :PORT (port 0 picks one)"),
+        ("http2: {stream_window: 1MB0}\n",
+         "{f}:1: http2.stream_window: invalid size '1MB0': use e.g. 65536, 64KiB or 1MiB"),
+        ("authorisation: {}\n", "{f}:1: unknown key 'authorisation' (did you mean 'authorization'?)"),
+    ],
+)  # fmt: skip
+def test_serve_config_errors_have_file_line(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "serve.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_serve_config(path)
+    assert str(info.value) == message.format(f=path)
+
+
+def test_serve_config_takes_sizes_and_compound_durations(tmp_path: Path) -> None:
+    path = tmp_path / "serve.yaml"
+    path.write_text("http2: {stream_window: 4MiB, ping_interval: 1m30s}\nlimits: {grpc_connection_bytes: 32MiB}\n")
+    cfg = load_serve_config(path)
+    assert (cfg.h2.initial_stream_window, cfg.h2.ping_interval) == (4 << 20, 90.0)
+    assert cfg.limits.grpc_connection_bytes == 32 << 20
+
+
+def test_frontends_config_errors_have_file_line(tmp_path: Path) -> None:
+    path = tmp_path / "fe.yaml"
+    path.write_text("listeners:\n  - {type: socks5}\n  - type: ingress-tcp\n    listen: :9000\n    target: db\n")
+    with pytest.raises(ConfigError) as info:
+        load_frontends_config(path)
+    assert str(info.value) == f"{path}:5: listeners[1].target: authority 'db' has no port; expected host:port"
+    path.write_text("listeners:\n  - type: http-connect\n    usres: {a: b}\n")
+    with pytest.raises(ConfigError) as info:
+        load_frontends_config(path)
+    assert str(info.value) == (
+        f"{path}:3: listeners[0]: unknown key 'usres' (did you mean 'users'?) for listener type http-connect"
+    )
