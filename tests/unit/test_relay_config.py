@@ -35,5 +35,5 @@ def test_bad_values_are_errors() -> None:
         ServeConfig.from_dict({"tunnel_idle_timeout": "soon"})
     with pytest.raises(ConfigError, match="tunnel_idle_timeout"):
         FrontendsConfig.from_dict({"tunnel_idle_timeout": "-5s"})
-    with pytest.raises(XdsConfigError, match="bad duration"):
+    with pytest.raises(XdsConfigError, match="tunnel_idle_timeout: invalid duration"):
         config_from_dict({"xds_address": "a:1", "tunnel_idle_timeout": "soon"})
