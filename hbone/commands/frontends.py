@@ -14,16 +14,16 @@ from pathlib import Path
 
 from hbone.admin.options import AdminOptions
 from hbone.admin.options import add_flags as add_admin_flags
-from hbone.commands.runtime import stop_on_signals
-from hbone.configtext import parse_target
-from hbone.errors import ConfigError
-from hbone.proxy.capture_rules import RuleOptions, iptables_rules, nft_rules
-from hbone.proxy.frontends_config import (
+from hbone.commands.frontends_config import (
     LISTENER_TYPES,
     FrontendsConfig,
     listener_from_dict,
     load_frontends_config,
 )
+from hbone.commands.runtime import stop_on_signals
+from hbone.configtext import parse_target
+from hbone.errors import ConfigError
+from hbone.proxy.capture_rules import RuleOptions, iptables_rules, nft_rules
 from hbone.proxy.redirect import DEFAULT_MARK, CaptureMode
 from hbone.proxy.routing import Action, Route, RouteTable, Via
 

@@ -10,13 +10,13 @@ from typing import Any
 from hbone.admin.dump import plain
 from hbone.admin.service import DaemonView, loaded
 from hbone.client import Endpoint, HboneClient
+from hbone.commands.frontends_config import FrontendsConfig, ListenerSpec
 from hbone.configtext import parse_duration, parse_listen, parse_target
 from hbone.errors import ConfigError
 from hbone.identity.manager import FileSource, IdentityManager
 from hbone.proxy.eastwest import SniGateway, static_resolver
 from hbone.proxy.egress import EgressConfig, EgressHandler, rules_from_list
 from hbone.proxy.frontend import Dialer, Opener
-from hbone.proxy.frontends_config import FrontendsConfig, ListenerSpec
 from hbone.proxy.h2r import H2RGateway, H2RInbound, H2RNode, H2ROpener, local_names_resolver
 from hbone.proxy.httpproxy import HttpConnectProxy
 from hbone.proxy.inbound import InboundConfig, InboundHandler

@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
+from hbone.commands.frontends_config import FrontendsConfig
 from hbone.config import ServeConfig
 from hbone.errors import HboneError
-from hbone.proxy.frontends_config import FrontendsConfig
 from hbone.safeyaml import safe_load
 from tests.fuzz.harness import Bytes, Harness, pack
 

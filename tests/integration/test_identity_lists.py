@@ -12,12 +12,12 @@ from pathlib import Path
 import jwt
 import pytest
 
+from hbone.commands.frontends_config import FrontendsConfig
 from hbone.commands.frontends_runtime import Runtime
 from hbone.errors import ConfigError, PeerIdentityError
 from hbone.grpc.client import Channel
 from hbone.identity.spiffe import SpiffeId
 from hbone.proxy.egress import EgressRule, rules_from_list
-from hbone.proxy.frontends_config import FrontendsConfig
 from hbone.proxy.routing import Match
 from hbone.testing import TestCA
 from hbone.tls import check_server_peer

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from hbone.client import Endpoint, HboneClient
+from hbone.commands.frontends_config import listener_from_dict
 from hbone.errors import ConfigError, ConnectRefused, PeerIdentityError
 from hbone.identity.certs import CertifiedKey
 from hbone.net.stream import Stream
@@ -18,7 +19,6 @@ from hbone.proxy.double_hbone import open_double_hbone
 from hbone.proxy.eastwest import SniGateway, static_resolver
 from hbone.proxy.egress import EgressConfig, EgressHandler, EgressRule, TlsOrigination
 from hbone.proxy.frontend import Dialer
-from hbone.proxy.frontends_config import listener_from_dict
 from hbone.proxy.h2r import H2RGateway, H2RInbound, H2RNode, H2ROpener, local_names_resolver
 from hbone.proxy.inbound import InboundConfig, InboundHandler
 from hbone.proxy.routing import Action, Match, Route, RouteTable, Via

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from hbone.client import Endpoint, HboneClient
+from hbone.commands.frontends_config import FrontendsConfig
 from hbone.commands.frontends_runtime import Runtime
 from hbone.errors import ConnectionLost
-from hbone.proxy.frontends_config import FrontendsConfig
 from hbone.testing import TestCA
 from tests.integration.test_proxy_mesh import echo_server, hbone_node
 

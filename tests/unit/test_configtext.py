@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from hbone.commands.frontends_config import load_frontends_config
 from hbone.config import load_serve_config
 from hbone.configtext import (
     TextError,
@@ -22,7 +23,6 @@ from hbone.configtext import (
     target_text,
 )
 from hbone.errors import ConfigError
-from hbone.proxy.frontends_config import load_frontends_config
 from hbone.safeyaml import YamlLines
 
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
+from hbone.commands.frontends_config import FrontendsConfig, listener_from_dict
 from hbone.config import ServeConfig
 from hbone.configtext import parse_listen
 from hbone.errors import ConfigError
-from hbone.proxy.frontends_config import FrontendsConfig, listener_from_dict
 from hbone.wire import http1
 from microxds.errors import ConfigError as XdsConfigError
 from microxds.sources.yamlconfig import parse_texts
@@ -152,7 +152,7 @@ def test_config_keys_that_are_not_strings_are_config_errors(data: dict[object, o
 def test_non_string_keys_in_frontends_config_are_config_errors(text: str) -> None:
     """hbone_config harness: a key YAML reads as a boolean, number or null made `sorted()` of the unknown keys
     raise TypeError (str < bool) in the route, match and double_hbone parsers (and egress rules, below)."""
-    from hbone.proxy.frontends_config import FrontendsConfig
+    from hbone.commands.frontends_config import FrontendsConfig
     from hbone.safeyaml import safe_load
 
     with pytest.raises(ConfigError, match="unknown key"):

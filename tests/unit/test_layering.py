@@ -73,11 +73,7 @@ CIRCLE_ALLOWLIST = frozenset(
 )
 
 #: Arrows not counted yet, each with the change of issue 19 that removes it. Do not add to this list.
-PENDING: Mapping[tuple[str, str], str] = {
-    # A daemon's config file is composition, above proxy and admin (config part).
-    ("hbone.proxy.frontends_config", "hbone.admin.options"): "config: the frontends config leaves hbone/proxy",
-    ("hbone.proxy.frontends_config", "hbone.config"): "config: the frontends config leaves hbone/proxy",
-}
+PENDING: Mapping[tuple[str, str], str] = {}
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,10 @@ import ipaddress
 
 import pytest
 
+from hbone.commands.frontends_config import FrontendsConfig
 from hbone.errors import ConfigError
 from hbone.proxy.capture_rules import RuleOptions, iptables_rules, nft_rules
 from hbone.proxy.egress import EgressRule, rule_from_dict
-from hbone.proxy.frontends_config import FrontendsConfig
 from hbone.proxy.ingress import lookup, parse_hosts
 from hbone.proxy.ingress_h2 import forwardable, request_authority, strip_port
 from hbone.proxy.redirect import CaptureMode

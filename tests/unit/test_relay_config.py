@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from hbone.commands.frontends_config import FrontendsConfig
 from hbone.config import ServeConfig
 from hbone.errors import ConfigError
 from hbone.net.relay import IDLE_TIMEOUT
-from hbone.proxy.frontends_config import FrontendsConfig
 from hbone.proxy.inbound import InboundConfig
 from microxds.commands.agent import config_from_dict
 from microxds.errors import ConfigError as XdsConfigError
