@@ -277,7 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     mode = "quick" if a.quick else "full"
-    title = f"HBONE hop vs Envoy ({mode}: {a.repeats} repeats, {a.seconds} s cases, {time.strftime('%Y-%m-%d %H:%M')})"
+    when = time.strftime("%Y-%m-%d %H:%M")
+    title = f"HBONE hop vs Envoy ({mode}: {a.repeats} repeats, {a.seconds} s cases, {a.parallel} in flight, {when})"
     tail = f"_{_versions()}; {native.tool_versions()}; {time.monotonic() - started:.0f} s._"
     text = f"{report(runs, {p: PAIRS[p].label for p in a.pairs}, title)}\n{tail}\n"
     if errors:
