@@ -89,16 +89,17 @@ def _median(runs: Runs, pair: str, m: Metric) -> str:
     return _fmt(statistics.median(vals)) if vals else "—"
 
 
-def summary(runs: Runs, base: str) -> list[str]:
+def summary(runs: Runs, base: str, targets: bool = True) -> list[str]:
     goal = {True: "≥", False: "≤"}
     lines = [f"| metric | ours | {base} | ours/{base} (median [min-max]) | target | |", "|---|---|---|---|---|---|"]
     for m in METRICS:
         xs = paired(runs, "ours", base, m)
         if not runs["ours"].get(m.kind) or not runs[base].get(m.kind):
             continue
-        target = f"{goal[m.higher_is_better]} {m.target:.1f}x" if m.target else "(info)"
+        target = f"{goal[m.higher_is_better]} {m.target:.1f}x" if m.target and targets else "(info)"
+        met = _met(xs, m) if targets else ""
         lines.append(f"| {m.name} ({m.unit}) | {_median(runs, 'ours', m)} | {_median(runs, base, m)} | {_ratio(xs)} "
-                     f"| {target} | {_met(xs, m)} |")  # fmt: skip
+                     f"| {target} | {met} |")  # fmt: skip
     return lines
 
 
@@ -142,6 +143,9 @@ def report(runs: Runs, labels: dict[str, str], title: str) -> str:
         if "ours" in runs and base in runs:
             what = "Envoy defaults" if base == "envoy" else "Envoy with windows and buffers matched to ours"
             lines += ["", f"**ours vs {what}** (same run, paired by repeat)", "", *summary(runs, base)]
+    if "ours" in runs and "ours-base" in runs:
+        lines += ["", "**ours vs ours-base** (this tree vs `--base-tree`, same run)", "",
+                  *summary(runs, "ours-base", targets=False)]  # fmt: skip
     lines += details(runs, labels)
     return "\n".join(lines) + "\n"
 

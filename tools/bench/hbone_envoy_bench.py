@@ -47,6 +47,10 @@ class Pair:
     label: str
     client: str  # "fwd" (ours, one process per target) or an Envoy process name
     server: str  # fleet process name
+    base: bool = False  # our CLIs from --base-tree
+
+
+BASE = "ours-base"
 
 
 PAIRS = {
@@ -57,6 +61,7 @@ PAIRS = {
         Pair("envoy-matched", "Envoy → Envoy (windows and buffers matched to ours)", "envoy-cli-m", "envoy-srv-m"),
         Pair("ours-envoy", "our forward → Envoy server", "fwd", "envoy-srv"),
         Pair("envoy-ours", "Envoy client → our serve", "envoy-cli-o", "serve"),
+        Pair(BASE, "ours from --base-tree (forward → serve)", "fwd", "serve-base", base=True),
     )
 }
 
@@ -64,8 +69,9 @@ PAIRS = {
 class Hop:
     """The started fleet: where each (pair, kind) enters and which processes it crosses."""
 
-    def __init__(self, fleet: Fleet, pairs: list[Pair], certs: dict[str, Path]) -> None:
+    def __init__(self, fleet: Fleet, pairs: list[Pair], certs: dict[str, Path], base_tree: Path | None) -> None:
         self.fleet = fleet
+        self.base_tree = base_tree
         self.entry: dict[tuple[str, str], str] = {}
         self.procs: dict[tuple[str, str], dict[str, str]] = {}  # role -> process name
         self.ours: list[str] = []  # our CLI processes (profiled with --profile)
@@ -74,9 +80,9 @@ class Hop:
         self.backend_proc = {"bulk": "iperf3-s", "rr": "echo", "rate": "nginx"}
         servers: dict[str, str] = {}
         for name in sorted({p.server for p in pairs}):
-            if name == "serve":
+            if name.startswith("serve"):
                 argv = self._cli("serve", "--certs", str(certs["srv"]), "--listen", "127.0.0.1:0", "--authz",
-                                 "allow-all")  # fmt: skip
+                                 "allow-all", base=name.endswith("-base"))  # fmt: skip
                 servers[name] = fleet.start(name, argv, r"listening mtls=([\d.]+:\d+)")
                 self.ours.append(name)
             else:
@@ -88,7 +94,8 @@ class Hop:
                 for kind in KINDS:
                     name = f"fwd-{pair.key}-{kind}"
                     argv = self._cli("forward", "--listen", "127.0.0.1:0", "--target", backend[kind], "--via", via,
-                                     "--certs", str(certs["cli"]), "--expect-identity", SERVER_ID)  # fmt: skip
+                                     "--certs", str(certs["cli"]), "--expect-identity", SERVER_ID,
+                                     base=pair.base)  # fmt: skip
                     self.entry[pair.key, kind] = fleet.start(name, argv, r"hbone forward: listening ([\d.]+:\d+)")
                     self._roles(pair, kind, name)
                     self.ours.append(name)
@@ -106,9 +113,10 @@ class Hop:
     def _python_peer(self, role: str) -> str:
         return self.fleet.start(role, [PY, str(HERE / "_hbone_peers.py"), "--uvloop", role], r"READY (\d+)")
 
-    @staticmethod
-    def _cli(*args: str) -> list[str]:
-        return [PY, str(HERE / "_hbone_peers.py"), "--uvloop", "cli", *args, *NO_ADMIN]
+    def _cli(self, *args: str, base: bool = False) -> list[str]:
+        # The launcher is this tree's; with `base`, `hbone` itself is imported from the other checkout.
+        tree = ["env", f"PYTHONPATH={self.base_tree}"] if base else []
+        return [*tree, PY, str(HERE / "_hbone_peers.py"), "--uvloop", "cli", *args, *NO_ADMIN]
 
 
 def _children_cpu() -> float:
@@ -206,7 +214,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1 repeat, 1 s cases: a smoke run")
     parser.add_argument("--repeats", type=int, help="repeats per case (default 3; --quick: 1)")
-    parser.add_argument("--pairs", nargs="*", choices=sorted(PAIRS), help="default: all")
+    parser.add_argument("--pairs", nargs="*", choices=sorted(PAIRS), help="default: all (ours-base: with --base-tree)")
+    parser.add_argument("--base-tree", type=Path, help=f"a checkout whose hbone runs as pair {BASE} (same-run A/B)")
     parser.add_argument("--only", nargs="*", choices=KINDS, default=list(KINDS), help="kinds to run (default all)")
     parser.add_argument("--seconds", type=int, help="duration of each bulk and rate case (default 3; --quick: 1)")
     parser.add_argument("--rr-count", type=int, help="round trips per rr case (default 10000; --quick: 500)")
@@ -223,7 +232,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     a.seconds = a.seconds or (1 if a.quick else 3)
     a.rr_count = a.rr_count or (500 if a.quick else 10000)
     a.warm_bytes = 4_000_000 if a.quick else 32_000_000
-    a.pairs = a.pairs or list(PAIRS)
+    a.pairs = a.pairs or [p for p in PAIRS if p != BASE]
+    if a.base_tree is not None:
+        a.base_tree = a.base_tree.resolve()
+        if not (a.base_tree / "hbone" / "cli.py").is_file():
+            parser.error(f"--base-tree {a.base_tree}: no hbone/cli.py there")
+        if BASE not in a.pairs:
+            a.pairs.append(BASE)
+    elif BASE in a.pairs:
+        parser.error(f"pair {BASE} needs --base-tree")
     return a
 
 
@@ -245,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     profilers: list[str] = []
     try:
-        hop = Hop(fleet, [PAIRS[p] for p in a.pairs], certs)
+        hop = Hop(fleet, [PAIRS[p] for p in a.pairs], certs, a.base_tree)
         for pair in a.pairs:
             for kind in a.only:
                 try:
