@@ -53,7 +53,8 @@ declare -A PKG_CMD=(
     [iproute2]=ip
     [iptables]=iptables
     [chromium]=chromium
-    # native load generators and backend of tools/bench/hbone_envoy_bench.py (and its smoke test)
+    # native load generators and backend of tools/bench/hbone_envoy_bench.py (and its smoke test); not pinned to
+    # a Debian revision (the archive keeps only the current point release), the bench prints the versions it ran
     [iperf3]=iperf3
     [wrk]=wrk
     [nginx]=nginx
