@@ -20,6 +20,9 @@ _MIN_FRAME = 16_384
 _MAX_FRAME = 16_777_215
 _MAX_WINDOW = 2**31 - 1
 
+#: The values of `H2Settings.engine`.
+ENGINES = ("h2", "native")
+
 
 @dataclass(frozen=True, slots=True)
 class H2Settings:
@@ -87,8 +90,13 @@ class H2Settings:
     #: Server: seconds a connection may stay without streams before GOAWAY and close. Envoy's default HTTP idle
     #: timeout is 1 h too; ztunnel keeps idle inbound connections until the client drops them.
     idle_timeout: float | None = 3600.0
+    #: The sans-IO HTTP/2 engine under the driver (`hbone.net.h2.new_engine`): "h2" (the h2 library with our
+    #: tuned fast paths) or "native" (our own frame layer for the HBONE/gRPC profile, h2 as its test oracle).
+    engine: str = "h2"
 
     def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ConfigError(f"engine {self.engine!r} is not one of {', '.join(ENGINES)}")
         if not 65_535 <= self.initial_stream_window <= _MAX_WINDOW:
             raise ConfigError(f"initial_stream_window {self.initial_stream_window} out of range [65535, 2^31-1]")
         if not 65_535 <= self.connection_window <= _MAX_WINDOW:

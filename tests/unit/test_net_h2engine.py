@@ -21,7 +21,10 @@ from hbone.net.h2.api import Engine
 from hbone.net.settings import H2Settings, KiB, MiB
 
 EngineMaker = Callable[[bool, H2Settings], Engine]
-ENGINES: dict[str, EngineMaker] = {"h2": lambda client, settings: new_engine(client=client, settings=settings)}
+ENGINES: dict[str, EngineMaker] = {
+    name: lambda client, settings, name=name: new_engine(client=client, settings=settings.replace(engine=name))
+    for name in ("h2", "native")
+}
 REQUEST = [(b":method", b"CONNECT"), (b":authority", b"10.0.0.1:80")]
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
