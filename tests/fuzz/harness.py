@@ -21,6 +21,7 @@ CORPUS_DIR = Path(__file__).resolve().parent / "corpus"
 NAMES = (
     "h2_framebuffer",
     "h2_driver",
+    "h2_native",
     "grpc_framing",
     "grpc_trailers",
     "grpc_capture",
