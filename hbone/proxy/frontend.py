@@ -24,7 +24,7 @@ from hbone.client import Endpoint, HboneClient
 from hbone.errors import ConfigError, UpstreamUnreachable
 from hbone.identity.spiffe import SpiffeId
 from hbone.limits import TUNNELS, pending_dial, trip_unattached
-from hbone.net.relay import IDLE_TIMEOUT, RelayResult, TcpEnd
+from hbone.net.relay import IDLE_TIMEOUT, RelayResult, TcpEnd, start_server
 from hbone.net.relay import relay as relay_ends
 from hbone.proxy.accesslog import AccessRecord
 from hbone.proxy.double_hbone import DoubleTunnel, open_double_hbone
@@ -290,4 +290,5 @@ async def start_listener(
             TUNNELS.release()
 
     timeout = TLS_HANDSHAKE_TIMEOUT if ssl is not None else None
-    return await asyncio.start_server(gated, host, port, ssl=ssl, ssl_handshake_timeout=timeout, reuse_address=True)
+    # The relay's start_server: a plain TCP client connection is handed to the callback path once relayed.
+    return await start_server(gated, host, port, ssl=ssl, ssl_handshake_timeout=timeout, reuse_address=True)

@@ -19,7 +19,8 @@ import struct
 
 from hbone.authz.model import Connection
 from hbone.errors import HboneError, SelfCall
-from hbone.net.relay import IDLE_TIMEOUT, TcpEnd
+from hbone.net.relay import IDLE_TIMEOUT, TcpEnd, start_server
+from hbone.net.relay.handoff import ClientConnected
 from hbone.proxy.accesslog import AccessRecord
 from hbone.proxy.frontend import Opener, Upstream, dial_tcp, fmt_addr, relay
 from hbone.proxy.inbound import Authorizer
@@ -100,10 +101,10 @@ def _destination(writer: asyncio.StreamWriter, mode: CaptureMode) -> tuple[str, 
     return original_dst(sock)
 
 
-async def _start(handler: object, host: str, port: int, mode: CaptureMode) -> asyncio.Server:
+async def _start(handler: ClientConnected, host: str, port: int, mode: CaptureMode) -> asyncio.Server:
     if mode is CaptureMode.TPROXY:
-        return await asyncio.start_server(handler, sock=transparent_socket(host, port))  # type: ignore[arg-type]
-    return await asyncio.start_server(handler, host, port, reuse_address=True)  # type: ignore[arg-type]
+        return await start_server(handler, sock=transparent_socket(host, port))
+    return await start_server(handler, host, port, reuse_address=True)
 
 
 class OutboundCapture:

@@ -7,7 +7,8 @@ chosen here:
 
 - a `TcpPipe` (a TCP connection whose protocol is ours) joined to a tunnel `Stream` takes the callback path
   (`pipe.py`): TCP data goes straight into the stream's send queue and stream DATA straight into the transport,
-  in the callback that received it, with no task per chunk;
+  in the callback that received it, with no task per chunk; a downstream `TcpEnd` accepted by
+  `handoff.start_server` (every front end's listener) is handed over to a `TcpPipe` first (`handoff.py`);
 - any other pair of stream-shaped ends (`Stream`, `TlsStream`, `TcpEnd`, a double-HBONE inner stream) takes the
   task path below: one copy task per direction.
 
@@ -27,6 +28,7 @@ import contextlib
 from typing import Any, Protocol
 
 from hbone.errors import H2ErrorCode, HboneError, StreamReset
+from hbone.net.relay.handoff import handoff
 from hbone.net.relay.pipe import TcpPipe
 from hbone.net.relay.result import DOWNSTREAM, IDLE_TIMEOUT, UPSTREAM, IdleTimeout, RelayResult, Side, watch
 from hbone.net.stream import Stream
@@ -56,11 +58,11 @@ class TcpEnd:
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes = b"") -> None:
         self.reader, self.writer = reader, writer
-        self._first = first
+        self.pending = first  # read before, handed out first
 
     async def read(self, n: int = -1) -> bytes:
-        if self._first:
-            data, self._first = self._first, b""
+        if self.pending:
+            data, self.pending = self.pending, b""
             return data
         return await self.reader.read(n)
 
@@ -100,6 +102,10 @@ async def relay(
     reaches: `RelayResult.sent` counts down -> up. `idle_timeout` (seconds; None or 0: none) ends a relay that
     moved no byte either way for that long with `IdleTimeout`.
     """
+    if isinstance(down, TcpEnd) and isinstance(up, Stream):
+        pipe = await handoff(down.reader, down.writer, down.pending)
+        if pipe is not None:
+            down = pipe
     if isinstance(up, TcpPipe) and isinstance(down, Stream):
         up.start(down, tcp_side=UPSTREAM, idle_timeout=idle_timeout)
         return await up.wait()

@@ -82,8 +82,8 @@ class TcpPipe(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._tcp_eof = True
-        self._ended(self._tcp_side)
-        if self.stream is not None:
+        if self.stream is not None:  # before start(), start() notes it
+            self._ended(self._tcp_side)
             self._end_stream(self.stream)
         return True  # keep our sending side open: TCP half-close
 
@@ -165,10 +165,27 @@ class TcpPipe(asyncio.Protocol):
             if self.done.done():
                 return
         if self._tcp_eof:
+            self._ended(tcp_side)
             self._end_stream(stream)
         stream.attach(self)
         if not self._draining and not self.done.done():
             self._resume_reading()
+
+    @classmethod
+    def adopt(cls, transport: asyncio.Transport, early: bytes, peer_eof: bool) -> TcpPipe:
+        """Take over a TCP connection another protocol was reading (`handoff.py`): `early` is what it read and
+        nobody consumed, `peer_eof` whether the peer's FIN already arrived. Reading stays paused until `start()`."""
+        pipe = cls()
+        transport.set_protocol(pipe)
+        pipe.connection_made(transport)
+        pipe._read_paused = True
+        transport.pause_reading()
+        if early:
+            pipe._early.append(early)
+        pipe._tcp_eof = peer_eof
+        # The transport tells its new protocol when it drains, but not that it is above its high-water mark now.
+        pipe._write_paused = transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]
+        return pipe
 
     def abort(self, code: int = H2ErrorCode.CANCEL) -> None:
         """Reset the stream with `code` and abort TCP (cancellation)."""
@@ -304,6 +321,7 @@ class AcceptedPipe(TcpPipe):
         self._tasks = tasks
         self._on_error = on_error
         self._idle_timeout = idle_timeout
+        self._tcp_side = DOWNSTREAM  # the accepted client
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
