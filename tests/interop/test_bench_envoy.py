@@ -41,6 +41,7 @@ def test_envoy_bench_quick_produces_figures(tmp_path: Path) -> None:
         assert rate[0]["ops"] > 0 and rate[0]["errors"] == 0
         for run in (bulk[0], rr[0], rate[0]):
             assert set(run["cpu"]) == {"client proxy", "server proxy", "backend", "load generator"}
+            assert set(run["sys"]) == {"client proxy", "server proxy", "backend"}
         for run in (bulk[0], rate[0]):  # (200 round trips may take less than one clock tick of a proxy's CPU)
             assert run["cpu"]["client proxy"] > 0 and run["cpu"]["server proxy"] > 0
     assert "ours/envoy" in proc.stdout  # the same-run ratio table was printed

@@ -22,6 +22,11 @@ def _proxies(r: Run) -> float:
     return float(sum(r["cpu"][p] for p in PROXIES))
 
 
+def _proxies_sys(r: Run) -> float:
+    """System (kernel) CPU seconds of both proxies; NaN for figures kept before it was recorded."""
+    return float(sum(r["sys"][p] for p in PROXIES)) if "sys" in r else float("nan")
+
+
 @dataclass(frozen=True)
 class Metric:
     name: str
@@ -39,6 +44,8 @@ METRICS = (
     Metric("new tunnels/s", "rate", "/s", lambda r: r["rate"], True, 1.0),
     Metric("CPU per GB (both proxies)", "bulk", "s", lambda r: _proxies(r) / (r["bytes"] / 1e9), False, 1.2),
     Metric("CPU per tunnel (both proxies)", "rate", "ms", lambda r: _proxies(r) / r["ops"] * 1e3, False, 1.2),
+    Metric("of which in the kernel, per GB", "bulk", "s", lambda r: _proxies_sys(r) / (r["bytes"] / 1e9), False, None),
+    Metric("of which in the kernel, per tunnel", "rate", "ms", lambda r: _proxies_sys(r) / r["ops"] * 1e3, False, None),
 )
 
 # Per kind: what one unit of work is (for CPU per unit), its label, and how long a run lasted (for % of a core).
@@ -94,8 +101,8 @@ def summary(runs: Runs, base: str, targets: bool = True) -> list[str]:
     lines = [f"| metric | ours | {base} | ours/{base} (median [min-max]) | target | |", "|---|---|---|---|---|---|"]
     for m in METRICS:
         xs = paired(runs, "ours", base, m)
-        if not runs["ours"].get(m.kind) or not runs[base].get(m.kind):
-            continue
+        if not runs["ours"].get(m.kind) or not runs[base].get(m.kind) or not xs or xs[0] != xs[0]:
+            continue  # not run, or not recorded (NaN)
         target = f"{goal[m.higher_is_better]} {m.target:.1f}x" if m.target and targets else "(info)"
         met = _met(xs, m) if targets else ""
         lines.append(f"| {m.name} ({m.unit}) | {_median(runs, 'ours', m)} | {_median(runs, base, m)} | {_ratio(xs)} "

@@ -78,11 +78,16 @@ class Fleet:
 
     def cpu(self, name: str) -> float:
         """CPU seconds of a process and its reaped children (socat forks one per connection)."""
+        return sum(self.cpu_split(name))
+
+    def cpu_split(self, name: str) -> tuple[float, float]:
+        """(user, system) CPU seconds of a process and its reaped children, all threads."""
         try:
             fields = Path(f"/proc/{self.peers[name].proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
-            return float("nan")
-        return sum(int(x) for x in fields[11:15]) / self._clk  # utime stime cutime cstime
+            return float("nan"), float("nan")
+        utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+        return (utime + cutime) / self._clk, (stime + cstime) / self._clk
 
     def dead(self) -> list[str]:
         return [n for n, p in self.peers.items() if p.proc.poll() is not None]

@@ -124,13 +124,17 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run_load(hop: Hop, pair: str, kind: str, argv: list[str], timeout: float) -> tuple[str, dict[str, float]]:
-    """Run one load generator to completion; CPU seconds of every process over its run, by role."""
+Cpu = dict[str, float]
+
+
+def run_load(hop: Hop, pair: str, kind: str, argv: list[str], timeout: float) -> tuple[str, dict[str, Cpu]]:
+    """Run one load generator to completion. Returns its output and {"cpu": CPU seconds of every process over its
+    run by role, "sys": of those the system (kernel) seconds of the proxies and backend}."""
     dead = hop.fleet.dead()
     if dead:
         raise RuntimeError(f"peer process(es) exited: {', '.join(dead)}")
     roles = hop.procs[pair, kind]
-    before = {r: hop.fleet.cpu(n) for r, n in roles.items()}
+    before = {r: hop.fleet.cpu_split(n) for r, n in roles.items()}
     load0 = _children_cpu()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
@@ -139,12 +143,14 @@ def run_load(hop: Hop, pair: str, kind: str, argv: list[str], timeout: float) ->
         _signal_group(proc.pid, signal.SIGKILL)
         proc.communicate()
         raise RuntimeError(f"timed out after {timeout:.0f}s") from None
-    cpu = {r: hop.fleet.cpu(n) - before[r] for r, n in roles.items()}
+    after = {r: hop.fleet.cpu_split(n) for r, n in roles.items()}
+    cpu = {r: sum(after[r]) - sum(before[r]) for r in roles}
     cpu["load generator"] = _children_cpu() - load0  # reaped by communicate(): exactly this child
+    sys_ = {r: after[r][1] - before[r][1] for r in roles}
     text = out.decode(errors="replace")
     if proc.returncode != 0:
         raise RuntimeError(f"{argv[0]} exit {proc.returncode}: {(err.decode(errors='replace') + text)[-600:]}")
-    return text, cpu
+    return text, {"cpu": cpu, "sys": sys_}
 
 
 def run_case(hop: Hop, a: argparse.Namespace, pair: str, kind: str, warm: bool = False) -> dict[str, Any]:
@@ -153,14 +159,14 @@ def run_case(hop: Hop, a: argparse.Namespace, pair: str, kind: str, warm: bool =
         argv = native.iperf3_argv(addr, a.seconds, a.warm_bytes if warm else None)
         native.wait_iperf3_idle(hop.fleet)
         text, cpu = run_load(hop, pair, kind, argv, a.case_timeout)
-        return {**native.parse_iperf3(text), "cpu": cpu}
+        return {**native.parse_iperf3(text), **cpu}
     if kind == "rr":
         count = 50 if warm else a.rr_count
         argv = [PY, str(HERE / "_hbone_loads.py"), "latency", addr, "--count", str(count), "--warmup", "20"]
         text, cpu = run_load(hop, pair, kind, argv, a.case_timeout)
         result: dict[str, Any] = json.loads(text.strip().splitlines()[-1])
-        cpu["load generator"] = result.pop("cpu")  # the Python client's measured loop, not its interpreter start
-        return {**result, "cpu": cpu}
+        cpu["cpu"]["load generator"] = result.pop("cpu")  # the Python client's measured loop, not its start-up
+        return {**result, **cpu}
     if warm:  # a few new tunnels: code paths warm and the pooled HTTP/2 connection dialled
         for _ in range(20):
             req = urllib.request.Request(f"http://{addr}/", headers={"Connection": "close"})
@@ -168,7 +174,7 @@ def run_case(hop: Hop, a: argparse.Namespace, pair: str, kind: str, warm: bool =
                 resp.read()
         return {}
     text, cpu = run_load(hop, pair, kind, native.wrk_argv(addr, a.parallel, a.seconds), a.case_timeout)
-    return {**native.parse_wrk(text), "cpu": cpu}
+    return {**native.parse_wrk(text), **cpu}
 
 
 def _start_profilers(fleet: Fleet, names: list[str], out: Path, native_frames: bool) -> list[str]:
