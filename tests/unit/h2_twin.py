@@ -61,6 +61,33 @@ def _events(events: list[api.Event]) -> list[tuple[Any, ...]]:
     return out
 
 
+def _wire(data: bytes, decoder: hpack.Decoder) -> list[tuple[Any, ...]]:
+    """Output as frames, header blocks decoded: the engines' encoders may choose different HPACK
+    representations (ours never indexes), and so split blocks into CONTINUATION frames at different places."""
+    out: list[tuple[Any, ...]] = []
+    pos = 0
+    if data.startswith(PREFACE):
+        out.append(("preface",))
+        pos = len(PREFACE)
+    block: list[bytes] = []
+    first = (0, 0)
+    while pos < len(data):
+        hi, lo, ftype, flags, sid = _HEADER.unpack_from(data, pos)
+        body = data[pos + 9 : pos + 9 + ((hi << 8) | lo)]
+        pos += 9 + len(body)
+        if ftype == 1 or (ftype == 9 and block):
+            if ftype == 1:
+                first = (sid, flags & 0x1)
+            block.append(body)
+            if flags & 0x4:
+                out.append(("HEADERS", *first, decoder.decode(b"".join(block), raw=True)))
+                block = []
+            continue
+        out.append((ftype, flags, sid, body))
+    assert not block, "a header block left unfinished"
+    return out
+
+
 def _slots(cls: type) -> set[str]:
     names: set[str] = set()
     for klass in cls.__mro__:
@@ -91,6 +118,7 @@ class Twin:
         self.failed = False
         self.sids: set[int] = set()
         self.log: list[str] = []  # what was done, for the failure message
+        self._decoders = (hpack.Decoder(), hpack.Decoder())  # what each engine's peer would decode its blocks with
         self.both(lambda e: e.start())
 
     def both(self, op: Callable[[Any], Any]) -> tuple[Any, ...]:
@@ -98,7 +126,8 @@ class Twin:
         theirs = _outcome(lambda: op(self.oracle))
         assert mine == theirs, f"native {mine!r} != h2 {theirs!r} after:\n" + "\n".join(self.log[-12:])
         out_native, out_oracle = bytes(self.native.take_output()), bytes(self.oracle.take_output())
-        assert out_native == out_oracle, (
+        wire_native, wire_oracle = _wire(out_native, self._decoders[0]), _wire(out_oracle, self._decoders[1])
+        assert wire_native == wire_oracle, (
             "\n".join(self.log[-6:]) + f"\noutput differs:\n native {out_native.hex()}\n h2     {out_oracle.hex()}"
         )
         if mine[0] == "ProtocolError" and op.__name__ == "receive":

@@ -18,7 +18,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from hpack import Decoder, Encoder, HPACKError, NeverIndexedHeaderTuple, OversizedHeaderListError
+from hpack import Decoder, HPACKError, NeverIndexedHeaderTuple, OversizedHeaderListError
+from hpack.huffman import HuffmanEncoder
+from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
+from hpack.table import HeaderTable
 
 from hbone.errors import H2ErrorCode, ProtocolError
 from hbone.net.h2.api import HeaderList
@@ -29,8 +32,14 @@ REQUEST = 0
 RESPONSE = 1  # final or informational response
 TRAILERS = 2
 
-_STATUS_200 = [(b":status", b"200")]
-_STATUS_200_BLOCK = b"\x88"  # static table index 8 (RFC 7541 Appendix A)
+# RFC 7541 Appendix A: the static table, by full field and by name (first index wins, as in hpack).
+_STATIC_FIELD: dict[tuple[bytes, bytes], int] = {}
+_STATIC_NAME: dict[bytes, int] = {}
+for _i, _field in enumerate(HeaderTable.STATIC_TABLE, 1):
+    _STATIC_FIELD.setdefault(_field, _i)
+    _STATIC_NAME.setdefault(_field[0], _i)
+_CACHE_LIMIT = 512  # encoded fields remembered per connection (the cache restarts when full)
+_huffman = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH).encode
 
 _BAD_NAME = re.compile(rb"[\x00-\x20A-Z\x7f-\xff]").search
 _WS = (0x20, 0x09)
@@ -40,22 +49,69 @@ _REQUEST_ONLY = frozenset({b":scheme", b":path", b":authority", b":method", b":p
 
 
 class HeaderCodec:
-    """One connection's HPACK state."""
+    """One connection's HPACK state: the `hpack` decoder (the peer's dynamic table) and our own encoder.
 
-    __slots__ = ("_decoder", "_encoder", "_huffman")
+    The encoder never adds to the peer's dynamic table: a field is a static-table index when the table has it
+    whole, else a literal "without indexing" (RFC 7541 §6.2.2; never-indexed for `NeverIndexedHeaderTuple`s),
+    with the name from the static table when it is there. Because it keeps no state, each field's encoding is
+    computed once per connection and reused: a tunnel's blocks cost a dict lookup per field, where hpack's
+    encoder searched its tables, logged and updated the dynamic table for every field (~17% of a tunnel's CPU
+    per side). The cost is bytes on the wire: a repeated field is sent in full each time, not as a one-byte
+    dynamic-table index (a CONNECT request of ~120 bytes instead of ~30 after the first), which the loopback
+    and LAN hops HBONE runs on do not notice.
+    """
+
+    __slots__ = ("_cache", "_decoder", "_huffman", "_table_size")
 
     def __init__(self, max_header_list_size: int, huffman: bool) -> None:
         self._decoder = Decoder(max_header_list_size=max_header_list_size)
-        self._encoder = Encoder()
         self._huffman = huffman
+        self._cache: dict[tuple[bytes, bytes], bytes] = {}
+        self._table_size: int | None = None  # a size update the next block must start with
 
     def encode(self, headers: HeaderList) -> bytes:
-        # A tunnel's `:status 200` is one static-table byte whatever the dynamic table holds; only a pending table
-        # size update (which must lead the next block) needs the encoder.
-        if headers == _STATUS_200 and not self._encoder.header_table.resized:
-            return _STATUS_200_BLOCK
-        block: bytes = self._encoder.encode(headers, huffman=self._huffman)
-        return block
+        cache = self._cache
+        if self._table_size is None:
+            try:
+                return b"".join([cache[field] for field in headers])
+            except KeyError:
+                pass
+        parts = []
+        if self._table_size is not None:
+            parts.append(_integer(self._table_size, 5, 0x20))  # RFC 7541 §6.3
+            self._table_size = None
+        for field in headers:
+            encoded = cache.get(field)
+            if encoded is None:
+                encoded = self._field(field)
+                if field.__class__ is tuple:  # a NeverIndexedHeaderTuple compares equal to a plain tuple
+                    if len(cache) >= _CACHE_LIMIT:
+                        cache.clear()
+                    cache[field] = encoded
+            parts.append(encoded)
+        return b"".join(parts)
+
+    def _field(self, field: tuple[bytes, bytes]) -> bytes:
+        name, value = field
+        if getattr(field, "indexable", True):
+            index = _STATIC_FIELD.get((name, value))
+            if index is not None:
+                return _integer(index, 7, 0x80)  # RFC 7541 §6.1
+            first = 0x00  # literal without indexing (§6.2.2)
+        else:
+            first = 0x10  # never indexed (§6.2.3)
+        index = _STATIC_NAME.get(name)
+        if index is not None:
+            return _integer(index, 4, first) + self._string(value)
+        return bytes([first]) + self._string(name) + self._string(value)
+
+    def _string(self, data: bytes) -> bytes:
+        """RFC 7541 §5.2: Huffman-coded when the connection asks for it and that is shorter."""
+        if self._huffman:
+            coded: bytes = _huffman(data)
+            if len(coded) < len(data):
+                return _integer(len(coded), 7, 0x80) + coded
+        return _integer(len(data), 7, 0x00) + data
 
     def decode(self, block: bytes | memoryview) -> HeaderList:
         try:
@@ -67,8 +123,24 @@ class HeaderCodec:
         return headers
 
     def set_encoder_table_size(self, size: int) -> None:
-        """The peer's SETTINGS_HEADER_TABLE_SIZE: the encoder announces the new size in its next block."""
-        self._encoder.header_table_size = size
+        """The peer's SETTINGS_HEADER_TABLE_SIZE. Our encoder uses no dynamic table, but still announces the
+        size it adopts (the peer's maximum, capped at the 4096 we started from) in the next block, as
+        RFC 7541 §4.2 requires after a change."""
+        self._table_size = min(size, 4096)
+
+
+def _integer(value: int, prefix: int, first: int) -> bytes:
+    """RFC 7541 §5.1: `value` with a `prefix`-bit prefix, the first byte's other bits from `first`."""
+    limit = (1 << prefix) - 1
+    if value < limit:
+        return bytes([first | value])
+    out = bytearray([first | limit])
+    value -= limit
+    while value >= 128:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def _bad(message: str) -> ProtocolError:
