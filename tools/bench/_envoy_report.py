@@ -22,6 +22,11 @@ def _proxies(r: Run) -> float:
     return float(sum(r["cpu"][p] for p in PROXIES))
 
 
+def _proxies_io(r: Run) -> float:
+    """Read/write-type system calls of both proxies; NaN for figures kept before they were recorded."""
+    return float(sum(r["io"][p] for p in PROXIES)) if "io" in r else float("nan")
+
+
 def _proxies_sys(r: Run) -> float:
     """System (kernel) CPU seconds of both proxies; NaN for figures kept before it was recorded."""
     return float(sum(r["sys"][p] for p in PROXIES)) if "sys" in r else float("nan")
@@ -46,6 +51,22 @@ METRICS = (
     Metric("CPU per tunnel (both proxies)", "rate", "ms", lambda r: _proxies(r) / r["ops"] * 1e3, False, 1.2),
     Metric("of which in the kernel, per GB", "bulk", "s", lambda r: _proxies_sys(r) / (r["bytes"] / 1e9), False, None),
     Metric("of which in the kernel, per tunnel", "rate", "ms", lambda r: _proxies_sys(r) / r["ops"] * 1e3, False, None),
+    Metric(
+        "read/write system calls per MB (both proxies)",
+        "bulk",
+        "",
+        lambda r: _proxies_io(r) / (r["bytes"] / 1e6),
+        False,
+        None,
+    ),
+    Metric(
+        "read/write system calls per tunnel (both proxies)",
+        "rate",
+        "",
+        lambda r: _proxies_io(r) / r["ops"],
+        False,
+        None,
+    ),
 )
 
 # Per kind: what one unit of work is (for CPU per unit), its label, and how long a run lasted (for % of a core).
@@ -105,7 +126,8 @@ def summary(runs: Runs, base: str, targets: bool = True) -> list[str]:
             continue  # not run, or not recorded (NaN)
         target = f"{goal[m.higher_is_better]} {m.target:.1f}x" if m.target and targets else "(info)"
         met = _met(xs, m) if targets else ""
-        lines.append(f"| {m.name} ({m.unit}) | {_median(runs, 'ours', m)} | {_median(runs, base, m)} | {_ratio(xs)} "
+        unit = f" ({m.unit})" if m.unit else ""
+        lines.append(f"| {m.name}{unit} | {_median(runs, 'ours', m)} | {_median(runs, base, m)} | {_ratio(xs)} "
                      f"| {target} | {met} |")  # fmt: skip
     return lines
 
@@ -126,7 +148,7 @@ def _cpu_cells(runs: list[Run], kind: str) -> str:
 def details(runs: Runs, labels: dict[str, str]) -> list[str]:
     out: list[str] = []
     for kind in KINDS:
-        ms = [m for m in METRICS if m.kind == kind and m.unit != "s" and m.unit != "ms"]
+        ms = [m for m in METRICS if m.kind == kind and m.unit in ("MB/s", "µs", "/s")]
         if not any(runs[p].get(kind) for p in runs):
             continue
         _, per, _ = _UNIT[kind]

@@ -89,6 +89,16 @@ class Fleet:
         utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
         return (utime + cutime) / self._clk, (stime + cstime) / self._clk
 
+    def syscalls(self, name: str) -> float:
+        """Read- and write-type system calls a process made so far (/proc/PID/io syscr + syscw, all threads)."""
+        try:
+            fields = dict(
+                line.split(": ") for line in Path(f"/proc/{self.peers[name].proc.pid}/io").read_text().splitlines()
+            )
+        except (OSError, ValueError):
+            return float("nan")
+        return float(int(fields["syscr"]) + int(fields["syscw"]))
+
     def dead(self) -> list[str]:
         return [n for n, p in self.peers.items() if p.proc.poll() is not None]
 

@@ -129,12 +129,14 @@ Cpu = dict[str, float]
 
 def run_load(hop: Hop, pair: str, kind: str, argv: list[str], timeout: float) -> tuple[str, dict[str, Cpu]]:
     """Run one load generator to completion. Returns its output and {"cpu": CPU seconds of every process over its
-    run by role, "sys": of those the system (kernel) seconds of the proxies and backend}."""
+    run by role, "sys": of those the system (kernel) seconds of the proxies and backend, "io": read/write-type
+    system calls of the proxies and backend}."""
     dead = hop.fleet.dead()
     if dead:
         raise RuntimeError(f"peer process(es) exited: {', '.join(dead)}")
     roles = hop.procs[pair, kind]
     before = {r: hop.fleet.cpu_split(n) for r, n in roles.items()}
+    io0 = {r: hop.fleet.syscalls(n) for r, n in roles.items()}
     load0 = _children_cpu()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
@@ -144,13 +146,14 @@ def run_load(hop: Hop, pair: str, kind: str, argv: list[str], timeout: float) ->
         proc.communicate()
         raise RuntimeError(f"timed out after {timeout:.0f}s") from None
     after = {r: hop.fleet.cpu_split(n) for r, n in roles.items()}
+    io = {r: hop.fleet.syscalls(n) - io0[r] for r, n in roles.items()}
     cpu = {r: sum(after[r]) - sum(before[r]) for r in roles}
     cpu["load generator"] = _children_cpu() - load0  # reaped by communicate(): exactly this child
     sys_ = {r: after[r][1] - before[r][1] for r in roles}
     text = out.decode(errors="replace")
     if proc.returncode != 0:
         raise RuntimeError(f"{argv[0]} exit {proc.returncode}: {(err.decode(errors='replace') + text)[-600:]}")
-    return text, {"cpu": cpu, "sys": sys_}
+    return text, {"cpu": cpu, "sys": sys_, "io": io}
 
 
 def run_case(hop: Hop, a: argparse.Namespace, pair: str, kind: str, warm: bool = False) -> dict[str, Any]:
