@@ -1,6 +1,7 @@
 """HTTP/2 driver microbenchmark: the DATA fast paths (h2tuning item 10) against h2's own per-frame code, in-process.
 
     .venv/bin/python tools/bench/h2_micro.py [--mib N] [--repeats N]
+    .venv/bin/python tools/bench/h2_micro.py --engines [--mib N] [--tunnels N] [--repeats N]
 
 No sockets and no TLS: one `H2Connection` (our driver) is fed or drained directly, so the figures are the
 driver's own CPU per GB and are far steadier on a shared machine than the multi-process `hbone_bench.py`.
@@ -12,6 +13,12 @@ driver's own CPU per GB and are far steadier on a shared machine than the multi-
 Each is run with the fast paths (as shipped) and with them switched off on that connection (h2's per-frame
 receive path and credit bookkeeping; h2's `send_data`), alternately, `--repeats` times; the ratio is baseline
 CPU ÷ fast-path CPU. The other h2 shims (quiet reprs, zero-copy frame buffer, eager credit) stay on in both.
+
+`--engines` compares the two sans-IO engines under the same driver instead (`H2Settings.engine` "h2" against
+"native", fast paths on in both), alternately, on receive, send and a third case:
+- churn: a server connection is fed ztunnel-like CONNECT requests, 50 at a time, each followed by the client's
+  END_STREAM; the handler answers 200 and ends its side. CPU µs per tunnel of the server (driver, engine,
+  handler task), the per-tunnel work of `hbone serve` without TLS, sockets or the upstream dial.
 """
 
 from __future__ import annotations
@@ -27,12 +34,22 @@ import h2.connection
 import h2.settings
 
 from hbone.net.connection import H2Connection
+from hbone.net.h2.native_conn import NativeEngine
+from hbone.net.settings import H2Settings
 from hbone.net.stream import Stream
 
 FRAME = 65_527
 CHUNK = 64 * 1024
 READ = 256 * 1024
 CONNECT = [(":method", "CONNECT"), (":authority", "10.0.0.1:80")]
+# What ztunnel sends on every tunnel (docs/hbone-spec.md): the authority, a W3C traceparent and a baggage header.
+TUNNEL = [
+    (b":method", b"CONNECT"),
+    (b":authority", b"10.0.0.1:8080"),
+    (b"traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+    (b"baggage", b"k8s.namespace.name=default,k8s.pod.name=client-7d4b9c-abcde,service.name=client"),
+]
+IN_FLIGHT = 50
 
 
 class _Transport:
@@ -97,7 +114,7 @@ def _peer_client() -> h2.connection.H2Connection:
     return peer
 
 
-async def receive(total: int, fast: bool) -> float:
+async def receive(total: int, fast: bool, engine: str = "h2") -> float:
     """CPU seconds per GB for the server side of one stream receiving `total` bytes."""
     sinks: list[_Sink] = []
 
@@ -108,7 +125,7 @@ async def receive(total: int, fast: bool) -> float:
         stream.attach(sink)
         await asyncio.Event().wait()
 
-    conn = H2Connection(client=False, handler=handler)
+    conn = H2Connection(client=False, handler=handler, settings=H2Settings.server(engine=engine))
     conn.connection_made(_Transport())  # type: ignore[arg-type]
     if not fast:  # h2's per-frame receive path and h2's credit bookkeeping
         h2c = conn._engine._h2  # type: ignore[attr-defined]  # the h2 engine's tuned connection
@@ -137,9 +154,9 @@ async def receive(total: int, fast: bool) -> float:
     return cpu / (reps * 16 * FRAME / 1e9)
 
 
-async def send(total: int, fast: bool) -> float:
+async def send(total: int, fast: bool, engine: str = "h2") -> float:
     """CPU seconds per GB for one client stream writing `total` bytes in 64 KiB chunks."""
-    conn = H2Connection(client=True)
+    conn = H2Connection(client=True, settings=H2Settings.client(engine=engine))
     transport = _Transport()
     conn.connection_made(transport)  # type: ignore[arg-type]
     peer = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
@@ -168,20 +185,84 @@ async def send(total: int, fast: bool) -> float:
     return cpu / (reps * CHUNK / 1e9)
 
 
+async def churn(tunnels: int, engine: str) -> float:
+    """CPU µs per tunnel of a server connection handling `tunnels` CONNECT streams, IN_FLIGHT at a time."""
+    done = target = 0
+    batch_done = asyncio.Event()
+
+    async def handler(stream: Stream) -> None:
+        nonlocal done
+        stream.send_headers([(b":status", b"200")])
+        while await stream.read(65_536):
+            pass
+        stream.write_eof()
+        done += 1
+        if done >= target:
+            batch_done.set()
+
+    conn = H2Connection(client=False, handler=handler, settings=H2Settings.server(engine=engine))
+    conn.connection_made(_Transport())  # type: ignore[arg-type]
+    # The requests are built beforehand (not timed) by a client engine; the server's answers are discarded.
+    client = NativeEngine(client=True, settings=H2Settings.client())
+    client.start()
+    batches = [bytes(client.take_output())]
+    for _ in range(max(1, tunnels // IN_FLIGHT)):
+        for sid in [client.open_stream(TUNNEL, False) for _ in range(IN_FLIGHT)]:
+            client.end_stream(sid)
+        batches.append(bytes(client.take_output()))
+    _feed(conn, memoryview(batches[0]))
+    cpu = time.process_time()
+    for i, batch in enumerate(batches[1:], 1):
+        target = i * IN_FLIGHT
+        batch_done.clear()
+        _feed(conn, memoryview(batch))
+        await batch_done.wait()
+    cpu = time.process_time() - cpu
+    conn._transport = None
+    return cpu / done * 1e6
+
+
+def _median_pair(runs: int, a: Any, b: Any) -> tuple[float, float]:
+    """Medians of `runs` alternate runs of the coroutine factories `a` and `b` (drift hits both alike)."""
+    a_runs: list[float] = []
+    b_runs: list[float] = []
+    for _ in range(runs):
+        a_runs.append(asyncio.run(a()))
+        b_runs.append(asyncio.run(b()))
+    return statistics.median(a_runs), statistics.median(b_runs)
+
+
+def engines(total: int, tunnels: int, repeats: int) -> None:
+    rows = []
+    for name, unit, case in (
+        ("receive", "CPU-s/GB", lambda engine: receive(total, True, engine)),
+        ("send", "CPU-s/GB", lambda engine: send(total, True, engine)),
+        ("churn", "CPU µs/tunnel", lambda engine: churn(tunnels, engine)),
+    ):
+        h2, native = _median_pair(repeats, lambda case=case: case("h2"), lambda case=case: case("native"))
+        rows.append(f"| {name} ({unit}) | {h2:.3f} | {native:.3f} | {h2 / native:.2f}x |")
+    print(f"HTTP/2 driver on each engine, median of {repeats} alternate runs (lower is better)\n")
+    print("| case | h2 engine | native engine | h2 ÷ native (speed) |")
+    print("|---|---:|---:|---:|")
+    print("\n".join(rows))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mib", type=int, default=400, help="MiB per run (default 400)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--engines", action="store_true", help="the h2 engine against the native engine")
+    parser.add_argument("--tunnels", type=int, default=5000, help="tunnels per churn run (--engines; default 5000)")
     args = parser.parse_args()
     total = args.mib * 1024 * 1024
+    if args.engines:
+        engines(total, args.tunnels, args.repeats)
+        return
     rows = []
     for name, case in (("receive", receive), ("send", send)):
-        fast_runs: list[float] = []
-        slow_runs: list[float] = []
-        for _ in range(args.repeats):  # alternate, so drift hits both alike
-            fast_runs.append(asyncio.run(case(total, True)))
-            slow_runs.append(asyncio.run(case(total, False)))
-        fast, slow = statistics.median(fast_runs), statistics.median(slow_runs)
+        fast, slow = _median_pair(
+            args.repeats, lambda case=case: case(total, True), lambda case=case: case(total, False)
+        )
         rows.append(f"| {name} | {fast:.3f} | {slow:.3f} | {slow / fast:.2f}x |")
     print(f"HTTP/2 driver, one stream, {args.mib} MiB per run, median of {args.repeats} (CPU-s per GB)\n")
     print("| path | fast paths | h2's per-frame code | fast paths ÷ h2 (speed) |")
