@@ -27,7 +27,7 @@ from hbone.limits import TUNNELS, pending_dial, trip_unattached
 from hbone.net.relay import IDLE_TIMEOUT, RelayResult, TcpEnd, start_server
 from hbone.net.relay import relay as relay_ends
 from hbone.proxy.accesslog import AccessRecord
-from hbone.proxy.double_hbone import DoubleTunnel, open_double_hbone
+from hbone.proxy.double_hbone import open_double_hbone
 from hbone.proxy.routing import Action, Decision, DoubleHbone, Route, RouteTable, Via
 from hbone.wire.authority import Authority
 from hbone.wire.tunnel_request import TunnelMode
@@ -51,14 +51,16 @@ class DialTimeout(UpstreamUnreachable, TimeoutError):
 class Upstream:
     """The far side for one client connection."""
 
-    pipe: Any  # Stream | DoublePipe | TcpEnd: all stream-shaped for the relay
+    pipe: Any  # Stream | TcpEnd: stream-shaped for the relay
     decision: Decision | None
     peer_identity: SpiffeId | None = None
     #: Seconds the relay may move no byte either way before it closes both sides (None: never).
     idle_timeout: float | None = IDLE_TIMEOUT
 
     def close(self) -> None:
-        close = getattr(self.pipe, "close", None)
+        """Give the upstream up: a TCP connection is closed, a tunnel stream still open is reset (CANCEL); a
+        double-HBONE tunnel then closes its inner connection and outer stream itself."""
+        close = getattr(self.pipe, "close", None) or getattr(self.pipe, "reset", None)
         if close is not None:
             close()
 
@@ -194,22 +196,7 @@ class Dialer:
         if record is not None:
             record.mode = "DOUBLE-HBONE"
             record.dst_identity = str(tunnel.inner_identity)
-        return Upstream(DoublePipe(tunnel), decision, tunnel.inner_identity, self.idle_timeout)
-
-
-class DoublePipe:
-    """The inner stream of a double-HBONE tunnel as an upstream; `close()` also closes the inner connection and
-    the outer tunnel."""
-
-    def __init__(self, tunnel: DoubleTunnel) -> None:
-        self.tunnel = tunnel
-        self.stream = tunnel.stream
-
-    def __getattr__(self, name: str) -> Any:  # read/write/drain/send/write_eof/reset/wait_closed of the stream
-        return getattr(self.stream, name)
-
-    def close(self) -> None:
-        self.tunnel.stream.reset()  # no-op once it finished; the tunnel closes the rest when the stream is done
+        return Upstream(tunnel.stream, decision, tunnel.inner_identity, self.idle_timeout)
 
 
 async def relay(
