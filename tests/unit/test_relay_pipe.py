@@ -348,3 +348,24 @@ async def test_relay_maps_counts_by_side_and_names_the_side_that_ended_first() -
     h.send(b"answer", end=True)
     result = await task
     assert (result.sent, result.received, result.ended_first) == (7, 6, DOWNSTREAM) and result.error is None
+
+
+async def test_clean_closes_return_every_byte_to_the_connection_window() -> None:
+    """Credit goes back in steps; what the last step still owed must be returned when the stream ends, or each
+    tunnel leaks it from the connection window and a pooled connection stalls after enough tunnels. 200 tunnels
+    of 1000 bytes through a 64 KiB connection window: without the final credit the peer runs out of window."""
+    settings = H2Settings.server(ping_interval=None, initial_stream_window=65_535, connection_window=65_535)
+    h = Harness(settings)
+    for i in range(200):
+        h.sid = 1 + 2 * i
+        stream = await h.open(start=False)
+        stream.send_headers([(":status", "200")])
+        tcp = FakeTransport()
+        pipe = TcpPipe()
+        pipe.connection_made(tcp)
+        pipe.start(stream)
+        h.send(b"x" * 1000, end=True)  # h2 raises FlowControlError here once the window is gone
+        assert pipe.eof_received() is True
+        result = await pipe.wait()
+        await h.to_peer()
+        assert result.error is None and bytes(tcp.out) == b"x" * 1000

@@ -135,6 +135,11 @@ class TcpPipe(asyncio.Protocol):
     def stream_eof(self) -> None:
         self._stream_eof = True
         self._ended(self._stream_side)
+        # Every byte the peer will send is here: return what the steps still owe. A finished stream's uncredited
+        # bytes would be lost from the connection window for good (a pooled connection stalls after enough).
+        owed, self._owed, self._withheld = self._owed + self._withheld, 0, 0
+        if owed and self.stream is not None:
+            self.stream.credit(owed)
         t = self.transport
         if t is not None and not self._lost and t.can_write_eof():
             t.write_eof()  # after the buffered bytes; TLS transports cannot half-close
