@@ -11,6 +11,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import sys
 import time
 import urllib.request
@@ -27,6 +28,16 @@ from tests.peers.envoy import check_loopback, envoy_binary  # noqa: E402
 from tests.peers.envoy_config import envoy_hbone_client_config, envoy_hbone_server_config  # noqa: E402
 
 _H2_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_SBIN = os.pathsep.join(("/usr/local/sbin", "/usr/sbin", "/sbin"))  # nginx lives here; a user's PATH may lack it
+
+
+def binary(name: str) -> str:
+    found = shutil.which(name, path=os.environ.get("PATH", os.defpath) + os.pathsep + _SBIN)
+    if found is None:
+        raise RuntimeError(f"{name} not found: run tools/install-peers.sh")
+    return found
+
+
 _base_ids = itertools.count(1)
 
 
@@ -140,14 +151,14 @@ def start_nginx(fleet: Fleet) -> str:
         f"http {{ access_log off; {temp}\n"
         f'  server {{ listen 127.0.0.1:{port}; location / {{ return 200 "ok\\n"; }} }} }}\n'
     )
-    fleet.start("nginx", ["nginx", "-p", str(work), "-c", str(conf), "-e", str(work / "error.log")], None)
+    fleet.start("nginx", [binary("nginx"), "-p", str(work), "-c", str(conf), "-e", str(work / "error.log")], None)
     return _wait_listening(port)
 
 
 def start_iperf3(fleet: Fleet) -> str:
     """iperf3 server (serves one test at a time: the cases run one after another)."""
     port = _free_port()
-    argv = ["iperf3", "-s", "-B", "127.0.0.1", "-p", str(port), "--forceflush"]
+    argv = [binary("iperf3"), "-s", "-B", "127.0.0.1", "-p", str(port), "--forceflush"]
     return fleet.start("iperf3-s", argv, r"Server listening on (\d+)")
 
 
@@ -167,7 +178,7 @@ def wait_iperf3_idle(fleet: Fleet, timeout: float = 15.0) -> None:
 def iperf3_argv(address: str, seconds: int | None, nbytes: int | None) -> list[str]:
     host, _, port = address.rpartition(":")
     amount = ["-n", str(nbytes)] if nbytes else ["-t", str(seconds)]
-    return ["iperf3", "-c", host, "-p", port, *amount, "-J", "--connect-timeout", "5000"]
+    return [binary("iperf3"), "-c", host, "-p", port, *amount, "-J", "--connect-timeout", "5000"]
 
 
 def parse_iperf3(text: str) -> dict[str, float]:
@@ -182,7 +193,7 @@ def parse_iperf3(text: str) -> dict[str, float]:
 def wrk_argv(address: str, connections: int, seconds: int) -> list[str]:
     # One thread (as one worker is measured), `Connection: close`: every request is a new TCP connection, so a new
     # tunnel through the hop; nginx closes after its answer.
-    return ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-H", "Connection: close", f"http://{address}/"]
+    return [binary("wrk"), "-t1", f"-c{connections}", f"-d{seconds}s", "-H", "Connection: close", f"http://{address}/"]
 
 
 _WRK_DONE = re.compile(r"(\d+) requests in ([\d.]+)(m?s|us)")
@@ -214,11 +225,11 @@ def tool_versions() -> str:
         m = re.search(pattern, out.stdout + out.stderr)
         return m.group(1) if m else "?"
 
-    binary = envoy_binary()
+    envoy = envoy_binary()
     found = {
-        "Envoy": first([str(binary), "--version"], r"version: \S+/(\d+\.\d+\.\d+)") if binary else "?",
-        "iperf3": first(["iperf3", "--version"], r"iperf (\S+)"),
-        "wrk": first(["wrk", "-v"], r"wrk (\S+)"),
-        "nginx": first(["nginx", "-v"], r"nginx/(\S+)"),
+        "Envoy": first([str(envoy), "--version"], r"version: \S+/(\d+\.\d+\.\d+)") if envoy else "?",
+        "iperf3": first([binary("iperf3"), "--version"], r"iperf (\S+)"),
+        "wrk": first([binary("wrk"), "-v"], r"wrk (\S+)"),
+        "nginx": first([binary("nginx"), "-v"], r"nginx/(\S+)"),
     }
     return ", ".join(f"{k} {v}" for k, v in found.items())
