@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import signal
@@ -269,6 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {p: {k: [] for k in a.only} for p in a.pairs}
     errors: list[str] = []
     started = time.monotonic()
+    load0 = os.getloadavg()[0]  # context for the reader: this machine is shared
     profilers: list[str] = []
     try:
         hop = Hop(fleet, [PAIRS[p] for p in a.pairs], certs, a.base_tree)
@@ -305,7 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode = "quick" if a.quick else "full"
     when = time.strftime("%Y-%m-%d %H:%M")
     title = f"HBONE hop vs Envoy ({mode}: {a.repeats} repeats, {a.seconds} s cases, {a.parallel} in flight, {when})"
-    tail = f"_{_versions()}; {native.tool_versions()}; {time.monotonic() - started:.0f} s._"
+    load = "load average at start / end: " + " / ".join(f"{x:.1f}" for x in (load0, os.getloadavg()[0]))
+    tail = f"_{_versions()}; {native.tool_versions()}; {time.monotonic() - started:.0f} s; {load}._"
     text = f"{report(runs, {p: PAIRS[p].label for p in a.pairs}, title)}\n{tail}\n"
     if errors:
         text += "\nFailed cases:\n" + "\n".join(f"- {e[:300]}" for e in errors) + "\n"
