@@ -166,6 +166,23 @@ def details(runs: Runs, labels: dict[str, str]) -> list[str]:
     return out
 
 
+def readme_table(runs: Runs) -> str:
+    """The README's comparison: one row per target metric, ours and Envoy (medians), ratios against Envoy's
+    defaults and the matched variant, the target and whether the median ratio meets it."""
+    goal = {True: "≥", False: "≤"}
+    lines = ["| metric | ours | Envoy | ours/Envoy | ours/Envoy matched | target | |", "|---|---|---|---|---|---|---|"]
+    for m in METRICS:
+        xs = paired(runs, "ours", "envoy", m)
+        if not xs or xs[0] != xs[0]:
+            continue
+        matched = _ratio(paired(runs, "ours", "envoy-matched", m)) if "envoy-matched" in runs else "—"
+        target = f"{goal[m.higher_is_better]} {m.target:.1f}x" if m.target else "—"
+        unit = f" {m.unit}" if m.unit else ""
+        lines.append(f"| {m.name} | {_median(runs, 'ours', m)}{unit} | {_median(runs, 'envoy', m)}{unit} | "
+                     f"{_ratio(xs)} | {matched} | {target} | {_met(xs, m).replace('**', '')} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def report(runs: Runs, labels: dict[str, str], title: str) -> str:
     lines = [f"### {title}", ""]
     for base in ("envoy", "envoy-matched"):

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import _hbone_native as native
-from _envoy_report import KINDS, report, summarise_profiles
+from _envoy_report import KINDS, readme_table, report, summarise_profiles
 from hbone_bench import HERE, NO_ADMIN, PY, Fleet, _signal_group, _versions
 
 SERVER_ID = "spiffe://cluster.local/ns/bench/sa/server"
@@ -235,7 +235,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
     parser.add_argument("--profile", type=Path, help="py-spy our CLIs during the run, summaries into this dir")
     parser.add_argument("--native-frames", action="store_true", help="--profile: with C frames (py-spy --native)")
-    parser.add_argument("--from-json", type=Path, help="run nothing: print the tables of a --json file again")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        help="run nothing: print the tables of a --json file again, and the README's comparison table",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs)")
     a = parser.parse_args(argv)
     a.repeats = a.repeats or (1 if a.quick else 3)
@@ -259,6 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.from_json is not None:
         kept = json.loads(a.from_json.read_text())["runs"]
         print(report(kept, {p: PAIRS[p].label for p in kept}, f"HBONE hop vs Envoy ({a.from_json.name})"))
+        print(readme_table(kept))
         return 0
     from hbone.testing import TestCA
 
