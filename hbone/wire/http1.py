@@ -14,17 +14,26 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from hbone.errors import BadRequest
 from hbone.wire.authority import Authority, parse_authority
-from hbone.wire.httpconnect import HeadersTooLarge
+from hbone.wire.h1head import (
+    DEFAULT_MAX_LINE,
+    Headers,
+    HeadLimits,
+    HeadScanner,
+    HeadTooLarge,
+    Http1Error,
+    Request,
+    Response,
+    VersionNotSupported,
+    header,
+    parse_request_head,
+    parse_response_head,
+    parse_trailers,
+)
 
 DEFAULT_MAX_HEAD = 64 * 1024
 DEFAULT_MAX_HEADERS = 100
 MAX_CHUNK_LINE = 4096
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-_VERSION = re.compile(rb"HTTP/1\.([01])\Z")
-_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # CTLs except HTAB (RFC 9110 §5.5)
-_BAD_TARGET = re.compile(rb"[\x00-\x20\x7f]")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}\Z")
 #: RFC 9110 §7.6.1 connection-specific fields; never forwarded (plus whatever `Connection` names).
 HOP_BY_HOP = frozenset(
@@ -32,48 +41,11 @@ HOP_BY_HOP = frozenset(
      "proxy-authenticate", "proxy-authorization"}
 )  # fmt: skip
 
-Headers = tuple[tuple[str, str], ...]
-
-
-class Http1Error(BadRequest):
-    """A malformed HTTP/1.1 message (400 for requests; a proxy answers 502 when a response is malformed)."""
-
-
-# The head, a chunk line or the trailers over the limit (431): the same error the CONNECT parser raises, so
-# callers map both parsers' limit failures the same way.
-HeadTooLarge = HeadersTooLarge
-
 
 class NotImplementedFraming(Http1Error):
     """A Transfer-Encoding other than chunked on a request (RFC 9112 §6.1: 501)."""
 
     http_status = 501
-
-
-class VersionNotSupported(Http1Error):
-    http_status = 505
-
-
-@dataclass(frozen=True, slots=True)
-class Request:
-    method: str
-    target: str
-    version: str  # "HTTP/1.1" | "HTTP/1.0"
-    headers: Headers
-
-    def get(self, name: str) -> str | None:
-        return header(self.headers, name)
-
-
-@dataclass(frozen=True, slots=True)
-class Response:
-    status: int
-    reason: str
-    version: str
-    headers: Headers
-
-    def get(self, name: str) -> str | None:
-        return header(self.headers, name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,11 +66,6 @@ class Framing(enum.Enum):
     LENGTH = "length"
     CHUNKED = "chunked"
     UNTIL_CLOSE = "until-close"  # responses only (RFC 9112 §6.3 rule 8)
-
-
-def header(headers: Iterable[tuple[str, str]], name: str) -> str | None:
-    """The first value of `name` (case-less), or None."""
-    return next((v for k, v in headers if k.lower() == name), None)
 
 
 def _tokens(headers: Iterable[tuple[str, str]], name: str) -> list[str]:
@@ -164,10 +131,20 @@ class MessageReader:
     max_head: int = DEFAULT_MAX_HEAD
     max_headers: int = DEFAULT_MAX_HEADERS
     request_method: str = "GET"
+    max_line: int = DEFAULT_MAX_LINE
     _buf: bytearray = field(default_factory=bytearray)
     _state: _State = _State.HEAD
     _framing: Framing = Framing.NONE
     _left: int = 0
+    _limits: HeadLimits = field(init=False)
+    _heads: HeadScanner = field(init=False)
+    _trailer_scan: HeadScanner = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._limits = HeadLimits(self.max_head, self.max_headers, min(self.max_line, self.max_head))
+        what = "response head" if self.response else "request head"
+        self._heads = HeadScanner(self._limits, what, skip_empty=not self.response)
+        self._trailer_scan = HeadScanner(self._limits, "trailer section", skip_empty=False)
 
     @property
     def buffered(self) -> bytes:
@@ -192,6 +169,8 @@ class MessageReader:
         """Hand the unconsumed bytes to the caller (a connection switching protocols after 101)."""
         data = bytes(self._buf)
         self._buf.clear()
+        self._heads.reset()
+        self._trailer_scan.reset()
         return data
 
     def feed(self, data: bytes) -> list[Event]:
@@ -246,29 +225,26 @@ class MessageReader:
         self._left -= n
         return Data(chunk)
 
-    def _line_block(self, limit: int, what: str) -> bytes | None:
-        end = self._buf.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self._buf) > limit:
-                raise HeadTooLarge(f"{what} larger than {limit} bytes")
+    def _block(self, scanner: HeadScanner) -> bytes | None:
+        """The next head or trailer section without its blank line, once it is all here (each byte scanned once)."""
+        end = scanner.find_end(self._buf)
+        if end is None:
             return None
-        if end + 4 > limit:
-            raise HeadTooLarge(f"{what} larger than {limit} bytes")
-        block = bytes(self._buf[:end])
-        del self._buf[: end + 4]
+        block = bytes(self._buf[: end - 4])
+        del self._buf[:end]
         return block
 
     def _head(self) -> Event | None:
-        while self._buf.startswith(b"\r\n"):  # RFC 9112 §2.2: ignore empty lines before a request line
-            del self._buf[:2]
-        block = self._line_block(self.max_head, "message head")
+        block = self._block(self._heads)
         if block is None:
             return None
-        first, _, rest = block.partition(b"\r\n")
-        headers = parse_fields(rest.split(b"\r\n") if rest else [], self.max_headers)
-        head: Request | Response = _status_line(first, headers) if self.response else _request_line(first, headers)
-        if isinstance(head, Request) and head.version == "HTTP/1.1" and header(headers, "host") is None:
-            raise Http1Error("HTTP/1.1 request without Host (RFC 9112 §3.2)")
+        head: Request | Response
+        if self.response:
+            head = parse_response_head(block, self._limits)
+        else:
+            head = parse_request_head(block, self._limits)
+            if head.version == "HTTP/1.1" and header(head.headers, "host") is None:
+                raise Http1Error("HTTP/1.1 request without Host (RFC 9112 §3.2)")
         self._framing, self._left = body_framing(head, self.request_method)
         interim = isinstance(head, Response) and 100 <= head.status < 200 and head.status != 101
         if interim:
@@ -305,53 +281,11 @@ class MessageReader:
             del self._buf[:2]
             self._state = _State.DONE
             return EndOfMessage()
-        block = self._line_block(self.max_head, "trailer section")
+        block = self._block(self._trailer_scan)
         if block is None:
             return None
         self._state = _State.DONE
-        return EndOfMessage(parse_fields(block.split(b"\r\n"), self.max_headers))
-
-
-def _request_line(line: bytes, headers: Headers) -> Request:
-    parts = line.split(b" ")
-    if len(parts) != 3:
-        raise Http1Error(f"malformed request line {line[:80]!r}")
-    method, target, version = parts
-    if not _TOKEN.match(method):
-        raise Http1Error(f"invalid method {method[:20]!r}")
-    if not target or _BAD_TARGET.search(target):
-        raise Http1Error("invalid request target")
-    if not _VERSION.match(version):
-        if version.startswith(b"HTTP/"):
-            raise VersionNotSupported(f"{version.decode('latin-1')} is not supported")
-        raise Http1Error(f"malformed request line {line[:80]!r}")
-    return Request(method.decode("ascii"), target.decode("latin-1"), version.decode("ascii"), headers)
-
-
-def _status_line(line: bytes, headers: Headers) -> Response:
-    version, _, rest = line.partition(b" ")
-    code, _, reason = rest.partition(b" ")
-    if not _VERSION.match(version) or len(code) != 3 or not code.isdigit() or _BAD_VALUE.search(reason):
-        raise Http1Error(f"malformed status line {line[:80]!r}")
-    return Response(int(code), reason.decode("latin-1"), version.decode("ascii"), headers)
-
-
-def parse_fields(lines: list[bytes], max_fields: int = DEFAULT_MAX_HEADERS) -> Headers:
-    """Field lines (RFC 9112 §5): `name: value`, no obs-fold, no space before the colon, no CTLs."""
-    if len(lines) > max_fields:
-        raise HeadTooLarge(f"more than {max_fields} header fields")
-    out = []
-    for line in lines:
-        name, colon, value = line.partition(b":")
-        if not colon or not _TOKEN.match(name):
-            if line[:1] in (b" ", b"\t"):
-                raise Http1Error("obsolete line folding is not accepted (RFC 9112 §5.2)")
-            raise Http1Error(f"malformed header field {line[:60]!r}")
-        value = value.strip(b" \t")
-        if _BAD_VALUE.search(value) or b"\r" in value:
-            raise Http1Error(f"invalid characters in header {name.decode('ascii')!r}")
-        out.append((name.decode("ascii"), value.decode("latin-1")))
-    return tuple(out)
+        return EndOfMessage(parse_trailers(block, self._limits))
 
 
 # --- writing ------------------------------------------------------------------------------------------------------
@@ -379,20 +313,27 @@ def encode_last_chunk(trailers: Iterable[tuple[str, str]] = ()) -> bytes:
 
 
 __all__ = [
+    "HOP_BY_HOP",
     "Data",
     "EndOfMessage",
+    "Event",
     "Framing",
     "HeadTooLarge",
+    "Headers",
     "Http1Error",
     "MessageReader",
+    "NotImplementedFraming",
     "Request",
     "Response",
+    "VersionNotSupported",
+    "absolute_form",
     "body_framing",
     "encode_chunk",
     "encode_last_chunk",
     "encode_request",
     "encode_response",
     "end_to_end",
+    "header",
     "keep_alive",
 ]
 

@@ -10,37 +10,24 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from hbone.errors import BadRequest, LimitExceeded
+from hbone.errors import BadRequest
 from hbone.wire.answers import proxy_status_for, reason_of
 from hbone.wire.authority import Authority, parse_authority
+from hbone.wire.h1head import HeadLimits, HeadScanner, HeadTooLarge, VersionNotSupported, is_field, parse_request_head
 
 DEFAULT_MAX_HEADER_BYTES = 16 * 1024
 DEFAULT_MAX_HEADERS = 100
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-_VERSION = re.compile(r"HTTP/([0-9])\.([0-9])\Z")
-_FIELD_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # CTLs except HTAB (RFC 9110 §5.5)
+#: The head over a limit (431): the HTTP/1 head parser's own error, under the name this module always gave it.
+HeadersTooLarge = HeadTooLarge
 
 
 class MethodNotAllowed(BadRequest):
     """A method other than CONNECT (answer 405 with `Allow: CONNECT`, RFC 9110 §15.5.6)."""
 
     http_status = 405
-
-
-class VersionNotSupported(BadRequest):
-    """An HTTP version other than 1.0/1.1 (RFC 9110 §15.6.6)."""
-
-    http_status = 505
-
-
-class HeadersTooLarge(LimitExceeded):
-    """The header block is larger than allowed (RFC 6585 §5: 431)."""
-
-    http_status = 431
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,17 +54,18 @@ class HttpConnectRequest:
 
 
 class HttpConnectParser:
-    """Incremental parser for one CONNECT request head (RFC 9112 §2.1: request-line *( field-line CRLF ) CRLF)."""
+    """Incremental parser for one CONNECT request head (RFC 9112 §2.1: request-line *( field-line CRLF ) CRLF),
+    read by the one HTTP/1 head parser (`hbone.wire.h1head`: each byte scanned once, bounded, strict CRLF)."""
 
     def __init__(
         self, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES, max_headers: int = DEFAULT_MAX_HEADERS
     ) -> None:
         self.max_header_bytes = max_header_bytes
         self.max_headers = max_headers
+        self._limits = HeadLimits(max_header_bytes, max_headers, max_header_bytes)
+        self._scanner = HeadScanner(self._limits, "request head")
         self._buffer = bytearray()
-        self._scanned = 0  # bytes already checked for line-ending violations
         self._request: HttpConnectRequest | None = None
-        self._skipped = 0  # empty lines ignored before the request-line, counted against the limit
 
     @property
     def request(self) -> HttpConnectRequest | None:
@@ -88,23 +76,12 @@ class HttpConnectParser:
         self._buffer += data
         if self._request is not None:
             return None
-        # RFC 9112 §2.2: a server SHOULD ignore empty lines received before the request-line.
-        while self._buffer[:2] == b"\r\n":
-            del self._buffer[:2]
-            self._scanned = max(self._scanned - 2, 0)
-            self._skipped += 2
-            if self._skipped > self.max_header_bytes:
-                raise HeadersTooLarge(f"more than {self.max_header_bytes} bytes of empty lines before the request")
-        end = self._scan()
+        end = self._scanner.find_end(self._buffer)
         if end is None:
-            if len(self._buffer) > self.max_header_bytes:
-                raise HeadersTooLarge(f"request header block exceeds {self.max_header_bytes} bytes")
             return None
-        if end > self.max_header_bytes:
-            raise HeadersTooLarge(f"request header block is {end} bytes; the maximum is {self.max_header_bytes}")
         head = bytes(self._buffer[: end - 4])
         del self._buffer[:end]
-        self._request = self._parse(head.decode("latin-1"))
+        self._request = _connect_request(head, self._limits)
         return self._request
 
     @property
@@ -118,72 +95,23 @@ class HttpConnectParser:
             self._buffer.clear()
         return out
 
-    def _scan(self) -> int | None:
-        """Check line endings up to the blank line; return the offset just past CRLFCRLF, or None."""
-        buf = self._buffer
-        limit = min(len(buf), self.max_header_bytes + 4)
-        i = self._scanned
-        while i < limit:
-            byte = buf[i]
-            if byte == 0x0A and (i == 0 or buf[i - 1] != 0x0D):
-                raise BadRequest(f"bare LF at byte {i} of the request head; lines must end with CRLF (RFC 9112 §2.2)")
-            if byte == 0x0D:
-                if i + 1 >= len(buf):
-                    break  # need the next byte to judge this CR
-                if buf[i + 1] != 0x0A:
-                    raise BadRequest(f"bare CR at byte {i} of the request head (RFC 9112 §2.2)")
-            if byte == 0x0A and i >= 3 and buf[i - 3 : i + 1] == b"\r\n\r\n":
-                return i + 1
-            i += 1
-        self._scanned = i
-        return None
 
-    def _parse(self, head: str) -> HttpConnectRequest:
-        lines = head.split("\r\n")
-        request_line = lines[0]
-        parts = request_line.split(" ")
-        if len(parts) != 3 or not all(parts):
-            raise BadRequest(f"request line {request_line[:80]!r} is not 'METHOD SP target SP HTTP/x.y' (RFC 9112 §3)")
-        method, target_text, version = parts
-        if not _TOKEN.match(method):
-            raise BadRequest(f"request method {method[:20]!r} is not a token (RFC 9110 §9.1)")
-        if not _VERSION.match(version):
-            raise BadRequest(f"request line version {version[:20]!r} is not HTTP/x.y (RFC 9112 §2.3)")
-        if version not in ("HTTP/1.1", "HTTP/1.0"):
-            raise VersionNotSupported(f"HTTP version {version} is not supported; expected HTTP/1.1")
-        if method != "CONNECT":
-            hint = " (methods are case-sensitive)" if method.upper() == "CONNECT" else ""
-            raise MethodNotAllowed(f"method {method!r} is not supported by this proxy; only CONNECT{hint}")
-        target = parse_authority(target_text)
-        headers = self._parse_fields(lines[1:])
-        host = _single(headers, "host")
-        proxy_auth = _single(headers, "proxy-authorization")
-        if _single(headers, "transfer-encoding") is not None:
-            raise BadRequest("CONNECT request must not carry Transfer-Encoding (RFC 9110 §9.3.6)")
-        length = _single(headers, "content-length")
-        if length is not None and length != "0":
-            raise BadRequest(f"CONNECT request must not have content; Content-Length is {length!r}")
-        credentials = basic_credentials(proxy_auth) if proxy_auth is not None else None
-        return HttpConnectRequest(target, version, tuple(headers), host, proxy_auth, credentials)
-
-    def _parse_fields(self, lines: list[str]) -> list[tuple[str, str]]:
-        if len(lines) > self.max_headers:
-            raise HeadersTooLarge(f"request has {len(lines)} header fields; the maximum is {self.max_headers}")
-        fields = []
-        for number, line in enumerate(lines, start=2):
-            if line[:1] in (" ", "\t"):
-                raise BadRequest(f"line {number} starts with whitespace: obsolete line folding (RFC 9112 §5.2)")
-            name, colon, value = line.partition(":")
-            if not colon:
-                raise BadRequest(f"header line {number} {line[:40]!r} has no ':'")
-            if not _TOKEN.match(name):
-                raise BadRequest(f"header line {number}: field name {name[:40]!r} is not a token (RFC 9112 §5.1)")
-            value = value.strip(" \t")
-            bad = _FIELD_VALUE_BAD.search(value)
-            if bad:
-                raise BadRequest(f"header {name!r} contains control character {bad.group()!r} (RFC 9110 §5.5)")
-            fields.append((name, value))
-        return fields
+def _connect_request(head: bytes, limits: HeadLimits) -> HttpConnectRequest:
+    request = parse_request_head(head, limits)
+    if request.method != "CONNECT":
+        hint = " (methods are case-sensitive)" if request.method.upper() == "CONNECT" else ""
+        raise MethodNotAllowed(f"method {request.method!r} is not supported by this proxy; only CONNECT{hint}")
+    target = parse_authority(request.target)
+    headers = list(request.headers)
+    host = _single(headers, "host")
+    proxy_auth = _single(headers, "proxy-authorization")
+    if _single(headers, "transfer-encoding") is not None:
+        raise BadRequest("CONNECT request must not carry Transfer-Encoding (RFC 9110 §9.3.6)")
+    length = _single(headers, "content-length")
+    if length is not None and length != "0":
+        raise BadRequest(f"CONNECT request must not have content; Content-Length is {length!r}")
+    credentials = basic_credentials(proxy_auth) if proxy_auth is not None else None
+    return HttpConnectRequest(target, request.version, request.headers, host, proxy_auth, credentials)
 
 
 def _single(headers: list[tuple[str, str]], name: str) -> str | None:
@@ -234,7 +162,7 @@ REASONS = {
 def _head(status: int, headers: Iterable[tuple[str, str]]) -> bytes:
     lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}"]
     for name, value in headers:
-        if not _TOKEN.match(name) or _FIELD_VALUE_BAD.search(value):
+        if not is_field(name, value):
             raise BadRequest(f"response header {name!r} has an invalid name or value")
         lines.append(f"{name}: {value}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
@@ -260,3 +188,18 @@ def error_response(status: int, reason: str, *, realm: str = "hbone") -> bytes:
 
 def error_response_for(exc: BaseException, *, realm: str = "hbone") -> bytes:
     return error_response(proxy_status_for(exc), reason_of(exc), realm=realm)
+
+
+__all__ = [
+    "BasicCredentials",
+    "HeadersTooLarge",
+    "HttpConnectParser",
+    "HttpConnectRequest",
+    "MethodNotAllowed",
+    "VersionNotSupported",
+    "basic_credentials",
+    "connection_established",
+    "encode_basic",
+    "error_response",
+    "error_response_for",
+]

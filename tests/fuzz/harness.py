@@ -29,6 +29,7 @@ NAMES = (
     "socks5",
     "http1",
     "http_connect",
+    "h1head",
     "tunnel_request",
     "clienthello",
     "proxyv2",
