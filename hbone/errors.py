@@ -166,6 +166,25 @@ class PeerIdentityError(TunnelError):
     grpc_status = GrpcStatus.UNAUTHENTICATED
 
 
+# --- the client side of a front end ---------------------------------------------------------------------------
+
+
+class RequestTimeout(HboneError):
+    """The client did not finish its request (handshake, request head) in time: 408, nothing was dialled."""
+
+    http_status = 408
+    h2_code = H2ErrorCode.CANCEL
+    grpc_status = GrpcStatus.DEADLINE_EXCEEDED
+
+
+class ClientClosed(HboneError):
+    """The client went away before it was answered (logged as 499, nginx's "client closed request")."""
+
+    http_status = 499
+    h2_code = H2ErrorCode.CANCEL
+    grpc_status = GrpcStatus.CANCELLED
+
+
 # --- authorization --------------------------------------------------------------------------------------------
 
 

@@ -27,7 +27,9 @@ from hbone.identity.manager import FileSource, IdentityManager
 from hbone.net.relay import AcceptedPipe, RelayResult, TcpEnd, relay
 from hbone.net.stream import Stream
 from hbone.proxy.accesslog import AccessRecord
+from hbone.proxy.guard import TunnelGuard
 from hbone.proxy.inbound import InboundConfig, InboundHandler, policy_authorizer
+from hbone.proxy.responders import TcpResponder
 from hbone.server import HboneServer
 from hbone.tls import MeshTls
 from hbone.wire.authority import parse_authority
@@ -228,34 +230,36 @@ async def _forward(args: argparse.Namespace) -> int:
     listen = parse_listen(args.listen)
     parse_authority(args.target)
 
-    async def open_tunnel(record: AccessRecord) -> Tunnel:
+    async def open_tunnel(guard: TunnelGuard) -> Tunnel:
         """One tunnel per accepted connection, with its access record (metrics and /connections)."""
         try:
             tunnel = await client.open(args.target, ep)
-        except HboneError as e:
-            record.finish(e.http_status, str(e))
+        except BaseException as e:
+            guard.fail(e)  # the record says why; the client connection is dropped (nothing to answer in TCP)
             raise
-        record.dst_identity = str(tunnel.peer_identity) if tunnel.peer_identity else None
-        record.established(tunnel.h2, inbound=False)
+        guard.answered(tunnel.status)
+        guard.record.dst_identity = str(tunnel.peer_identity) if tunnel.peer_identity else None
+        guard.established(tunnel.h2, inbound=False)
         return tunnel
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         record = AccessRecord("forward", mode=ep.mode.value, src_addr=_peer(writer.transport), dst_addr=args.target)
-        try:
-            tunnel = await open_tunnel(record)
-        except HboneError as e:
-            print(f"hbone forward: {e}", file=sys.stderr)
-            writer.close()
-            return
-        _finish(record, await relay(TcpEnd(reader, writer), tunnel.stream))
+        with TunnelGuard(record, TcpResponder(writer)) as guard:
+            try:
+                tunnel = await open_tunnel(guard)
+            except HboneError as e:
+                print(f"hbone forward: {e}", file=sys.stderr)
+                raise
+            result = await relay(TcpEnd(reader, writer), tunnel.stream)
+            guard.relayed(result.sent, result.received, result.error)
 
     def accepted() -> AcceptedPipe:
-        record = AccessRecord("forward", mode=ep.mode.value, dst_addr=args.target)
+        guard = TunnelGuard(AccessRecord("forward", mode=ep.mode.value, dst_addr=args.target))
 
         async def open_stream() -> Stream:
-            record.src_addr = _peer(pipe.transport)
-            stream = (await open_tunnel(record)).h2
-            pipe.done.add_done_callback(lambda done: _finish(record, done.result()))
+            guard.record.src_addr = _peer(pipe.transport)
+            stream = (await open_tunnel(guard)).h2
+            pipe.done.add_done_callback(lambda done: _finish(guard, done))
             return stream
 
         pipe = AcceptedPipe(open_stream, tasks, failed)
@@ -313,7 +317,10 @@ def _peer(transport: Any) -> str | None:
     return f"{peer[0]}:{peer[1]}" if peer else None
 
 
-def _finish(record: AccessRecord, result: RelayResult) -> None:
-    """Close the access record of a relayed connection from its relay result."""
-    record.bytes_sent, record.bytes_received = result.sent, result.received
-    record.finish(200, result.outcome)
+def _finish(guard: TunnelGuard, done: asyncio.Future[RelayResult]) -> None:
+    """Finish the access record of a connection relayed on the callback path from its relay result."""
+    if done.cancelled() or done.exception() is not None:
+        guard.fail(done.exception() or asyncio.CancelledError())
+        return
+    result = done.result()
+    guard.relayed(result.sent, result.received, result.error)

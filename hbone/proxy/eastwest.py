@@ -14,15 +14,15 @@ workload's HBONE port. The client side is `hbone.proxy.double_hbone`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Mapping
 
-from hbone.errors import HboneError, ProtocolError, UpstreamUnreachable
+from hbone.errors import ClientClosed, ProtocolError, UpstreamUnreachable
 from hbone.proxy.accesslog import AccessRecord
 from hbone.proxy.frontend import Opener, fmt_addr, relay, start_listener
+from hbone.proxy.guard import TunnelGuard, client_phase
 from hbone.proxy.inbound import Resolver
-from hbone.proxy.routing import RouteDenied
+from hbone.proxy.responders import TcpResponder
 from hbone.state.snapshot import MeshSnapshot
 from hbone.wire.authority import Authority, parse_authority
 from hbone.wire.clienthello import ClientHello, ClientHelloReader, sni_target
@@ -59,45 +59,41 @@ class SniGateway:
         peer = writer.get_extra_info("peername")
         record = AccessRecord("sni-gateway", mode="SNI", src_addr=fmt_addr(peer))
         hello = ClientHelloReader(self.max_hello)
-        try:
+        with TunnelGuard(record, TcpResponder(writer, alert=lambda status: self._refused(record, status))) as guard:
             parsed: ClientHello | None = None
-            async with asyncio.timeout(self.hello_timeout):
+            async with client_phase("ClientHello", self.hello_timeout):
                 while parsed is None:
                     parsed = hello.feed(await _read_or_eof(reader))
             if parsed.server_name is None:
                 raise ProtocolError("ClientHello has no server_name; the SNI gateway routes by SNI only")
             target = sni_target(parsed.server_name, self.default_port)
-        except ProtocolError as e:
-            return await self._refuse(writer, record, ALERT_DECODE_ERROR, 400, f"bad ClientHello: {e}")
-        except (TimeoutError, ConnectionError, EOFError) as e:
-            return await self._refuse(writer, record, None, 408, f"no complete ClientHello: {e!r}")
-        record.dst_addr = str(target)
-        src = (str(peer[0]), int(peer[1])) if peer else None
-        try:
+            record.dst_addr = str(target)
+            src = (str(peer[0]), int(peer[1])) if peer else None
             upstream = await self.opener.open(target, src=src, record=record)
-        except RouteDenied as e:
-            return await self._refuse(writer, record, ALERT_UNRECOGNIZED_NAME, 403, str(e))
-        except (HboneError, OSError) as e:
-            return await self._refuse(writer, record, ALERT_INTERNAL_ERROR, getattr(e, "http_status", 502), str(e))
-        await relay(reader, writer, upstream, record, hello.data)
+            await relay(reader, writer, upstream, guard, hello.data)
 
-    async def _refuse(
-        self, writer: asyncio.StreamWriter, record: AccessRecord, alert: int | None, status: int, why: str
-    ) -> None:
+    def _refused(self, record: AccessRecord, status: int) -> bytes | None:
+        """The TLS alert for a refusal (none for a client that timed out or left): decode_error for a bad
+        ClientHello, unrecognized_name for a route that refuses the name, internal_error for anything else."""
         self.refused += 1
-        log.info("SNI gateway refused %s: %s", record.src_addr, why)
-        with contextlib.suppress(ConnectionError, OSError):
-            if alert is not None:
-                writer.write(tls_alert(alert))
-                await writer.drain()
-        writer.close()
-        record.finish(status, why)
+        log.info("SNI gateway refused %s with %d", record.src_addr, status)
+        alert = _ALERTS.get(status, ALERT_INTERNAL_ERROR)
+        return tls_alert(alert) if alert is not None else None
+
+
+_ALERTS: dict[int, int | None] = {
+    400: ALERT_DECODE_ERROR,  # a malformed ClientHello
+    431: ALERT_DECODE_ERROR,  # one over the size limit
+    403: ALERT_UNRECOGNIZED_NAME,  # the route table refuses the name
+    408: None,  # the client never finished its ClientHello
+    499: None,  # or went away
+}
 
 
 async def _read_or_eof(reader: asyncio.StreamReader) -> bytes:
     data = await reader.read(4096)
     if not data:
-        raise EOFError("client closed before the ClientHello was complete")
+        raise ClientClosed("client closed before the ClientHello was complete")
     return data
 
 

@@ -28,6 +28,7 @@ from hbone.net.relay import IDLE_TIMEOUT, RelayResult, TcpEnd, start_server
 from hbone.net.relay import relay as relay_ends
 from hbone.proxy.accesslog import AccessRecord
 from hbone.proxy.double_hbone import open_double_hbone
+from hbone.proxy.guard import TunnelGuard
 from hbone.proxy.routing import Action, Decision, DoubleHbone, Route, RouteTable, Via
 from hbone.wire.authority import Authority
 from hbone.wire.tunnel_request import TunnelMode
@@ -203,18 +204,20 @@ async def relay(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     upstream: Upstream,
-    record: AccessRecord,
+    guard: TunnelGuard,
     leftover: bytes = b"",
 ) -> RelayResult:
-    """Relay a front end's client connection <-> upstream, then finish the access record. `leftover`: client bytes
-    the front end read past its handshake; they go upstream first. Never raises but cancellation."""
-    record.established(upstream.pipe, inbound=False)
+    """Relay a front end's client connection <-> upstream (the success answer went out: 200 unless the guard says
+    otherwise), then finish the access record. `leftover`: client bytes the front end read past its handshake;
+    they go upstream first. Never raises but cancellation."""
+    if guard.status is None:
+        guard.answered(200)
+    guard.established(upstream.pipe, inbound=False)
     try:
         result = await relay_ends(TcpEnd(reader, writer, leftover), upstream.pipe, idle_timeout=upstream.idle_timeout)
     finally:
         upstream.close()
-    record.bytes_sent, record.bytes_received = result.sent, result.received
-    record.finish(200, result.outcome)
+    guard.relayed(result.sent, result.received, result.error)
     return result
 
 

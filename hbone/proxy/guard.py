@@ -19,12 +19,15 @@ one that is not a network or protocol error is a bug and is logged with its trac
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Protocol
 
-from hbone.errors import HboneError
+from hbone.errors import ClientClosed, HboneError, RequestTimeout
 from hbone.proxy.accesslog import AccessRecord
 from hbone.wire.answers import Answer, answer_for, reason_of
 
@@ -127,3 +130,16 @@ class TunnelGuard:
             log.error("%s tunnel from %s failed", self.record.direction, self.record.src_addr, exc_info=exc)
         self.fail(exc)
         return isinstance(exc, Exception)  # cancellation (and KeyboardInterrupt, SystemExit) goes on
+
+
+@asynccontextmanager
+async def client_phase(what: str, seconds: float) -> AsyncIterator[None]:
+    """Reading the client's request (`what`: "SOCKS handshake", "request head"…) within `seconds`: a timeout
+    is the client's (408, `RequestTimeout`, not an upstream 504) and a broken connection means it went away (499)."""
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError as e:
+        raise RequestTimeout(f"{what} not complete within {seconds:g}s") from e
+    except (ConnectionError, EOFError) as e:
+        raise ClientClosed(f"client connection failed during the {what}: {reason_of(e)}") from e

@@ -17,11 +17,12 @@ import hmac
 import logging
 from collections.abc import Mapping
 
-from hbone.errors import BadRequest, Denied, HboneError, ProtocolError
+from hbone.errors import BadRequest, ClientClosed, Denied
 from hbone.proxy.accesslog import AccessRecord
 from hbone.proxy.frontend import Opener, fmt_addr, relay, start_listener
+from hbone.proxy.guard import TunnelGuard, client_phase
 from hbone.proxy.ingress_h1 import H1Ingress
-from hbone.wire.answers import proxy_status_for
+from hbone.proxy.responders import Http1Responder
 from hbone.wire.authority import Authority
 from hbone.wire.http1 import Request, absolute_form
 from hbone.wire.httpconnect import (
@@ -30,8 +31,6 @@ from hbone.wire.httpconnect import (
     HttpConnectRequest,
     basic_credentials,
     connection_established,
-    error_response,
-    error_response_for,
 )
 
 log = logging.getLogger("hbone.httpproxy")
@@ -85,10 +84,6 @@ class HttpConnectProxy:
         self._check_basic(req.get("proxy-authorization"))
         return absolute_form(req)
 
-    def _refuse(self, exc: BaseException) -> tuple[int, bytes]:
-        status = proxy_status_for(exc)
-        return status, error_response(status, str(exc) or type(exc).__name__, realm=self.realm)
-
     async def _first_line(self, reader: asyncio.StreamReader) -> bytes:
         """Enough bytes to see the method (bounded like a CONNECT head)."""
         buf = b""
@@ -110,66 +105,39 @@ class HttpConnectProxy:
             return
         if first and not first.lstrip(b"\r\n").startswith(b"CONNECT "):
             forward = H1Ingress(
-                self.dialer, _no_route, resolve=self._resolve, refuse=self._refuse, kind="http-proxy",
+                self.dialer, _no_route, resolve=self._resolve, realm=self.realm, kind="http-proxy",
                 request_timeout=self.request_timeout,
             )  # fmt: skip
             await forward.serve(reader, writer, first)
             return
         record = AccessRecord("http-connect", mode="HTTP-CONNECT", src_addr=fmt_addr(peer))
-        parser = HttpConnectParser()
-        try:
+        responder = Http1Responder(writer, realm=self.realm)
+        with TunnelGuard(record, responder) as guard:  # failures: status line + text (403, 407, 502, 504, 4xx)
+            parser = HttpConnectParser()
             request = parser.feed(first) if first else None
-            if request is None and first:
-                request = await self._read_request(parser, reader)
-        except ProtocolError as e:
-            await _answer_and_close(writer, error_response_for(e, realm=self.realm))
-            record.finish(e.http_status, f"bad request: {e}")
-            return
-        except (TimeoutError, ConnectionError) as e:
-            writer.transport.abort()
-            record.finish(408, f"request head not received: {e!r}")
-            return
-        if request is None:
-            writer.close()
-            record.finish(400, "client closed before a complete request")
-            return
-        src = (str(peer[0]), int(peer[1])) if peer else None
-        try:
+            if request is None:
+                request = await self._read_request(parser, reader, bool(first))
+            target = str(request.target)  # failures name the target in the body; the record has it as dst_addr
+            responder.describe = lambda reason: reason if target in reason else f"{target}: {reason}"
+            src = (str(peer[0]), int(peer[1])) if peer else None
             self._check_auth(request)
             upstream = await self.dialer.open(request.target, src=src, record=record)
-        except (HboneError, OSError) as e:
-            status = proxy_status_for(e)
-            await _answer_and_close(writer, error_response(status, _why(e, request), realm=self.realm))
-            record.finish(status, str(e))
-            return
-        writer.write(connection_established())
-        await relay(reader, writer, upstream, record, parser.take_leftover())
+            writer.write(connection_established())
+            await relay(reader, writer, upstream, guard, parser.take_leftover())
 
-    async def _read_request(self, parser: HttpConnectParser, reader: asyncio.StreamReader) -> HttpConnectRequest | None:
-        async with asyncio.timeout(self.handshake_timeout):
-            while True:
+    async def _read_request(
+        self, parser: HttpConnectParser, reader: asyncio.StreamReader, began: bool
+    ) -> HttpConnectRequest:
+        async with client_phase("request head", self.handshake_timeout):
+            while began:
                 data = await reader.read(8192)
                 if not data:
-                    return None
+                    break
                 request = parser.feed(data)
                 if request is not None:
                     return request
+        raise ClientClosed("client closed before a complete request")
 
 
 def _no_route(host: str | None) -> Authority:
     raise BadRequest("a forward proxy routes by the request URI")  # never called: `resolve` is set
-
-
-def _why(exc: BaseException, request: HttpConnectRequest) -> str:
-    text = str(exc) or type(exc).__name__
-    return text if str(request.target) in text else f"{request.target}: {text}"
-
-
-async def _answer_and_close(writer: asyncio.StreamWriter, data: bytes) -> None:
-    try:
-        writer.write(data)
-        await writer.drain()
-    except ConnectionError:
-        pass
-    finally:
-        writer.close()

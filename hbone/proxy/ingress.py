@@ -19,13 +19,15 @@ import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from hbone.errors import BadRequest, ConfigError, HboneError, ProtocolError
+from hbone.errors import ConfigError, HboneError, ProtocolError
 from hbone.net.relay import TcpEnd
 from hbone.proxy.accesslog import AccessRecord
 from hbone.proxy.frontend import Opener, fmt_addr, relay, start_listener
+from hbone.proxy.guard import TunnelGuard
 from hbone.proxy.ingress_h1 import H1Ingress
 from hbone.proxy.ingress_h2 import H2Backends, H2Ingress
-from hbone.proxy.routing import host_matches
+from hbone.proxy.responders import TcpResponder
+from hbone.proxy.routing import NoRoute, host_matches
 from hbone.wire.authority import Authority, parse_authority
 from hbone.wire.clienthello import ClientHello, ClientHelloReader
 
@@ -38,14 +40,14 @@ MAX_HEAD = 64 * 1024
 def lookup(hosts: Mapping[str, Authority], name: str | None) -> Authority:
     """Exact name first, then the longest matching `*.suffix` pattern, then `*`."""
     if name is None:
-        raise BadRequest("no host name to route by")
+        raise NoRoute("no host name to route by")
     name = name.lower().rstrip(".")
     if name in hosts:
         return hosts[name]
     for pattern in sorted(hosts, key=len, reverse=True):
         if host_matches(pattern, name):
             return hosts[pattern]
-    raise BadRequest(f"no ingress route for host {name!r}")
+    raise NoRoute(f"no ingress route for host {name!r}")
 
 
 def parse_hosts(raw: Mapping[str, str]) -> dict[str, Authority]:
@@ -89,15 +91,11 @@ class Ingress:
     ) -> None:
         peer = writer.get_extra_info("peername")
         record = AccessRecord(f"ingress-{kind}", mode="INGRESS", src_addr=fmt_addr(peer))
-        try:
+        with TunnelGuard(record, TcpResponder(writer)) as guard:  # failures: a close (no protocol to say why in)
             target = route()
             src = (str(peer[0]), int(peer[1])) if peer else None
             upstream = await self.opener.open(target, src=src, record=record)
-        except (HboneError, OSError) as e:
-            writer.close()
-            record.finish(getattr(e, "http_status", 502), str(e))
-            return
-        await relay(reader, writer, upstream, record, first)
+            await relay(reader, writer, upstream, guard, first)
 
     async def handle_tcp(self, target: Authority, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await self._forward(reader, writer, "tcp", lambda: target)

@@ -20,10 +20,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from hbone.errors import BadRequest, HboneError
+from hbone.errors import HboneError, ProtocolError, TunnelError
 from hbone.proxy.accesslog import AccessRecord
 from hbone.proxy.frontend import Opener, Upstream, fmt_addr, relay
+from hbone.proxy.guard import TunnelGuard
 from hbone.proxy.ingress_h2 import Lookup, strip_port
+from hbone.proxy.responders import Http1Responder
+from hbone.proxy.routing import NoRoute
+from hbone.wire.answers import reason_of
 from hbone.wire.authority import Authority
 from hbone.wire.http1 import (
     Data,
@@ -46,8 +50,6 @@ log = logging.getLogger("hbone.ingress")
 
 #: A request → (the target to open, the request to send there); raises an HboneError to refuse it.
 Resolve = Callable[[Request], tuple[Authority, Request]]
-#: An error → (status, the complete response bytes to send before closing).
-Refuse = Callable[[BaseException], tuple[int, bytes]]
 
 
 class EventSource:
@@ -110,7 +112,7 @@ class H1Ingress:
 
     def __init__(
         self, opener: Opener, route: Lookup, *, request_timeout: float = 15.0, idle_timeout: float = 300.0,
-        scheme: str = "http", resolve: Resolve | None = None, refuse: Refuse | None = None, kind: str = "ingress-http",
+        scheme: str = "http", resolve: Resolve | None = None, realm: str = "hbone", kind: str = "ingress-http",
     ) -> None:  # fmt: skip
         self.opener = opener
         self.route = route
@@ -118,9 +120,9 @@ class H1Ingress:
         self.idle_timeout = idle_timeout
         self.scheme = scheme
         # A forward proxy (`hbone http-proxy`) takes the target from the request itself (absolute-form) instead of
-        # routing by Host, and answers its own errors (407, 403, 400) with `refuse`, closing the connection.
+        # routing by Host; every error it answers (407 with a challenge in `realm`, 403, 400) closes the connection.
         self.resolve = resolve
-        self.refuse = refuse
+        self.realm = realm
         self.kind = kind
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes = b"") -> None:
@@ -158,39 +160,39 @@ class H1Ingress:
         shown = req.target if self.resolve is not None else f"{host or '-'}{req.target}"  # absolute-form has the host
         record.request = f"{req.method} {shown}"
         keep = keep_alive(req)
-        try:
-            if self.resolve is not None:
-                target, req = self.resolve(req)
-            else:
-                target = self.route(strip_port(host) if host else None)
-        except HboneError as e:
-            if self.refuse is not None or not isinstance(e, BadRequest):
-                status, answer = self.refuse(e) if self.refuse is not None else (502, _reply(502, str(e), False))
-                writer.write(answer)
-                record.finish(status, str(e))
-                return False
-            while isinstance(await client.next(), Data):  # discard the body so the next request can follow
-                pass
-            writer.write(_reply(404, str(e), keep))
-            record.finish(404, str(e))
-            return keep
-        record.dst_addr = str(target)
-        try:
+        # Failures answer a status line (404 no route, 502 upstream, 504 timeout, 403/407 policy) and close.
+        responder = Http1Responder(writer, realm=self.realm, gateway=self.resolve is None)
+        with TunnelGuard(record, responder) as guard:
+            try:
+                if self.resolve is not None:
+                    target, req = self.resolve(req)
+                else:
+                    target = self.route(strip_port(host) if host else None)
+            except NoRoute as e:
+                if self.resolve is not None:
+                    raise
+                while isinstance(await client.next(), Data):  # discard the body so the next request can follow
+                    pass
+                writer.write(_reply(e.http_status, str(e), keep))  # the connection stays usable
+                guard.finish(e.http_status, reason_of(e))
+                return keep
+            record.dst_addr = str(target)
+            if self.resolve is None:
+                responder.describe = lambda reason: f"upstream {target}: {reason}"
             async with asyncio.timeout(self.request_timeout):
                 backend = backends.get(target)
                 if backend is None or _stale(backend.upstream.pipe):
                     if backend is not None:
                         backend.upstream.close()
                     backend = await self._open(target, src, record, backends)
-        except (TimeoutError, HboneError, OSError) as e:
-            if self.refuse is not None:
-                status, answer = self.refuse(e)
-                writer.write(answer)
-            else:
-                status = 504 if isinstance(e, TimeoutError) else 502
-                writer.write(_reply(status, f"upstream {target}: {e or 'timed out'}", False))
-            record.finish(status, str(e))
-            return False
+            return await self._forward(session, req, backend, guard, target=target, keep=keep)
+        return False
+
+    async def _forward(
+        self, session: _Session, req: Request, backend: _Backend, guard: TunnelGuard, *, target: Authority, keep: bool
+    ) -> bool:
+        """Send the request (its body from a task) and relay the response."""
+        client, record, src = session.client, guard.record, session.src
         backend.responses.parser.request_method = req.method
         upgrade = req.get("upgrade") if "upgrade" in (req.get("connection") or "").lower() else None
         chunked = client.parser.framing is Framing.CHUNKED
@@ -203,7 +205,7 @@ class H1Ingress:
         sender = asyncio.ensure_future(self._send_body(client, pipe, encode_request(
             Request(req.method, req.target, "HTTP/1.1", tuple(headers))), chunked, record))  # fmt: skip
         try:
-            return await self._respond(session, req, backend, record, target=target, sender=sender, keep=keep)
+            return await self._respond(session, req, backend, guard, target=target, sender=sender, keep=keep)
         finally:
             if not sender.done():
                 sender.cancel()
@@ -213,7 +215,7 @@ class H1Ingress:
     async def _open(
         self, target: Authority, src: tuple[str, int] | None, record: AccessRecord, backends: dict[Authority, _Backend]
     ) -> _Backend:
-        upstream = await self.opener.open(target, src=src, record=AccessRecord("ingress-h1-upstream"))
+        upstream = await self.opener.open(target, src=src)
         record.dst_identity = str(upstream.peer_identity) if upstream.peer_identity else None
         backend = _Backend(upstream, EventSource(upstream.pipe.read, MessageReader(response=True)))
         backends[target] = backend
@@ -235,13 +237,13 @@ class H1Ingress:
         session: _Session,
         req: Request,
         backend: _Backend,
-        record: AccessRecord,
+        guard: TunnelGuard,
         *,
         target: Authority,
         sender: asyncio.Future[bool],
         keep: bool,
     ) -> bool:
-        writer, backends, responses = session.writer, session.backends, backend.responses
+        writer, backends, responses, record = session.writer, session.backends, backend.responses, guard.record
         head: Response | None = None
         rechunk = False
         event: Event | None = None
@@ -257,7 +259,7 @@ class H1Ingress:
                 raise Http1Error("backend closed the connection without a response")
             head = event
             if head.status == 101:
-                return await self._upgraded(session, head, backend, record, target)
+                return await self._upgraded(session, head, backend, guard, target)
             framing = responses.parser.framing
             open_ended = framing in (Framing.CHUNKED, Framing.UNTIL_CLOSE)
             rechunk = open_ended and req.version == "HTTP/1.1"
@@ -267,6 +269,7 @@ class H1Ingress:
             headers += [("transfer-encoding", "chunked")] if rechunk else []
             headers += [] if keep else [("connection", "close")]
             writer.write(encode_response(Response(head.status, head.reason, "HTTP/1.1", tuple(headers))))
+            guard.answered(head.status)
             while (event := await responses.next()) is not None:
                 if isinstance(event, Data):
                     record.bytes_received += len(event.data)
@@ -275,18 +278,13 @@ class H1Ingress:
                 elif isinstance(event, EndOfMessage) and rechunk:
                     writer.write(encode_last_chunk(event.trailers))
             await writer.drain()
-        except (TimeoutError, HboneError, OSError) as e:
+        except BaseException as e:
             backends.pop(target, None)
             backend.upstream.close()
-            if head is None:
-                status = 504 if isinstance(e, TimeoutError) else 502
-                writer.write(_reply(status, f"upstream {target}: {e or 'no response in time'}", False))
-                record.finish(status, str(e) or "timed out")
-            else:
-                writer.transport.abort()
-                record.finish(head.status, f"broken: {e}")
-            return False
-        record.finish(head.status, "ok")
+            if isinstance(e, ProtocolError):  # the backend's bytes were bad: a bad gateway (502), not a bad request
+                raise TunnelError(f"malformed response: {e}") from e
+            raise  # the guard answers 502/504 before the response head, aborts the client after it
+        guard.finish(head.status, "ok")
         if reusable:
             responses.restart()
         else:
@@ -300,12 +298,13 @@ class H1Ingress:
         return keep and sender.done() and not sender.cancelled() and sender.exception() is None
 
     async def _upgraded(
-        self, session: _Session, head: Response, backend: _Backend, record: AccessRecord, target: Authority
+        self, session: _Session, head: Response, backend: _Backend, guard: TunnelGuard, target: Authority
     ) -> bool:
         """101 Switching Protocols: from here on the connection is an opaque byte relay (WebSocket)."""
         headers = [*end_to_end(head.headers), ("connection", "upgrade"), ("upgrade", head.get("upgrade") or "")]
         session.writer.write(encode_response(Response(101, head.reason, "HTTP/1.1", tuple(headers))))
         session.writer.write(backend.responses.parser.take_buffered())
         session.backends.pop(target, None)
-        await relay(session.reader, session.writer, backend.upstream, record, session.client.parser.take_buffered())
+        guard.answered(101)
+        await relay(session.reader, session.writer, backend.upstream, guard, session.client.parser.take_buffered())
         return False

@@ -16,13 +16,15 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from hbone.errors import BadRequest, ConnectionLost, H2ErrorCode, HboneError
+from hbone.errors import ConnectionLost, H2ErrorCode, HboneError
 from hbone.grpc.transport import ByteStreamTransport, connect_over
 from hbone.net.connection import H2Connection
 from hbone.net.settings import H2Settings
 from hbone.net.stream import HeaderList, Stream
 from hbone.proxy.accesslog import AccessRecord
 from hbone.proxy.frontend import Opener, fmt_addr
+from hbone.proxy.guard import TunnelGuard
+from hbone.proxy.responders import StreamResponder
 from hbone.wire.authority import Authority
 
 log = logging.getLogger("hbone.ingress")
@@ -76,15 +78,18 @@ class H2Backends:
             conn = await connect_over(upstream.pipe, self.settings)
             self._conns[target] = conn
             self.opened += 1
-            watcher = asyncio.ensure_future(self._watch(conn, upstream.close, record))
+            watcher = asyncio.ensure_future(self._watch(conn, upstream.close, TunnelGuard(record)))
             self._watchers.add(watcher)
             watcher.add_done_callback(self._watchers.discard)
             return conn
 
-    async def _watch(self, conn: H2Connection, close: Callable[[], None], record: AccessRecord) -> None:
-        await conn.wait_closed()
-        close()
-        record.finish(200, "closed")
+    async def _watch(self, conn: H2Connection, close: Callable[[], None], guard: TunnelGuard) -> None:
+        with guard:
+            try:
+                await conn.wait_closed()
+            finally:  # closing the pool cancels the watch: the backend connection's record ends either way
+                close()
+                guard.finish(200, "closed")
 
     async def open_stream(
         self, target: Authority, src: tuple[str, int] | None, headers: HeaderList, end: bool
@@ -107,17 +112,6 @@ class H2Backends:
                 await conn.close()
         for task in list(self._watchers):
             task.cancel()
-
-
-def answer(stream: Stream, status: int, text: str) -> None:
-    body = f"{text}\n".encode()
-    with contextlib.suppress(HboneError):
-        stream.send_headers(
-            [(b":status", str(status).encode()), (b"content-type", b"text/plain; charset=utf-8"),
-             (b"content-length", str(len(body)).encode())]
-        )  # fmt: skip
-        stream.write(body)
-        stream.write_eof()
 
 
 async def pump(src: Stream, dst: Stream) -> int:
@@ -162,18 +156,23 @@ class H2Ingress:
             f"{pseudo.get(b':method', b'').decode('latin-1')} {authority or '-'}"
             f"{pseudo.get(b':path', b'').decode('latin-1')}"
         )
-        try:
+        responder = StreamResponder(stream, gateway=True)  # 404 no route, 502 upstream, 504 timeout; reset after
+        with TunnelGuard(record, responder) as guard:
             target = self.route(authority)
-        except BadRequest as e:
-            answer(stream, 404, str(e))
-            record.finish(404, str(e))
-            return
-        out = forwardable(headers)
+            responder.describe = lambda reason: f"upstream {target}: {reason}"
+            await self._forward(stream, peer, target, guard)
+
+    async def _forward(
+        self, stream: Stream, peer: tuple[str, int] | None, target: Authority, guard: TunnelGuard
+    ) -> None:
+        record = guard.record
+        out = forwardable(stream.request_headers)
         if peer is not None:
             out.append((b"x-forwarded-for", peer[0].encode()))
         out.append((b"x-forwarded-proto", self.scheme.encode()))
         ended = stream.at_eof and not stream.trailers
         sender: asyncio.Future[int] | None = None
+        up: Stream | None = None
         try:
             async with asyncio.timeout(self.request_timeout):
                 up = await self.backends.open_stream(target, peer, out, ended)
@@ -181,30 +180,18 @@ class H2Ingress:
                 if not ended:
                     sender = asyncio.ensure_future(_send_body(stream, up))
                 response = await up.response_headers()
-        except (TimeoutError, HboneError, OSError) as e:
-            await _cancel(sender)
-            if isinstance(e, TimeoutError):
-                return self._fail(stream, record, 504, f"no response from {target} within {self.request_timeout}s")
-            return self._fail(stream, record, 502, f"upstream {target}: {e}")
-        status = _status(response)
-        try:
+            status = _status(response)
             stream.send_headers(forwardable(response), end_stream=up.at_eof and not up.trailers)
+            guard.answered(status)
             if not up.at_eof or up.trailers:
                 record.bytes_received = await pump(up, stream)
             if sender is not None:
                 record.bytes_sent = await sender
-        except HboneError as e:
-            up.reset(H2ErrorCode.CANCEL)
-            stream.reset(H2ErrorCode.CANCEL)
+        except BaseException:
+            if up is not None:
+                up.reset(H2ErrorCode.CANCEL)  # no-op once it finished; the backend must not wait for the rest
             await _cancel(sender)
-            record.finish(status, f"broken: {e}")
-            return
-        record.finish(status, "ok")
-
-    def _fail(self, stream: Stream, record: AccessRecord, status: int, why: str) -> None:
-        log.info("ingress h2: %s", why)
-        answer(stream, status, why)
-        record.finish(status, why)
+            raise
 
 
 async def _send_body(src: Stream, up: Stream) -> int:

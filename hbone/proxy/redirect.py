@@ -18,12 +18,14 @@ import socket
 import struct
 
 from hbone.authz.model import Connection
-from hbone.errors import HboneError, SelfCall
+from hbone.errors import Denied, SelfCall
 from hbone.net.relay import IDLE_TIMEOUT, TcpEnd, start_server
 from hbone.net.relay.handoff import ClientConnected
 from hbone.proxy.accesslog import AccessRecord
 from hbone.proxy.frontend import Opener, Upstream, dial_tcp, fmt_addr, relay
+from hbone.proxy.guard import TunnelGuard
 from hbone.proxy.inbound import Authorizer
+from hbone.proxy.responders import TcpResponder
 from hbone.wire.authority import Authority
 from hbone.wire.proxyv2 import proxy_header
 
@@ -125,18 +127,15 @@ class OutboundCapture:
         self.total += 1
         peer = writer.get_extra_info("peername")
         record = AccessRecord("outbound-capture", mode=self.mode.value.upper(), src_addr=fmt_addr(peer))
-        try:
+        # A refusal is a reset: what the client would see had the destination refused.
+        with TunnelGuard(record, TcpResponder(writer, reset=True)) as guard:
             ip, port = _destination(writer, self.mode)
             target = Authority.from_parts(ip, port)
             record.dst_addr = str(target)
             if port in self.listen_ports and ipaddress.ip_address(ip).is_loopback:
                 raise SelfCall(f"{target} is this capture listener (connection was not redirected)")
             upstream: Upstream = await self.opener.open(target, src=_pair(peer), record=record)
-        except (HboneError, OSError) as e:
-            writer.transport.abort()  # a reset is what the client would see had the destination refused
-            record.finish(getattr(e, "http_status", 503), str(e))
-            return
-        await relay(reader, writer, upstream, record)
+            await relay(reader, writer, upstream, guard)
 
 
 class InboundPlaintext:
@@ -167,7 +166,7 @@ class InboundPlaintext:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         record = AccessRecord("inbound-plaintext", mode=self.mode.value.upper(), src_addr=fmt_addr(peer))
-        try:
+        with TunnelGuard(record, TcpResponder(writer, reset=True)) as guard:
             ip, port = _destination(writer, self.mode)
             record.dst_addr = fmt_addr((ip, port))
             src = _unmap(str(peer[0]), int(peer[1]))
@@ -178,18 +177,12 @@ class InboundPlaintext:
             )
             record.policy = decision.policy
             if not decision.allowed:
-                writer.transport.abort()
-                record.finish(401, f"denied: {decision.reason}")
-                return
+                raise Denied(f"denied: {decision.reason}")
             up_reader, up_writer = await dial_tcp(ip, port, connect_timeout=self.dial_timeout, mark=self.mark)
-        except (HboneError, OSError) as e:
-            writer.transport.abort()
-            record.finish(getattr(e, "http_status", 503), str(e))
-            return
-        pipe = TcpEnd(up_reader, up_writer)
-        if self.proxy_protocol:
-            pipe.write(proxy_header(src, (ip, port)))
-        await relay(reader, writer, Upstream(pipe, None, idle_timeout=self.idle_timeout), record)
+            pipe = TcpEnd(up_reader, up_writer)
+            if self.proxy_protocol:
+                pipe.write(proxy_header(src, (ip, port)))
+            await relay(reader, writer, Upstream(pipe, None, idle_timeout=self.idle_timeout), guard)
 
 
 def _pair(addr: object) -> tuple[str, int] | None:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from hbone.errors import HboneError
 from hbone.net.stream import Stream
 from hbone.server import answer_stream
-from hbone.wire.answers import Answer
+from hbone.wire.answers import CLIENT_CLOSED, Answer
 from hbone.wire.httpconnect import error_response
 from hbone.wire.socks5 import Socks5Server, State
 
@@ -29,16 +29,20 @@ log = logging.getLogger("hbone.proxy")
 
 
 class StreamResponder:
-    """An HTTP/2 stream: status + text before the response headers, RST_STREAM after."""
+    """An HTTP/2 stream: status + text before the response headers, RST_STREAM after. `gateway`: an HTTP ingress
+    (the answer's `gateway_status`: 502/504 and the client's own 4xx) rather than an HBONE server."""
 
-    __slots__ = ("stream",)
+    __slots__ = ("describe", "gateway", "stream")
 
-    def __init__(self, stream: Stream) -> None:
+    def __init__(self, stream: Stream, *, gateway: bool = False) -> None:
         self.stream = stream
+        self.gateway = gateway
+        self.describe: Callable[[str], str] | None = None  # body text from the reason (the record keeps the reason)
 
     def refuse(self, answer: Answer) -> tuple[int, str]:
-        answer_stream(self.stream, answer.status, answer.reason)
-        return answer.status, answer.reason
+        status = answer.gateway_status if self.gateway else answer.status
+        answer_stream(self.stream, status, self.describe(answer.reason) if self.describe else answer.reason)
+        return status, answer.reason
 
     def abort(self, answer: Answer) -> None:
         with contextlib.suppress(HboneError):
@@ -56,6 +60,13 @@ class _Abortable:
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
 
+    def _gone(self, answer: Answer) -> bool:
+        """The client already went away: nobody to answer, just let the socket go."""
+        if answer.status != CLIENT_CLOSED:
+            return False
+        self.writer.transport.abort()
+        return True
+
     def abort(self, answer: Answer) -> None:
         self.writer.transport.abort()
 
@@ -64,23 +75,26 @@ class _Abortable:
 
 
 class Http1Responder(_Abortable):
-    """An HTTP/1.1 proxy client: the proxy status (403 policy, 502 upstream, 504 timeout, 4xx) with a text body."""
+    """An HTTP/1.1 proxy client: the proxy status (403 policy, 502 upstream, 504 timeout, 4xx) with a text body;
+    `gateway`: an HTTP ingress (the answer's `gateway_status`)."""
 
-    __slots__ = ("describe", "realm")
+    __slots__ = ("describe", "gateway", "realm")
 
-    def __init__(
-        self, writer: asyncio.StreamWriter, *, realm: str = "hbone", describe: Callable[[str], str] | None = None
-    ) -> None:
+    def __init__(self, writer: asyncio.StreamWriter, *, realm: str = "hbone", gateway: bool = False) -> None:
         super().__init__(writer)
         self.realm = realm
-        self.describe = describe  # body text from the reason (e.g. naming the target); the record keeps the reason
+        self.gateway = gateway
+        self.describe: Callable[[str], str] | None = None  # body text from the reason (the record keeps the reason)
 
     def refuse(self, answer: Answer) -> tuple[int, str]:
+        if self._gone(answer):
+            return answer.status, answer.reason
+        status = answer.gateway_status if self.gateway else answer.proxy_status
         text = self.describe(answer.reason) if self.describe is not None else answer.reason
         with contextlib.suppress(ConnectionError, RuntimeError):
-            self.writer.write(error_response(answer.proxy_status, text, realm=self.realm))
+            self.writer.write(error_response(status, text, realm=self.realm))
         self.writer.close()  # the transport sends what is buffered, then closes
-        return answer.proxy_status, answer.reason
+        return status, answer.reason
 
 
 class SocksResponder(_Abortable):
@@ -93,12 +107,15 @@ class SocksResponder(_Abortable):
         self.machine = machine
 
     def refuse(self, answer: Answer) -> tuple[int, str]:
-        if self.machine.state is State.REPLY_PENDING:  # a reply is only possible once the request was read
+        if self._gone(answer):
+            return answer.status, answer.reason
+        replied = self.machine.state is State.REPLY_PENDING  # a reply is only possible once the request was read
+        if replied:
             self.machine.reply(answer.socks)
         with contextlib.suppress(ConnectionError, RuntimeError):
-            self.writer.write(self.machine.data_to_send())
+            self.writer.write(self.machine.data_to_send())  # our reply, or the one a protocol violation queued
         self.writer.close()
-        return answer.status, f"{answer.socks.name}: {answer.reason}"
+        return answer.status, f"{answer.socks.name}: {answer.reason}" if replied else answer.reason
 
 
 class TcpResponder(_Abortable):
@@ -114,7 +131,9 @@ class TcpResponder(_Abortable):
         self.alert = alert
 
     def refuse(self, answer: Answer) -> tuple[int, str]:
-        alert = self.alert(answer.status) if self.alert is not None else None
+        alert = self.alert(answer.status) if self.alert is not None else None  # called for every refusal
+        if self._gone(answer):
+            return answer.status, answer.reason
         if alert:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 self.writer.write(alert)

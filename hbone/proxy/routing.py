@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hbone.errors import ConfigError, Denied, ProtocolError
+from hbone.errors import BadRequest, ConfigError, Denied, ProtocolError
 from hbone.wire.authority import Authority, IPAddress, check_hostname, parse_authority
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -44,6 +44,12 @@ class RouteDenied(Denied):
     """The route table refuses this destination (a CONNECT proxy answers 403, SOCKS5 reply 0x02)."""
 
     http_status = 403
+
+
+class NoRoute(BadRequest):
+    """No route for this host name: an HTTP ingress answers 404 (and keeps an HTTP/1.1 connection usable)."""
+
+    http_status = 404
 
 
 def host_matches(pattern: str, host: str) -> bool:

@@ -13,10 +13,11 @@ import hmac
 import logging
 from collections.abc import Mapping
 
-from hbone.errors import HboneError
+from hbone.errors import ClientClosed
 from hbone.proxy.accesslog import AccessRecord
 from hbone.proxy.frontend import Opener, Upstream, fmt_addr, relay, start_listener
-from hbone.wire.answers import socks_reply_for
+from hbone.proxy.guard import TunnelGuard, client_phase
+from hbone.proxy.responders import SocksResponder
 from hbone.wire.socks5 import ConnectRequest, ProtocolViolation, ReplyCode, Socks5Server
 
 log = logging.getLogger("hbone.socks5")
@@ -47,47 +48,30 @@ class Socks5Proxy:
         peer = writer.get_extra_info("peername")
         record = AccessRecord("socks5", mode="SOCKS5", src_addr=fmt_addr(peer))
         machine = Socks5Server(require_auth=bool(self.users), verifier=self._verify if self.users else None)
-        try:
-            request = await self._negotiate(machine, reader, writer, record)
-        except (TimeoutError, ConnectionError) as e:
-            writer.transport.abort()
-            record.finish(408 if isinstance(e, TimeoutError) else 499, f"handshake: {e!r}")
-            return
-        if request is None:
-            return
-        src = (str(peer[0]), int(peer[1])) if peer else None
-        try:
+        with TunnelGuard(record, SocksResponder(machine, writer)) as guard:  # failures: their REP code, then close
+            request = await self._negotiate(machine, reader, writer)
+            src = (str(peer[0]), int(peer[1])) if peer else None
             upstream: Upstream = await self.dialer.open(request.target, src=src, record=record)
-        except (HboneError, OSError) as e:
-            code = socks_reply_for(e)
-            machine.reply(code)
-            await _flush_and_close(writer, machine.data_to_send())
-            record.finish(getattr(e, "http_status", 502), f"{code.name}: {e}")
-            return
-        local = writer.get_extra_info("sockname")
-        machine.reply(ReplyCode.SUCCEEDED, (local[0], local[1]) if local else None)
-        writer.write(machine.data_to_send())
-        await relay(reader, writer, upstream, record, machine.take_leftover())
+            local = writer.get_extra_info("sockname")
+            machine.reply(ReplyCode.SUCCEEDED, (local[0], local[1]) if local else None)
+            writer.write(machine.data_to_send())
+            await relay(reader, writer, upstream, guard, machine.take_leftover())
 
     async def _negotiate(
         self,
         machine: Socks5Server,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        record: AccessRecord,
-    ) -> ConnectRequest | None:
-        async with asyncio.timeout(self.handshake_timeout):
+    ) -> ConnectRequest:
+        """Greeting, authentication and request; a violation raises its `Socks5Error` (its reply is queued)."""
+        async with client_phase("SOCKS handshake", self.handshake_timeout):
             while True:
                 data = await reader.read(4096)
                 if not data:
-                    writer.close()
-                    record.finish(400, "client closed during the SOCKS handshake")
-                    return None
+                    raise ClientClosed("client closed during the SOCKS handshake")
                 for event in machine.feed(data):
                     if isinstance(event, ProtocolViolation):
-                        await _flush_and_close(writer, machine.data_to_send())
-                        record.finish(400, f"protocol: {event.error}")
-                        return None
+                        raise event.error
                     if isinstance(event, ConnectRequest):
                         writer.write(machine.data_to_send())
                         return event
@@ -95,14 +79,3 @@ class Socks5Proxy:
                 if out:
                     writer.write(out)
                     await writer.drain()
-
-
-async def _flush_and_close(writer: asyncio.StreamWriter, data: bytes) -> None:
-    try:
-        if data:
-            writer.write(data)
-            await writer.drain()
-    except ConnectionError:
-        pass
-    finally:
-        writer.close()

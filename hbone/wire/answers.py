@@ -13,11 +13,14 @@ maps errors to a status in one function, too):
 | `HboneError` | its `http_status` | its `h2_code` | 403 policy, 4xx kept, 504 timeout, else 502 | by kind |
 | `ssl.SSLError` (TLS to the upstream) | 502 | CONNECT_ERROR | 502 | host unreachable |
 | `ConnectionRefusedError` | 503 | CONNECT_ERROR | 502 | connection refused |
-| `ConnectionResetError`, broken pipe, `EOFError` | 502 | CONNECT_ERROR | 502 | general failure |
+| `ConnectionResetError`, broken pipe, `EOFError` | 502 | CONNECT_ERROR | 502 | host unreachable |
 | other `OSError` | 503 | CONNECT_ERROR | 502 | network/host unreachable |
 | `TimeoutError` | 504 | CANCEL | 504 | TTL expired |
 | `CancelledError` (any non-`Exception`) | 499 | CANCEL | 499 | general failure |
-| anything else (a bug) | 500 | INTERNAL_ERROR | 500 | general failure |
+| anything else (a bug) | 500 | INTERNAL_ERROR | 502 | general failure |
+
+An HTTP ingress (`gateway_status`) keeps the client's own 4xx (a malformed request, no route: 404), answers 504 for
+a timeout and 502 for everything else: its client cannot act on the mesh's reasons.
 
 RFC 9113 §8.5: a TCP reset or abnormal close on the far side of a CONNECT tunnel resets the stream with
 CONNECT_ERROR. 499 is the de-facto "client closed the request" status (nginx); it is only ever logged, since
@@ -58,8 +61,9 @@ class Answer:
     status: int  # what an HBONE / HTTP/2 server answers (and what an access record logs)
     h2_code: H2ErrorCode  # the RST_STREAM code once a status already went out (or instead of one)
     reason: str  # one line of text: response body, log, access record
-    proxy_status: int  # what an HTTP/1 CONNECT/forward proxy or ingress answers
+    proxy_status: int  # what an HTTP/1 CONNECT / forward proxy answers
     socks: ReplyCode  # what a SOCKS5 front end replies
+    gateway_status: int  # what an HTTP ingress answers for a request it could not forward
 
 
 def reason_of(exc: BaseException) -> str:
@@ -85,7 +89,7 @@ def reason_of(exc: BaseException) -> str:
 def answer_for(exc: BaseException) -> Answer:
     """The answer for `exc` in every protocol (see the module table)."""
     status, code = _status_and_code(exc)
-    return Answer(status, code, reason_of(exc), proxy_status_for(exc), socks_reply_for(exc))
+    return Answer(status, code, reason_of(exc), proxy_status_for(exc), socks_reply_for(exc), gateway_status_for(exc))
 
 
 def _status_and_code(exc: BaseException) -> tuple[int, H2ErrorCode]:
@@ -119,6 +123,18 @@ def proxy_status_for(exc: BaseException) -> int:
         return 502
     if isinstance(exc, HboneError) and 400 <= exc.http_status < 500:
         return exc.http_status
+    return 502
+
+
+def gateway_status_for(exc: BaseException) -> int:
+    """The status an HTTP ingress answers: the client's own mistakes keep their 4xx (404 no route), a timeout is
+    504, anything that went wrong on the way to the backend is 502 — the client cannot act on the mesh's reasons."""
+    if isinstance(exc, BadRequest | LimitExceeded):
+        return exc.http_status
+    if isinstance(exc, TimeoutError):
+        return 504
+    if not isinstance(exc, Exception):
+        return CLIENT_CLOSED
     return 502
 
 

@@ -13,7 +13,7 @@ import hbone.proxy.httpproxy
 import hbone.proxy.routing
 from hbone import errors
 from hbone.errors import H2ErrorCode, HboneError
-from hbone.wire.answers import CLIENT_CLOSED, MAX_REASON, Answer, answer_for, proxy_status_for, socks_reply_for
+from hbone.wire.answers import CLIENT_CLOSED, MAX_REASON, answer_for, proxy_status_for, socks_reply_for
 from hbone.wire.socks5 import ReplyCode
 
 
@@ -77,7 +77,14 @@ def test_every_hbone_error_keeps_its_own_codes(cls: type[HboneError]) -> None:
 def test_our_errors_per_protocol(
     exc: BaseException, status: int, code: H2ErrorCode, proxy: int, socks: ReplyCode
 ) -> None:
-    assert answer_for(exc) == Answer(status, code, str(exc), proxy, socks)
+    answer = answer_for(exc)
+    assert (answer.status, answer.h2_code, answer.reason, answer.proxy_status, answer.socks) == (
+        status,
+        code,
+        str(exc),
+        proxy,
+        socks,
+    )
 
 
 def _dial_failed(cause: OSError) -> BaseException:
@@ -135,7 +142,34 @@ def _cert_error() -> ssl.SSLCertVerificationError:
 def test_foreign_errors(
     exc: BaseException, status: int, code: H2ErrorCode, proxy: int, socks: ReplyCode, reason: str
 ) -> None:
-    assert answer_for(exc) == Answer(status, code, reason, proxy, socks)
+    answer = answer_for(exc)
+    assert (answer.status, answer.h2_code, answer.reason, answer.proxy_status, answer.socks) == (
+        status,
+        code,
+        reason,
+        proxy,
+        socks,
+    )
+
+
+@pytest.mark.parametrize(
+    ("exc", "gateway"),
+    [
+        (hbone.proxy.routing.NoRoute("no ingress route for host 'x'"), 404),
+        (errors.BadRequest("x"), 400),
+        (errors.LimitExceeded("x"), 431),
+        (hbone.proxy.routing.RouteDenied("x"), 502),  # the gateway's own config; not the client's to fix
+        (errors.ConnectRefused(401), 502),
+        (errors.UpstreamUnreachable("x"), 502),
+        (ConnectionRefusedError(), 502),
+        (hbone.proxy.frontend.DialTimeout("x"), 504),
+        (TimeoutError(), 504),
+        (asyncio.CancelledError(), CLIENT_CLOSED),
+        (RuntimeError(), 502),
+    ],
+)
+def test_gateway_statuses(exc: BaseException, gateway: int) -> None:
+    assert answer_for(exc).gateway_status == gateway
 
 
 def test_reasons_are_one_bounded_line() -> None:
