@@ -4,6 +4,7 @@ h2-backed engine on the same inputs is tests/unit/test_h2_native_diff.py."""
 
 from __future__ import annotations
 
+import random
 import struct
 
 import hpack
@@ -13,6 +14,7 @@ from hbone.errors import H2ErrorCode, ProtocolError
 from hbone.net.h2 import api
 from hbone.net.h2.native_conn import NativeEngine
 from hbone.net.h2.native_frames import PREFACE
+from hbone.net.h2.native_hpack import HeaderCodec
 from hbone.net.settings import H2Settings
 
 REQUEST = [(b":method", b"CONNECT"), (b":authority", b"10.0.0.1:8080")]
@@ -217,3 +219,40 @@ def test_header_blocks_larger_than_a_frame_go_out_with_continuation() -> None:
     request, ended = server.receive(memoryview(out))
     assert isinstance(request, api.RequestReceived) and request.headers == big and request.end_stream
     assert isinstance(ended, api.StreamEnded) and ended.stream_id == sid
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_hpack_decoder_agrees_with_hpack(seed: int) -> None:
+    """Our HPACK decoder against hpack's on a sequence of blocks from hpack's encoder (dynamic table, Huffman,
+    size updates), some mutated: the same fields, or an error in both (ENHANCE_YOUR_CALM exactly for hpack's
+    oversized list)."""
+    rng = random.Random(seed)
+    encoder = hpack.Encoder()
+    ours = HeaderCodec(300, huffman=False)
+    theirs = hpack.Decoder(max_header_list_size=300)
+    for _ in range(12):
+        if rng.random() < 0.15:
+            encoder.header_table_size = rng.choice([0, 100, 4096, 5000])
+        fields = [(rng.choice(_NAMES), rng.choice(_VALUES)) for _ in range(rng.randrange(1, 6))]
+        block = bytearray(encoder.encode(fields, huffman=rng.random() < 0.5))
+        for _ in range(rng.choice([0, 0, 0, 1, 3])):
+            block[rng.randrange(len(block))] = rng.randrange(256)
+        if rng.random() < 0.05:
+            del block[rng.randrange(len(block)) :]
+        try:
+            want: object = [tuple(h) for h in theirs.decode(bytes(block), raw=True)]
+        except hpack.OversizedHeaderListError:
+            want = H2ErrorCode.ENHANCE_YOUR_CALM
+        except (hpack.HPACKError, IndexError, TypeError, UnicodeDecodeError):
+            want = H2ErrorCode.PROTOCOL_ERROR
+        try:
+            got: object = [tuple(h) for h in ours.decode(bytes(block))]
+        except ProtocolError as exc:
+            got = exc.h2_code
+        assert got == want
+        if isinstance(want, H2ErrorCode):
+            return  # the connection is gone: the tables need not agree any more
+
+
+_NAMES = [b":method", b":path", b"x-a", b"cookie", b"authorization", b"traceparent", b"content-type"]
+_VALUES = [b"GET", b"/", b"", b"v" * 40, b"application/grpc", b"00-" + b"ab" * 20]
