@@ -1,14 +1,11 @@
-"""Tables of `hbone_envoy_bench.py`: same-run ratios ours/Envoy against the targets, every process's CPU, and
-summaries of py-spy profiles. Input: runs[pair][kind] = list of one dict per repeat (see `run_case`)."""
+"""Tables of `hbone_envoy_bench.py`: same-run ratios ours/Envoy against the targets and every process's CPU.
+Input: runs[pair][kind] = list of one dict per repeat (see `run_case`)."""
 
 from __future__ import annotations
 
-import re
 import statistics
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 KINDS = ("bulk", "rr", "rate")
@@ -194,68 +191,3 @@ def report(runs: Runs, labels: dict[str, str], title: str) -> str:
                   *summary(runs, "ours-base", targets=False)]  # fmt: skip
     lines += details(runs, labels)
     return "\n".join(lines) + "\n"
-
-
-# --- py-spy profiles -------------------------------------------------------------------------------------------
-
-_LINE = re.compile(r":\d+\)$")
-
-
-def _frame(f: str) -> str:
-    """`func (path/to/file.py:123)` → `func (file.py)`: costs of one function over all its lines."""
-    name, _, where = f.partition(" (")
-    return f"{name} ({Path(_LINE.sub('', where.rstrip(')'))).name})" if where else name
-
-
-_IDLE = {"epoll_wait", "epoll_pwait"}  # with --native py-spy keeps samples of a loop waiting for events
-_SYSCALLS = {"write", "read", "writev", "readv", "send", "recv", "sendmsg", "recvmsg", "connect", "accept4", "close"}
-
-
-def _layer(frame: str) -> str:
-    """Where a sampled leaf frame runs: a shared library, the kernel via a system call, our Python, or C code."""
-    name, _, where = frame.partition(" (")
-    where = where.rstrip(")")
-    if ".so" in where:
-        lib = where.split(".so")[0]
-        return f"system call ({name})" if lib == "libc" and name in _SYSCALLS else f"{lib} (C)"
-    if where.endswith(".py"):
-        return "Python code"
-    return "uvloop (C)" if where.startswith(("loop.c", "sslproto", "handles")) else "CPython runtime (C)"
-
-
-def summarise_profile(path: Path, top: int = 15) -> str:
-    """Top functions of a py-spy `--format raw` file, by own samples and by samples under them; with C frames
-    (`--native`) also own samples by layer (library, system call, Python)."""
-    own: Counter[str] = Counter()
-    under: Counter[str] = Counter()
-    layers: Counter[str] = Counter()
-    total = 0
-    for line in path.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        n = int(count)
-        frames = [_frame(f) for f in stack.split(";")]
-        if frames[-1].partition(" (")[0] in _IDLE:
-            continue
-        total += n
-        own[frames[-1]] += n
-        layers[_layer(frames[-1])] += n
-        for f in set(frames):
-            under[f] += n
-    if not total:
-        return f"#### {path.stem}: no samples"
-    rows = [f"#### {path.stem} ({total} samples while busy)", "", "| own % | function | | under % | function |",
-            "|---:|---|---|---:|---|"]  # fmt: skip
-    for (fo, no), (fu, nu) in zip(own.most_common(top), under.most_common(top), strict=False):
-        rows.append(f"| {100 * no / total:.1f} | `{fo}` | | {100 * nu / total:.1f} | `{fu}` |")
-    if any(".so" in f for f in own):
-        rows += [
-            "",
-            "own samples by layer: " + ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in layers.most_common()),
-        ]
-    return "\n".join(rows)
-
-
-def summarise_profiles(directory: Path) -> str:
-    return "\n\n".join(summarise_profile(p) for p in sorted(directory.glob("*.txt")))

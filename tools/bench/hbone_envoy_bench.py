@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import _hbone_native as native
-from _envoy_report import KINDS, readme_table, report, summarise_profiles
+from _bench_profile import Profilers, perf_table, summarise_profiles
+from _envoy_report import KINDS, readme_table, report
 from hbone_bench import HERE, NO_ADMIN, PY, Fleet, _signal_group, _versions
 
 SERVER_ID = "spiffe://cluster.local/ns/bench/sa/server"
@@ -76,6 +77,7 @@ class Hop:
         self.entry: dict[tuple[str, str], str] = {}
         self.procs: dict[tuple[str, str], dict[str, str]] = {}  # role -> process name
         self.ours: list[str] = []  # our CLI processes (profiled with --profile)
+        self.proxies: list[str] = []  # Envoy's (--perf also takes ours: `proxies + ours`)
         backend = {"bulk": native.start_iperf3(fleet), "rr": self._python_peer("echo"),
                    "rate": native.start_nginx(fleet)}  # fmt: skip
         self.backend_proc = {"bulk": "iperf3-s", "rr": "echo", "rate": "nginx"}
@@ -89,6 +91,7 @@ class Hop:
             else:
                 cfg = native.envoy_server(certs["srv"], matched=name.endswith("-m"))
                 servers[name] = native.start_envoy(fleet, name, cfg)["hbone_in"]
+                self.proxies.append(name)
         for pair in pairs:
             via = servers[pair.server]
             if pair.client == "fwd":
@@ -103,6 +106,7 @@ class Hop:
             else:
                 cfg = native.envoy_client(certs["cli"], backend, via, SERVER_ID, matched=pair.key == "envoy-matched")
                 listeners = native.start_envoy(fleet, pair.client, cfg)
+                self.proxies.append(pair.client)
                 for kind in KINDS:
                     self.entry[pair.key, kind] = listeners[f"out-{kind}"]
                     self._roles(pair, kind, pair.client)
@@ -181,45 +185,6 @@ def run_case(hop: Hop, a: argparse.Namespace, pair: str, kind: str, warm: bool =
     return {**native.parse_wrk(text), **cpu}
 
 
-def _start_profilers(fleet: Fleet, names: list[str], out: Path, native_frames: bool) -> list[str]:
-    spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
-    if not Path(spy).exists():
-        raise RuntimeError("--profile needs py-spy: ensure_venv test,bench")
-    started = []
-    for name in names:
-        pid = fleet.peers[name].proc.pid
-        # --nonblocking reads the stacks without pausing the process; C frames need it paused (py-spy's rule)
-        how = ["--native"] if native_frames else ["--nonblocking"]
-        argv = [
-            spy,
-            "record",
-            "--pid",
-            str(pid),
-            "--rate",
-            "250",
-            *how,
-            "--format",
-            "raw",
-            "-o",
-            str(out / f"{name}.txt"),
-        ]
-        fleet.start(f"py-spy-{name}", argv, None)
-        started.append(f"py-spy-{name}")
-    return started
-
-
-def _stop_profilers(fleet: Fleet, names: list[str]) -> None:
-    for name in names:  # py-spy writes its file on SIGINT
-        peer = fleet.peers[name]
-        if peer.proc.poll() is None:
-            peer.proc.send_signal(signal.SIGINT)
-    for name in names:
-        try:
-            fleet.peers[name].proc.wait(20)
-        except subprocess.TimeoutExpired:
-            pass
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1 repeat, 1 s cases: a smoke run")
@@ -234,6 +199,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="write every run's raw figures here")
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
     parser.add_argument("--profile", type=Path, help="py-spy our CLIs during the run, summaries into this dir")
+    parser.add_argument(
+        "--perf",
+        type=Path,
+        help="perf record every proxy, ours and Envoy's, into this dir; print "
+        "each one's CPU by library (kernel, interpreter, OpenSSL, libc, Envoy)",
+    )
     parser.add_argument("--native-frames", action="store_true", help="--profile: with C frames (py-spy --native)")
     parser.add_argument(
         "--from-json",
@@ -276,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     errors: list[str] = []
     started = time.monotonic()
     load0 = os.getloadavg()[0]  # context for the reader: this machine is shared
-    profilers: list[str] = []
+    profilers = Profilers(fleet)
     try:
         hop = Hop(fleet, [PAIRS[p] for p in a.pairs], certs, a.base_tree)
         for pair in a.pairs:
@@ -287,7 +258,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"[warm-up] {pair} {kind}: FAILED {e}", file=sys.stderr, flush=True)
         if a.profile is not None:
             a.profile.mkdir(parents=True, exist_ok=True)
-            profilers = _start_profilers(fleet, hop.ours, a.profile.resolve(), a.native_frames)
+            profilers.py_spy(hop.ours, a.profile.resolve(), a.native_frames)
+        if a.perf is not None:
+            a.perf.mkdir(parents=True, exist_ok=True)
+            profilers.perf(hop.ours + hop.proxies, a.perf.resolve())
         for rep in range(a.repeats):
             for kind in a.only:
                 for pair in a.pairs:
@@ -303,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"[{rep + 1}/{a.repeats}] {pair} {kind}: {brief} cpu={r['cpu']}", file=sys.stderr,
                           flush=True)  # fmt: skip
     finally:
-        _stop_profilers(fleet, profilers)
+        profilers.stop()
         fleet.stop()
         if a.keep:
             print(f"work directory kept: {workdir}", file=sys.stderr)
@@ -325,6 +299,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                       "errors": errors}, indent=1))  # fmt: skip
     if a.profile is not None:
         print(summarise_profiles(a.profile))
+    if a.perf is not None:
+        title = "**perf: each proxy's CPU samples by library** (all measured cases)"
+        print(f"{title}\n\n{perf_table(a.perf, profilers.threads)}")
     return 1 if errors else 0
 
 
