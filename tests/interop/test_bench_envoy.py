@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.peers.envoy import require_envoy
+from tests.peers.envoy import envoy_validate, require_envoy
 from tests.peers.process import REPO_ROOT, loopback_env, require_binary
 
 pytestmark = pytest.mark.timeout(120)
@@ -45,3 +45,30 @@ def test_envoy_bench_quick_produces_figures(tmp_path: Path) -> None:
         for run in (bulk[0], rate[0]):  # (200 round trips may take less than one clock tick of a proxy's CPU)
             assert run["cpu"]["client proxy"] > 0 and run["cpu"]["server proxy"] > 0
     assert "ours/envoy" in proc.stdout  # the same-run ratio table was printed
+
+
+def test_matched_envoy_configs_are_valid(tmp_path: Path) -> None:
+    """The like-for-like variant's configs (Envoy's windows and buffers set to ours) pass Envoy's own validation,
+    and carry our current settings."""
+    require_envoy()
+    sys.path.insert(0, os.fspath(BENCH.parent))
+    try:
+        import _hbone_native as native
+    finally:
+        sys.path.remove(os.fspath(BENCH.parent))
+    from hbone.net.settings import H2Settings
+    from hbone.testing import TestCA
+
+    ours = H2Settings()
+    assert native.matched_buffers() == {
+        "initial_stream_window_size": ours.initial_stream_window,
+        "initial_connection_window_size": ours.connection_window,
+        "per_connection_buffer_limit_bytes": ours.max_send_buffer,
+    }
+    certs = TestCA().write(tmp_path / "certs", "bench", "server")
+    targets = {"bulk": "127.0.0.1:1", "rr": "127.0.0.1:2", "rate": "127.0.0.1:3"}
+    for cfg in (native.envoy_server(certs, matched=True),
+                native.envoy_client(certs, targets, "127.0.0.1:4", "spiffe://x/y", matched=True)):  # fmt: skip
+        result = envoy_validate(cfg)
+        assert result.ok, result.output[-2000:]
+        assert json.dumps(ours.initial_stream_window) in json.dumps(cfg)
