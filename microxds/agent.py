@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hbone.client import HboneClient
-from hbone.errors import BadRequest, ConfigError, HboneError, UpstreamUnreachable
+from hbone.errors import BadRequest, ConfigError, UpstreamUnreachable
 from hbone.grpc.client import Channel
 from hbone.identity import FileSource, IdentityManager
 from hbone.net.relay import IDLE_TIMEOUT
@@ -314,9 +314,13 @@ class Agent:
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
-                await self.outbound.handle(self.local(fwd.workload).workload, target, reader, writer)
-            except (HboneError, OSError) as exc:
-                log.info("forward %s -> %s failed: %s", fwd.listen, fwd.target, exc)
+                source = self.local(fwd.workload).workload
+            except ConfigError as exc:  # the workload left this node
+                log.info("forward %s -> %s: %s", fwd.listen, fwd.target, exc)
+                writer.close()
+                return
+            # Failures are answered (a close) and logged in the tunnel's access record by the outbound proxy.
+            await self.outbound.handle(source, target, reader, writer)
 
         srv = await asyncio.start_server(handle, host, port)
         self._forward_servers.append(srv)

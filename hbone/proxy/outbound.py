@@ -26,11 +26,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from hbone.client import Endpoint, HboneClient
-from hbone.errors import HboneError, TunnelError
+from hbone.errors import TunnelError
 from hbone.net.relay import IDLE_TIMEOUT, RelayResult, TcpEnd, relay
 from hbone.net.stream import Stream
+from hbone.proxy.accesslog import AccessRecord
 from hbone.proxy.double_hbone import open_inner
-from hbone.proxy.frontend import dial_tcp
+from hbone.proxy.frontend import dial_tcp, fmt_addr
+from hbone.proxy.guard import TunnelGuard
+from hbone.proxy.responders import TcpResponder
 from hbone.state.endpoints import RoundRobin
 from hbone.state.model import GatewayAddress, NamespacedHostname, Service, TunnelProtocol, Workload
 from hbone.state.snapshot import MeshSnapshot
@@ -197,27 +200,36 @@ class OutboundProxy:
 
     async def handle(
         self, source: Workload | None, target: Authority, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> RelayResult:
-        """Route and relay one connection; on failure close it and raise (a front end may answer first via
-        `open_route`). Passthrough routes dial the destination directly (ztunnel's passthrough)."""
-        try:
+    ) -> RelayResult | None:
+        """Route and relay one connection with its access record (direction `outbound`); a failure is recorded and
+        the connection closed (None). Passthrough routes dial the destination directly (ztunnel's passthrough)."""
+        peer = writer.get_extra_info("peername")
+        record = AccessRecord(
+            "outbound", src_identity=str(source.identity) if source else None, src_addr=fmt_addr(peer),
+            dst_addr=str(target),
+        )  # fmt: skip
+        with TunnelGuard(record, TcpResponder(writer)) as guard:
             route = self.router.route(self.snapshot(), source, target)
             self.routes[route.kind] = self.routes.get(route.kind, 0) + 1
+            record.policy = route.kind.value
             if route.kind is RouteKind.PASSTHROUGH:
+                record.mode = "PASSTHROUGH"
                 host = str(route.authority.ip or route.authority.host)
                 up: TcpEnd | Stream = TcpEnd(
                     *await dial_tcp(host, route.authority.port, connect_timeout=self.dial_timeout)
                 )
             else:
-                up = await self.open_route(source, route, writer.get_extra_info("peername"))
-        except (HboneError, OSError):
-            writer.close()
-            raise
-        self.active += 1
-        try:
-            return await relay(TcpEnd(reader, writer), up, idle_timeout=self.idle_timeout)
-        finally:
-            self.active -= 1
+                up = await self.open_route(source, route, peer)
+            guard.answered(200)
+            guard.established(up, inbound=False)
+            self.active += 1
+            try:
+                result = await relay(TcpEnd(reader, writer), up, idle_timeout=self.idle_timeout)
+            finally:
+                self.active -= 1
+            guard.relayed(result.sent, result.received, result.error)
+            return result
+        return None
 
     async def open_route(self, source: Workload | None, route: Route, peer: object = None) -> Stream:
         """Open the HBONE tunnel(s) of `route`; returns the stream to relay bytes on (for a network gateway, the

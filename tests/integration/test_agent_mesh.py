@@ -19,6 +19,8 @@ from hbone.errors import ConnectRefused, HboneError
 from hbone.grpc.client import Channel
 from hbone.grpc.codec import ProtoCodec
 from hbone.identity import FileSource, IdentityManager
+from hbone.proxy import accesslog
+from hbone.proxy.accesslog import AccessRecord
 from hbone.tls import MeshTls
 from microxds.resources import AUTHORIZATION
 from tools.localmesh import DENY_ALICE, ISTIOD_ID, LocalMesh
@@ -42,6 +44,19 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> Non
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(0.01)
+
+
+class Closed:
+    """An access sink that hands each finished record to `on_close`."""
+
+    def __init__(self, on_close: Callable[[AccessRecord], None]) -> None:
+        self.on_close = on_close
+
+    def opened(self, record: AccessRecord) -> None:
+        pass
+
+    def closed(self, record: AccessRecord) -> None:
+        self.on_close(record)
 
 
 @pytest.fixture
@@ -88,7 +103,17 @@ async def test_alice_to_bob_then_policy_denies_and_allows_again(mesh: LocalMesh)
     with pytest.raises(ConnectRefused) as refused:
         await mesh.agents["alice"].open("default/alice", "bob.default.svc.cluster.local:80")
     assert refused.value.status == 401
-    assert await mesh.round_trip(b"denied") == b""
+    outbound: list[AccessRecord] = []
+    remove = accesslog.add_sink(Closed(lambda r: outbound.append(r) if r.direction == "outbound" else None))
+    try:
+        assert await mesh.round_trip(b"denied") == b""
+        await wait_until(lambda: any(r.status == 401 for r in outbound))
+    finally:
+        remove()
+    # alice's agent records the tunnel it originated, once, with bob's answer (a DENY in its metrics).
+    [rec] = [r for r in outbound if r.status != 200]  # (the late-rejected tunnel above may finish meanwhile)
+    assert (rec.status, rec.src_identity) == (401, "spiffe://cluster.local/ns/default/sa/alice"), rec
+    assert "CONNECT refused with status 401" in rec.result
 
     mesh.write_config()
     await wait_until(lambda: not bob.state.snapshot().policies, timeout=2.0)
