@@ -138,7 +138,8 @@ def _cpu_cells(runs: list[Run], kind: str) -> str:
             secs = sum(r["cpu"].values()) if role == "total" else r["cpu"].get(role, float("nan"))
             per.append(secs / unit(r))
             core.append(100 * secs / wall(r))
-        cells.append(f"{statistics.median(per):.3g} ({statistics.median(core):.0f}%)")
+        med = statistics.median(per)
+        cells.append(f"{med:.3g} ({statistics.median(core):.0f}%)" if med == med else "—")
     return " | ".join(cells)
 
 

@@ -50,9 +50,11 @@ class Pair:
     client: str  # "fwd" (ours, one process per target) or an Envoy process name
     server: str  # fleet process name
     base: bool = False  # our CLIs from --base-tree
+    kinds: tuple[str, ...] = KINDS
 
 
 BASE = "ours-base"
+DIRECT = "direct"
 
 
 PAIRS = {
@@ -64,6 +66,8 @@ PAIRS = {
         Pair("ours-envoy", "our forward → Envoy server", "fwd", "envoy-srv"),
         Pair("envoy-ours", "Envoy client → our serve", "envoy-cli-o", "serve"),
         Pair(BASE, "ours from --base-tree (forward → serve)", "fwd", "serve-base", base=True),
+        # the machine's own round-trip latency, printed with every run that measures round trips
+        Pair(DIRECT, "no proxies: client straight to the echo server", "", "", kinds=("rr",)),
     )
 }
 
@@ -81,6 +85,10 @@ class Hop:
         backend = {"bulk": native.start_iperf3(fleet), "rr": self._python_peer("echo"),
                    "rate": native.start_nginx(fleet)}  # fmt: skip
         self.backend_proc = {"bulk": "iperf3-s", "rr": "echo", "rate": "nginx"}
+        if any(p.key == DIRECT for p in pairs):
+            self.entry[DIRECT, "rr"] = backend["rr"]
+            self.procs[DIRECT, "rr"] = {"backend": "echo"}
+        pairs = [p for p in pairs if p.key != DIRECT]
         servers: dict[str, str] = {}
         for name in sorted({p.server for p in pairs}):
             if name.startswith("serve"):
@@ -217,7 +225,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     a.seconds = a.seconds or (1 if a.quick else 3)
     a.rr_count = a.rr_count or (500 if a.quick else 10000)
     a.warm_bytes = 4_000_000 if a.quick else 32_000_000
-    a.pairs = a.pairs or [p for p in PAIRS if p != BASE]
+    a.pairs = a.pairs or [p for p in PAIRS if p not in (BASE, DIRECT)]
+    if "rr" in a.only and DIRECT not in a.pairs:
+        a.pairs.append(DIRECT)
     if a.base_tree is not None:
         a.base_tree = a.base_tree.resolve()
         if not (a.base_tree / "hbone" / "cli.py").is_file():
@@ -243,7 +253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     certs = {"srv": ca.write(workdir / "srv", "bench", "server"), "cli": ca.write(workdir / "cli", "bench", "client")}
     fleet = Fleet(workdir)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    runs: dict[str, dict[str, list[dict[str, Any]]]] = {p: {k: [] for k in a.only} for p in a.pairs}
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {
+        p: {k: [] for k in a.only if k in PAIRS[p].kinds} for p in a.pairs
+    }
     errors: list[str] = []
     started = time.monotonic()
     load0 = os.getloadavg()[0]  # context for the reader: this machine is shared
@@ -251,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         hop = Hop(fleet, [PAIRS[p] for p in a.pairs], certs, a.base_tree)
         for pair in a.pairs:
-            for kind in a.only:
+            for kind in runs[pair]:
                 try:
                     run_case(hop, a, pair, kind, warm=True)
                 except (RuntimeError, ValueError, KeyError, OSError) as e:
@@ -264,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             profilers.perf(hop.ours + hop.proxies, a.perf.resolve())
         for rep in range(a.repeats):
             for kind in a.only:
-                for pair in a.pairs:
+                for pair in (p for p in a.pairs if kind in runs[p]):
                     try:
                         r = run_case(hop, a, pair, kind)
                     except (RuntimeError, ValueError, KeyError, OSError) as e:
