@@ -9,7 +9,8 @@ chosen here:
   (`pipe.py`): TCP data goes straight into the stream's send queue and stream DATA straight into the transport,
   in the callback that received it, with no task per chunk; a downstream `TcpEnd` accepted by
   `handoff.start_server` (every front end's listener) is handed over to a `TcpPipe` first (`handoff.py`);
-- any other pair of stream-shaped ends (`Stream`, `TlsStream`, `TcpEnd`, a double-HBONE inner stream) takes the
+- two tunnel `Stream`s take the stream callback path (`bridge.py`), the same way;
+- any other pair of stream-shaped ends (a `TlsStream`, a `TcpEnd` that was not handed over) takes the
   task path below: one copy task per direction.
 
 Semantics (RFC 9113 §8.5 for the tunnel ends, ztunnel's `copy_bidirectional`):
@@ -28,6 +29,7 @@ import contextlib
 from typing import Any, Protocol
 
 from hbone.errors import H2ErrorCode, HboneError, StreamReset
+from hbone.net.relay.bridge import StreamBridge
 from hbone.net.relay.handoff import handoff
 from hbone.net.relay.pipe import TcpPipe
 from hbone.net.relay.result import DOWNSTREAM, IDLE_TIMEOUT, UPSTREAM, IdleTimeout, RelayResult, Side, watch
@@ -114,6 +116,10 @@ async def relay(
         return await down.wait()
     if isinstance(down, TcpPipe) or isinstance(up, TcpPipe):
         raise TypeError("a TcpPipe relays to a tunnel Stream only")
+    if isinstance(down, Stream) and isinstance(up, Stream):
+        bridge = StreamBridge(down, up, idle_timeout)
+        bridge.start()
+        return await bridge.wait()
     return await copy_bidirectional(down, up, idle_timeout=idle_timeout)
 
 
