@@ -129,3 +129,11 @@ def test_random_sequences(seed: int, client: bool) -> None:
                 _op(twin, "ping", b"12345678")
             else:
                 _op(twin, "goaway", 0)
+
+
+def test_push_promise_is_refused_once_its_block_is_complete() -> None:
+    """Found by the fuzzer: a PUSH_PROMISE without END_HEADERS opens a header block like HEADERS does."""
+    twin, _ = _client()
+    twin.both(lambda e: e.open_stream(REQUEST, False))
+    assert twin.receive(frame(5, 0, 1, (2).to_bytes(4, "big") + b"\x88"))[0] == "ok"
+    assert twin.receive(frame(9, 0x4, 1, b"\x88")) == ("ProtocolError", 1)

@@ -176,6 +176,8 @@ class Receiver:
                 raise nf.conn_error(H2ErrorCode.PROTOCOL_ERROR, "too many CONTINUATION frames")
             if flags & nf.END_HEADERS:
                 self._block = None
+                if block[0] == nf.PUSH_PROMISE:
+                    raise nf.conn_error(H2ErrorCode.PROTOCOL_ERROR, "PUSH_PROMISE received (we disable push)")
                 first_flags = block[1]
                 assert isinstance(first_flags, int)
                 depends = block[4]
@@ -230,7 +232,7 @@ class Receiver:
                 raise nf.conn_error(H2ErrorCode.PROTOCOL_ERROR, f"stream {sid} depends on itself")
             events.append(ControlFrame(sid))
         elif ftype == nf.PUSH_PROMISE:
-            self._push_promise(flags, body)
+            self._push_promise(flags, sid, body)
         elif ftype == nf.CONTINUATION:
             self._no_block()
             self._naked_continuation(sid)
@@ -339,8 +341,9 @@ class Receiver:
         events.append(SettingsChanged(first, window is not None))
         nf.frame(engine.out, nf.SETTINGS, nf.ACK, 0)
 
-    def _push_promise(self, flags: int, body: memoryview) -> None:
-        """Parsed for its errors (as h2 would), then refused: we advertise SETTINGS_ENABLE_PUSH 0."""
+    def _push_promise(self, flags: int, sid: int, body: memoryview) -> None:
+        """Parsed for its errors (as h2 would), then refused once its header block is complete: we advertise
+        SETTINGS_ENABLE_PUSH 0."""
         offset = 1 if flags & nf.PADDED else 0
         if len(body) < offset + 4:
             raise nf.frame_size_error("PUSH_PROMISE", len(body))
@@ -349,6 +352,9 @@ class Receiver:
             raise nf.conn_error(H2ErrorCode.PROTOCOL_ERROR, f"PUSH_PROMISE of stream {promised}")
         nf.strip_padding(body, flags)
         self._no_block()
+        if not flags & nf.END_HEADERS:
+            self._block = [nf.PUSH_PROMISE, flags, sid, [], None]
+            return
         raise nf.conn_error(H2ErrorCode.PROTOCOL_ERROR, "PUSH_PROMISE received (we disable push)")
 
     def _naked_continuation(self, sid: int) -> None:
