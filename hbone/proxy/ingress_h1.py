@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -45,6 +44,7 @@ from hbone.wire.http1 import (
     end_to_end,
     keep_alive,
 )
+from hbone.wire.httpconnect import error_response
 
 log = logging.getLogger("hbone.ingress")
 
@@ -94,13 +94,6 @@ class _Session:
     backends: dict[Authority, _Backend]
 
 
-def _reply(status: int, text: str, keep: bool) -> bytes:
-    body = f"{text}\n".encode()
-    headers = [("content-type", "text/plain; charset=utf-8"), ("content-length", str(len(body)))]
-    headers += [] if keep else [("connection", "close")]
-    return encode_response(Response(status, http.HTTPStatus(status).phrase, "HTTP/1.1", tuple(headers))) + body
-
-
 def _stale(pipe: Any) -> bool:
     """A kept backend connection the backend has closed meanwhile (its EOF or error already arrived)."""
     at_eof = getattr(pipe, "at_eof", False)
@@ -136,7 +129,7 @@ class H1Ingress:
                     async with asyncio.timeout(self.idle_timeout):
                         event = await client.next()
                 except Http1Error as e:
-                    writer.write(_reply(e.http_status, str(e), False))
+                    writer.write(error_response(e.http_status, reason_of(e)))
                     await writer.drain()
                     return
                 if event is None:
@@ -173,7 +166,8 @@ class H1Ingress:
                     raise
                 while isinstance(await client.next(), Data):  # discard the body so the next request can follow
                     pass
-                writer.write(_reply(e.http_status, str(e), keep))  # the connection stays usable
+                # the connection stays usable for the next request
+                writer.write(error_response(e.http_status, reason_of(e), keep_alive=keep))
                 guard.finish(e.http_status, reason_of(e))
                 return keep
             record.dst_addr = str(target)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import http
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -159,8 +160,15 @@ REASONS = {
 }
 
 
+def _phrase(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:  # 499 and other unregistered codes
+        return "Error"
+
+
 def _head(status: int, headers: Iterable[tuple[str, str]]) -> bytes:
-    lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}"]
+    lines = [f"HTTP/1.1 {status} {REASONS.get(status) or _phrase(status)}"]
     for name, value in headers:
         if not is_field(name, value):
             raise BadRequest(f"response header {name!r} has an invalid name or value")
@@ -173,11 +181,13 @@ def connection_established(headers: Iterable[tuple[str, str]] = ()) -> bytes:
     return _head(200, headers)
 
 
-def error_response(status: int, reason: str, *, realm: str = "hbone") -> bytes:
-    """A short text/plain error, `Connection: close`; 407 adds `Proxy-Authenticate` (RFC 9110 §11.7.1)."""
+def error_response(status: int, reason: str, *, realm: str = "hbone", keep_alive: bool = False) -> bytes:
+    """A short text/plain error, `Connection: close` unless `keep_alive` (the connection stays usable, e.g. an
+    ingress's 404); 407 adds `Proxy-Authenticate` (RFC 9110 §11.7.1). The one HTTP/1 error answer."""
     body = (reason.replace("\r", " ").replace("\n", " ") + "\n").encode("utf-8")
     headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
-    headers.append(("Connection", "close"))
+    if not keep_alive:
+        headers.append(("Connection", "close"))
     if status == 407:
         quoted = realm.replace("\\", "\\\\").replace('"', '\\"')
         headers.append(("Proxy-Authenticate", f'Basic realm="{quoted}", charset="UTF-8"'))
