@@ -275,3 +275,22 @@ def test_idle_watch_cancel_stops_the_timer() -> None:
     watch.cancel()
     loop.advance(100.0)
     assert fired == [] and loop.timers == []
+
+
+def test_watches_with_one_timeout_share_one_timer() -> None:
+    loop = FakeLoop()
+    moved = [0]
+    fired: list[str] = []
+    busy = IdleWatch(100.0, lambda: moved[0], lambda: fired.append("busy"), loop)  # type: ignore[arg-type]
+    quiet = IdleWatch(100.0, lambda: 0, lambda: fired.append("quiet"), loop)  # type: ignore[arg-type]
+    other = IdleWatch(10.0, lambda: 0, lambda: fired.append("other"), loop)  # type: ignore[arg-type]
+    assert len(loop.timers) == 2  # one per timeout, not one per relay
+    for _ in range(10):
+        loop.advance(25.0)
+        moved[0] += 1
+    assert fired == ["other", "quiet"]  # each on its own schedule; the busy one is still watched
+    assert len(loop.timers) == 1
+    busy.cancel()
+    assert loop.timers == []  # the last watch gone: the shared timer stops
+    other.cancel()  # already fired: a no-op
+    quiet.cancel()
