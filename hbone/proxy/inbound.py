@@ -186,10 +186,11 @@ class InboundHandler:
             guard.record.src_identity = str(ident)
             host, port = await self.admit(req, PeerInfo(ident, peer.address), guard.record)
             reader, writer = await self.dial(host, port)
-        except HboneError as e:
+        except (HboneError, OSError) as e:  # OSError: the inner TLS handshake (ssl.SSLError)
             # The 200 went out for the middle box; the status that counts is the refusal's, carried by a reset.
-            stream.reset(e.h2_code)
-            guard.finish(e.http_status, f"inner: {answer_for(e).reason}")
+            answer = answer_for(e)
+            stream.reset(answer.h2_code)
+            guard.finish(answer.status, f"inner: {answer.reason}")
             return
         await self.relay(stream, inner, reader, writer, guard)
 

@@ -132,7 +132,8 @@ async def test_hbone_inbound_failures(records: Records, monkeypatch: pytest.Monk
             await asyncio.Event().wait()
         return await resolve_default(target)
 
-    server = HboneServer(ca.mesh_tls("ns", "bob"), InboundHandler(InboundConfig(authorize=authorize, resolve=resolve)))
+    tls = ca.mesh_tls("ns", "bob")
+    server = HboneServer(tls, InboundHandler(InboundConfig(authorize=authorize, resolve=resolve, tls=tls)))
     _, port = await server.listen("127.0.0.1", 0)
     ep = Endpoint("127.0.0.1", port)
     client = HboneClient(ca.mesh_tls("ns", "alice"))
@@ -157,6 +158,17 @@ async def test_hbone_inbound_failures(records: Records, monkeypatch: pytest.Monk
                 "denied: the test policy has no rule for this port",
                 "test-policy",
             )
+
+            # Denied inside end-to-end mTLS (POST /_hbone/mtls): the 200 went out for the middle box, so the refusal
+            # is a reset with the error's code; the record keeps the refusal's status.
+            inner = Endpoint.parse(f"127.0.0.1:{port}", identities=[str(ca.spiffe("ns", "bob"))], post=True,
+                                   inner_tls=True)  # fmt: skip
+            with pytest.raises(StreamReset) as reset:
+                tunnel = await asyncio.wait_for(client.open(f"127.0.0.1:{deny_port}", inner), IO)
+                await asyncio.wait_for(tunnel.read(), IO)
+            assert reset.value.code == H2ErrorCode.REFUSED_STREAM
+            rec = await records.next()
+            assert rec.status == 401 and rec.result == "inner: denied: the test policy has no rule for this port"
 
             # Limit exceeded: the process-wide tunnel cap refuses with 503 and names the limit.
             monkeypatch.setattr(limits.TUNNELS, "limit", limits.TUNNELS.in_use)
@@ -188,7 +200,7 @@ async def test_hbone_inbound_failures(records: Records, monkeypatch: pytest.Monk
     finally:
         await client.close()
         await server.close()
-    records.check_once_each(5)
+    records.check_once_each(6)
 
 
 # --- front ends that answer in their own protocol ------------------------------------------------------------
