@@ -29,6 +29,7 @@ from hbone.net.relay import IDLE_TIMEOUT
 from hbone.net.stream import Stream
 from hbone.proxy.enforcing import EnforcingInbound
 from hbone.proxy.inbound import InboundConfig
+from hbone.proxy.listener import start_listener
 from hbone.proxy.outbound import OutboundProxy, Router
 from hbone.server import HboneServer
 from hbone.state import MeshSnapshot, MeshState, StateChange, Workload
@@ -322,7 +323,7 @@ class Agent:
             # Failures are answered (a close) and logged in the tunnel's access record by the outbound proxy.
             await self.outbound.handle(source, target, reader, writer)
 
-        srv = await asyncio.start_server(handle, host, port)
+        srv = await start_listener(handle, host, port)
         self._forward_servers.append(srv)
         sock: Any = srv.sockets[0].getsockname()
         self.forward_addresses[fwd.listen] = (sock[0], sock[1])

@@ -20,7 +20,7 @@ from hbone.commands.frontends_config import (
     listener_from_dict,
     load_frontends_config,
 )
-from hbone.commands.runtime import stop_on_signals
+from hbone.commands.runtime import add_listener_flags, apply_listener_flags, stop_on_signals
 from hbone.configtext import parse_target
 from hbone.errors import ConfigError
 from hbone.proxy.capture_rules import RuleOptions, iptables_rules, nft_rules
@@ -32,6 +32,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = sub.add_parser("frontends", help="run the front ends and gateways listed in a YAML config")
     run.add_argument("--config", type=Path, required=True)
     add_admin_flags(run)
+    add_listener_flags(run)
     run.set_defaults(func=cmd_run)
 
     def simple(name: str, kind: str, help_text: str, *, outbound: bool = True) -> argparse.ArgumentParser:
@@ -100,6 +101,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     node.add_argument("--name", action="append", default=[], help="a name this node serves (resolves locally)")
 
 
+#: Listener types that accept through `hbone.proxy.listener` (the HBONE-server ones have their own cap).
+_GATED = frozenset({"socks5", "http-connect", "sni-gateway", "ingress-tcp", "redirect", "tproxy", "inbound-plaintext"})
+
+
 def _sub_simple(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, kind: str, text: str, outbound: bool = True
 ) -> argparse.ArgumentParser:
@@ -117,6 +122,8 @@ def _sub_simple(
         p.add_argument("--token-file", help="bearer token for the --via hop (re-read per tunnel)")
         p.add_argument("--direct", action="store_true", help="without --via: dial destinations directly")
     add_admin_flags(p)
+    if kind in _GATED:
+        add_listener_flags(p)
     p.set_defaults(func=cmd_simple, kind=kind)
     return p
 
@@ -185,11 +192,13 @@ def _allow_match(items: list[str]) -> dict[str, list[object]]:
 
 
 def cmd_simple(args: argparse.Namespace) -> int:
+    apply_listener_flags(args)
     cfg = config_from_args(args)
     return asyncio.run(run(cfg, admin=AdminOptions.resolve(args, cfg.admin_ports)))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    apply_listener_flags(args)
     cfg = load_frontends_config(args.config)
     return asyncio.run(run(cfg, admin=AdminOptions.resolve(args, cfg.admin_ports)))
 

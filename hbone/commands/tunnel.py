@@ -16,7 +16,7 @@ from hbone.admin.service import DaemonView, Observability, loaded
 from hbone.authz.defaults import DefaultMode
 from hbone.client import Endpoint, HboneClient, Tunnel
 from hbone.commands import probe
-from hbone.commands.runtime import stop_on_signals
+from hbone.commands.runtime import add_listener_flags, apply_listener_flags, stop_on_signals
 from hbone.commands.stdio import Stdio
 from hbone.config import ServeConfig, load_serve_config
 from hbone.configtext import parse_listen
@@ -29,6 +29,7 @@ from hbone.net.stream import Stream
 from hbone.proxy.accesslog import AccessRecord
 from hbone.proxy.guard import TunnelGuard
 from hbone.proxy.inbound import InboundConfig, InboundHandler, policy_authorizer
+from hbone.proxy.listener import start_listener, start_protocol_listener
 from hbone.proxy.responders import TcpResponder
 from hbone.server import HboneServer
 from hbone.tls import MeshTls
@@ -68,6 +69,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     forward.add_argument("--target", required=True)
     outbound(forward)
     add_admin_flags(forward)
+    add_listener_flags(forward)
     forward.set_defaults(func=cmd_forward)
 
     probe.register(sub)
@@ -221,6 +223,7 @@ async def _connect(args: argparse.Namespace) -> int:
 
 
 def cmd_forward(args: argparse.Namespace) -> int:
+    apply_listener_flags(args)
     return asyncio.run(_forward(args))
 
 
@@ -270,11 +273,11 @@ async def _forward(args: argparse.Namespace) -> int:
 
     host = str(listen.ip) if listen.ip else listen.host
     tasks: set[asyncio.Task[None]] = set()
+    # Both paths admit connections through a ConnectionGate: the front ends' per-listener cap and a tunnel slot each.
     if ep.inner_tls:  # the stream carries TLS records: the task relay carries the plaintext of a TlsStream
-        server = await asyncio.start_server(handle, host, listen.port)
+        server = await start_listener(handle, host, listen.port)
     else:  # callback path: each chunk is relayed in the callback that received it (1 KiB round trip, RESULTS)
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(accepted, host, listen.port)
+        server = await start_protocol_listener(accepted, host, listen.port)
     port = server.sockets[0].getsockname()[1]
     certs = client.tls.manager.current if client.tls is not None else None
     obs = Observability(

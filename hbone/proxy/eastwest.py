@@ -19,9 +19,10 @@ from collections.abc import Callable, Mapping
 
 from hbone.errors import ClientClosed, ProtocolError, UpstreamUnreachable
 from hbone.proxy.accesslog import AccessRecord
-from hbone.proxy.frontend import Opener, fmt_addr, relay, start_listener
+from hbone.proxy.frontend import Opener, fmt_addr, relay
 from hbone.proxy.guard import TunnelGuard, client_phase
 from hbone.proxy.inbound import Resolver
+from hbone.proxy.listener import start_listener
 from hbone.proxy.responders import TcpResponder
 from hbone.state.snapshot import MeshSnapshot
 from hbone.wire.authority import Authority, parse_authority

@@ -15,7 +15,6 @@ import errno
 import os
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,8 +22,8 @@ from typing import Any, Protocol
 from hbone.client import Endpoint, HboneClient
 from hbone.errors import ConfigError, UpstreamUnreachable
 from hbone.identity.spiffe import SpiffeId
-from hbone.limits import TUNNELS, pending_dial, trip_unattached
-from hbone.net.relay import IDLE_TIMEOUT, RelayResult, TcpEnd, start_server
+from hbone.limits import pending_dial
+from hbone.net.relay import IDLE_TIMEOUT, RelayResult, TcpEnd
 from hbone.net.relay import relay as relay_ends
 from hbone.proxy.accesslog import AccessRecord
 from hbone.proxy.double_hbone import open_double_hbone
@@ -241,44 +240,3 @@ def errno_of(exc: BaseException) -> int | None:
 
 def is_refused(exc: BaseException) -> bool:
     return errno_of(exc) == errno.ECONNREFUSED
-
-
-#: Connections one front-end listener serves at once; more are closed at accept (counted as `max_connections`).
-MAX_CONNECTIONS = 8192
-#: Seconds a TLS client of a front end has to finish its handshake (asyncio's own default is 60 s).
-TLS_HANDSHAKE_TIMEOUT = 10.0
-
-ConnectionHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-async def start_listener(
-    handler: ConnectionHandler,
-    host: str,
-    port: int,
-    *,
-    ssl: ssl.SSLContext | None = None,
-    max_connections: int = MAX_CONNECTIONS,
-) -> asyncio.Server:
-    """`asyncio.start_server` for a front end, with its connection cap, a tunnel slot from the process-wide
-    `hbone.limits.TUNNELS` per connection, and the TLS handshake timeout: every front end listens through here."""
-    active = 0
-
-    async def gated(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal active
-        if active >= max_connections:
-            trip_unattached("max_connections", writer.get_extra_info("peername"), f"over {max_connections}")
-            writer.transport.abort()
-            return
-        if not TUNNELS.try_acquire():
-            writer.transport.abort()
-            return
-        active += 1
-        try:
-            await handler(reader, writer)
-        finally:
-            active -= 1
-            TUNNELS.release()
-
-    timeout = TLS_HANDSHAKE_TIMEOUT if ssl is not None else None
-    # The relay's start_server: a plain TCP client connection is handed to the callback path once relayed.
-    return await start_server(gated, host, port, ssl=ssl, ssl_handshake_timeout=timeout, reuse_address=True)

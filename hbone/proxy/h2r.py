@@ -27,9 +27,10 @@ from hbone.net.relay import relay
 from hbone.net.settings import H2Settings
 from hbone.net.stream import Stream
 from hbone.proxy.accesslog import AccessRecord
-from hbone.proxy.frontend import TLS_HANDSHAKE_TIMEOUT, Opener, Upstream
+from hbone.proxy.frontend import Opener, Upstream
 from hbone.proxy.guard import TunnelGuard
 from hbone.proxy.inbound import InboundConfig, InboundHandler
+from hbone.proxy.listener import TLS_HANDSHAKE_TIMEOUT
 from hbone.server import PeerInfo
 from hbone.tls import MeshTls, check_client_peer, check_server_peer
 from hbone.wire.authority import Authority

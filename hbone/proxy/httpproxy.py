@@ -19,9 +19,10 @@ from collections.abc import Mapping
 
 from hbone.errors import BadRequest, ClientClosed, Denied
 from hbone.proxy.accesslog import AccessRecord
-from hbone.proxy.frontend import Opener, fmt_addr, relay, start_listener
+from hbone.proxy.frontend import Opener, fmt_addr, relay
 from hbone.proxy.guard import TunnelGuard, client_phase
 from hbone.proxy.ingress_h1 import H1Ingress
+from hbone.proxy.listener import start_listener
 from hbone.proxy.responders import Http1Responder
 from hbone.wire.authority import Authority
 from hbone.wire.http1 import Request, absolute_form

@@ -22,10 +22,11 @@ from pathlib import Path
 from hbone.errors import ConfigError, HboneError, ProtocolError
 from hbone.net.relay import TcpEnd
 from hbone.proxy.accesslog import AccessRecord
-from hbone.proxy.frontend import Opener, fmt_addr, relay, start_listener
+from hbone.proxy.frontend import Opener, fmt_addr, relay
 from hbone.proxy.guard import TunnelGuard
 from hbone.proxy.ingress_h1 import H1Ingress
 from hbone.proxy.ingress_h2 import H2Backends, H2Ingress
+from hbone.proxy.listener import start_listener
 from hbone.proxy.responders import TcpResponder
 from hbone.proxy.routing import NoRoute, host_matches
 from hbone.wire.authority import Authority, parse_authority

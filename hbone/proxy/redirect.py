@@ -19,12 +19,12 @@ import struct
 
 from hbone.authz.model import Connection
 from hbone.errors import Denied, SelfCall
-from hbone.net.relay import IDLE_TIMEOUT, TcpEnd, start_server
-from hbone.net.relay.handoff import ClientConnected
+from hbone.net.relay import IDLE_TIMEOUT, TcpEnd
 from hbone.proxy.accesslog import AccessRecord
 from hbone.proxy.frontend import Opener, Upstream, dial_tcp, fmt_addr, relay
 from hbone.proxy.guard import TunnelGuard
 from hbone.proxy.inbound import Authorizer
+from hbone.proxy.listener import ConnectionHandler, start_listener
 from hbone.proxy.responders import TcpResponder
 from hbone.wire.authority import Authority
 from hbone.wire.proxyv2 import proxy_header
@@ -103,10 +103,10 @@ def _destination(writer: asyncio.StreamWriter, mode: CaptureMode) -> tuple[str, 
     return original_dst(sock)
 
 
-async def _start(handler: ClientConnected, host: str, port: int, mode: CaptureMode) -> asyncio.Server:
+async def _start(handler: ConnectionHandler, host: str, port: int, mode: CaptureMode) -> asyncio.Server:
     if mode is CaptureMode.TPROXY:
-        return await start_server(handler, sock=transparent_socket(host, port))
-    return await start_server(handler, host, port, reuse_address=True)
+        return await start_listener(handler, sock=transparent_socket(host, port))
+    return await start_listener(handler, host, port)
 
 
 class OutboundCapture:

@@ -15,8 +15,9 @@ from collections.abc import Mapping
 
 from hbone.errors import ClientClosed
 from hbone.proxy.accesslog import AccessRecord
-from hbone.proxy.frontend import Opener, Upstream, fmt_addr, relay, start_listener
+from hbone.proxy.frontend import Opener, Upstream, fmt_addr, relay
 from hbone.proxy.guard import TunnelGuard, client_phase
+from hbone.proxy.listener import start_listener
 from hbone.proxy.responders import SocksResponder
 from hbone.wire.socks5 import ConnectRequest, ProtocolViolation, ReplyCode, Socks5Server
 
