@@ -271,9 +271,9 @@ def host_port(addr: Authority) -> tuple[str, int]:
 # --- keys -------------------------------------------------------------------------------------------------------
 
 
-def unknown_keys_text(data: Mapping[Any, Any], known: Iterable[str], what: str = "") -> str | None:
+def unknown_keys_text(data: Mapping[Any, Any], known: Iterable[str], what: str = "", noun: str = "key") -> str | None:
     """The reason to refuse `data`'s keys not in `known` (the closest known key suggested), or None. `what` names
-    the kind of mapping when the key path does not (`a socks5 listener`)."""
+    the kind of mapping when the key path does not (`listener type socks5`); `noun` what a key is called there."""
     names = list(known)
     unknown = sorted(map(str, (k for k in data if k not in names)))  # YAML keys may be null, numbers, ...
     if not unknown:
@@ -283,8 +283,7 @@ def unknown_keys_text(data: Mapping[Any, Any], known: Iterable[str], what: str =
         close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
         guessed += bool(close)
         parts.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
-    noun = "unknown key" if len(unknown) == 1 else "unknown keys"
-    text = f"{noun} {', '.join(parts)}{f' for {what}' if what else ''}"
+    text = f"unknown {noun}{'s' if len(unknown) > 1 else ''} {', '.join(parts)}{f' for {what}' if what else ''}"
     # A guess for every key says enough; otherwise list what is known so the reader need not look it up.
     return text if guessed == len(unknown) else f"{text}; known: {', '.join(names)}"
 

@@ -36,6 +36,7 @@ from hbone.authz.model import (
     ServiceAccountMatch,
     StringMatch,
 )
+from hbone.configtext import unknown_keys_text
 from hbone.errors import ConfigError
 
 L4_WHEN_KEYS = frozenset({"source.ip", "source.namespace", "source.principal", "destination.ip", "destination.port"})
@@ -244,9 +245,9 @@ def _camel(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _only(data: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
-    unknown = sorted(str(k) for k in data if k not in allowed)
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+    reason = unknown_keys_text(data, allowed, noun="field")
+    if reason is not None:
+        raise ConfigError(f"{where}: {reason}")
 
 
 def _mapping(value: Any, where: str) -> Mapping[str, Any]:

@@ -33,6 +33,7 @@ from typing import Any
 
 import jwt
 
+from hbone.configtext import unknown_keys_text
 from hbone.errors import ConfigError as HboneConfigError
 from hbone.errors import GrpcStatus
 from hbone.safeyaml import read_limited, safe_load
@@ -139,11 +140,9 @@ def _strings(value: Any, where: str) -> tuple[str, ...]:
 
 
 def policy_from_mapping(doc: Mapping[str, Any], source: str = "<mapping>") -> AccessPolicy:
-    unknown = set(doc) - {"allow_loopback", "allow_anonymous", "rules"}
-    if unknown:
-        raise ConfigError(
-            f"unknown keys {sorted(unknown)} (expected allow_loopback, allow_anonymous, rules)", file=source
-        )
+    unknown = unknown_keys_text(doc, ("allow_loopback", "allow_anonymous", "rules"))
+    if unknown is not None:
+        raise ConfigError(unknown, file=source)
     rules: list[AccessRule] = []
     for i, raw in enumerate(doc.get("rules") or []):
         if not isinstance(raw, Mapping) or set(raw) - {"identities", "subjects", "groups"}:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from hbone.configtext import unknown_keys_text
+
 from .yamldoc import Located
 
 DEFAULT_NAMESPACE = "default"
@@ -23,7 +25,8 @@ def fields(item: Located, allowed: set[str], what: str) -> dict[str, Located]:
     for key in item.value:
         name = snake(str(key))
         if name not in allowed:
-            raise item.error(f"unknown {what} field {key!r} (known: {', '.join(sorted(allowed))})", key)
+            reason = unknown_keys_text({name: None}, sorted(allowed), noun=f"{what} field")
+            raise item.error(f"{reason} (as written: {key!r})" if name != key else str(reason), key)
         out[name] = item.child(key)
     return out
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
+from hbone.configtext import unknown_keys_text
 from microxds.protoreg import parse_message
 
 from ..errors import ConfigError, ConfigErrors, DuplicateResourceError, UnknownTypeError
@@ -215,12 +216,10 @@ def _collect(documents: Iterable[Document]) -> tuple[_Scope, dict[str, _Scope], 
             continue  # an empty document (e.g. a trailing `---`)
         if not isinstance(doc.data, dict):
             raise ConfigError("the top level must be a mapping (resources:, workloads:, ...)", file=doc.file, line=1)
-        for key in doc.data:
-            if key not in _TOP_KEYS:
-                known = ", ".join(sorted(_TOP_KEYS))
-                raise ConfigError(
-                    f"unknown top-level key {key!r} (known: {known})", file=doc.file, line=doc.line((key,))
-                )
+        reason = unknown_keys_text(doc.data, sorted(_TOP_KEYS), noun="top-level key")
+        if reason is not None:
+            first = min(str(k) for k in doc.data if k not in _TOP_KEYS)
+            raise ConfigError(reason, file=doc.file, line=doc.line((first,)))
         if "root_namespace" in doc.data:
             value = str(doc.data["root_namespace"])
             here = f"{doc.file}:{doc.line(('root_namespace',))}"

@@ -220,3 +220,16 @@ def test_frontends_config_errors_have_file_line(tmp_path: Path) -> None:
     assert str(info.value) == (
         f"{path}:3: listeners[0]: unknown key 'usres' (did you mean 'users'?) for listener type http-connect"
     )
+
+
+def test_microxds_configs_name_the_close_key_at_its_line() -> None:
+    from microxds.errors import ConfigError as XdsConfigError
+    from microxds.sources.yamlconfig import parse_texts
+
+    with pytest.raises(XdsConfigError) as info:
+        parse_texts([("mesh.yaml", "workloads: []\nservice: []\n")])
+    assert str(info.value) == "mesh.yaml:2: unknown top-level key 'service' (did you mean 'services'?)"
+    text = "workloads:\n  - name: a\n    namespace: ns\n    adresses: [10.0.0.1]\n"
+    with pytest.raises(XdsConfigError) as info:
+        parse_texts([("w.yaml", text)])
+    assert str(info.value) == "w.yaml:4: unknown workload field 'adresses' (did you mean 'addresses'?)"
