@@ -72,9 +72,6 @@ CIRCLE_ALLOWLIST = frozenset(
     }
 )
 
-#: Arrows not counted yet, each with the change of issue 19 that removes it. Do not add to this list.
-PENDING: Mapping[tuple[str, str], str] = {}
-
 
 @dataclass(frozen=True)
 class Arrow:
@@ -174,17 +171,12 @@ def module_arrows(name: str, source: str | bytes, modules: Mapping[str, Path], *
 
 
 @functools.cache
-def all_arrows() -> tuple[Arrow, ...]:
+def graph() -> tuple[Arrow, ...]:
     modules = find_modules()
     arrows: list[Arrow] = []
     for name, path in sorted(modules.items()):
         arrows += module_arrows(name, path.read_bytes(), modules, package=path.name == "__init__.py")
     return tuple(dict.fromkeys(arrows))  # `from m import a, b` is one arrow
-
-
-def graph() -> tuple[Arrow, ...]:
-    """The arrows the rules judge (all but the PENDING ones)."""
-    return tuple(a for a in all_arrows() if (a.source, a.target) not in PENDING)
 
 
 def unit_of(module: str) -> str:
@@ -346,13 +338,6 @@ def test_circles_are_found() -> None:
     assert circles({"a": {"b"}, "b": set()}) == []
 
 
-def test_pending_arrows_still_exist() -> None:
-    """A PENDING entry goes once its arrow is gone (the list only shrinks)."""
-    present = {(a.source, a.target) for a in all_arrows()}
-    gone = sorted(set(PENDING) - present)
-    assert not gone, f"remove from PENDING: {gone}"
-
-
 def test_the_real_graph_has_the_known_arrows() -> None:
     arrows = {(unit_of(a.source), unit_of(a.target)) for a in graph()}
     assert ("hbone.client", "hbone.net") in arrows
@@ -361,7 +346,7 @@ def test_the_real_graph_has_the_known_arrows() -> None:
 
 def print_graph() -> None:
     layers = layer_of()
-    edges = unit_edges(all_arrows())
+    edges = unit_edges(graph())
     for i, layer in enumerate(LAYERS):
         for unit in layer:
             below = sorted(edges.get(unit, ()), key=lambda u: (-layers.get(u, -1), u))
