@@ -126,3 +126,15 @@ async def test_many_streams_keep_both_connection_windows_open() -> None:
         await a.to_peer()
         await b.to_peer()
         assert (result.sent, result.received, result.error) == (1000, 1000, None)
+
+
+async def test_cancelling_the_relay_resets_both_streams() -> None:
+    a, b = Harness(), Harness()
+    _, _, task = await joined(a, b)
+    a.send(b"in flight")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for h in (a, b):
+        resets = [e for e in await h.to_peer() if isinstance(e, h2.events.StreamReset)]
+        assert resets and resets[0].error_code == H2ErrorCode.CANCEL

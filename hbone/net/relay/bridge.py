@@ -111,9 +111,14 @@ class StreamBridge:
     async def wait(self) -> RelayResult:
         """`done`; cancelling the caller resets both streams (CANCEL)."""
         try:
-            return await asyncio.shield(self.done)
+            return await self.done  # no shield: a cancelled caller cancels `done` with it
         except asyncio.CancelledError:
-            self.fail(asyncio.CancelledError(), None)
+            if self.done.cancelled():
+                if self._idle is not None:
+                    self._idle.cancel()
+                    self._idle = None
+                self._sent.src.reset(H2ErrorCode.CANCEL)
+                self._received.src.reset(H2ErrorCode.CANCEL)
             raise
 
     def ended(self, side: Side) -> None:
