@@ -207,6 +207,18 @@ def test_cookies_are_joined_and_content_length_is_enforced() -> None:
         server.receive(memoryview(frame(0, 0x1, 1, b"xy")))
 
 
+@pytest.mark.parametrize(("table_size", "block"), [(4096, "88"), (8192, "88"), (100, "3f4588"), (0, "2088")])
+def test_a_table_size_update_only_when_the_peer_lowers_it(table_size: int, block: str) -> None:
+    """Our encoder keeps no dynamic table: only a maximum lowered below 4096 must be announced (RFC 7541 §4.2);
+    Istio's vectors pin the one-byte `:status 200` block of a tunnel (test_istio_hbone_vectors)."""
+    server = _server()
+    server.receive(memoryview(frame(1, 0x4, 1, hpack.Encoder().encode(REQUEST))))
+    server.receive(memoryview(frame(4, 0, 0, (1).to_bytes(2, "big") + table_size.to_bytes(4, "big"))))
+    server.take_output()
+    server.send_headers(1, [(b":status", b"200")], False)
+    assert bytes(server.take_output())[9:].hex() == block
+
+
 def test_header_blocks_larger_than_a_frame_go_out_with_continuation() -> None:
     client = NativeEngine(client=True, settings=H2Settings.client())
     server = _server()

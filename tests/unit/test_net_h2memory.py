@@ -97,7 +97,7 @@ async def test_driver_keeps_settings_compact_after_connection_made() -> None:
     from tests.unit.test_net_driver import FakeTransport
 
     for client in (True, False):
-        conn = H2Connection(client=client, settings=H2Settings.server(ping_interval=None))
+        conn = H2Connection(client=client, settings=H2Settings.server(ping_interval=None, engine="h2"))
         conn.connection_made(FakeTransport())
         assert isinstance(conn._engine._h2.local_settings, CompactSettings)
         assert isinstance(conn._engine._h2.remote_settings, CompactSettings)
@@ -110,7 +110,8 @@ async def test_header_table_size_is_advertised() -> None:
     from tests.unit.test_net_driver import FakeTransport
 
     for size in (4096, 0):
-        conn = H2Connection(client=False, settings=H2Settings.server(ping_interval=None, header_table_size=size))
+        settings = H2Settings.server(ping_interval=None, header_table_size=size, engine="h2")  # h2's Settings below
+        conn = H2Connection(client=False, settings=settings)
         transport = FakeTransport()
         conn.connection_made(transport)
         assert conn._engine._h2.local_settings.header_table_size == size

@@ -64,7 +64,7 @@ class HeaderCodec:
     and LAN hops HBONE runs on do not notice.
     """
 
-    __slots__ = ("_cache", "_huffman", "_max_list", "_table", "_table_size")
+    __slots__ = ("_cache", "_encoder_size", "_huffman", "_max_list", "_table", "_table_size")
 
     def __init__(self, max_header_list_size: int, huffman: bool) -> None:
         self._table = HeaderTable()  # the peer's dynamic table, as its encoder builds it
@@ -72,6 +72,7 @@ class HeaderCodec:
         self._huffman = huffman
         self._cache: dict[tuple[bytes, bytes], bytes] = {}
         self._table_size: int | None = None  # a size update the next block must start with
+        self._encoder_size = _MAX_TABLE  # the dynamic table size the peer's decoder assumes we use
 
     def encode(self, headers: HeaderList) -> bytes:
         cache = self._cache
@@ -172,10 +173,12 @@ class HeaderCodec:
         return name
 
     def set_encoder_table_size(self, size: int) -> None:
-        """The peer's SETTINGS_HEADER_TABLE_SIZE. Our encoder uses no dynamic table, but still announces the
-        size it adopts (the peer's maximum, capped at the 4096 we started from) in the next block, as
-        RFC 7541 §4.2 requires after a change."""
-        self._table_size = min(size, 4096)
+        """The peer's SETTINGS_HEADER_TABLE_SIZE. Our encoder uses no dynamic table, but a maximum lowered below
+        the size the peer's decoder assumes must be announced at the start of the next block (RFC 7541 §4.2);
+        a raised or unchanged one needs nothing (hpack's encoder does the same)."""
+        if size < self._encoder_size:
+            self._encoder_size = size
+            self._table_size = size
 
 
 def _integer_at(data: bytes, pos: int, prefix: int) -> tuple[int, int]:
