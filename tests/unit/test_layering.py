@@ -320,6 +320,16 @@ def test_sans_io_cores_do_no_io() -> None:
     )
 
 
+def test_only_the_engine_imports_the_http2_libraries() -> None:
+    """h2, hyperframe and hpack stay behind the engine interface in hbone/net/h2/ (its `api` is what others use)."""
+    found = [
+        str(a)
+        for a in every_arrow()
+        if a.target.partition(".")[0] in ("h2", "hyperframe", "hpack") and not a.source.startswith("hbone.net.h2.")
+    ]
+    assert not found, "HTTP/2 library imported outside hbone/net/h2/:\n" + "\n".join(found)
+
+
 def test_hbone_net_is_a_floor() -> None:
     """hbone/net stands on the error tree and the limit counters only (checked by name, so the layer table above
     cannot quietly lower it)."""
