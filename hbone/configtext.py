@@ -322,6 +322,11 @@ def arg_type(parse: Callable[[str], T], name: str) -> Callable[[str], T]:
     return convert
 
 
+#: argparse `type=` for duration flags (seconds as a float) and size flags (bytes).
+DURATION = arg_type(duration_text, "duration")
+SIZE = arg_type(size_text, "size")
+
+
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hbone.configtext import host_port, listen_host, parse_listen, parse_target
+from hbone.configtext import DURATION, SIZE, host_port, listen_host, parse_listen, parse_target
 from hbone.errors import ConfigError, GrpcError
 from hbone.grpc.codec import ProtoCodec
 
@@ -40,11 +40,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c.add_argument("--expect-identity", action="append", default=[], metavar="SPIFFE_ID",
                    help="with --certs: accept only a server with this identity (repeatable)")  # fmt: skip
     c.add_argument("--authority", help=":authority to send (default ADDR; with --tls-ca also the TLS server name)")
-    c.add_argument("--timeout", type=float, help="deadline in seconds (sent as grpc-timeout)")
+    c.add_argument("--timeout", type=DURATION, help="deadline, e.g. 10s or 250ms (sent as grpc-timeout)")
     c.add_argument("-H", "--header", action="append", default=[], metavar="KEY:VALUE",
                    help="request metadata; a -bin key takes hex (repeatable)")  # fmt: skip
     c.add_argument("--gzip", action="store_true", help="compress the request with gzip")
-    c.add_argument("--max-message-size", type=int, default=64 * 1024 * 1024)
+    c.add_argument("--max-message-size", type=SIZE, default=64 * 1024 * 1024, help="bytes or 4MiB, ... (64MiB)")
     c.add_argument("--proto", metavar="MODULE.CLASS", help="protobuf class to print response messages with")
     c.set_defaults(func=cmd_call)
 
@@ -57,7 +57,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     hmode.add_argument("--tls-ca", type=Path, metavar="PEM", help="server-auth TLS trusting these roots")
     h.add_argument("--expect-identity", action="append", default=[], metavar="SPIFFE_ID", help="with --certs")
     h.add_argument("--authority", help=":authority to send (default ADDR)")
-    h.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds (10)")
+    h.add_argument("--timeout", type=DURATION, default=10.0, help="deadline, e.g. 10s or 250ms (10s)")
     h.set_defaults(func=cmd_health)
 
     d = gsub.add_parser("decode", help="decode a captured HTTP/2 byte stream into frames and gRPC messages")
@@ -65,7 +65,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     d.add_argument("--server", action="store_true", help="bytes sent by the server (no connection preface)")
     d.add_argument("--proto", metavar="MODULE.CLASS", help="protobuf class to pretty-print gRPC messages with")
     d.add_argument("--hex-limit", type=int, default=64, help="bytes of each message shown in hex (0: all)")
-    d.add_argument("--max-message-size", type=int, default=64 * 1024 * 1024)
+    d.add_argument("--max-message-size", type=SIZE, default=64 * 1024 * 1024, help="bytes or 4MiB, ... (64MiB)")
     d.set_defaults(func=cmd_decode)
 
     s = gsub.add_parser("sniff", help="relay an h2c connection and print both directions decoded")

@@ -23,6 +23,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2, json_format, struct_pb2
 from google.protobuf.message import Message
 
+from hbone.configtext import DURATION
 from hbone.errors import GrpcError
 from hbone.grpc.client import Channel
 from hbone.grpc.codec import ProtoCodec
@@ -66,7 +67,7 @@ def register(sub: Any) -> None:
     p.add_argument("--raw", action="store_true", help="Istio IPs as protobuf JSON bytes (base64), to paste back")
     p.add_argument("--count", type=int, default=0, metavar="N", help="with --watch: stop after N responses")
     p.add_argument("--json", action="store_true", help="one JSON object per response")
-    p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="wait for the first response (10)")
+    p.add_argument("--timeout", type=DURATION, default=10.0, metavar="S", help="wait for the first response (10)")
     p.set_defaults(func=run)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from hbone.commands.runtime import stop_on_signals
+from hbone.configtext import DURATION
 from hbone.identity import load_ca
 from microxds.commands.store import add_store_args, store_settings
 from microxds.errors import ConfigError
@@ -55,7 +56,7 @@ def register(sub: Any) -> None:
         metavar="SPIFFE_GLOB",
         help="node identity allowed to ask for other identities (ImpersonatedIdentity); repeatable",
     )
-    p.add_argument("--ca-max-ttl", type=float, default=90 * 86400, metavar="S", help="longest TTL signed (90d)")
+    p.add_argument("--ca-max-ttl", type=DURATION, default=90 * 86400, metavar="S", help="longest TTL signed (90d)")
     p.add_argument("--allow-all", action="store_true", help="no access control at all (trusted networks only)")
     p.add_argument("--jwt-key", action="append", default=[], type=Path, metavar="PEM", help="JWT public key")
     p.add_argument("--jwt-issuer", metavar="ISS", help="the JWT issuer (required with --jwt-key)")
@@ -67,9 +68,9 @@ def register(sub: Any) -> None:
         help="accepted JWT audience (required with --jwt-key)",
     )
     p.add_argument("--no-linear", action="store_true", help="serve endpoints/addresses from per-group snapshots")
-    p.add_argument("--debounce-quiet", type=float, default=0.1, metavar="S", help="push after S quiet (0.1)")
-    p.add_argument("--debounce-max", type=float, default=1.0, metavar="S", help="but at most S after a change (1.0)")
-    p.add_argument("--poll-interval", type=float, default=0.2, metavar="S", help="config file poll interval (0.2)")
+    p.add_argument("--debounce-quiet", type=DURATION, default=0.1, metavar="S", help="push after S quiet (0.1)")
+    p.add_argument("--debounce-max", type=DURATION, default=1.0, metavar="S", help="but at most S after a change (1.0)")
+    p.add_argument("--poll-interval", type=DURATION, default=0.2, metavar="S", help="config file poll interval (0.2)")
     p.add_argument("--max-in-flight", type=int, default=100, metavar="N", help="pushes in flight at once (100)")
     p.add_argument("--streams-per-second", type=float, default=200.0, metavar="R", help="new streams/s (200)")
     p.add_argument("--stream-burst", type=int, default=200, metavar="N", help="new-stream burst (200)")

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 from envoy.admin.v3 import config_dump_shared_pb2
 from envoy.service.status.v3 import csds_pb2
 
+from hbone.configtext import DURATION
 from hbone.errors import GrpcError, HboneError
 from hbone.grpc.codec import ProtoCodec
 from microxds.commands.dump import channel_for
@@ -44,7 +45,7 @@ def register(sub: Any) -> None:
                    help="with --certs: accepted server SPIFFE id (default: istiod's in our trust domain)")  # fmt: skip
     p.add_argument("--token-file", type=Path, metavar="FILE", help="send `authorization: Bearer <file content>`")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="per server (10)")
+    p.add_argument("--timeout", type=DURATION, default=10.0, metavar="S", help="per server (10)")
     p.set_defaults(func=run)
 
 

@@ -233,3 +233,14 @@ def test_microxds_configs_name_the_close_key_at_its_line() -> None:
     with pytest.raises(XdsConfigError) as info:
         parse_texts([("w.yaml", text)])
     assert str(info.value) == "w.yaml:4: unknown workload field 'adresses' (did you mean 'addresses'?)"
+
+
+def test_cli_flags_take_durations_and_sizes() -> None:
+    from hbone.cli import build_parser as hbone_parser
+    from microxds.cli import build_parser as microxds_parser
+
+    args = hbone_parser().parse_args(["grpc", "call", "127.0.0.1:1", "/s/M", "--timeout", "1m30s",
+                                      "--max-message-size", "4MiB"])  # fmt: skip
+    assert (args.timeout, args.max_message_size) == (90.0, 4 << 20)
+    args = microxds_parser().parse_args(["serve", "--config", "x", "--debounce-quiet", "250ms", "--ca-max-ttl", "30d"])
+    assert (args.debounce_quiet, args.ca_max_ttl) == (0.25, 30 * 86400.0)
