@@ -20,7 +20,7 @@ from hbone.commands.frontends_config import (
     listener_from_dict,
     load_frontends_config,
 )
-from hbone.commands.runtime import add_listener_flags, apply_listener_flags, stop_on_signals
+from hbone.commands.runtime import add_listener_flags, apply_listener_flags, stop_on_signals, tunnel_idle_timeout
 from hbone.configtext import parse_target
 from hbone.errors import ConfigError
 from hbone.proxy.capture_rules import RuleOptions, iptables_rules, nft_rules
@@ -194,12 +194,14 @@ def _allow_match(items: list[str]) -> dict[str, list[object]]:
 def cmd_simple(args: argparse.Namespace) -> int:
     apply_listener_flags(args)
     cfg = config_from_args(args)
+    cfg.tunnel_idle_timeout = tunnel_idle_timeout(args, cfg.tunnel_idle_timeout)
     return asyncio.run(run(cfg, admin=AdminOptions.resolve(args, cfg.admin_ports)))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     apply_listener_flags(args)
     cfg = load_frontends_config(args.config)
+    cfg.tunnel_idle_timeout = tunnel_idle_timeout(args, cfg.tunnel_idle_timeout)
     return asyncio.run(run(cfg, admin=AdminOptions.resolve(args, cfg.admin_ports)))
 
 

@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import signal
 
+from hbone.configtext import parse_idle_timeout
+from hbone.net.relay import IDLE_TIMEOUT
 from hbone.proxy.listener import MAX_CONNECTIONS, set_max_connections
 
 
@@ -21,11 +23,22 @@ def stop_on_signals(stop: asyncio.Event | None = None) -> asyncio.Event:
 
 
 def add_listener_flags(parser: argparse.ArgumentParser) -> None:
-    """`--max-connections`, for the commands whose listeners accept through `hbone.proxy.listener`."""
+    """`--max-connections` and `--tunnel-idle-timeout`, for the commands whose listeners accept through
+    `hbone.proxy.listener`."""
     parser.add_argument(
         "--max-connections", type=int, metavar="N",
         help=f"connections each listener serves at once; more are closed at accept (default {MAX_CONNECTIONS})",
     )  # fmt: skip
+    parser.add_argument(
+        "--tunnel-idle-timeout", metavar="DURATION",
+        help=f"close a relayed connection idle this long either way (default {IDLE_TIMEOUT:g}s; 0: never)",
+    )  # fmt: skip
+
+
+def tunnel_idle_timeout(args: argparse.Namespace, default: float | None = IDLE_TIMEOUT) -> float | None:
+    """`--tunnel-idle-timeout` if given, else `default` (a config file's value)."""
+    value = getattr(args, "tunnel_idle_timeout", None)
+    return default if value is None else parse_idle_timeout(value, "--tunnel-idle-timeout")
 
 
 def apply_listener_flags(args: argparse.Namespace) -> None:

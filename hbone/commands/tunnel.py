@@ -16,7 +16,7 @@ from hbone.admin.service import DaemonView, Observability, loaded
 from hbone.authz.defaults import DefaultMode
 from hbone.client import Endpoint, HboneClient, Tunnel
 from hbone.commands import probe
-from hbone.commands.runtime import add_listener_flags, apply_listener_flags, stop_on_signals
+from hbone.commands.runtime import add_listener_flags, apply_listener_flags, stop_on_signals, tunnel_idle_timeout
 from hbone.commands.stdio import Stdio
 from hbone.config import ServeConfig, load_serve_config
 from hbone.configtext import parse_listen
@@ -232,6 +232,7 @@ async def _forward(args: argparse.Namespace) -> int:
     admin = AdminOptions.resolve(args)
     listen = parse_listen(args.listen)
     parse_authority(args.target)
+    idle_timeout = tunnel_idle_timeout(args)
 
     async def open_tunnel(guard: TunnelGuard) -> Tunnel:
         """One tunnel per accepted connection, with its access record (metrics and /connections)."""
@@ -253,7 +254,7 @@ async def _forward(args: argparse.Namespace) -> int:
             except HboneError as e:
                 print(f"hbone forward: {e}", file=sys.stderr)
                 raise
-            result = await relay(TcpEnd(reader, writer), tunnel.stream)
+            result = await relay(TcpEnd(reader, writer), tunnel.stream, idle_timeout=idle_timeout)
             guard.relayed(result.sent, result.received, result.error)
 
     def accepted() -> AcceptedPipe:
@@ -272,7 +273,7 @@ async def _forward(args: argparse.Namespace) -> int:
             me.done.add_done_callback(lambda done: _finish(guard, done))
             return stream
 
-        made = pipe = AcceptedPipe(open_stream, tasks, failed)
+        made = pipe = AcceptedPipe(open_stream, tasks, failed, idle_timeout=idle_timeout)
         return made
 
     def failed(exc: BaseException) -> None:

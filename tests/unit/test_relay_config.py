@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
 from hbone.commands.frontends_config import FrontendsConfig
+from hbone.commands.runtime import add_listener_flags, tunnel_idle_timeout
 from hbone.config import ServeConfig
 from hbone.errors import ConfigError
 from hbone.net.relay import IDLE_TIMEOUT
@@ -37,3 +40,14 @@ def test_bad_values_are_errors() -> None:
         FrontendsConfig.from_dict({"tunnel_idle_timeout": "-5s"})
     with pytest.raises(XdsConfigError, match="tunnel_idle_timeout: invalid duration"):
         config_from_dict({"xds_address": "a:1", "tunnel_idle_timeout": "soon"})
+
+
+def test_the_listener_flag_wins_over_the_config_file() -> None:
+    parser = argparse.ArgumentParser()
+    add_listener_flags(parser)
+    assert tunnel_idle_timeout(parser.parse_args([])) == IDLE_TIMEOUT
+    assert tunnel_idle_timeout(parser.parse_args([]), 60.0) == 60.0  # a config file's value stays
+    assert tunnel_idle_timeout(parser.parse_args(["--tunnel-idle-timeout", "2m"]), 60.0) == 120.0
+    assert tunnel_idle_timeout(parser.parse_args(["--tunnel-idle-timeout", "0"]), 60.0) is None
+    with pytest.raises(ConfigError, match="--tunnel-idle-timeout"):
+        tunnel_idle_timeout(parser.parse_args(["--tunnel-idle-timeout", "soon"]))
