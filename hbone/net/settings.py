@@ -97,6 +97,9 @@ class H2Settings:
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise ConfigError(f"engine {self.engine!r} is not one of {', '.join(ENGINES)}")
+        if self.engine == "native" and self.validate_outbound_headers:
+            # h2's outbound normalisation has no counterpart there: its callers send headers built by hbone.wire.
+            raise ConfigError("validate_outbound_headers needs engine 'h2'")
         if not 65_535 <= self.initial_stream_window <= _MAX_WINDOW:
             raise ConfigError(f"initial_stream_window {self.initial_stream_window} out of range [65535, 2^31-1]")
         if not 65_535 <= self.connection_window <= _MAX_WINDOW:

@@ -10,7 +10,7 @@ import struct
 import hpack
 import pytest
 
-from hbone.errors import H2ErrorCode, ProtocolError
+from hbone.errors import ConfigError, H2ErrorCode, ProtocolError
 from hbone.net.h2 import api
 from hbone.net.h2.native_conn import NativeEngine
 from hbone.net.h2.native_frames import PREFACE
@@ -268,3 +268,10 @@ def test_hpack_decoder_agrees_with_hpack(seed: int) -> None:
 
 _NAMES = [b":method", b":path", b"x-a", b"cookie", b"authorization", b"traceparent", b"content-type"]
 _VALUES = [b"GET", b"/", b"", b"v" * 40, b"application/grpc", b"00-" + b"ab" * 20]
+
+
+def test_settings_refuse_what_the_native_engine_does_not_do() -> None:
+    with pytest.raises(ConfigError, match="engine"):
+        H2Settings(engine="nghttp2")
+    with pytest.raises(ConfigError, match="validate_outbound_headers"):
+        H2Settings(engine="native", validate_outbound_headers=True)
