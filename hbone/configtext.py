@@ -82,6 +82,8 @@ class Where:
         return out
 
     def __str__(self) -> str:
+        if not self.file:  # a key path only (a mapping handed over in code, not read from a file)
+            return self.key
         line = self.line
         head = f"{self.file}:{line}" if line is not None else self.file
         return f"{head}: {self.key}" if self.path else head

@@ -51,6 +51,7 @@ from hbone.configtext import (
 )
 from hbone.configtext import where_of as _where_of
 from hbone.net.relay import IDLE_TIMEOUT
+from hbone.proxy.egress import rules_from_list
 from hbone.proxy.routing import RouteTable, table_from_list
 from hbone.wire.authority import Authority
 
@@ -119,7 +120,7 @@ class FrontendsConfig:
             cfg.tunnel_idle_timeout = parse_idle_timeout(data["tunnel_idle_timeout"], at / "tunnel_idle_timeout")
         if data.get("mark") is not None:
             cfg.mark = parse_int(data["mark"], at / "mark", minimum=0, maximum=0xFFFFFFFF)
-        cfg.routes = table_from_list(data.get("routes"), str(at / "routes"), str(data.get("default_route", "deny")))
+        cfg.routes = table_from_list(data.get("routes"), at / "routes", str(data.get("default_route", "deny")))
         items = data.get("listeners") or []
         if not isinstance(items, list):
             raise (at / "listeners").error("expected a list")
@@ -175,6 +176,18 @@ def _check(kind: str, options: Mapping[str, Any], at: Where) -> None:
         raise at.error("certs {sni: DIR} is required (ingress-tls-terminate)")
     if kind == "inbound-plaintext" and str(options.get("capture", "redirect")) not in ("redirect", "tproxy"):
         raise fail(at / "capture", "must be redirect or tproxy")
+    # Values read when the listener starts are checked now, so a bad one is an error at its line.
+    if "request_timeout" in options:
+        parse_duration(options["request_timeout"], at / "request_timeout")
+    if "default_port" in options:
+        parse_int(options["default_port"], at / "default_port", minimum=1, maximum=65535)
+    if options.get("hbone_listen") is not None:
+        parse_listen(str(options["hbone_listen"]), at / "hbone_listen")
+    for key in ("proxy_protocol", "http"):
+        if key in options and not isinstance(options[key], bool):
+            raise fail(at / key, f"expected true or false, got {options[key]!r}")
+    if kind == "egress":
+        rules_from_list(options.get("allow"), str(at / "allow"))
 
 
 def load_frontends_config(path: Path) -> FrontendsConfig:

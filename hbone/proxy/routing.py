@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hbone.configtext import Where, check_keys, mapping, parse_int, parse_target
 from hbone.errors import BadRequest, ConfigError, Denied, ProtocolError
 from hbone.wire.authority import Authority, IPAddress, check_hostname, parse_authority
 
@@ -166,26 +167,26 @@ _DOUBLE_KEYS = {"gateway", "gateway_identities", "identities", "network"}
 _MATCH_KEYS = {"hosts", "cidrs", "ports"}
 
 
-def _list(value: Any, where: str) -> list[Any]:
+def _at(where: str | Where) -> Where:
+    """Where a routing value is: a `Where` from a config file, or a key path given in code (`routes`)."""
+    return where if isinstance(where, Where) else Where("", (where,))
+
+
+def _list(value: Any, at: Where) -> list[Any]:
     if value is None:
         return []
     if isinstance(value, str | int):
         return [value]
     if not isinstance(value, list):
-        raise ConfigError(f"{where}: expected a list, got {value!r}")
+        raise at.error(f"expected a list, got {value!r}")
     return value
 
 
-def _ports(values: Iterable[Any], where: str) -> tuple[int, ...]:
-    out = []
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 65535:
-            raise ConfigError(f"{where}: port {v!r} must be an integer 1..65535")
-        out.append(v)
-    return tuple(out)
+def _ports(values: Iterable[Any], at: Where) -> tuple[int, ...]:
+    return tuple(parse_int(v, at / i, minimum=1, maximum=65535) for i, v in enumerate(values))
 
 
-def _host_pattern(value: Any, where: str) -> str:
+def _host_pattern(value: Any, at: Where) -> str:
     text = str(value).strip().lower()
     if text == "*":
         return text
@@ -195,59 +196,48 @@ def _host_pattern(value: Any, where: str) -> str:
         try:
             ipaddress.ip_address(text)
         except ValueError:
-            raise ConfigError(f"{where}: {value!r} is not a hostname, '*.suffix' or '*'") from None
+            raise at.error(f"{value!r} is not a hostname, '*.suffix' or '*'") from None
     return text
 
 
-def match_from_dict(data: Mapping[str, Any] | None, where: str) -> Match:
+def match_from_dict(data: Mapping[str, Any] | None, where: str | Where) -> Match:
     if data is None:
         return Match()
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: expected a mapping with hosts/cidrs/ports")
-    unknown = sorted(map(str, set(data) - _MATCH_KEYS))  # YAML keys may be booleans, numbers, null
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(_MATCH_KEYS))}")
+    at = _at(where)
+    check_keys(mapping(data, at, "a mapping with hosts/cidrs/ports"), sorted(_MATCH_KEYS), at)
     cidrs = []
-    for c in _list(data.get("cidrs"), f"{where}.cidrs"):
+    for i, c in enumerate(_list(data.get("cidrs"), at / "cidrs")):
         try:
             cidrs.append(ipaddress.ip_network(str(c), strict=False))
         except ValueError as e:
-            raise ConfigError(f"{where}.cidrs: {e}") from e
-    hosts = tuple(_host_pattern(h, f"{where}.hosts") for h in _list(data.get("hosts"), f"{where}.hosts"))
-    return Match(hosts, tuple(cidrs), _ports(_list(data.get("ports"), f"{where}.ports"), f"{where}.ports"))
+            raise (at / "cidrs" / i).error(str(e)) from None
+    hosts = tuple(_host_pattern(h, at / "hosts" / i) for i, h in enumerate(_list(data.get("hosts"), at / "hosts")))
+    return Match(hosts, tuple(cidrs), _ports(_list(data.get("ports"), at / "ports"), at / "ports"))
 
 
-def route_from_dict(data: Mapping[str, Any], where: str = "route") -> Route:
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: expected a mapping")
-    unknown = sorted(map(str, set(data) - _ROUTE_KEYS))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(_ROUTE_KEYS))}")
+def route_from_dict(data: Mapping[str, Any], where: str | Where = "route") -> Route:
+    at = _at(where)
+    check_keys(mapping(data, at), sorted(_ROUTE_KEYS), at)
     via: Via | None = None
     if data.get("via") is not None:
-        try:
-            address = parse_authority(str(data["via"]))
-        except ProtocolError as e:
-            raise ConfigError(f"{where}.via: {e}") from e
-        idents = tuple(str(i) for i in _list(data.get("identities"), f"{where}.identities"))
+        address = parse_target(data["via"], at / "via")
+        idents = tuple(str(i) for i in _list(data.get("identities"), at / "identities"))
         via = Via(address, idents, bool(data.get("post", False)), bool(data.get("inner_tls", False)))
-    double = double_from_dict(data["double_hbone"], f"{where}.double_hbone") if data.get("double_hbone") else None
+    double = double_from_dict(data["double_hbone"], at / "double_hbone") if data.get("double_hbone") else None
     if double is not None and via is not None:
-        raise ConfigError(f"{where}: give via or double_hbone, not both")
+        raise at.error("give via or double_hbone, not both")
     try:
         action = Action(str(data.get("action", "hbone" if via or double else "direct")))
     except ValueError:
-        raise ConfigError(f"{where}.action: {data.get('action')!r} is not one of hbone, direct, deny") from None
+        raise (at / "action").error(f"{data.get('action')!r} is not one of hbone, direct, deny") from None
     if action is Action.HBONE and via is None and double is None:
-        raise ConfigError(f"{where}: action hbone needs via: HOST:PORT (or double_hbone: {{gateway: ...}})")
-    headers = data.get("headers") or {}
-    if not isinstance(headers, Mapping):
-        raise ConfigError(f"{where}.headers: expected a mapping")
+        raise at.error("action hbone needs via: HOST:PORT (or double_hbone: {gateway: ...})")
+    headers = mapping(data.get("headers") or {}, at / "headers")
     target = data.get("target")
     route = Route(
-        str(data.get("name", where)),
+        str(data.get("name", at.key or str(at))),
         action,
-        match_from_dict(data.get("match"), f"{where}.match"),
+        match_from_dict(data.get("match"), at / "match"),
         via,
         str(target) if target is not None else None,
         str(data["token_file"]) if data.get("token_file") else None,
@@ -255,39 +245,39 @@ def route_from_dict(data: Mapping[str, Any], where: str = "route") -> Route:
         double,
     )
     if route.target is not None:
-        rewrite(route.target, Authority("example.com", 1))  # fail at load time, not on the first connection
+        try:
+            rewrite(route.target, Authority("example.com", 1))  # fail at load time, not on the first connection
+        except ConfigError as e:
+            raise (at / "target").error(str(e)) from None
     return route
 
 
-def double_from_dict(data: Any, where: str) -> DoubleHbone:
+def double_from_dict(data: Any, where: str | Where) -> DoubleHbone:
+    at = _at(where)
     if not isinstance(data, Mapping) or "gateway" not in data:
-        raise ConfigError(f"{where}: expected a mapping with gateway: HOST:PORT")
-    unknown = sorted(map(str, set(data) - _DOUBLE_KEYS))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(_DOUBLE_KEYS))}")
-    try:
-        gateway = parse_authority(str(data["gateway"]))
-    except ProtocolError as e:
-        raise ConfigError(f"{where}.gateway: {e}") from e
-    identities = tuple(str(i) for i in _list(data.get("identities"), f"{where}.identities"))
+        raise at.error("expected a mapping with gateway: HOST:PORT")
+    check_keys(data, sorted(_DOUBLE_KEYS), at)
+    gateway = parse_target(data["gateway"], at / "gateway")
+    identities = tuple(str(i) for i in _list(data.get("identities"), at / "identities"))
     if not identities:
-        raise ConfigError(f"{where}.identities: the workload's SPIFFE ids are required (inner mTLS is end to end)")
+        raise (at / "identities").error("the workload's SPIFFE ids are required (inner mTLS is end to end)")
     return DoubleHbone(
         gateway,
-        tuple(str(i) for i in _list(data.get("gateway_identities"), f"{where}.gateway_identities")),
+        tuple(str(i) for i in _list(data.get("gateway_identities"), at / "gateway_identities")),
         identities,
         str(data["network"]) if data.get("network") is not None else None,
     )
 
 
-def table_from_list(items: Any, where: str = "routes", default: str = "deny") -> RouteTable:
-    routes = tuple(route_from_dict(item, f"{where}[{i}]") for i, item in enumerate(_list(items, where)))
+def table_from_list(items: Any, where: str | Where = "routes", default: str = "deny") -> RouteTable:
+    at = _at(where)
+    routes = tuple(route_from_dict(item, at / i) for i, item in enumerate(_list(items, at)))
     try:
         fallback = Route("default", Action(default))
     except ValueError:
-        raise ConfigError(f"{where}: default {default!r} must be direct or deny") from None
+        raise at.error(f"default {default!r} must be direct or deny") from None
     if fallback.action is Action.HBONE:
-        raise ConfigError(f"{where}: the default cannot be hbone; add a catch-all route with via")
+        raise at.error("the default cannot be hbone; add a catch-all route with via")
     return RouteTable(routes, fallback)
 
 

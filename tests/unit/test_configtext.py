@@ -244,3 +244,30 @@ def test_cli_flags_take_durations_and_sizes() -> None:
     assert (args.timeout, args.max_message_size) == (90.0, 4 << 20)
     args = microxds_parser().parse_args(["serve", "--config", "x", "--debounce-quiet", "250ms", "--ca-max-ttl", "30d"])
     assert (args.debounce_quiet, args.ca_max_ttl) == (0.25, 30 * 86400.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("listeners:\n  - type: ingress-http\n    request_timeout: 15\n    hosts: {}\n  - type: ingress-http\n"
+         "    request_timeout: soon\n",
+         "{f}:6: listeners[1].request_timeout: invalid duration 'soon': use e.g. 250ms, 10s, 1m30s, 2h, 7d or a "
+         "number of seconds"),
+        ("listeners:\n  - {type: sni-gateway, default_port: 0}\n",
+         "{f}:2: listeners[0].default_port: 0 is out of range: must be at least 1 and at most 65535"),
+        ("listeners:\n  - {type: inbound-plaintext, proxy_protocol: yes please}\n",
+         "{f}:2: listeners[0].proxy_protocol: expected true or false, got 'yes please'"),
+        ("routes:\n  - name: mesh\n    match: {hosts: ['*.svc']}\n    via: 10.0.0.5\n",
+         "{f}:4: routes[0].via: authority '10.0.0.5' has no port; expected host:port"),
+        ("routes:\n  - match:\n      ports: [80, 99999]\n    action: direct\n",
+         "{f}:3: routes[0].match.ports[1]: 99999 is out of range: must be at least 1 and at most 65535"),
+        ("routes:\n  - {action: direct, mach: {hosts: [a]}}\n",
+         "{f}:2: routes[0]: unknown key 'mach' (did you mean 'match'?)"),
+    ],
+)  # fmt: skip
+def test_frontends_values_fail_at_load_with_their_line(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "fe.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_frontends_config(path)
+    assert str(info.value) == message.format(f=path)
