@@ -9,6 +9,10 @@ import pytest
 
 from tests.unit.h2_twin import GRPC_REQUEST, PREFACE, REQUEST, RESPONSE, PeerFrames, Twin, frame
 
+HEAD_REQUEST = [(b":method", b"HEAD"), (b":scheme", b"https"), (b":path", b"/"), (b":authority", b"a")]
+BIG_REQUEST = [*REQUEST, (b"x-big", b"b" * 20_000)]  # over a 16 KiB frame: HEADERS + CONTINUATION
+BIG_RESPONSE = [*RESPONSE, (b"x-big", b"b" * 20_000)]
+
 
 def _op(twin: Twin, name: str, *args: object) -> None:
     twin.log.append(f"{name}{tuple(f'<{len(a[0])} bytes>' if isinstance(a, list) else a for a in args)}")
@@ -107,14 +111,14 @@ def test_random_sequences(seed: int, client: bool) -> None:
             splits = [rng.randrange(len(data) + 1) for _ in range(rng.randrange(4))]
             twin.receive(data, splits)
         elif r < 0.65 and client:
-            request, end = rng.choice([REQUEST, GRPC_REQUEST]), rng.random() < 0.2
+            request, end = rng.choice([REQUEST, GRPC_REQUEST, HEAD_REQUEST, BIG_REQUEST]), rng.random() < 0.2
             _op(twin, "open_stream", request, end)
         elif twin.sids:  # the driver only commands streams it was told about (opened, or reported by an event)
             sid = rng.choice(sorted(twin.sids))
             op = rng.choice(["headers", "data", "end", "reset", "credit", "ping", "goaway"])
             size = rng.choice([0, 1, 1000, 16_384, 70_000])
             end = rng.random() < 0.3
-            block = RESPONSE if not client else [(b"grpc-status", b"0")]
+            block = rng.choice([RESPONSE, BIG_RESPONSE]) if not client else [(b"grpc-status", b"0")]
             if op == "headers":
                 _op(twin, "send_headers", sid, block, end)
             elif op == "data":
