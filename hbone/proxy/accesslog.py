@@ -85,6 +85,10 @@ class AccessRecord:
         return (live.bytes_in, live.bytes_out) if self._live_inbound else (live.bytes_out, live.bytes_in)
 
     def finish(self, status: int, result: str) -> None:
+        """Close the record (once: `hbone.proxy.guard.TunnelGuard` calls it). Byte counts nobody set are taken
+        from the live stream (a tunnel that broke or was cancelled mid-relay)."""
+        if self._live is not None and not (self.bytes_sent or self.bytes_received):
+            self.bytes_sent, self.bytes_received = self.live_bytes()
         self.status = status
         self.result = result
         self.duration_ms = round((time.monotonic() - self.started) * 1000, 3)

@@ -93,28 +93,31 @@ class TunnelGuard:
         answer = answer_for(exc)
         if self._done:
             return answer
+        responder = self.responder
         if self.status is None:
-            status, result = self.responder.refuse(answer) if self.responder is not None else (answer.status, "")
-            self.status = status
-            self.finish(status, result or answer.reason)
+            status, result = answer.status, answer.reason
+            try:
+                if responder is not None:
+                    status, result = responder.refuse(answer)
+            finally:  # the record is finished even if answering failed
+                self.status = status
+                self.finish(status, result)
             return answer
-        if self.responder is not None:
-            self.responder.abort(answer)
-            cause = self.responder.cause() if not isinstance(exc, Exception) else None
-            if cause is not None:
-                answer = answer_for(cause)
-        self.finish(self.status, f"broken: {answer.reason}")
+        try:
+            if responder is not None:
+                responder.abort(answer)
+                cause = responder.cause() if not isinstance(exc, Exception) else None
+                if cause is not None:
+                    answer = answer_for(cause)
+        finally:
+            self.finish(self.status, f"broken: {answer.reason}")
         return answer
 
     def finish(self, status: int, result: str) -> None:
-        """Finish the record (once; later calls do nothing). Bytes not reported by `relayed` are read live."""
-        if self._done:
-            return
-        self._done = True
-        record = self.record
-        if record._live is not None and not (record.bytes_sent or record.bytes_received):
-            record.bytes_sent, record.bytes_received = record.live_bytes()
-        record.finish(status, result)
+        """Finish the record (once; later calls do nothing)."""
+        if not self._done:
+            self._done = True
+            self.record.finish(status, result)
 
     def __enter__(self) -> TunnelGuard:
         return self

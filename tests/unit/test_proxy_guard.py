@@ -175,3 +175,14 @@ def test_sinks_hear_one_open_and_one_close(monkeypatch: pytest.MonkeyPatch) -> N
     finally:
         remove()
     assert events == ["opened", "closed"]
+
+
+def test_a_responder_that_fails_still_leaves_one_record(caplog: pytest.LogCaptureFixture) -> None:
+    class Broken(FakeResponder):
+        def refuse(self, answer: Answer) -> tuple[int, str]:
+            raise RuntimeError("transport gone")
+
+    with pytest.raises(RuntimeError), TunnelGuard(AccessRecord("socks5"), Broken()):
+        raise UpstreamUnreachable("no route to host")
+    [rec] = _logged(caplog)
+    assert (rec["status"], rec["result"]) == (503, "no route to host")
