@@ -40,6 +40,9 @@ class StreamResponder:
         self.describe: Callable[[str], str] | None = None  # body text from the reason (the record keeps the reason)
 
     def refuse(self, answer: Answer) -> tuple[int, str]:
+        if answer.status == CLIENT_CLOSED:  # cancelled: nobody reads a status; end the stream if it still exists
+            self.abort(answer)
+            return answer.status, answer.reason
         status = answer.gateway_status if self.gateway else answer.status
         answer_stream(self.stream, status, self.describe(answer.reason) if self.describe else answer.reason)
         return status, answer.reason
