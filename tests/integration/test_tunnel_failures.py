@@ -20,6 +20,8 @@ from hbone.authz.engine import Decision
 from hbone.authz.model import Connection
 from hbone.client import Endpoint, HboneClient
 from hbone.errors import ConnectRefused, H2ErrorCode, HboneError, StreamReset
+from hbone.net.connection import connect
+from hbone.net.settings import H2Settings
 from hbone.proxy import accesslog
 from hbone.proxy.accesslog import AccessRecord
 from hbone.proxy.frontend import Dialer
@@ -310,12 +312,32 @@ async def test_http_proxy_and_ingress_failures(records: Records) -> None:
                 rec = await records.next()
                 assert (rec.direction, rec.status, rec.request) == ("ingress-http", 504, "GET slow.example/x")
                 assert rec.result == "timed out"
+
+                # The same over HTTP/2 (h2c prior knowledge): 404 for a host without a route, 504 for the silent
+                # backend; one record per request stream, and one for the pooled backend connection when it closes.
+                conn = await connect("127.0.0.1", int(front.sockets[0].getsockname()[1]), settings=H2Settings.client())
+                try:
+                    for host, status in (("nobody.example", 404), ("slow.example", 504)):
+                        stream = await conn.open_stream(
+                            [(":method", "GET"), (":scheme", "http"), (":path", "/y"), (":authority", host)],
+                            end_stream=True,
+                        )
+                        response = dict(await asyncio.wait_for(stream.response_headers(), IO))
+                        assert response[b":status"] == str(status).encode()
+                        rec = await records.next()
+                        assert (rec.direction, rec.mode, rec.status) == ("ingress-http", "HTTP/2", status)
+                        assert rec.request == f"GET {host}/y"
+                    assert rec.result == "timed out"
+                finally:
+                    await conn.close()
             finally:
                 front.close()
                 await ingress.close()
+            rec = await records.next()
+            assert (rec.direction, rec.status, rec.result) == ("ingress-h2-upstream", 200, "closed")
     finally:
         server.close()
-    records.check_once_each(4)
+    records.check_once_each(7)
 
 
 async def test_echo_is_still_ok(records: Records) -> None:
