@@ -156,7 +156,7 @@ class ServeConfig:
             cfg.tunnel_idle_timeout = parse_idle_timeout(data["tunnel_idle_timeout"], at / "tunnel_idle_timeout")
         if "drain_timeout" in data:
             cfg.drain_timeout = parse_duration(data["drain_timeout"], at / "drain_timeout")
-        cfg.admin_ports = admin_config_keys(data, str(at))
+        cfg.admin_ports = admin_config_keys(data, at)
         cfg._authz(data.get("authorization"), at / "authorization")
         cfg._http2(data.get("http2"), at / "http2")
         cfg.limits.update(data.get("limits"), at / "limits")

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hbone.configtext import TextError, host_port, listen_text
+from hbone.configtext import TextError, Where, host_port, listen_text
 from hbone.errors import ConfigError
 
 
@@ -67,12 +67,12 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--readiness", metavar="ADDR", help="/healthz/ready (default :15021)")
 
 
-def config_keys(data: Mapping[str, Any], source: str) -> dict[str, str]:
+def config_keys(data: Mapping[str, Any], source: str | Where) -> dict[str, str]:
     """The `admin:`, `metrics:`, `readiness:` keys of a config file, checked (a bad value fails at load)."""
     out = {}
     for key in KEYS:
         if data.get(key) is not None:
             value = "off" if data[key] is False else str(data[key])
-            parse_listen(value, f"{source}: {key}")
+            parse_listen(value, str(source / key) if isinstance(source, Where) else f"{source}: {key}")
             out[key] = value
     return out

@@ -111,7 +111,7 @@ class FrontendsConfig:
         at = _where_of(source)
         check_keys(mapping(data, at, "a mapping at the top level"), sorted(_TOP), at)
         cfg = cls()
-        cfg.admin_ports = admin_config_keys(data, str(at))
+        cfg.admin_ports = admin_config_keys(data, at)
         if data.get("certs") is not None:
             cfg.certs = Path(str(data["certs"]))
         if "dial_timeout" in data:

@@ -15,7 +15,7 @@ from hbone.admin.options import add_flags as add_admin_flags
 from hbone.admin.options import config_keys as admin_config_keys
 from hbone.admin.service import Observability
 from hbone.commands.runtime import stop_on_signals
-from hbone.configtext import TextError, duration_text, unknown_keys_text
+from hbone.configtext import TextError, Where, duration_text, listen_text, target_text, unknown_keys_text
 from hbone.errors import ConfigError as HboneConfigError
 from hbone.safeyaml import YamlLines, read_limited, safe_load
 from microxds.agent import Agent, AgentConfig, Forward
@@ -111,15 +111,27 @@ def config_from_dict(
     for key in ("workloads", "control_plane_identities"):
         if key in kw:
             kw[key] = tuple(str(v) for v in kw[key] or ())
+    for key in ("xds_address", "ca_address"):  # HOST:PORT, or replicas HOST:PORT,HOST:PORT
+        for address in str(kw.get(key) or "").split(","):
+            if address.strip() or key == "xds_address":
+                try:
+                    target_text(address.strip())
+                except TextError as e:
+                    raise error(f"{key}: {e}", key) from None
     fwds = []
-    for item in kw.get("forwards") or ():
+    for i, item in enumerate(kw.get("forwards") or ()):
         if not isinstance(item, dict) or not {"listen", "target"} <= set(item):
-            raise ConfigError("each forward needs listen and target (and workload)", file=source)
+            raise error("each forward needs listen and target (and workload)", "forwards", i)
+        for key in ("listen", "target"):
+            try:
+                listen_text(str(item[key]), "127.0.0.1") if key == "listen" else target_text(str(item[key]))
+            except TextError as e:
+                raise error(f"forwards[{i}].{key}: {e}", "forwards", i, key) from None
         default = kw.get("workloads", ("",))[0] if kw.get("workloads") else ""
         fwds.append(Forward(str(item["listen"]), str(item["target"]), str(item.get("workload", default))))
     kw["forwards"] = tuple(fwds)
     kw["profile"] = NodeProfile(**{"token_path": None, **node})
-    kw.update(admin_config_keys(raw, source))
+    kw.update(admin_config_keys(raw, Where(source, lines=lines)))
     return AgentConfig(**kw)
 
 

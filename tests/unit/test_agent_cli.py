@@ -86,3 +86,15 @@ def test_config_file_errors_name_the_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         config_from_yaml(path)
     assert str(info.value) == f"{path}:3: node: unknown key 'pod_nmae' (did you mean 'pod_name'?)"
+
+
+def test_addresses_are_checked_at_load(tmp_path: Path) -> None:
+    path = tmp_path / "agent.yml"
+    path.write_text("xds_address: a:1,b\nworkloads: [ns/a]\n")
+    with pytest.raises(ConfigError) as info:
+        config_from_yaml(path)
+    assert str(info.value) == f"{path}:1: xds_address: authority 'b' has no port; expected host:port"
+    path.write_text("xds_address: a:1\nforwards:\n  - {listen: ':9080', target: echo}\n")
+    with pytest.raises(ConfigError) as info:
+        config_from_yaml(path)
+    assert str(info.value) == f"{path}:3: forwards[0].target: authority 'echo' has no port; expected host:port"

@@ -271,3 +271,14 @@ def test_frontends_values_fail_at_load_with_their_line(tmp_path: Path, text: str
     with pytest.raises(ConfigError) as info:
         load_frontends_config(path)
     assert str(info.value) == message.format(f=path)
+
+
+def test_admin_port_keys_have_file_line(tmp_path: Path) -> None:
+    path = tmp_path / "serve.yaml"
+    path.write_text("listen: :0\nmetrics: localhost\n")
+    with pytest.raises(ConfigError) as info:
+        load_serve_config(path)
+    assert str(info.value) == (
+        f"{path}:2: metrics: bad listen address 'localhost': use HOST:PORT, [V6]:PORT or :PORT (port 0 picks one), "
+        "or off"
+    )
