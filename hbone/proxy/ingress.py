@@ -16,14 +16,14 @@ import asyncio
 import logging
 import ssl
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
-from hbone.errors import ConfigError, HboneError, ProtocolError
+from hbone.errors import ClientClosed, ConfigError, HboneError
 from hbone.net.relay import TcpEnd
 from hbone.proxy.accesslog import AccessRecord
 from hbone.proxy.frontend import Opener, fmt_addr, relay
-from hbone.proxy.guard import TunnelGuard
+from hbone.proxy.guard import TunnelGuard, client_phase
 from hbone.proxy.ingress_h1 import H1Ingress
 from hbone.proxy.ingress_h2 import H2Backends, H2Ingress
 from hbone.proxy.listener import start_listener
@@ -87,41 +87,46 @@ class Ingress:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         kind: str,
-        route: Callable[[], Authority],
-        first: bytes = b"",
+        target: Callable[[], Awaitable[tuple[Authority, bytes]]],
     ) -> None:
+        """One connection, one record: `target()` says where it goes and which bytes it already read."""
         peer = writer.get_extra_info("peername")
         record = AccessRecord(f"ingress-{kind}", mode="INGRESS", src_addr=fmt_addr(peer))
         with TunnelGuard(record, TcpResponder(writer)) as guard:  # failures: a close (no protocol to say why in)
-            target = route()
+            authority, first = await target()
             src = (str(peer[0]), int(peer[1])) if peer else None
-            upstream = await self.opener.open(target, src=src, record=record)
+            upstream = await self.opener.open(authority, src=src, record=record)
             await relay(reader, writer, upstream, guard, first)
 
     async def handle_tcp(self, target: Authority, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await self._forward(reader, writer, "tcp", lambda: target)
+        async def fixed() -> tuple[Authority, bytes]:
+            return target, b""
+
+        await self._forward(reader, writer, "tcp", fixed)
 
     async def handle_tls_passthrough(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        hello = ClientHelloReader()
-        parsed: ClientHello | None = None
-        try:
-            async with asyncio.timeout(self.timeout):
+        async def by_sni() -> tuple[Authority, bytes]:
+            """The ClientHello's SNI; a connection without a usable one is refused (and recorded: 400/408/499)."""
+            hello = ClientHelloReader()
+            parsed: ClientHello | None = None
+            async with client_phase("ClientHello", self.timeout):
                 while parsed is None:
                     data = await reader.read(4096)
                     if not data:
-                        raise EOFError("closed before the ClientHello was complete")
+                        raise ClientClosed("client closed before the ClientHello was complete")
                     parsed = hello.feed(data)
-        except (ProtocolError, TimeoutError, EOFError, ConnectionError) as e:
-            log.info("ingress: refused connection without a usable ClientHello: %s", e)
-            writer.close()
-            return
-        sni = parsed.server_name
-        await self._forward(reader, writer, "tls", lambda: lookup(self.hosts, sni), hello.data)
+            return lookup(self.hosts, parsed.server_name), hello.data
+
+        await self._forward(reader, writer, "tls", by_sni)
 
     async def handle_tls_terminated(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         obj = writer.get_extra_info("ssl_object")
         name = self._sni.pop(obj, None) if obj is not None else None
-        await self._forward(reader, writer, "tls-terminate", lambda: lookup(self.hosts, name))
+
+        async def by_name() -> tuple[Authority, bytes]:
+            return lookup(self.hosts, name), b""
+
+        await self._forward(reader, writer, "tls-terminate", by_name)
 
     async def handle_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Sniff h2 prior knowledge (or read ALPN), then route each request of the connection."""

@@ -75,7 +75,11 @@ class H2Backends:
                 return conn
             record = AccessRecord("ingress-h2-upstream", mode="HTTP/2")
             upstream = await self.opener.open(target, src=src, record=record)
-            conn = await connect_over(upstream.pipe, self.settings)
+            try:
+                conn = await connect_over(upstream.pipe, self.settings)
+            except BaseException:  # (a request timeout cancels this too) the tunnel must not stay open
+                upstream.close()
+                raise
             self._conns[target] = conn
             self.opened += 1
             watcher = asyncio.ensure_future(self._watch(conn, upstream.close, TunnelGuard(record)))

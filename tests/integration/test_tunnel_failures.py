@@ -335,9 +335,22 @@ async def test_http_proxy_and_ingress_failures(records: Records) -> None:
                 await ingress.close()
             rec = await records.next()
             assert (rec.direction, rec.status, rec.result) == ("ingress-h2-upstream", 200, "closed")
+
+            # TLS passthrough without a usable ClientHello: closed, and recorded (it used to leave no record).
+            front = await ingress.start_tls_passthrough("127.0.0.1", 0)
+            try:
+                r, w = await asyncio.open_connection("127.0.0.1", int(front.sockets[0].getsockname()[1]))
+                w.write(b"GET / HTTP/1.1\r\nHost: slow.example\r\n\r\n")
+                with contextlib.suppress(ConnectionError):
+                    assert await asyncio.wait_for(r.read(), IO) == b""
+                w.close()
+                rec = await records.next()
+                assert (rec.direction, rec.status) == ("ingress-tls", 400) and "TLS" in rec.result, rec
+            finally:
+                front.close()
     finally:
         server.close()
-    records.check_once_each(7)
+    records.check_once_each(8)
 
 
 async def test_echo_is_still_ok(records: Records) -> None:
