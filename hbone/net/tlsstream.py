@@ -140,7 +140,7 @@ class TlsStream:
         self.write(data)
         await self.drain()
 
-    # Stream-shaped extras, delegated to the carrier, so `splice` can relay a TlsStream like a tunnel stream.
+    # Stream-shaped extras, delegated to the carrier, so the relay carries a TlsStream like a tunnel stream.
     def reset(self, code: int = 0x8) -> None:
         reset = getattr(self.carrier, "reset", None)
         if reset is not None:

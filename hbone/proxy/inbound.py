@@ -121,7 +121,7 @@ class InboundHandler:
 
     Gateways (egress, H2R, PROXY v2 inbound) subclass it; these methods are the supported override points:
     `handle_stream` (the whole per-stream flow), `admit` (resolve + self-call check + authorization, returns the
-    address to dial), `dial` (upstream TCP connect) and `relay` (answer 200 and splice). Each stream runs inside
+    address to dial), `dial` (upstream TCP connect) and `relay` (answer 200, relay). Each stream runs inside
     a `TunnelGuard`: raise an `HboneError` to refuse it (status + reason before the 200, RST_STREAM after), and
     the guard finishes the access record exactly once, cancellation included.
     """
