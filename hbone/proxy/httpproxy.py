@@ -86,15 +86,16 @@ class HttpConnectProxy:
         return absolute_form(req)
 
     async def _first_line(self, reader: asyncio.StreamReader) -> bytes:
-        """Enough bytes to see the method (bounded like a CONNECT head)."""
-        buf = b""
+        """Enough bytes to see the method: `CONNECT ` or not (bounded like a CONNECT head). The head itself is
+        parsed once, by the parser these bytes are handed to."""
+        buf = bytearray()
         async with asyncio.timeout(self.handshake_timeout):
-            while b"\n" not in buf.lstrip(b"\r\n") and len(buf) <= DEFAULT_MAX_HEADER_BYTES:
+            while len(buf.lstrip(b"\r\n")) < len(b"CONNECT ") and len(buf) <= DEFAULT_MAX_HEADER_BYTES:
                 data = await reader.read(8192)
                 if not data:
                     break
                 buf += data
-        return buf
+        return bytes(buf)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.total += 1
