@@ -78,7 +78,7 @@ class _ServerConnection(H2Connection):
         )
         if len(self._server.connections) > self._server.max_connections:
             # A clear refusal: GOAWAY ENHANCE_YOUR_CALM right after our SETTINGS, then close.
-            self._trip("max_connections", f"over {self._server.max_connections} connections")
+            self.trip("max_connections", f"over {self._server.max_connections} connections")
             self._abort(ConnectionLost("too many connections"), H2ErrorCode.ENHANCE_YOUR_CALM)
 
 

@@ -69,7 +69,7 @@ class _ClientConnection(H2Connection):
     """
 
     def flush_now(self) -> None:
-        self._flush()
+        self.flush()
 
 
 class Channel:

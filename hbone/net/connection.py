@@ -1,16 +1,20 @@
-"""asyncio driver for one HTTP/2 connection (client or server), built on the sans-IO `h2` library.
+"""asyncio driver for one HTTP/2 connection (client or server), on a sans-IO engine (`hbone.net.h2`).
 
-The driver is an `asyncio.BufferedProtocol` (one reused receive buffer; and uvloop takes its buffered TLS path only
-for protocols that are not also `asyncio.Protocol`). Received bytes go into h2 and the resulting events are
-dispatched through a dict; frames h2 queues are written in one `transport.write` per batch.
+`H2Connection` is an `asyncio.BufferedProtocol` (one reused receive buffer; and uvloop takes its buffered TLS path
+only for protocols that are not also `asyncio.Protocol`). It owns the transport and composes four parts, each
+reached only through its own methods:
 
-Flow control (RFC 9113 §5.2, §6.9): inbound windows are credited only when the application reads the bytes;
-outbound data waits in each stream's bounded queue until the peer's windows and the transport allow it.
-The driver is composed of mixins, each reached through `H2Connection`: the h2 event handlers live in
-`hbone.net.events`; sending, resets, window credit and transport writes in `hbone.net.sending`; keepalive, GOAWAY,
-`drain()` (RFC 9113 §6.8), close and teardown in `hbone.net.lifecycle`. Abuse limits (rapid reset, control-frame
-floods, a peer that does not read, small reads for floods of tiny frames) are counted by the sans-IO
-`hbone.net.abuse.ConnectionGuard` and enforced here and in the event handlers.
+- the engine (`hbone.net.h2.api.Engine`): received bytes in, events out; commands in, bytes out;
+- the send scheduler (`hbone.net.scheduler.SendScheduler`): streams' queued bytes into the engine as windows allow,
+  the engine's output into the transport, one write per loop iteration;
+- the stream router (`hbone.net.events.StreamRouter`): the table of streams and what each engine event does to them;
+- the lifecycle (`hbone.net.lifecycle.Lifecycle`): keepalive, GOAWAY, `drain()` (RFC 9113 §6.8), close, teardown.
+
+Streams reach the connection only through `hbone.net.stream.StreamOwner` (its methods under "ports"). Flow control
+(RFC 9113 §5.2, §6.9): inbound windows are credited only when the application reads the bytes; outbound data waits
+in each stream's bounded outbox until the peer's windows and the transport allow it. Abuse limits (rapid reset,
+control-frame floods, a peer that does not read, small reads for floods of tiny frames) are counted by the sans-IO
+`hbone.net.abuse.ConnectionGuard` and enforced here and in the router.
 """
 
 from __future__ import annotations
@@ -19,26 +23,25 @@ import asyncio
 import socket
 import ssl as _ssl
 import threading
+import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, cast
 
-from hbone.errors import ConnectionLost, H2ErrorCode, HboneError, LimitExceeded, ProtocolError
+from hbone.errors import ConnectionLost, H2ErrorCode, HboneError, LimitExceeded, ProtocolError, StreamReset
 from hbone.limits import ByteBudget
 from hbone.net.abuse import CHATTY_EVENTS, SMALL_READ, ConnectionGuard
-from hbone.net.events import ConnectionEvents, dispatch_table
+from hbone.net.events import StreamHandler, StreamRouter
 from hbone.net.h2 import new_engine
-from hbone.net.h2.api import Engine
-from hbone.net.lifecycle import ConnectionLifecycle
-from hbone.net.sending import ConnectionSending
+from hbone.net.lifecycle import Lifecycle, code_name, log_error
+from hbone.net.scheduler import SendScheduler
 from hbone.net.settings import H2Settings
 from hbone.net.stream import HeaderInput, HeaderList, Stream, encode_headers, header_list_size
 
-StreamHandler = Callable[[Stream], Awaitable[None]]
+__all__ = ["H2Connection", "StreamHandler", "connect", "serve"]
 
 
-# ConnectionSending before ConnectionLifecycle: the lifecycle's placeholder `_flush`/`_h2_reset` must not win.
-class H2Connection(ConnectionEvents, ConnectionSending, ConnectionLifecycle, asyncio.BufferedProtocol):
+class H2Connection(asyncio.BufferedProtocol):
     """One HTTP/2 connection. Client: `await connect(...)`; server: `H2Connection.server_factory(handler)`."""
 
     #: Bytes its gRPC calls hold in partial / unread messages (`hbone.grpc.call.connection_budget`, made lazily).
@@ -52,28 +55,28 @@ class H2Connection(ConnectionEvents, ConnectionSending, ConnectionLifecycle, asy
         handler: StreamHandler | None = None,
         registry: set[H2Connection] | None = None,
     ) -> None:
-        self._loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self.client = client
-        self.settings = settings or (H2Settings.client() if client else H2Settings.server())
-        self._handler = handler
+        settings = self.settings = settings or (H2Settings.client() if client else H2Settings.server())
         self._registry = registry
-        self._engine: Engine = new_engine(client=client, settings=self.settings)
         self._transport: asyncio.Transport | None = None
-        self._rview = _receive_buffer(self.settings.read_buffer_size)
-        self._streams: dict[int, Stream] = {}
-        self._blocked: dict[int, Stream] = {}  # streams with queued data waiting for window or the transport
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._rview = _receive_buffer(settings.read_buffer_size)
+        engine = self._engine = new_engine(client=client, settings=settings)
+        # The parts reach back through a weak proxy: strong references both ways would be reference cycles that keep
+        # every closed connection's memory until the cycle collector runs (tests/integration/test_memory_cycles.py).
+        port = cast(H2Connection, weakref.proxy(self))
+        scheduler = self._scheduler = SendScheduler(engine, settings, loop, port)
+        lifecycle = self._lifecycle = Lifecycle(loop, settings, engine, scheduler, port)
+        self._router = StreamRouter(
+            host=port, loop=loop, settings=settings, scheduler=scheduler, lifecycle=lifecycle, handler=handler
+        )
+        # StreamOwner ports on every write and read, bound straight to the scheduler (one call less per chunk).
+        self.stream_writable: Callable[[Stream], None] = scheduler.pump
+        self.credit_stream: Callable[[int, int], None] = scheduler.credit
         self._capacity_waiters: deque[asyncio.Future[None]] = deque()
-        self._write_paused = False
-        self._flush_handle: asyncio.Handle | None = None
-        self._repump_handle: asyncio.Handle | None = None  # a deferred short tail (sending._pump)
-        self._receiving = False  # inside buffer_updated: its frames go out in one write at the end
-        self._remote_settings_seen = False
-        self._pending: dict[int, asyncio.Task[None]] = {}  # handler tasks of request streams not answered yet
-        self._guard: ConnectionGuard | None = None  # abuse accounting, made when first needed (`_guarded`)
+        self._guard: ConnectionGuard | None = None  # abuse accounting, made when first needed (`guard`)
         self._read_paused = False  # reading stopped: the outbound buffer is over max_outbound_buffer
-        self._init_lifecycle()  # closing/closed state, GOAWAY bookkeeping, keepalive timers
-        self._dispatch = dispatch_table(type(self))  # shared by the class: ~2 KiB less per connection
+        self._errors_logged = 0
 
     @classmethod
     def server_factory(
@@ -87,21 +90,40 @@ class H2Connection(ConnectionEvents, ConnectionSending, ConnectionLifecycle, asy
     @property
     def available_streams(self) -> int:
         """How many more streams the peer's SETTINGS_MAX_CONCURRENT_STREAMS allows right now."""
-        if not self.is_usable:
+        if not self._lifecycle.usable:
             return 0
         # Our count, not h2's open_outbound_streams (walks every stream: ~8% of churn client CPU); all are outbound.
-        return max(0, self.peer_max_concurrent_streams - (len(self._streams) if self.client else 0))
+        return max(0, self.peer_max_concurrent_streams - (len(self._router.streams) if self.client else 0))
 
     @property
     def peer_max_concurrent_streams(self) -> int:
         """The peer's SETTINGS_MAX_CONCURRENT_STREAMS (our assumed initial value until its SETTINGS arrive)."""
         limit = self._engine.peer_max_concurrent_streams
-        return limit if self._remote_settings_seen else min(limit, self.settings.initial_max_send_streams)
+        return limit if self._router.settings_seen else min(limit, self.settings.initial_max_send_streams)
 
     @property
     def active_streams(self) -> int:
         """Streams not yet finished in both directions."""
-        return len(self._streams)
+        return len(self._router.streams)
+
+    @property
+    def is_usable(self) -> bool:
+        """May new streams be opened? False once GOAWAY was sent or received or the connection closed."""
+        return self._lifecycle.usable
+
+    @property
+    def closed(self) -> bool:
+        return self._lifecycle.closed
+
+    @property
+    def goaway_sent_last_id(self) -> int | None:
+        """The last_stream_id of the GOAWAY we sent, if any."""
+        return self._lifecycle.goaway_sent_last_id
+
+    @property
+    def goaway_received(self) -> tuple[int, int] | None:
+        """(error_code, last_stream_id) of a GOAWAY received from the peer."""
+        return self._lifecycle.goaway_received
 
     @property
     def ssl_object(self) -> _ssl.SSLObject | None:
@@ -115,6 +137,19 @@ class H2Connection(ConnectionEvents, ConnectionSending, ConnectionLifecycle, asy
         obj = self.ssl_object
         return obj.getpeercert(binary_form=True) if obj is not None else None
 
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default) if self._transport is not None else default
+
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        """The transport while connected."""
+        return self._transport
+
+    @property
+    def setup_error(self) -> HboneError | None:
+        """Why the connection closed right after it was made (e.g. the TLS peer did not negotiate h2), or None."""
+        return self._lifecycle.close_exc
+
     # --- client API ----------------------------------------------------------------------------------------------
 
     async def open_stream(self, headers: HeaderInput, *, end_stream: bool = False, wait: bool = True) -> Stream:
@@ -126,9 +161,9 @@ class H2Connection(ConnectionEvents, ConnectionSending, ConnectionLifecycle, asy
         if not self.client:
             raise ProtocolError("open_stream() is for client connections")
         encoded = encode_headers(headers)
-        self._check_outbound_size(encoded)
+        self.check_outbound_headers(encoded)
         while self.available_streams <= 0:
-            self._raise_if_unusable()
+            self._lifecycle.raise_if_unusable()
             if not wait:
                 raise LimitExceeded("peer's SETTINGS_MAX_CONCURRENT_STREAMS reached")
             fut = self._loop.create_future()
@@ -146,18 +181,13 @@ class H2Connection(ConnectionEvents, ConnectionSending, ConnectionLifecycle, asy
             sid = self._engine.open_stream(encoded, end_stream)
         except ProtocolError as exc:
             raise ProtocolError(f"cannot open stream: {exc}") from exc
-        stream = Stream(self, sid, local=True, request_headers=encoded)
-        self._streams[sid] = stream
-        if end_stream:
-            stream._end_queued = True
-            self._local_end(stream)
-        self._schedule_flush()
+        stream = self._router.new_local(sid, encoded, end_stream)
+        self._scheduler.schedule_flush()
         return stream
 
-    def _check_outbound_size(self, headers: HeaderList) -> None:
-        limit = self._engine.peer_max_header_list_size
-        if limit is not None and header_list_size(headers) > limit:
-            raise LimitExceeded(f"header list of {header_list_size(headers)} bytes exceeds peer's limit {limit}")
+    def flush(self) -> None:
+        """Write what is queued now instead of at the end of this loop iteration (a request that is complete)."""
+        self._scheduler.flush()
 
     def _wake_capacity(self) -> None:
         free = self.available_streams
@@ -167,11 +197,35 @@ class H2Connection(ConnectionEvents, ConnectionSending, ConnectionLifecycle, asy
                 fut.set_result(None)
                 free -= 1
 
+    # --- shutdown (hbone.net.lifecycle) ------------------------------------------------------------------------
+
+    async def drain(self, deadline: float | None = None) -> None:
+        """Graceful shutdown (RFC 9113 §6.8): GOAWAY now, let running streams finish for `deadline` seconds
+        (default `settings.drain_deadline`), then reset what is left and close."""
+        await self._lifecycle.drain(deadline)
+
+    async def close(self) -> None:
+        """Close now: GOAWAY, fail every stream with ConnectionLost, close the transport and wait for it."""
+        await self._lifecycle.close()
+
+    def abort(self) -> None:
+        """Drop the connection at once (no GOAWAY); streams fail with ConnectionLost."""
+        self._lifecycle.abort()
+
+    async def wait_closed(self) -> None:
+        """Wait until the transport is gone."""
+        await asyncio.shield(self._lifecycle.closed_fut)
+
+    def _abort(self, exc: HboneError, code: int | None) -> None:
+        """For subclasses: a fatal error, GOAWAY(code) if given, then close after flushing."""
+        self._lifecycle.abort_with(exc, code)
+
     # --- asyncio.BufferedProtocol ------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # not an isinstance check: uvloop's transports do not derive from asyncio.Transport
         self._transport = cast(asyncio.Transport, transport)
+        self._scheduler.sink = self._transport
         if self._registry is not None:
             self._registry.add(self)
         sock = transport.get_extra_info("socket")
@@ -185,15 +239,13 @@ class H2Connection(ConnectionEvents, ConnectionSending, ConnectionLifecycle, asy
             alpn = obj.selected_alpn_protocol()
             # docs/hbone-spec.md §1: ALPN h2 on both sides; a server tolerates a client that sent no ALPN.
             if alpn != "h2" and (self.client or alpn is not None):
-                self._close_exc = ProtocolError(f"TLS peer negotiated ALPN {alpn!r}, need 'h2'")
-                self._teardown(self._close_exc)
+                exc = self._lifecycle.close_exc = ProtocolError(f"TLS peer negotiated ALPN {alpn!r}, need 'h2'")
+                self._lifecycle.teardown(exc)
                 self._transport.abort()
                 return
         self._engine.start()
-        self._flush()
-        self._arm_ping()
-        if not self.client:
-            self._arm_watch()
+        self._scheduler.flush()
+        self._lifecycle.start(server=not self.client)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         guard = self._guard
@@ -202,58 +254,111 @@ class H2Connection(ConnectionEvents, ConnectionSending, ConnectionLifecycle, asy
         return self._rview
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self._closed:
+        lifecycle = self._lifecycle
+        if lifecycle.closed:
             return
-        if not self._first_bytes.done():
-            self._first_bytes.set_result(None)
+        if not lifecycle.first_bytes.done():
+            lifecycle.first_bytes.set_result(None)
         try:
             events = self._engine.receive(self._rview[:nbytes])
         except ProtocolError as exc:
-            self._protocol_error(exc)
+            lifecycle.protocol_error(exc)
             return
-        self._receiving = True
+        scheduler = self._scheduler
+        scheduler.receiving = True
         try:
-            dispatch = self._dispatch
-            for event in events:
-                handler = dispatch.get(type(event))
-                if handler is not None:
-                    handler(self, event)
-                    if self._closed:
-                        return  # a limit tripped (GOAWAY sent): the rest of the batch is the attacker's
+            self._router.dispatch(events)
         except Exception as exc:  # a bug here must close one connection, never the process
-            self._log_error("internal error handling HTTP/2 events", exc)
-            self._abort(ConnectionLost(f"internal error: {exc!r}"), H2ErrorCode.INTERNAL_ERROR)
+            self.log_error("internal error handling HTTP/2 events", exc)
+            lifecycle.abort_with(ConnectionLost(f"internal error: {exc!r}"), H2ErrorCode.INTERNAL_ERROR)
             return
         finally:
-            self._receiving = False
-        self._flush()
+            scheduler.receiving = False
+        if lifecycle.closed:
+            return  # a limit tripped (GOAWAY sent): the rest of the batch was the attacker's
+        scheduler.flush()
         if self._capacity_waiters:
             self._wake_capacity()
-        self._maybe_idle()
+        lifecycle.maybe_idle()
         if self._guard is not None or len(events) > CHATTY_EVENTS:
-            self._guarded().observe_read(nbytes, len(events))
+            self.guard().observe_read(nbytes, len(events))
         transport = self._transport
         if transport is not None and transport.get_write_buffer_size() > self.settings.max_outbound_buffer:
             # The peer does not read what we owe it (PING/SETTINGS ACKs, responses): stop reading until it does,
             # so it cannot make us queue more (resume_writing resumes).
             self._read_paused = True
             transport.pause_reading()
-            self._guarded().trip("h2_outbound_buffer", f"over {self.settings.max_outbound_buffer} bytes unread")
+            self.trip("h2_outbound_buffer", f"over {self.settings.max_outbound_buffer} bytes unread")
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self._scheduler.pause()
 
     def resume_writing(self) -> None:
-        self._write_paused = False
-        if self._read_paused and self._transport is not None and not self._closed:
+        if self._read_paused and self._transport is not None and not self._lifecycle.closed:
             self._read_paused = False
             self._transport.resume_reading()
-        self._pump_blocked()
-        self._flush()
+        self._scheduler.resume()
 
-    # --- abuse limits ---------------------------------------------------------------------------------------------
+    def eof_received(self) -> bool | None:
+        return None  # close the transport; connection_lost fails the streams
 
-    def _guarded(self) -> ConnectionGuard:
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lifecycle.lost(exc)
+        self._transport = self._scheduler.sink = None
+        if self._registry is not None:
+            self._registry.discard(self)
+
+    # --- ports of the composed parts (StreamOwner, SchedulerHost, LifecycleHost, RouterHost); not for applications
+
+    def check_outbound_headers(self, headers: HeaderList) -> None:
+        limit = self._engine.peer_max_header_list_size
+        if limit is not None and header_list_size(headers) > limit:
+            raise LimitExceeded(f"header list of {header_list_size(headers)} bytes exceeds peer's limit {limit}")
+
+    def send_stream_headers(self, stream: Stream, headers: HeaderList, end_stream: bool) -> None:
+        if not stream.local:
+            self._router.answered(stream)
+        self._scheduler.send_headers(stream, headers, end_stream)
+
+    def reset_stream(self, stream: Stream, code: int) -> None:
+        self._scheduler.reset(stream.stream_id, code)
+        self._router.fail_stream(stream, StreamReset(code, f"stream reset locally ({code_name(code)})"))
+
+    def fail_stream(self, stream: Stream, exc: HboneError) -> None:
+        self._router.fail_stream(stream, exc)
+
+    def end_sent(self, stream: Stream) -> None:
+        self._router.end_sent(stream)
+
+    @property
+    def stream_count(self) -> int:
+        return len(self._router.streams)
+
+    def open_streams(self) -> list[Stream]:
+        return list(self._router.streams.values())
+
+    def fail_all(self, exc: HboneError) -> None:
+        self._router.fail_all(exc)
+        self._fail_capacity_waiters(exc)
+
+    def fail_waiters(self, exc: HboneError) -> None:
+        self._fail_capacity_waiters(exc)
+
+    def peer_settings_seen(self) -> bool:
+        return self._router.settings_seen
+
+    def new_stream(self, sid: int, headers: HeaderList, local: bool) -> Stream:
+        return Stream(self, sid, local=local, request_headers=headers, loop=self._loop)
+
+    def stream_gone(self) -> None:
+        if not self._router.streams:
+            self._lifecycle.idle_since = self._loop.time()
+        if self._capacity_waiters:
+            self._loop.call_soon(self._wake_capacity)
+        self._lifecycle.maybe_idle()
+
+    def guard(self) -> ConnectionGuard:
+        """This connection's abuse accounting (made on first use)."""
         guard = self._guard
         if guard is None:
             s = self.settings
@@ -264,37 +369,25 @@ class H2Connection(ConnectionEvents, ConnectionSending, ConnectionLifecycle, asy
             )
         return guard
 
-    def _trip(self, limit: str, detail: str) -> None:
+    def trip(self, limit: str, detail: str) -> None:
         """Count a trip of `limit` (hbone.limits); logged the first time on this connection."""
-        self._guarded().trip(limit, detail)
+        self.guard().trip(limit, detail)
 
-    def _calm(self, limit: str, detail: str) -> None:
+    def calm(self, limit: str, detail: str) -> None:
         """A rate limit tripped: GOAWAY ENHANCE_YOUR_CALM (RFC 9113 §7) and close, counted and logged once."""
-        self._trip(limit, detail)
-        self._abort(ConnectionLost(f"peer exceeded {limit}: {detail}"), H2ErrorCode.ENHANCE_YOUR_CALM)
+        self.trip(limit, detail)
+        self._lifecycle.abort_with(ConnectionLost(f"peer exceeded {limit}: {detail}"), H2ErrorCode.ENHANCE_YOUR_CALM)
 
-    # --- stream bookkeeping --------------------------------------------------------------------------------------
+    def log_error(self, what: str, exc: BaseException) -> None:
+        self._errors_logged += 1
+        log_error(self._errors_logged, what, exc, self.get_extra_info("peername"))
 
-    def _maybe_finish(self, stream: Stream) -> None:
-        if stream._local_closed and stream._recv_eof:
-            stream._finish()
-            self._forget(stream)
-
-    def _fail_stream(self, stream: Stream, exc: HboneError) -> None:
-        unread = stream._fail(exc)
-        if unread:
-            self._ack_id(stream.stream_id, unread)
-        self._forget(stream)
-
-    def _forget(self, stream: Stream) -> None:
-        streams = self._streams
-        streams.pop(stream.stream_id, None)
-        self._blocked.pop(stream.stream_id, None)
-        if not streams:
-            self._idle_since = self._loop.time()
-        if self._capacity_waiters:
-            self._loop.call_soon(self._wake_capacity)
-        self._maybe_idle()
+    def _fail_capacity_waiters(self, exc: HboneError) -> None:
+        while self._capacity_waiters:
+            fut = self._capacity_waiters.popleft()
+            if not fut.done():
+                fut.set_exception(exc)
+                fut.exception()  # mark retrieved: the waiter may have been cancelled meanwhile
 
 
 _buffers = threading.local()
@@ -346,8 +439,9 @@ async def connect(
         _, conn = await asyncio.wait_for(loop.create_connection(factory, **kwargs), connect_timeout)
     except (OSError, TimeoutError) as exc:
         raise ConnectionLost(f"cannot connect to {host}:{port}: {exc!r}") from exc
-    if conn._close_exc is not None:
-        raise conn._close_exc
+    failure = conn.setup_error
+    if failure is not None:
+        raise failure
     return conn
 
 

@@ -1,16 +1,17 @@
-"""HTTP/2 events from the peer, turned into stream state: requests, responses, data, ends, resets, settings.
+"""The streams of one HTTP/2 connection: engine events turned into stream state, and the stream table.
 
-`ConnectionEvents` is a mixin of `hbone.net.connection.H2Connection`. The driver's `buffer_updated` feeds the
-received bytes to the engine (`hbone.net.h2.api`) and calls one handler per event through `dispatch_table`; the
-handlers start a server's request handler tasks (`_run_handler`) and hand headers, data, trailers and resets to
-the streams.
+`StreamRouter` is composed by `hbone.net.connection.H2Connection`. It owns the table of open streams and a
+server's request handler tasks; the connection feeds it the engine's events (`dispatch`, one handler per event type
+through a dict) and it hands headers, data, trailers, ends and resets to the streams, starts request handlers
+(`_run_handler`), and finishes and forgets streams. Abuse limits are counted by the connection's
+`hbone.net.abuse.ConnectionGuard` (reached through `RouterHost`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hbone.errors import ConnectionLost, H2ErrorCode, HboneError, LimitExceeded, StreamReset
 from hbone.net.h2 import api as ev
@@ -19,126 +20,225 @@ from hbone.net.stream import HeaderList, Stream, StreamRefused, header_list_size
 
 if TYPE_CHECKING:
     from hbone.net.abuse import ConnectionGuard
-    from hbone.net.connection import H2Connection, StreamHandler
-    from hbone.net.h2.api import Engine
+    from hbone.net.lifecycle import Lifecycle
+    from hbone.net.scheduler import SendScheduler
     from hbone.net.settings import H2Settings
 
+StreamHandler = Callable[[Stream], Awaitable[None]]
 
-class ConnectionEvents:
-    """The engine event handlers of `H2Connection` (a mixin: it works on the driver's state)."""
 
-    # --- provided by the driver ----------------------------------------------------------------------------------
-    _loop: asyncio.AbstractEventLoop
-    settings: H2Settings
-    _engine: Engine
-    _handler: StreamHandler | None
-    _streams: dict[int, Stream]
-    _blocked: dict[int, Stream]
-    _tasks: set[asyncio.Task[None]]
-    _remote_settings_seen: bool
-    _pending: dict[int, asyncio.Task[None]]
-    _closed: bool
-    goaway_sent_last_id: int | None
+class RouterHost(Protocol):
+    """What the router needs from the connection besides the scheduler and lifecycle."""
 
-    if TYPE_CHECKING:  # declarations only: real stubs here would shadow the other mixins' methods in the MRO
+    def guard(self) -> ConnectionGuard: ...
 
-        def _pump(self, stream: Stream) -> None: ...
-        def _pump_blocked(self) -> None: ...
-        def _stop_sending(self, stream: Stream) -> None: ...
-        def _local_end(self, stream: Stream) -> None: ...
-        def _h2_reset(self, sid: int, code: int) -> None: ...
-        def _ack_id(self, sid: int, n: int) -> None: ...
-        def _maybe_finish(self, stream: Stream) -> None: ...
-        def _fail_stream(self, stream: Stream, exc: HboneError) -> None: ...
-        def _log_error(self, what: str, exc: BaseException) -> None: ...
-        def _guarded(self) -> ConnectionGuard: ...
-        def _calm(self, limit: str, detail: str) -> None: ...
+    def calm(self, limit: str, detail: str) -> None:
+        """A rate limit tripped: GOAWAY ENHANCE_YOUR_CALM and close."""
 
-    # --- event handlers (dispatched from buffer_updated) -----------------------------------------------------
+    def log_error(self, what: str, exc: BaseException) -> None: ...
+
+    def stream_gone(self) -> None:
+        """A stream left the table (a slot is free; the connection may be idle now)."""
+
+    def new_stream(self, sid: int, headers: HeaderList, local: bool) -> Stream:
+        """A `Stream` owned by the connection (the router keeps no reference to the connection itself)."""
+
+
+class StreamRouter:
+    """Open streams by id, and what happens to them as the engine's events arrive (see the module docstring)."""
+
+    __slots__ = (
+        "_handler",
+        "_host",
+        "_lifecycle",
+        "_loop",
+        "_scheduler",
+        "_settings",
+        "pending",
+        "settings_seen",
+        "streams",
+        "tasks",
+    )
+
+    def __init__(
+        self,
+        *,
+        host: RouterHost,
+        loop: asyncio.AbstractEventLoop,
+        settings: H2Settings,
+        scheduler: SendScheduler,
+        lifecycle: Lifecycle,
+        handler: StreamHandler | None,
+    ) -> None:
+        self._host = host
+        self._loop = loop
+        self._settings = settings
+        self._scheduler = scheduler
+        self._lifecycle = lifecycle
+        self._handler = handler
+        self.streams: dict[int, Stream] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.pending: dict[int, asyncio.Task[None]] = {}  # handler tasks of request streams not answered yet
+        self.settings_seen = False  # the peer's first SETTINGS arrived
+
+    def dispatch(self, events: list[ev.Event]) -> None:
+        """Handle one read's events in order; stops when a limit closed the connection (the rest is the
+        attacker's)."""
+        table = _HANDLERS
+        lifecycle = self._lifecycle
+        for event in events:
+            handler = table.get(event.__class__)
+            if handler is not None:
+                handler(self, event)
+                if lifecycle.closed:
+                    return
+
+    def new_local(self, sid: int, headers: HeaderList, end_stream: bool) -> Stream:
+        """A stream we opened (client) with `headers` already queued in the engine."""
+        stream = self._host.new_stream(sid, headers, True)
+        self.streams[sid] = stream
+        if end_stream:
+            stream.outbox.end_queued = True
+            self.end_sent(stream)
+        return stream
+
+    # --- stream bookkeeping (also the scheduler's host) -----------------------------------------------------
+
+    def end_sent(self, stream: Stream) -> None:
+        """Our END_STREAM went into the engine: finish the stream, or reset a request nobody reads any more."""
+        stream.outbox.ended = True
+        if stream.reset_after_end and not stream.peer_ended:
+            self._scheduler.reset(stream.stream_id, H2ErrorCode.NO_ERROR)
+            self.fail_stream(stream, StreamReset(H2ErrorCode.NO_ERROR, "response complete; request not read"))
+            return
+        self._maybe_finish(stream)
+
+    def stop_sending(self, stream: Stream) -> None:
+        """The peer asked us to stop sending (RST_STREAM NO_ERROR after its complete response)."""
+        outbox = stream.outbox
+        outbox.discard()
+        outbox.end_queued = outbox.ended = True
+        outbox.wake()
+        self._scheduler.blocked.pop(stream.stream_id, None)
+        self._maybe_finish(stream)
+
+    def _maybe_finish(self, stream: Stream) -> None:
+        if stream.outbox.ended and stream.peer_ended:
+            stream.finish()
+            self._forget(stream)
+
+    def fail_stream(self, stream: Stream, exc: HboneError) -> None:
+        unread = stream.fail(exc)
+        if unread:
+            self._scheduler.credit(stream.stream_id, unread)
+        self._forget(stream)
+
+    def _forget(self, stream: Stream) -> None:
+        self.streams.pop(stream.stream_id, None)
+        self._scheduler.blocked.pop(stream.stream_id, None)
+        self._host.stream_gone()
+
+    def fail_all(self, exc: HboneError) -> None:
+        """Teardown: fail every stream (keeping what a finished peer sent) and cancel every handler task."""
+        for stream in list(self.streams.values()):
+            stream.fail(exc, keep_received=True)
+        self.streams.clear()
+        self.pending.clear()
+        for task in list(self.tasks):
+            task.cancel()
+
+    # --- event handlers (dispatched from `dispatch`) ---------------------------------------------------------
 
     def _on_request(self, event: ev.RequestReceived) -> None:
         sid = event.stream_id
+        s = self._settings
+        goaway_last = self._lifecycle.goaway_sent_last_id
         refuse = (
             self._handler is None
-            or self._closed
-            or (self.goaway_sent_last_id is not None and sid > self.goaway_sent_last_id)
-            or len(self._streams) >= self.settings.max_concurrent_streams  # not h2's count: it walks every stream
+            or self._lifecycle.closed
+            or (goaway_last is not None and sid > goaway_last)
+            or len(self.streams) >= s.max_concurrent_streams  # not the engine's count: h2 walks every stream
         )
-        if not refuse and len(self._pending) >= self.settings.pending_stream_limit:
-            self._guarded().trip("h2_pending_streams", f"{len(self._pending)} requests not answered yet")
+        if not refuse and len(self.pending) >= s.pending_stream_limit:
+            self._host.guard().trip("h2_pending_streams", f"{len(self.pending)} requests not answered yet")
             refuse = True
         if refuse:  # RFC 9113 §8.7: REFUSED_STREAM means "not processed, retry elsewhere"
-            self._h2_reset(sid, H2ErrorCode.REFUSED_STREAM)
+            self._scheduler.reset(sid, H2ErrorCode.REFUSED_STREAM)
             return
-        headers: HeaderList = event.headers
-        stream = Stream(cast("H2Connection", self), sid, local=False, request_headers=headers)
-        self._streams[sid] = stream
-        if header_list_size(headers) > self.settings.max_header_list_size:
+        headers = event.headers
+        stream = self._host.new_stream(sid, headers, False)
+        self.streams[sid] = stream
+        if header_list_size(headers) > s.max_header_list_size:
             # RFC 9113 §10.5.1 / RFC 6585 §5: answer 431 rather than tearing the connection down.
-            stream._reset_after_end = True
+            stream.reset_after_end = True
             stream.send_headers([(b":status", b"431")], end_stream=True)
             return
         assert self._handler is not None
         task = self._loop.create_task(self._run_handler(self._handler, stream))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        self._pending[sid] = task  # until the response headers go out (sending._send_headers)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        self.pending[sid] = task  # until the response headers go out (`answered`)
+
+    def answered(self, stream: Stream) -> None:
+        """A request's response headers are going out: a reset from now on is not a premature one."""
+        self.pending.pop(stream.stream_id, None)
 
     def _on_response(self, event: ev.ResponseReceived) -> None:
-        stream = self._streams.get(event.stream_id)
+        stream = self.streams.get(event.stream_id)
         if stream is None:
             return
-        headers: HeaderList = event.headers
-        if header_list_size(headers) > self.settings.max_header_list_size:
-            self._h2_reset(stream.stream_id, H2ErrorCode.PROTOCOL_ERROR)
-            self._fail_stream(stream, LimitExceeded("response header list exceeds max_header_list_size"))
+        headers = event.headers
+        if header_list_size(headers) > self._settings.max_header_list_size:
+            self._scheduler.reset(stream.stream_id, H2ErrorCode.PROTOCOL_ERROR)
+            self.fail_stream(stream, LimitExceeded("response header list exceeds max_header_list_size"))
             return
-        stream._on_response(headers)
+        stream.on_response(headers)
 
     def _on_trailers(self, event: ev.TrailersReceived) -> None:
-        stream = self._streams.get(event.stream_id)
+        stream = self.streams.get(event.stream_id)
         if stream is not None:
-            stream._trailers_in = event.headers
+            stream.on_trailers(event.headers)
 
     def _on_data(self, event: ev.DataReceived) -> None:
         sid = event.stream_id
         flow = event.flow
         data = event.data
-        stream = self._streams.get(sid)
-        if stream is None or stream._error is not None:
-            self._ack_id(sid, flow)  # nobody will read it; give the window back at once
+        stream = self.streams.get(sid)
+        if stream is None or stream.error is not None:
+            self._scheduler.credit(sid, flow)  # nobody will read it; give the window back at once
             return
         if flow > len(data):
-            self._ack_id(sid, flow - len(data))  # padding is never read by the application
+            self._scheduler.credit(sid, flow - len(data))  # padding is never read by the application
         if data:
-            stream._on_data(data)
+            stream.on_data(data)
 
     def _on_stream_ended(self, event: ev.StreamEnded) -> None:
-        stream = self._streams.get(event.stream_id)
+        stream = self.streams.get(event.stream_id)
         if stream is not None:
-            stream._on_end(stream._trailers_in)
+            stream.on_end()
             self._maybe_finish(stream)
 
     def _on_stream_reset(self, event: ev.StreamReset) -> None:
-        task = self._pending.pop(event.stream_id, None)
+        task = self.pending.pop(event.stream_id, None)
         if task is not None:
             # Reset before we answered: stop its work now, upstream dial included (the dial's socket is closed by
             # the cancellation), and count it: many of these per second is the rapid reset attack (CVE-2023-44487).
             task.cancel()
-            if event.remote and self._guarded().premature_reset(self._loop.time()):
-                stream = self._streams.get(event.stream_id)
+            if event.remote and self._host.guard().premature_reset(self._loop.time()):
+                stream = self.streams.get(event.stream_id)
                 if stream is not None:
-                    self._fail_stream(stream, StreamReset(event.code, "stream reset by peer"))
-                self._calm("h2_rapid_reset", f"over {self.settings.max_resets_per_second} unanswered streams reset/s")
+                    self.fail_stream(stream, StreamReset(event.code, "stream reset by peer"))
+                limit = self._settings.max_resets_per_second
+                self._host.calm("h2_rapid_reset", f"over {limit} unanswered streams reset/s")
                 return
-        stream = self._streams.get(event.stream_id)
+        stream = self.streams.get(event.stream_id)
         if stream is None:
             return
         code = event.code
-        if code == H2ErrorCode.NO_ERROR and stream._recv_eof:
+        if code == H2ErrorCode.NO_ERROR and stream.peer_ended:
             # RFC 9113 §8.1: after a complete response, RST_STREAM(NO_ERROR) only asks us to stop sending; the
             # response must not be discarded.
-            self._stop_sending(stream)
+            self.stop_sending(stream)
             return
         exc: HboneError
         if code == H2ErrorCode.REFUSED_STREAM:
@@ -147,29 +247,36 @@ class ConnectionEvents:
             exc = StreamReset(code, f"stream reset by peer ({code_name(code)})")
         else:
             exc = StreamReset(code, f"stream reset after a protocol error ({code_name(code)})")
-        self._fail_stream(stream, exc)
+        self.fail_stream(stream, exc)
 
     def _on_window_updated(self, event: ev.WindowUpdated) -> None:
         if event.stream_id == 0:
-            self._pump_blocked()
+            self._scheduler.pump_blocked()
         else:
-            stream = self._blocked.get(event.stream_id)
+            stream = self._scheduler.blocked.get(event.stream_id)
             if stream is not None:
-                self._pump(stream)
+                self._scheduler.pump(stream)
 
     def _on_control_frame(self, event: Any) -> None:
         """PING and PRIORITY frames (the engine answers PINGs itself): only counted against the flood limit."""
-        if self._guarded().control_frames(self._loop.time()):
-            self._calm("h2_control_flood", f"over {self.settings.max_control_frames_per_second} control frames/s")
+        if self._host.guard().control_frames(self._loop.time()):
+            limit = self._settings.max_control_frames_per_second
+            self._host.calm("h2_control_flood", f"over {limit} control frames/s")
 
     def _on_remote_settings(self, event: ev.SettingsChanged) -> None:
-        if self._remote_settings_seen:  # the first SETTINGS of every connection is not a flood
+        if self.settings_seen:  # the first SETTINGS of every connection is not a flood
             self._on_control_frame(event)
-            if self._closed:
+            if self._lifecycle.closed:
                 return
-        self._remote_settings_seen = True
+        self.settings_seen = True
         if event.window_changed:
-            self._pump_blocked()
+            self._scheduler.pump_blocked()
+
+    def _on_ping_ack(self, event: ev.PingAcked) -> None:
+        self._lifecycle.on_ping_ack(event)
+
+    def _on_goaway(self, event: ev.GoAwayReceived) -> None:
+        self._lifecycle.on_goaway(event)
 
     # --- server handlers -------------------------------------------------------------------------------------
 
@@ -182,49 +289,36 @@ class ConnectionEvents:
                 raise
             except Exception as exc:  # the exception is consumed here: no "Task exception was never retrieved"
                 if stream.error is None and not isinstance(exc, (StreamReset, ConnectionLost)):
-                    self._log_error(f"stream {stream.stream_id} handler failed", exc)
+                    self._host.log_error(f"stream {stream.stream_id} handler failed", exc)
                 stream.reset(exc.h2_code if isinstance(exc, HboneError) else H2ErrorCode.INTERNAL_ERROR)
                 return
             if stream.closed or stream.error is not None:
                 return
-            if not stream._headers_sent:
+            if not stream.headers_sent:
                 stream.reset(H2ErrorCode.INTERNAL_ERROR)
                 return
             # RFC 9113 §8.1: once the response is complete the server may reset a request it no longer reads.
-            stream._reset_after_end = True
-            if stream._local_closed:
-                self._local_end(stream)
+            stream.reset_after_end = True
+            if stream.outbox.ended:
+                self.end_sent(stream)
             else:
                 stream.write_eof()
         finally:
-            self._pending.pop(stream.stream_id, None)  # answered, failed or cancelled: no longer pending
+            self.pending.pop(stream.stream_id, None)  # answered, failed or cancelled: no longer pending
 
 
-_EVENT_HANDLERS = {
-    ev.RequestReceived: "_on_request",
-    ev.ResponseReceived: "_on_response",
-    ev.TrailersReceived: "_on_trailers",
-    ev.DataReceived: "_on_data",
-    ev.StreamEnded: "_on_stream_ended",
-    ev.StreamReset: "_on_stream_reset",
-    ev.WindowUpdated: "_on_window_updated",
-    ev.SettingsChanged: "_on_remote_settings",
-    ev.PingAcked: "_on_ping_ack",
-    ev.ControlFrame: "_on_control_frame",
-    ev.GoAwayReceived: "_on_goaway",
+# Engine event type -> handler, shared by every router: a dict of bound methods per connection cost ~2 KiB for
+# every one of an xDS server's idle clients (tools/bench/xds_memprobe.py).
+_HANDLERS: dict[type[ev.Event], Callable[[StreamRouter, Any], None]] = {
+    ev.RequestReceived: StreamRouter._on_request,
+    ev.ResponseReceived: StreamRouter._on_response,
+    ev.TrailersReceived: StreamRouter._on_trailers,
+    ev.DataReceived: StreamRouter._on_data,
+    ev.StreamEnded: StreamRouter._on_stream_ended,
+    ev.StreamReset: StreamRouter._on_stream_reset,
+    ev.WindowUpdated: StreamRouter._on_window_updated,
+    ev.SettingsChanged: StreamRouter._on_remote_settings,
+    ev.PingAcked: StreamRouter._on_ping_ack,
+    ev.ControlFrame: StreamRouter._on_control_frame,
+    ev.GoAwayReceived: StreamRouter._on_goaway,
 }
-
-
-_DISPATCH_TABLES: dict[type[Any], dict[type[Any], Callable[[Any, Any], None]]] = {}
-
-
-def dispatch_table(cls: type[ConnectionEvents]) -> dict[type[Any], Callable[[Any, Any], None]]:
-    """Engine event type -> handler function, once per class (so subclasses' overrides are honoured).
-
-    A dict of bound methods per connection cost ~2 KiB for every one of an xDS server's idle clients
-    (tools/bench/xds_memprobe.py); unbound functions called as `handler(self, event)` cost nothing per connection.
-    """
-    table = _DISPATCH_TABLES.get(cls)
-    if table is None:
-        table = _DISPATCH_TABLES[cls] = {event: getattr(cls, name) for event, name in _EVENT_HANDLERS.items()}
-    return table

@@ -1,8 +1,9 @@
 """The life and death of one HTTP/2 connection: PING keepalive, GOAWAY, graceful drain, close and teardown.
 
-`ConnectionLifecycle` is a mixin of `hbone.net.connection.H2Connection`; it owns the connection's end states and
-timers, while the driver owns framing, streams and flow control. The split keeps each module readable; the
-public API (`drain`, `close`, `abort`, `wait_closed`, `closed`, `goaway_*`) is reached through `H2Connection`.
+`Lifecycle` is composed by `hbone.net.connection.H2Connection`; it owns the connection's end states and timers,
+while the connection owns the transport, the scheduler (`hbone.net.scheduler`) owns sending and the router
+(`hbone.net.events`) owns the streams. The public API (`drain`, `close`, `abort`, `wait_closed`, `closed`,
+`goaway_*`) is reached through `H2Connection`.
 
 - Keepalive (ztunnel behaviour): PING every `ping_interval`; no ACK within `ping_timeout` drops the connection
   without a graceful close, because a peer that does not read would make a graceful close wait forever.
@@ -17,8 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 from hbone.errors import ConnectionLost, H2ErrorCode, HboneError, ProtocolError
 from hbone.net.h2.api import GoAwayReceived, PingAcked
@@ -26,6 +26,7 @@ from hbone.net.stream import StreamRefused
 
 if TYPE_CHECKING:
     from hbone.net.h2.api import Engine
+    from hbone.net.scheduler import SendScheduler
     from hbone.net.settings import H2Settings
     from hbone.net.stream import Stream
 
@@ -73,111 +74,128 @@ def code_name(code: int) -> str:
         return f"0x{code:x}"
 
 
-class ConnectionLifecycle:
-    """Keepalive, GOAWAY, drain and close for `H2Connection` (a mixin: it works on the driver's state)."""
+class LifecycleHost(Protocol):
+    """What the lifecycle needs from the connection: its transport, its streams, accounting and logs."""
 
-    # --- provided by the driver ----------------------------------------------------------------------------------
-    _loop: asyncio.AbstractEventLoop
-    settings: H2Settings
-    _engine: Engine
-    _transport: asyncio.Transport | None
-    _streams: dict[int, Stream]
-    _blocked: dict[int, Stream]
-    _tasks: set[asyncio.Task[None]]
-    _pending: dict[int, asyncio.Task[None]]
-    _capacity_waiters: deque[asyncio.Future[None]]
-    _flush_handle: asyncio.Handle | None
-    _repump_handle: asyncio.Handle | None
-    _registry: set[Any] | None
-    _remote_settings_seen: bool
+    @property
+    def transport(self) -> asyncio.Transport | None: ...
 
-    def _flush(self) -> None:
-        raise NotImplementedError
+    @property
+    def stream_count(self) -> int: ...
 
-    def _h2_reset(self, sid: int, code: int) -> None:
-        raise NotImplementedError
+    def open_streams(self) -> list[Stream]: ...
 
-    def _fail_stream(self, stream: Stream, exc: HboneError) -> None:
-        raise NotImplementedError
+    def fail_stream(self, stream: Stream, exc: HboneError) -> None: ...
 
-    def _trip(self, limit: str, detail: str) -> None:
-        raise NotImplementedError
+    def fail_all(self, exc: HboneError) -> None:
+        """Fail every stream, stream-slot waiter and handler task (teardown)."""
 
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._transport.get_extra_info(name, default) if self._transport is not None else default
+    def fail_waiters(self, exc: HboneError) -> None:
+        """Fail the callers waiting for a stream slot (no new streams from now on)."""
 
-    # --- state ---------------------------------------------------------------------------------------------------
+    def trip(self, limit: str, detail: str) -> None: ...
 
-    def _init_lifecycle(self) -> None:
-        self._closing = False  # no new streams: GOAWAY sent or received, or closing
-        self._closed = False  # torn down: every stream failed
-        self._close_exc: HboneError | None = None
-        self._closed_fut: asyncio.Future[None] = self._loop.create_future()
+    def log_error(self, what: str, exc: BaseException) -> None: ...
+
+    def peer_settings_seen(self) -> bool: ...
+
+
+class Lifecycle:
+    """Keepalive, GOAWAY, drain and close of one connection (see the module docstring)."""
+
+    __slots__ = (
+        "_engine",
+        "_host",
+        "_idle_fut",
+        "_loop",
+        "_ping_deadline",
+        "_ping_payload",
+        "_ping_timer",
+        "_scheduler",
+        "_settings",
+        "_watch_timer",
+        "close_exc",
+        "closed",
+        "closed_fut",
+        "closing",
+        "first_bytes",
+        "goaway_received",
+        "goaway_sent_last_id",
+        "idle_since",
+        "ping_seq",
+    )
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        settings: H2Settings,
+        engine: Engine,
+        scheduler: SendScheduler,
+        host: LifecycleHost,
+    ) -> None:
+        self._loop = loop
+        self._settings = settings
+        self._engine = engine
+        self._scheduler = scheduler
+        self._host = host
+        self.closing = False  # no new streams: GOAWAY sent or received, or closing
+        self.closed = False  # torn down: every stream failed
+        self.close_exc: HboneError | None = None
+        self.closed_fut: asyncio.Future[None] = loop.create_future()
         self._idle_fut: asyncio.Future[None] | None = None
-        self._first_bytes: asyncio.Future[None] = self._loop.create_future()
+        self.first_bytes: asyncio.Future[None] = loop.create_future()
         self.goaway_sent_last_id: int | None = None
         #: (error_code, last_stream_id) of a GOAWAY received from the peer.
         self.goaway_received: tuple[int, int] | None = None
         self._ping_timer: asyncio.TimerHandle | None = None
         self._ping_deadline: asyncio.TimerHandle | None = None
         self._ping_payload: bytes | None = None
-        self._ping_seq = 0
-        self._errors_logged = 0
+        self.ping_seq = 0
         self._watch_timer: asyncio.TimerHandle | None = None  # server: preface, then idle deadline
-        self._idle_since = 0.0  # loop time when the last stream ended
+        self.idle_since = 0.0  # loop time when the last stream ended
+
+    def start(self, server: bool) -> None:
+        """The transport is up: arm keepalive (and, on a server, the preface and idle deadlines)."""
+        self._arm_ping()
+        if server:
+            self._arm_watch()
 
     @property
-    def is_usable(self) -> bool:
-        """May new streams be opened? False once GOAWAY was sent or received or the connection closed."""
-        return self._transport is not None and not self._closing and not self._closed
+    def usable(self) -> bool:
+        return self._host.transport is not None and not self.closing and not self.closed
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    async def wait_closed(self) -> None:
-        """Wait until the transport is gone."""
-        await asyncio.shield(self._closed_fut)
-
-    def _raise_if_unusable(self) -> None:
-        if self._closed or self._transport is None:
-            raise self._close_exc or ConnectionLost("HTTP/2 connection is closed")
-        if self._closing:
+    def raise_if_unusable(self) -> None:
+        if self.closed or self._host.transport is None:
+            raise self.close_exc or ConnectionLost("HTTP/2 connection is closed")
+        if self.closing:
             raise ConnectionLost("HTTP/2 connection is going away (GOAWAY); open a new one")
 
-    # --- transport end (asyncio.BufferedProtocol) ---------------------------------------------------------------
-
-    def eof_received(self) -> bool | None:
-        return None  # close the transport; connection_lost fails the streams
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        reason = self._close_exc or ConnectionLost(f"connection lost: {exc}" if exc else "connection closed by peer")
-        self._teardown(reason)
-        self._transport = None
-        if self._registry is not None:
-            self._registry.discard(self)
-        if not self._closed_fut.done():
-            self._closed_fut.set_result(None)
+    def lost(self, exc: Exception | None) -> None:
+        """The transport is gone (asyncio's connection_lost)."""
+        reason = self.close_exc or ConnectionLost(f"connection lost: {exc}" if exc else "connection closed by peer")
+        self.teardown(reason)
+        if not self.closed_fut.done():
+            self.closed_fut.set_result(None)
 
     # --- GOAWAY ----------------------------------------------------------------------------------------------
 
-    def _on_goaway(self, event: GoAwayReceived) -> None:
+    def on_goaway(self, event: GoAwayReceived) -> None:
         code, last = event.code, event.last_stream_id
         self.goaway_received = (code, last)
-        self._closing = True
-        for sid, stream in list(self._streams.items()):
+        self.closing = True
+        for stream in self._host.open_streams():
+            sid = stream.stream_id
             if stream.local and sid > last:  # RFC 9113 §6.8: not processed by the peer, safe to retry
-                self._h2_reset(sid, H2ErrorCode.CANCEL)
-                self._fail_stream(stream, StreamRefused(f"stream {sid} above GOAWAY last_stream_id {last}"))
-        self._fail_capacity_waiters(ConnectionLost("peer sent GOAWAY"))
+                self._scheduler.reset(sid, H2ErrorCode.CANCEL)
+                self._host.fail_stream(stream, StreamRefused(f"stream {sid} above GOAWAY last_stream_id {last}"))
+        self._host.fail_waiters(ConnectionLost("peer sent GOAWAY"))
         if code != H2ErrorCode.NO_ERROR:
-            detail = event.debug
-            self._abort(ConnectionLost(f"peer sent GOAWAY {code_name(code)} {detail!r}"), None)
+            self.abort_with(ConnectionLost(f"peer sent GOAWAY {code_name(code)} {event.debug!r}"), None)
 
-    def _send_goaway(self, code: int) -> None:
-        self._closing = True
-        self._fail_capacity_waiters(ConnectionLost("connection is going away"))
-        if self.goaway_sent_last_id is not None or self._transport is None:
+    def send_goaway(self, code: int) -> None:
+        self.closing = True
+        self._host.fail_waiters(ConnectionLost("connection is going away"))
+        if self.goaway_sent_last_id is not None or self._host.transport is None:
             return
         last = self._engine.highest_inbound_stream_id
         try:
@@ -186,75 +204,80 @@ class ConnectionLifecycle:
             return
         self.goaway_sent_last_id = last
 
-    def _maybe_idle(self) -> None:
+    def maybe_idle(self) -> None:
         """After GOAWAY, the last stream finishing ends a drain() wait, or closes a connection the peer left."""
-        if not self._closing or self._streams or self._closed:
+        if not self.closing or self._host.stream_count or self.closed:
             return
         if self._idle_fut is not None:
             if not self._idle_fut.done():
                 self._idle_fut.set_result(None)
         elif self.goaway_received is not None:
-            self._loop.call_soon(self._close_now, ConnectionLost("connection closed after peer's GOAWAY"))
+            self._loop.call_soon(self.close_now, ConnectionLost("connection closed after peer's GOAWAY"))
 
     # --- shutdown -----------------------------------------------------------------------------------------------
 
-    async def drain(self, deadline: float | None = None) -> None:
-        """Graceful shutdown (RFC 9113 §6.8): GOAWAY now, let running streams finish for `deadline` seconds
-        (default `settings.drain_deadline`), then reset what is left and close."""
-        if self._closed:
-            await self.wait_closed()
+    async def drain(self, deadline: float | None) -> None:
+        """GOAWAY now, let running streams finish for `deadline` seconds, then reset what is left and close."""
+        if self.closed:
+            await asyncio.shield(self.closed_fut)
             return
-        timeout = self.settings.drain_deadline if deadline is None else deadline
-        self._send_goaway(H2ErrorCode.NO_ERROR)
-        self._flush()
-        if self._streams:
+        timeout = self._settings.drain_deadline if deadline is None else deadline
+        self.send_goaway(H2ErrorCode.NO_ERROR)
+        self._scheduler.flush()
+        if self._host.stream_count:
             self._idle_fut = self._loop.create_future()
             await asyncio.wait([self._idle_fut], timeout=timeout)
-        for stream in list(self._streams.values()):
+        for stream in self._host.open_streams():
             stream.reset(H2ErrorCode.CANCEL)
         await self.close()
 
     async def close(self) -> None:
-        """Close now: GOAWAY, fail every stream with ConnectionLost, close the transport and wait for it."""
-        if not self._closed and self._transport is not None:
-            if not self._first_bytes.done() and self._transport.get_extra_info("ssl_object") is not None:
+        """GOAWAY, fail every stream with ConnectionLost, close the transport and wait for it."""
+        transport = self._host.transport
+        if not self.closed and transport is not None:
+            if not self.first_bytes.done() and transport.get_extra_info("ssl_object") is not None:
                 # docs/performance.md: closing a TLS 1.3 client right after the handshake can race the server's
                 # SETTINGS / session tickets and stall; wait (briefly) for the peer's first bytes.
-                await asyncio.wait([self._first_bytes], timeout=1.0)
-            self._close_now(ConnectionLost("connection closed locally"))
+                await asyncio.wait([self.first_bytes], timeout=1.0)
+            self.close_now(ConnectionLost("connection closed locally"))
         try:
-            await asyncio.wait_for(self.wait_closed(), 5.0)
+            await asyncio.wait_for(asyncio.shield(self.closed_fut), 5.0)
         except TimeoutError:
             self.abort()
 
     def abort(self) -> None:
         """Drop the connection at once (no GOAWAY); streams fail with ConnectionLost."""
-        self._teardown(ConnectionLost("connection aborted locally"))
-        if self._transport is not None:
-            self._transport.abort()
+        self.teardown(ConnectionLost("connection aborted locally"))
+        transport = self._host.transport
+        if transport is not None:
+            transport.abort()
 
-    def _close_now(self, exc: HboneError) -> None:
-        if self._closed or self._transport is None:
+    def close_now(self, exc: HboneError) -> None:
+        if self.closed:
+            return  # (and the connection may be gone: it is reached through a weak proxy)
+        transport = self._host.transport
+        if transport is None:
             return
-        self._send_goaway(H2ErrorCode.NO_ERROR)
-        self._flush()
-        self._teardown(exc)
-        self._transport.close()
+        self.send_goaway(H2ErrorCode.NO_ERROR)
+        self._scheduler.flush()
+        self.teardown(exc)
+        transport.close()
 
-    def _abort(self, exc: HboneError, code: int | None) -> None:
+    def abort_with(self, exc: HboneError, code: int | None) -> None:
         """Fatal error: GOAWAY(code) if given, fail everything, close the transport after flushing."""
-        if self._closed:
+        if self.closed:
             return
         if code is not None:
-            self._send_goaway(code)
-        self._flush()
-        self._close_exc = exc
-        self._teardown(exc)
-        if self._transport is not None:
+            self.send_goaway(code)
+        self._scheduler.flush()
+        self.close_exc = exc
+        self.teardown(exc)
+        transport = self._host.transport
+        if transport is not None:
             if self.goaway_sent_last_id is not None:
-                self._linger_close(self._transport)
+                self._linger_close(transport)
             else:
-                self._transport.close()
+                transport.close()
 
     def _linger_close(self, transport: asyncio.Transport) -> None:
         """Close after an error GOAWAY so that the peer gets to read it (RFC 9113 §5.4.1).
@@ -274,69 +297,50 @@ class ConnectionLifecycle:
             pass
         self._loop.call_later(_LINGER, _end_linger, transport)
 
-    def _protocol_error(self, exc: ProtocolError) -> None:
+    def protocol_error(self, exc: ProtocolError) -> None:
+        """The engine found a connection error in received bytes (and queued the GOAWAY)."""
         code = int(exc.h2_code)
-        self._log_error("HTTP/2 protocol error from peer", exc)
-        # The engine has queued the GOAWAY (hbone.net.h2.api): no new streams, and linger so the peer reads it.
-        self._closing = True
-        self.goaway_sent_last_id = self._engine.highest_inbound_stream_id
-        self._abort(ConnectionLost(f"HTTP/2 protocol error ({code_name(code)}): {exc}"), None)
+        self._host.log_error("HTTP/2 protocol error from peer", exc)
+        self.closing = True
+        self.goaway_sent_last_id = self._engine.highest_inbound_stream_id  # linger so the peer reads the GOAWAY
+        self.abort_with(ConnectionLost(f"HTTP/2 protocol error ({code_name(code)}): {exc}"), None)
 
-    def _teardown(self, exc: HboneError) -> None:
+    def teardown(self, exc: HboneError) -> None:
         """Fail every stream, waiter, timer and handler task; idempotent."""
-        if self._closed:
+        if self.closed:
             return
-        self._closed = True
-        self._closing = True
-        for handle in (
-            self._ping_timer,
-            self._ping_deadline,
-            self._flush_handle,
-            self._repump_handle,
-            self._watch_timer,
-        ):
+        self.closed = True
+        self.closing = True
+        for handle in (self._ping_timer, self._ping_deadline, self._watch_timer):
             if handle is not None:
                 handle.cancel()
-        self._ping_timer = self._ping_deadline = self._flush_handle = self._repump_handle = self._watch_timer = None
-        for stream in list(self._streams.values()):
-            stream._fail(exc, keep_received=True)
-        self._streams.clear()
-        self._blocked.clear()
-        self._fail_capacity_waiters(exc)
+        self._ping_timer = self._ping_deadline = self._watch_timer = None
+        self._scheduler.stop()
+        self._host.fail_all(exc)
         if self._idle_fut is not None and not self._idle_fut.done():
             self._idle_fut.set_result(None)
-        self._pending.clear()
-        for task in list(self._tasks):
-            task.cancel()
-
-    def _fail_capacity_waiters(self, exc: HboneError) -> None:
-        while self._capacity_waiters:
-            fut = self._capacity_waiters.popleft()
-            if not fut.done():
-                fut.set_exception(exc)
-                fut.exception()  # mark retrieved: the waiter may have been cancelled meanwhile
 
     # --- keepalive ---------------------------------------------------------------------------------------------
 
     def _arm_ping(self) -> None:
-        interval = self.settings.ping_interval
-        if interval is not None and not self._closed:
+        interval = self._settings.ping_interval
+        if interval is not None and not self.closed:
             self._ping_timer = self._loop.call_later(interval, self._send_ping)
 
     def _send_ping(self) -> None:
         self._ping_timer = None
-        if self._closed:
+        if self.closed:
             return
-        self._ping_seq += 1
-        self._ping_payload = self._ping_seq.to_bytes(8, "big")
+        self.ping_seq += 1
+        self._ping_payload = self.ping_seq.to_bytes(8, "big")
         try:
             self._engine.ping(self._ping_payload)
         except ProtocolError:
             return
-        self._flush()
-        self._ping_deadline = self._loop.call_later(self.settings.ping_timeout, self._ping_timed_out)
+        self._scheduler.flush()
+        self._ping_deadline = self._loop.call_later(self._settings.ping_timeout, self._ping_timed_out)
 
-    def _on_ping_ack(self, event: PingAcked) -> None:
+    def on_ping_ack(self, event: PingAcked) -> None:
         if event.opaque != self._ping_payload:
             return
         self._ping_payload = None
@@ -347,20 +351,21 @@ class ConnectionLifecycle:
 
     def _ping_timed_out(self) -> None:
         self._ping_deadline = None
-        exc = ConnectionLost(f"keepalive: no PING ACK within {self.settings.ping_timeout}s")
-        self._log_error("dropping HTTP/2 connection", exc)
-        self._close_exc = exc
-        self._teardown(exc)
-        if self._transport is not None:
-            self._transport.abort()  # the peer is not reading: a graceful close could wait forever
+        exc = ConnectionLost(f"keepalive: no PING ACK within {self._settings.ping_timeout}s")
+        self._host.log_error("dropping HTTP/2 connection", exc)
+        self.close_exc = exc
+        self.teardown(exc)
+        transport = self._host.transport
+        if transport is not None:
+            transport.abort()  # the peer is not reading: a graceful close could wait forever
 
     # --- preface and idle deadlines (server side) -----------------------------------------------------------------
 
     def _arm_watch(self) -> None:
         """Server connections: the peer's preface + SETTINGS must arrive within `preface_timeout`; afterwards a
         connection without streams for `idle_timeout` is closed (GOAWAY NO_ERROR)."""
-        s = self.settings
-        self._idle_since = self._loop.time()
+        s = self._settings
+        self.idle_since = self._loop.time()
         if s.preface_timeout is not None:
             self._watch_timer = self._loop.call_later(s.preface_timeout, self._preface_deadline)
         elif s.idle_timeout is not None:
@@ -368,36 +373,34 @@ class ConnectionLifecycle:
 
     def _preface_deadline(self) -> None:
         self._watch_timer = None
-        if self._closed:
+        if self.closed:
             return
-        if not self._remote_settings_seen:
-            self._trip("preface_timeout", f"no HTTP/2 preface within {self.settings.preface_timeout}s")
-            self._abort(ConnectionLost("no HTTP/2 preface in time"), H2ErrorCode.SETTINGS_TIMEOUT)
+        if not self._host.peer_settings_seen():
+            self._host.trip("preface_timeout", f"no HTTP/2 preface within {self._settings.preface_timeout}s")
+            self.abort_with(ConnectionLost("no HTTP/2 preface in time"), H2ErrorCode.SETTINGS_TIMEOUT)
             return
-        idle = self.settings.idle_timeout
+        idle = self._settings.idle_timeout
         if idle is not None:
             self._watch_timer = self._loop.call_later(max(0.0, idle - self._idle_for()), self._idle_deadline)
 
     def _idle_for(self) -> float:
-        return 0.0 if self._streams else self._loop.time() - self._idle_since
+        return 0.0 if self._host.stream_count else self._loop.time() - self.idle_since
 
     def _idle_deadline(self) -> None:
         self._watch_timer = None
-        idle = self.settings.idle_timeout
-        if self._closed or idle is None:
+        idle = self._settings.idle_timeout
+        if self.closed or idle is None:
             return
         quiet = self._idle_for()
         if quiet >= idle:
-            self._trip("idle_timeout", f"no stream for {idle}s")
-            self._close_now(ConnectionLost(f"idle for {idle}s"))
+            self._host.trip("idle_timeout", f"no stream for {idle}s")
+            self.close_now(ConnectionLost(f"idle for {idle}s"))
             return
         self._watch_timer = self._loop.call_later(idle - quiet, self._idle_deadline)
 
-    # --- error logs --------------------------------------------------------------------------------------------
 
-    def _log_error(self, what: str, exc: BaseException) -> None:
-        # At most 3 logs per connection and a per-process budget (docs/performance.md: unread stderr blocks).
-        self._errors_logged += 1
-        if self._errors_logged <= 3 and _limiter.allow():
-            expected = isinstance(exc, HboneError)
-            log.warning("%s (peer %s): %s", what, self.get_extra_info("peername"), exc, exc_info=not expected)
+def log_error(nth: int, what: str, exc: BaseException, peer: object) -> None:
+    """Log the `nth` error of one connection: at most 3 per connection, within a per-process budget
+    (docs/performance.md: a flood of bad peers must not flood stderr, and unread stderr blocks the process)."""
+    if nth <= 3 and _limiter.allow():
+        log.warning("%s (peer %s): %s", what, peer, exc, exc_info=not isinstance(exc, HboneError))

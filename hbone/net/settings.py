@@ -37,7 +37,7 @@ class H2Settings:
     #: Largest DATA frame we send, whatever the peer allows. 64 KiB: in an A/B (tunnel-1, 3x200 MB, twice) it gave
     #: +15-20% throughput and 10-20% less receiver CPU than 16 KiB (fewer frames through h2's Python per byte);
     #: 256 KiB was no better, and docs/performance.md measured 1 MiB at 0.75x of 16 KiB. RESULTS-hbone.md.
-    #: Payloads are trimmed so a frame fills whole TLS records (65,527 bytes here; `hbone.net.sending.record_fit`).
+    #: Payloads are trimmed so a frame fills whole TLS records (65,527 bytes here; `hbone.net.scheduler.record_fit`).
     max_send_frame_size: int = 64 * KiB
     #: SETTINGS_MAX_CONCURRENT_STREAMS we advertise.
     max_concurrent_streams: int = 100

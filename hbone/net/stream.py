@@ -1,21 +1,27 @@
 """One HTTP/2 stream as the application sees it: headers, a byte pipe each way with half-close, trailers.
 
-A `Stream` is a thin state holder; the owning `H2Connection` moves bytes between it and h2. Reading credits the
-HTTP/2 window only for bytes the application consumed (RFC 9113 §5.2), so a slow reader bounds the memory its peer
-can make us hold to one stream window. Writing queues bytes that the connection sends as the peer's windows allow;
+A `Stream` is a thin state holder; its owner (the `H2Connection` carrying it, seen only as a `StreamOwner`) moves
+bytes between it and the HTTP/2 engine. Reading credits the HTTP/2 window only for bytes the application consumed
+(RFC 9113 §5.2), so a slow reader bounds the memory its peer can make us hold to one stream window. Writing queues
+bytes in the stream's `Outbox`, which the connection's send scheduler drains as the peer's windows allow;
 `drain()` blocks while more than `max_send_buffer` bytes are queued.
+
+The methods under "called by the owner" are the owner's side of the contract (received headers, data, end, failure);
+applications use the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl as _ssl
 from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
 from hbone.errors import H2ErrorCode, HboneError, StreamReset, TunnelError
+from hbone.net.outbox import Outbox
 
 if TYPE_CHECKING:
-    from hbone.net.connection import H2Connection
+    from hbone.net.settings import H2Settings
 
 Header = tuple[bytes, bytes]
 HeaderList = list[Header]
@@ -54,6 +60,36 @@ class StreamConsumer(Protocol):
     def stream_failed(self, exc: HboneError) -> None: ...
 
 
+class StreamOwner(Protocol):
+    """What a `Stream` needs from the connection that carries it (`hbone.net.connection.H2Connection`)."""
+
+    @property
+    def settings(self) -> H2Settings: ...
+
+    @property
+    def ssl_object(self) -> _ssl.SSLObject | None: ...
+
+    @property
+    def peer_cert(self) -> bytes | None: ...
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any: ...
+
+    def check_outbound_headers(self, headers: HeaderList) -> None:
+        """Raise LimitExceeded if the peer's SETTINGS_MAX_HEADER_LIST_SIZE refuses `headers`."""
+
+    def send_stream_headers(self, stream: Stream, headers: HeaderList, end_stream: bool) -> None:
+        """Send the response headers of `stream` now."""
+
+    def stream_writable(self, stream: Stream) -> None:
+        """The stream's outbox grew or its end was queued: send what the windows allow."""
+
+    def credit_stream(self, stream_id: int, n: int) -> None:
+        """`n` received bytes were consumed: return them to the peer's windows."""
+
+    def reset_stream(self, stream: Stream, code: int) -> None:
+        """RST_STREAM(code) and fail the stream locally."""
+
+
 def encode_headers(headers: HeaderInput) -> HeaderList:
     """Headers as bytes pairs; str is encoded as UTF-8 (callers pass lowercase names, RFC 9113 §8.2.1)."""
     out: HeaderList = []
@@ -73,19 +109,30 @@ def header_list_size(headers: HeaderList) -> int:
 
 
 class Stream:
-    """An HTTP/2 stream (CONNECT tunnel or gRPC call). Created by `H2Connection`, never directly."""
+    """An HTTP/2 stream (CONNECT tunnel or gRPC call). Created by its connection, never directly."""
 
-    def __init__(self, conn: H2Connection, stream_id: int, *, local: bool, request_headers: HeaderList) -> None:
-        self._conn = conn
-        self._loop = conn._loop
+    def __init__(
+        self,
+        owner: StreamOwner,
+        stream_id: int,
+        *,
+        local: bool,
+        request_headers: HeaderList,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self._owner = owner
+        self._loop = loop
         self.stream_id = stream_id
         #: True when we opened the stream (client role).
         self.local = local
         #: The request headers (received on the server, sent on the client).
         self.request_headers: HeaderList = request_headers
-        #: Bytes of DATA received from / handed to h2 for the peer (payload only).
+        #: Bytes of DATA received from the peer (payload only).
         self.bytes_in = 0
-        self.bytes_out = 0
+        #: RFC 9113 §8.1: once our response is complete, reset a request we no longer read (RST NO_ERROR).
+        self.reset_after_end = False
+        #: The send side, drained by the owner's scheduler.
+        self.outbox = Outbox()
         self._response: HeaderList | None = None
         self._response_event = asyncio.Event()
         self._trailers_in: HeaderList | None = None
@@ -96,22 +143,19 @@ class Stream:
         self._recv_eof = False
         self._discarded = False  # received bytes were dropped by a reset: reads raise instead of EOF
         self._read_waiter: asyncio.Future[None] | None = None
-        # send side: queue drained by the connection as windows allow
-        self._send: deque[bytes | memoryview] = deque()
-        self._send_len = 0
-        self._end_queued = False
-        self._trailers_out: HeaderList | None = None
-        self._local_closed = False
-        self._reset_after_end = False
-        self._drain_waiters: list[asyncio.Future[None]] = []
         self._error: HboneError | None = None
         self._closed_event = asyncio.Event()
         self._consumer: StreamConsumer | None = None
 
     @property
-    def connection(self) -> H2Connection:
-        """The connection carrying this stream (peer address, TLS session, peer certificate)."""
-        return self._conn
+    def connection(self) -> StreamOwner:
+        """The connection carrying this stream (settings, peer address, TLS session, peer certificate)."""
+        return self._owner
+
+    @property
+    def bytes_out(self) -> int:
+        """Bytes of DATA handed to the engine for the peer (payload only)."""
+        return self.outbox.sent
 
     def __repr__(self) -> str:
         return f"<Stream {self.stream_id} in={self.bytes_in} out={self.bytes_out} closed={self.closed}>"
@@ -135,20 +179,25 @@ class Stream:
         if self._headers_sent:
             raise StreamClosed(f"stream {self.stream_id}: headers already sent")
         encoded = encode_headers(headers)
-        self._conn._check_outbound_size(encoded)  # LimitExceeded leaves the stream untouched
+        self._owner.check_outbound_headers(encoded)  # LimitExceeded leaves the stream untouched
         self._headers_sent = True
         if end_stream:
-            self._end_queued = True
-        self._conn._send_headers(self, encoded, end_stream)
+            self.outbox.end_queued = True
+        self._owner.send_stream_headers(self, encoded, end_stream)
 
     def send_trailers(self, trailers: HeaderInput) -> None:
         """Queue trailers after the pending data; they end our side of the stream (RFC 9113 §8.1)."""
         self._check_writable()
         if not self._headers_sent:
             raise StreamClosed(f"stream {self.stream_id}: send headers before trailers")
-        self._trailers_out = encode_headers(trailers)
-        self._end_queued = True
-        self._conn._pump(self)
+        self.outbox.trailers = encode_headers(trailers)
+        self.outbox.end_queued = True
+        self._owner.stream_writable(self)
+
+    @property
+    def headers_sent(self) -> bool:
+        """Our headers went out (always true for a stream we opened)."""
+        return self._headers_sent
 
     @property
     def trailers(self) -> HeaderList | None:
@@ -173,7 +222,7 @@ class Stream:
         else:
             data = self._take(n)
         self._recv_len -= len(data)
-        self._conn._ack_id(self.stream_id, len(data))
+        self._owner.credit_stream(self.stream_id, len(data))
         return data
 
     async def readexactly(self, n: int) -> bytes:
@@ -217,6 +266,11 @@ class Stream:
         """True when the peer ended its side and every received byte was read."""
         return self._recv_eof and not self._recv
 
+    @property
+    def peer_ended(self) -> bool:
+        """The peer's END_STREAM arrived (bytes may still be unread)."""
+        return self._recv_eof
+
     def attach(self, consumer: StreamConsumer) -> None:
         """Deliver received bytes, END_STREAM, close and failure to `consumer` from now on (no more `read()`).
 
@@ -239,18 +293,18 @@ class Stream:
         """A consumer is done with `n` received bytes: return them to the peer's windows (RFC 9113 §6.9)."""
         if n > 0 and self._error is None:
             self._recv_len -= n
-            self._conn._ack_id(self.stream_id, n)
+            self._owner.credit_stream(self.stream_id, n)
 
     def drained(self) -> asyncio.Future[None] | None:
         """None while at most `max_send_buffer` bytes are queued; else a future done once the queue has drained
         to half of it, or the stream broke (the callback form of `drain()`)."""
-        if self._send_len <= self._conn.settings.max_send_buffer and self._error is None:
+        if self.outbox.size <= self._owner.settings.max_send_buffer and self._error is None:
             return None
         fut = self._loop.create_future()
         if self._error is not None:
             fut.set_result(None)
         else:
-            self._drain_waiters.append(fut)
+            self.outbox.waiters.append(fut)
         return fut
 
     # --- writing -------------------------------------------------------------------------------------------------
@@ -263,26 +317,25 @@ class Stream:
         if not data:
             return
         # bytes are kept as-is (no copy); mutable buffers are copied because the caller may reuse them.
-        chunk = data if isinstance(data, bytes) else bytes(data)
-        self._send.append(chunk)
-        self._send_len += len(chunk)
-        self._conn._pump(self)
+        self.outbox.put(data if isinstance(data, bytes) else bytes(data))
+        self._owner.stream_writable(self)
 
     async def drain(self) -> None:
         """Wait while more than `max_send_buffer` bytes are queued; raises the stream's error if it broke."""
-        limit = self._conn.settings.max_send_buffer
+        limit = self._owner.settings.max_send_buffer
+        outbox = self.outbox
         while True:
             if self._error is not None:
                 raise self._error
-            if self._send_len <= limit:
+            if outbox.size <= limit:
                 return
             fut = self._loop.create_future()
-            self._drain_waiters.append(fut)
+            outbox.waiters.append(fut)
             try:
                 await fut
             finally:
-                if fut in self._drain_waiters:
-                    self._drain_waiters.remove(fut)
+                if fut in outbox.waiters:
+                    outbox.waiters.remove(fut)
 
     async def send(self, data: bytes | bytearray | memoryview) -> None:
         """write() + drain()."""
@@ -291,22 +344,22 @@ class Stream:
 
     def write_eof(self) -> None:
         """Half-close: END_STREAM after the queued data (RFC 9113 §8.1). Idempotent."""
-        if self._end_queued or self._error is not None:
+        if self.outbox.end_queued or self._error is not None:
             return
         if not self._headers_sent:
             raise StreamClosed(f"stream {self.stream_id}: send headers before ending the stream")
-        self._end_queued = True
-        self._conn._pump(self)
+        self.outbox.end_queued = True
+        self._owner.stream_writable(self)
 
     @property
     def buffered(self) -> int:
-        """Bytes queued for sending and not yet handed to h2."""
-        return self._send_len
+        """Bytes queued for sending and not yet handed to the engine."""
+        return self.outbox.size
 
     def _check_writable(self) -> None:
         if self._error is not None:
             raise self._error
-        if self._end_queued:
+        if self.outbox.end_queued:
             raise StreamClosed(f"stream {self.stream_id}: our side is already closed")
 
     # --- ending --------------------------------------------------------------------------------------------------
@@ -315,7 +368,7 @@ class Stream:
         """Abort the stream with RST_STREAM(code) (RFC 9113 §6.4). No-op if it is already finished."""
         if self._error is not None or self.closed:
             return
-        self._conn._reset_stream(self, int(code))
+        self._owner.reset_stream(self, int(code))
 
     @property
     def closed(self) -> bool:
@@ -339,13 +392,16 @@ class Stream:
         if not self.closed:
             self.reset(H2ErrorCode.CANCEL)
 
-    # --- called by the connection --------------------------------------------------------------------------------
+    # --- called by the owner ---------------------------------------------------------------------------------
 
-    def _on_response(self, headers: HeaderList) -> None:
+    def on_response(self, headers: HeaderList) -> None:
         self._response = headers
         self._response_event.set()
 
-    def _on_data(self, data: bytes) -> None:
+    def on_trailers(self, headers: HeaderList) -> None:
+        self._trailers_in = headers
+
+    def on_data(self, data: bytes) -> None:
         self._recv_len += len(data)
         self.bytes_in += len(data)
         if self._consumer is not None:
@@ -354,9 +410,8 @@ class Stream:
         self._recv.append(data)
         self._wake_reader()
 
-    def _on_end(self, trailers: HeaderList | None = None) -> None:
-        if trailers is not None:
-            self._trailers_in = trailers
+    def on_end(self) -> None:
+        """The peer's END_STREAM (after its trailers, if any)."""
         self._recv_eof = True
         if self._consumer is not None:
             self._consumer.stream_eof()
@@ -366,11 +421,8 @@ class Stream:
             if self._error is None:
                 self._error = StreamReset(H2ErrorCode.PROTOCOL_ERROR, "stream ended without response headers")
 
-    def _on_local_end(self) -> None:
-        self._local_closed = True
-
-    def _fail(self, exc: HboneError, *, keep_received: bool = False) -> int:
-        """Break the stream; returns the unread byte count the connection must still credit.
+    def fail(self, exc: HboneError, *, keep_received: bool = False) -> int:
+        """Break the stream; returns the unread byte count the owner must still credit.
 
         `keep_received`: the connection went away after the peer had ended its side, so what it sent is complete
         and stays readable (reads then end with b"").
@@ -384,10 +436,9 @@ class Stream:
             unread = self._recv_len
             self._recv.clear()
             self._recv_len = 0
-        self._send.clear()
-        self._send_len = 0
+        self.outbox.discard()
         self._wake_reader()
-        self._wake_drainers()
+        self.outbox.wake()
         self._response_event.set()
         self._closed_event.set()
         consumer = self._consumer
@@ -396,7 +447,8 @@ class Stream:
             consumer.stream_failed(exc)
         return unread
 
-    def _finish(self) -> None:
+    def finish(self) -> None:
+        """Both directions ended."""
         self._closed_event.set()
         consumer = self._consumer
         if consumer is not None:
@@ -407,9 +459,3 @@ class Stream:
         fut = self._read_waiter
         if fut is not None and not fut.done():
             fut.set_result(None)
-
-    def _wake_drainers(self) -> None:
-        for fut in self._drain_waiters:
-            if not fut.done():
-                fut.set_result(None)
-        self._drain_waiters.clear()

@@ -53,7 +53,7 @@ class _Connection(H2Connection):
 
     bugs: list[BaseException]
 
-    def _log_error(self, what: str, exc: BaseException) -> None:
+    def log_error(self, what: str, exc: BaseException) -> None:
         if not isinstance(exc, HboneError | h2.exceptions.H2Error):
             self.bugs.append(exc)
 
@@ -111,7 +111,7 @@ async def drive(data: bytes, app: App) -> None:
     if opts & 1:
         conn.eof_received()
     conn.connection_lost(None)
-    tasks = list(conn._tasks)
+    tasks = list(conn._router.tasks)
     if tasks:
         _, pending = await asyncio.wait(tasks, timeout=5)
         assert not pending, f"{len(pending)} application tasks still running after the connection was lost"

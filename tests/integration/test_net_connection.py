@@ -133,9 +133,9 @@ async def test_slow_reader_bounds_peer_to_window() -> None:
         await run(started.wait())
         # Wait until the server is blocked: its send queue is full and no window is left for it.
         ss = server_stream[0]
-        await wait_until(lambda: ss.buffered > ss._conn.settings.max_send_buffer)
+        await wait_until(lambda: ss.buffered > ss.connection.settings.max_send_buffer)
         assert stream._recv_len <= 256 * 1024
-        assert ss._drain_waiters  # the server's writer is parked in drain(), not spinning
+        assert ss.outbox.waiters  # the server's writer is parked in drain(), not spinning
         total = len(await run(read_all(stream)))
         assert total == 32 << 20
 
@@ -288,7 +288,7 @@ async def test_keepalive_drops_silent_peer() -> None:
         stream = await conn.open_stream(CONNECT)
         await run(stream.response_headers())
         # a healthy peer answers pings: the connection survives several intervals
-        await wait_until(lambda: conn._ping_seq >= 4)
+        await wait_until(lambda: conn._lifecycle.ping_seq >= 4)
         assert conn.is_usable
         (server_conn,) = registry
         assert server_conn._transport is not None

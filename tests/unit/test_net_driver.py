@@ -14,7 +14,7 @@ import pytest
 
 from hbone.errors import ConfigError, ConnectionLost, H2ErrorCode, StreamReset
 from hbone.net.connection import H2Connection
-from hbone.net.sending import record_fit
+from hbone.net.scheduler import record_fit
 from hbone.net.settings import H2Settings, KiB, MiB
 from hbone.net.stream import Stream, StreamClosed, header_list_size
 

@@ -125,7 +125,7 @@ async def test_rapid_reset_gets_goaway_and_cancels_the_work() -> None:
     srv.send()
     await settle()
     assert not srv.conn.closed and srv.goaway() is None
-    assert len(srv.conn._tasks) == 0 and len(srv.conn._pending) == 0
+    assert len(srv.conn._router.tasks) == 0 and len(srv.conn._router.pending) == 0
     for _ in range(200):
         sid = srv.peer.get_next_available_stream_id()
         srv.peer.send_headers(sid, CONNECT)
@@ -134,7 +134,7 @@ async def test_rapid_reset_gets_goaway_and_cancels_the_work() -> None:
     await settle()
     assert srv.goaway() == H2ErrorCode.ENHANCE_YOUR_CALM
     assert srv.conn.closed
-    assert len(srv.conn._tasks) == 0  # every handler was cancelled, none left running
+    assert len(srv.conn._router.tasks) == 0  # every handler was cancelled, none left running
     assert srv.started == srv.cancelled  # handlers that ran were cancelled; the rest never started
     assert limits.trip_counts()["h2_rapid_reset"] == before + 1
 

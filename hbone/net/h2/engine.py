@@ -1,4 +1,4 @@
-"""`H2Engine`: the `api.Engine` on the `h2` library, with our tuned subclass and fast paths (`tuning`).
+"""`H2Engine`: the `Engine` on the `h2` library, with our tuned subclass and fast paths (`tuning`).
 
 h2 is used through this class only: it applies our SETTINGS, turns h2's events into `api` events (one small object
 each; the DATA fast path's joined runs stay one event) and h2's exceptions into `hbone.errors`. Everything the
@@ -15,7 +15,23 @@ import h2.exceptions as h2x
 from h2.settings import SettingCodes, Settings
 
 from hbone.errors import H2ErrorCode, ProtocolError
-from hbone.net.h2 import api
+from hbone.net.h2.api import (
+    ControlFrame,
+    DataReceived,
+    Event,
+    GoAwayReceived,
+    HeaderList,
+    PingAcked,
+    RequestReceived,
+    ResponseReceived,
+    SettingsAcked,
+    SettingsChanged,
+    StreamClosed,
+    StreamEnded,
+    StreamReset,
+    TrailersReceived,
+    WindowUpdated,
+)
 from hbone.net.h2.memory import compact_settings
 from hbone.net.h2.tuning import TunedH2Connection, make_h2
 from hbone.net.settings import H2Settings
@@ -33,7 +49,7 @@ def _code(value: int) -> H2ErrorCode:
 def refused(exc: h2x.ProtocolError) -> ProtocolError:
     """h2's refusal of a command, in our tree: `StreamClosed` for a stream h2 has closed (docs/performance.md)."""
     if isinstance(exc, h2x.StreamClosedError):
-        return api.StreamClosed(str(exc))
+        return StreamClosed(str(exc))
     return ProtocolError(str(exc))
 
 
@@ -45,7 +61,7 @@ def connection_error(exc: h2x.ProtocolError) -> ProtocolError:
 
 
 class H2Engine:
-    """One connection's HTTP/2 state on h2 (sans-IO; see `api.Engine` for the contract of every method)."""
+    """One connection's HTTP/2 state on h2 (sans-IO; see `Engine` for the contract of every method)."""
 
     __slots__ = ("_h2", "_seen_settings", "_settings")
 
@@ -84,7 +100,7 @@ class H2Engine:
         # gets a 431 on its stream (the driver's check) and only a grossly oversized one kills the connection.
         self._h2.decoder.max_header_list_size = 2 * self._settings.max_header_list_size
 
-    def receive(self, data: memoryview) -> list[api.Event]:
+    def receive(self, data: memoryview) -> list[Event]:
         h2c = self._h2
         try:
             events = h2c.receive_data(data)
@@ -96,17 +112,21 @@ class H2Engine:
                 except h2x.ProtocolError:
                     pass
             raise connection_error(exc) from exc
-        out: list[api.Event] = []
+        out: list[Event] = []
         translate = _TRANSLATE
         for event in events:
-            convert = translate.get(event.__class__)
+            cls = event.__class__
+            if cls is _H2_DATA:  # the bulk case first: no lookup, no extra call
+                out.append(DataReceived(event.stream_id, event.data, event.flow_controlled_length))
+                continue
+            convert = translate.get(cls)
             if convert is not None:
                 out.append(convert(self, event))
         return out
 
     # --- commands --------------------------------------------------------------------------------------------
 
-    def open_stream(self, headers: api.HeaderList, end_stream: bool) -> int:
+    def open_stream(self, headers: HeaderList, end_stream: bool) -> int:
         h2c = self._h2
         try:
             sid: int = h2c.get_next_available_stream_id()
@@ -115,7 +135,7 @@ class H2Engine:
             raise refused(exc) from exc
         return sid
 
-    def send_headers(self, stream_id: int, headers: api.HeaderList, end_stream: bool) -> None:
+    def send_headers(self, stream_id: int, headers: HeaderList, end_stream: bool) -> None:
         try:
             self._h2.send_headers(stream_id, headers, end_stream=end_stream)
         except h2x.ProtocolError as exc:
@@ -201,39 +221,38 @@ class H2Engine:
 # --- h2 event -> api event -------------------------------------------------------------------------------------
 
 
-def _request(engine: H2Engine, e: Any) -> api.Event:
-    return api.RequestReceived(e.stream_id, e.headers, e.stream_ended is not None)
+def _request(engine: H2Engine, e: Any) -> Event:
+    return RequestReceived(e.stream_id, e.headers, e.stream_ended is not None)
 
 
-def _response(engine: H2Engine, e: Any) -> api.Event:
-    return api.ResponseReceived(e.stream_id, e.headers, e.stream_ended is not None)
+def _response(engine: H2Engine, e: Any) -> Event:
+    return ResponseReceived(e.stream_id, e.headers, e.stream_ended is not None)
 
 
-def _settings(engine: H2Engine, e: Any) -> api.Event:
+def _settings(engine: H2Engine, e: Any) -> Event:
     first = not engine._seen_settings
     engine._seen_settings = True
-    return api.SettingsChanged(first, SettingCodes.INITIAL_WINDOW_SIZE in e.changed_settings)
+    return SettingsChanged(first, SettingCodes.INITIAL_WINDOW_SIZE in e.changed_settings)
 
 
-def _settings_acked(engine: H2Engine, e: Any) -> api.Event:
+def _settings_acked(engine: H2Engine, e: Any) -> Event:
     engine._header_headroom()
-    return api.SettingsAcked()
+    return SettingsAcked()
 
 
-_TRANSLATE: dict[type[Any], Callable[[H2Engine, Any], api.Event]] = {
+_H2_DATA = ev.DataReceived
+_TRANSLATE: dict[type[Any], Callable[[H2Engine, Any], Event]] = {
     ev.RequestReceived: _request,
     ev.ResponseReceived: _response,
-    ev.TrailersReceived: lambda _, e: api.TrailersReceived(e.stream_id, e.headers),
-    ev.DataReceived: lambda _, e: api.DataReceived(e.stream_id, e.data, e.flow_controlled_length),
-    ev.StreamEnded: lambda _, e: api.StreamEnded(e.stream_id),
-    ev.StreamReset: lambda _, e: api.StreamReset(e.stream_id, int(e.error_code), e.remote_reset),
-    ev.WindowUpdated: lambda _, e: api.WindowUpdated(e.stream_id),
+    ev.TrailersReceived: lambda _, e: TrailersReceived(e.stream_id, e.headers),
+    ev.DataReceived: lambda _, e: DataReceived(e.stream_id, e.data, e.flow_controlled_length),
+    ev.StreamEnded: lambda _, e: StreamEnded(e.stream_id),
+    ev.StreamReset: lambda _, e: StreamReset(e.stream_id, int(e.error_code), e.remote_reset),
+    ev.WindowUpdated: lambda _, e: WindowUpdated(e.stream_id),
     ev.RemoteSettingsChanged: _settings,
     ev.SettingsAcknowledged: _settings_acked,
-    ev.PingReceived: lambda _, e: api.ControlFrame(0),
-    ev.PriorityUpdated: lambda _, e: api.ControlFrame(e.stream_id),
-    ev.PingAckReceived: lambda _, e: api.PingAcked(e.ping_data),
-    ev.ConnectionTerminated: lambda _, e: api.GoAwayReceived(
-        int(e.error_code), e.last_stream_id, e.additional_data or b""
-    ),
+    ev.PingReceived: lambda _, e: ControlFrame(0),
+    ev.PriorityUpdated: lambda _, e: ControlFrame(e.stream_id),
+    ev.PingAckReceived: lambda _, e: PingAcked(e.ping_data),
+    ev.ConnectionTerminated: lambda _, e: GoAwayReceived(int(e.error_code), e.last_stream_id, e.additional_data or b""),
 }

@@ -21,7 +21,8 @@ than window accounting and one `DataReceived` event (receive) or one frame in th
 
 Everything else — the first frame of a stream's end, errors, frames on closed or unknown streams, flow-control
 violations — is handed to h2's own code unchanged, so its events, errors and RST_STREAM/GOAWAY answers stay
-h2's. `tests/unit/test_net_h2fastdata.py` drives connections with these paths and with h2's own code through the
+h2's. `conn` is a `hbone.net.h2.tuning.TunedH2Connection` (typed Any: that module imports this one).
+`tests/unit/test_net_h2fastdata.py` drives connections with these paths and with h2's own code through the
 same random frame sequences, read splits, sends and credits, requires identical events (consecutive data events
 folded), errors, windows, stream states and output bytes, and fails if the h2 transitions or attributes relied
 on here change.
@@ -29,7 +30,7 @@ on here change.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from h2.connection import ConnectionInputs, ConnectionState
 from h2.events import DataReceived, Event
@@ -37,9 +38,6 @@ from h2.stream import StreamInputs, StreamState
 from hyperframe.frame import DataFrame
 
 from hbone.net.h2.framebuffer import FRAME_HEADER, PlainData
-
-if TYPE_CHECKING:
-    from hbone.net.h2.tuning import TunedH2Connection
 
 _END_STREAM = 0x1
 _CONN_OPEN = frozenset({ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN})
@@ -49,7 +47,7 @@ _RECV_OPEN = frozenset({StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL})
 _SEND_OPEN = frozenset({StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE})
 
 
-def accept_plain_data(conn: TunedH2Connection, item: PlainData, size: int) -> bool:
+def accept_plain_data(conn: Any, item: PlainData, size: int) -> bool:
     """Do what h2's `_receive_data_frame` does to the windows for the unpadded DATA frames of `item` (`size` bytes
     in all), when that is all it would do besides DataReceived events; False (and nothing changed): the frames
     must go through h2, one by one."""
@@ -84,7 +82,7 @@ def data_event(stream_id: int, size: int) -> DataReceived:
     return event
 
 
-def general_frames(conn: TunedH2Connection, item: PlainData, quiet: type[DataFrame]) -> list[Event]:
+def general_frames(conn: Any, item: PlainData, quiet: type[DataFrame]) -> list[Event]:
     """Hand DATA frames that are not plain to h2's own per-frame code, in order."""
     events: list[Event] = []
     for view in item.views:
@@ -104,7 +102,7 @@ def _as_frame(stream_id: int, flags: int, payload: memoryview, quiet: type[DataF
     return frame
 
 
-def send_plain_data(conn: TunedH2Connection, stream_id: int, pieces: list[bytes | memoryview], size: int) -> None:
+def send_plain_data(conn: Any, stream_id: int, pieces: list[bytes | memoryview], size: int) -> None:
     """`conn.send_data(stream_id, b"".join(pieces))` (`size` bytes) without END_STREAM or padding: one DATA frame,
     each piece copied once, into the outbound buffer (h2 would copy a memoryview and the join first)."""
     out = _data_frame(conn, stream_id, size)
@@ -115,7 +113,7 @@ def send_plain_data(conn: TunedH2Connection, stream_id: int, pieces: list[bytes 
         out += piece
 
 
-def _data_frame(conn: TunedH2Connection, stream_id: int, size: int) -> bytearray | None:
+def _data_frame(conn: Any, stream_id: int, size: int) -> bytearray | None:
     """Account `size` bytes against both outbound windows and queue a DATA frame header for them; the caller
     appends the payload to the returned buffer. None (and nothing changed) when h2 must decide."""
     stream: Any = conn.streams.get(stream_id)
@@ -130,12 +128,12 @@ def _data_frame(conn: TunedH2Connection, stream_id: int, size: int) -> bytearray
         return None
     stream.outbound_flow_control_window -= size
     conn.outbound_flow_control_window -= size
-    out = conn._data_to_send
+    out: bytearray = conn._data_to_send
     out += FRAME_HEADER.pack(size >> 8, size & 0xFF, 0, 0, stream_id)
     return out
 
 
-def acknowledge_counted(conn: TunedH2Connection, size: int, stream_id: int) -> bool:
+def acknowledge_counted(conn: Any, size: int, stream_id: int) -> bool:
     """Count `size` consumed bytes on both inbound windows when that is all h2 would do; False: call h2."""
     stream: Any = conn.streams.get(stream_id)
     if stream is None or size <= 0 or stream_id <= 0 or not stream.open:
@@ -156,7 +154,7 @@ _STATUS_200_FRAME = FRAME_HEADER.pack(0, 1, 0x1, 0x4, 0)[:5]  # HEADERS, END_HEA
 _STATUS_200_BLOCK = b"\x88"
 
 
-def send_status_200(conn: TunedH2Connection, stream_id: int) -> bool:
+def send_status_200(conn: Any, stream_id: int) -> bool:
     """Send `:status: 200` (no END_STREAM) on a server stream as h2 would; False: call h2's send_headers."""
     stream: Any = conn.streams.get(stream_id)
     if (
