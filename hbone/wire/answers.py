@@ -129,12 +129,8 @@ def proxy_status_for(exc: BaseException) -> int:
 def gateway_status_for(exc: BaseException) -> int:
     """The status an HTTP ingress answers: the client's own mistakes keep their 4xx (404 no route), a timeout is
     504, anything that went wrong on the way to the backend is 502 — the client cannot act on the mesh's reasons."""
-    if isinstance(exc, BadRequest | LimitExceeded):
-        return exc.http_status
-    if isinstance(exc, TimeoutError):
-        return 504
-    if not isinstance(exc, Exception):
-        return CLIENT_CLOSED
+    if isinstance(exc, BadRequest | LimitExceeded | TimeoutError) or not isinstance(exc, Exception):
+        return proxy_status_for(exc)  # the same 4xx, 504 or 499 as a proxy's
     return 502
 
 

@@ -117,6 +117,16 @@ async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
     writer.close()
 
 
+async def broken_after_success(records: Records, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    """The tunnel is up; one byte makes the upstream reset: the client's connection ends, the record says broken."""
+    w.write(b"x")
+    with contextlib.suppress(ConnectionError):
+        assert await asyncio.wait_for(r.read(), IO) == b""
+    w.close()
+    rec = await records.next()
+    assert rec.status == 200 and rec.result.startswith("broken: ") and rec.bytes_sent == 1, rec
+
+
 # --- the HBONE inbound (:15008) -------------------------------------------------------------------------------
 
 
@@ -250,12 +260,7 @@ async def test_socks5_failures(records: Records) -> None:
         async with tcp_server(resetting) as reset_port:  # peer reset after SUCCEEDED: the client is reset too
             r, w, rep = await socks_connect(port, reset_port)
             assert rep == 0x00
-            w.write(b"x")
-            with contextlib.suppress(ConnectionError):
-                assert await asyncio.wait_for(r.read(), IO) == b""
-            w.close()
-            rec = await records.next()
-            assert rec.status == 200 and rec.result.startswith("broken: ") and rec.bytes_sent == 1, rec
+            await broken_after_success(records, r, w)
     finally:
         server.close()
     records.check_once_each(4)
@@ -291,12 +296,7 @@ async def test_http_proxy_and_ingress_failures(records: Records) -> None:
         async with tcp_server(resetting) as reset_port:  # peer reset after 200: the client connection breaks
             head, r, w = await http_connect(port, reset_port)
             assert head.startswith(b"HTTP/1.1 200 ")
-            w.write(b"x")
-            with contextlib.suppress(ConnectionError):
-                assert await asyncio.wait_for(r.read(), IO) == b""
-            w.close()
-            rec = await records.next()
-            assert rec.status == 200 and rec.result.startswith("broken: ") and rec.bytes_sent == 1, rec
+            await broken_after_success(records, r, w)
 
         # An HTTP ingress whose backend never answers: 504 once the request timeout passed, one record.
         async with tcp_server(silent) as silent_port:

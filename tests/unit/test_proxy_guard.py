@@ -86,13 +86,14 @@ def test_leaving_without_anything_is_ok() -> None:
     assert (record.status, record.result) == (200, "ok")
 
 
-async def test_cancellation_is_recorded_and_propagates(caplog: pytest.LogCaptureFixture) -> None:
-    responder = FakeResponder(cause=UpstreamUnreachable("connection lost"))
+async def cancel_inside(guard: TunnelGuard, *, answered: bool) -> None:
+    """Run a tunnel inside `guard` (answered 200 or not), cancel it while it waits, and see the cancel go on."""
     started = asyncio.Event()
 
     async def tunnel() -> None:
-        with TunnelGuard(AccessRecord("inbound"), responder) as guard:
-            guard.answered(200)
+        with guard:
+            if answered:
+                guard.answered(200)
             started.set()
             await asyncio.Event().wait()
 
@@ -101,24 +102,18 @@ async def test_cancellation_is_recorded_and_propagates(caplog: pytest.LogCapture
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_cancellation_is_recorded_and_propagates(caplog: pytest.LogCaptureFixture) -> None:
+    responder = FakeResponder(cause=UpstreamUnreachable("connection lost"))
+    await cancel_inside(TunnelGuard(AccessRecord("inbound"), responder), answered=True)
     assert [a.h2_code for a in responder.aborted] == [H2ErrorCode.CANCEL]
     [rec] = _logged(caplog)
     assert (rec["status"], rec["result"]) == (200, "broken: connection lost")  # the cause, not "cancelled"
 
 
 async def test_cancelled_before_the_answer_is_499(caplog: pytest.LogCaptureFixture) -> None:
-    started = asyncio.Event()
-
-    async def tunnel() -> None:
-        with TunnelGuard(AccessRecord("socks5")):
-            started.set()
-            await asyncio.Event().wait()
-
-    task = asyncio.ensure_future(tunnel())
-    await asyncio.wait_for(started.wait(), 5)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await cancel_inside(TunnelGuard(AccessRecord("socks5")), answered=False)
     [rec] = _logged(caplog)
     assert (rec["status"], rec["result"]) == (499, "cancelled")
 
