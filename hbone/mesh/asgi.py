@@ -29,8 +29,9 @@ from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.protocol import ProtocolWrapper
 from hypercorn.typing import ConnectionState
 
-from hbone.errors import HboneError
+from hbone.errors import HboneError, ProtocolError
 from hbone.mesh.streams import TunnelReader, TunnelWriter
+from hbone.wire.authority import parse_authority
 
 __all__ = ["AsgiHandler"]
 
@@ -104,8 +105,11 @@ class _Connection:
     async def run(self) -> None:
         config = self._owner.config
         target = self._writer.peer.target
-        host, _, port = target.rpartition(":")
-        server = (host.strip("[]"), int(port)) if port.isdigit() else None
+        try:
+            addr = parse_authority(target)  # the tunnel's target, as the inbound checked it
+            server: tuple[str, int] | None = (addr.host, addr.port)
+        except ProtocolError:
+            server = None
         async with TaskGroup(asyncio.get_running_loop()) as task_group:
             self._protocol = ProtocolWrapper(
                 self._app,
