@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -119,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ca = TestCA()
     certs = {"srv": ca.write(workdir / "srv", "bench", "server"), "cli": ca.write(workdir / "cli", "bench", "client")}
     fleet = Fleet(workdir)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM still stops the fleet
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
     try:
         target = native.start_nginx(fleet)
