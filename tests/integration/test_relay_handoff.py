@@ -1,4 +1,4 @@
-"""A front end's accepted connection handed to the relay's callback path (`hbone.net.relay.handoff`): the
+"""A front end's accepted connection handed to the relay's callback path (`hbone.net.relay.core.handoff`): the
 listener parses a handshake with asyncio streams, then `relay(TcpEnd(reader, writer, leftover), stream)` moves
 the connection to a `TcpPipe`, with what the reader had buffered and an early FIN carried over."""
 
@@ -16,7 +16,7 @@ import pytest
 from hbone.errors import StreamReset
 from hbone.net.connection import connect, serve
 from hbone.net.relay import RelayResult, TcpEnd, TcpPipe, relay, start_server
-from hbone.net.relay.handoff import handoff
+from hbone.net.relay.core import handoff
 from hbone.net.stream import Stream
 
 pytestmark = pytest.mark.timeout(60)

@@ -7,8 +7,8 @@ chosen here:
 
 - a `TcpPipe` (a TCP connection whose protocol is ours) joined to a tunnel `Stream` takes the callback path
   (`pipe.py`): TCP data goes straight into the stream's send queue and stream DATA straight into the transport,
-  in the callback that received it, with no task per chunk; a downstream `TcpEnd` accepted by
-  `handoff.start_server` (every front end's listener) is handed over to a `TcpPipe` first (`handoff.py`);
+  in the callback that received it, with no task per chunk; a downstream `TcpEnd` accepted by `start_server`
+  (every front end's listener) is handed over to a `TcpPipe` first (`handoff()`, below);
 - two tunnel `Stream`s take the stream callback path (`bridge.py`), the same way;
 - any other pair of stream-shaped ends (a `TlsStream`, a `TcpEnd` that was not handed over) takes the
   task path below: one copy task per direction.
@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, Protocol
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, cast
 
 from hbone.errors import H2ErrorCode, HboneError, StreamReset
 from hbone.net.relay.bridge import StreamBridge
-from hbone.net.relay.handoff import handoff
 from hbone.net.relay.pipe import TcpPipe
 from hbone.net.relay.result import DOWNSTREAM, IDLE_TIMEOUT, UPSTREAM, IdleTimeout, RelayResult, Side, watch
 from hbone.net.stream import Stream
@@ -215,3 +216,64 @@ async def _reap(tasks: list[asyncio.Future[None]]) -> None:
         task.cancel()
     # Retrieve every outcome so no "exception was never retrieved" is logged.
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# --- handing an accepted asyncio stream connection to the callback path -------------------------------------------
+#
+# Front ends parse their handshake (SOCKS5, HTTP CONNECT, a ClientHello, PROXY v2) with `asyncio.StreamReader` /
+# `StreamWriter`; the relay then moves bulk bytes. A `TcpEnd` whose reader came from `start_server` below can be
+# handed over: reading is paused, what the reader buffered (and whether the peer's FIN already arrived) goes to a
+# `TcpPipe`, which becomes the transport's protocol. From there on every chunk is relayed in the callback that
+# received it, as on `hbone serve`'s inbound, instead of by two copy tasks.
+#
+# Only plain TCP is handed over: a TLS transport stays on the task path (it cannot half-close, and its reads are
+# already batched by the TLS layer).
+
+_LIMIT = 64 * 1024  # asyncio.start_server's default StreamReader limit
+
+ClientConnected = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class HandoffReader(asyncio.StreamReader):
+    """A `StreamReader` that remembers whether the peer's EOF arrived, so its connection can be handed over."""
+
+    peer_eof = False
+
+    def feed_eof(self) -> None:
+        self.peer_eof = True
+        super().feed_eof()
+
+
+async def start_server(
+    client_connected: ClientConnected,
+    host: str | None = None,
+    port: int | None = None,
+    *,
+    sock: socket.socket | None = None,
+    **kwargs: Any,
+) -> asyncio.Server:
+    """`asyncio.start_server`, with readers whose connections `relay()` can move to the callback path."""
+    loop = asyncio.get_running_loop()
+
+    def factory() -> asyncio.StreamReaderProtocol:
+        return asyncio.StreamReaderProtocol(HandoffReader(_LIMIT, loop), client_connected, loop)
+
+    if sock is not None:
+        return await loop.create_server(factory, sock=sock, **kwargs)
+    return await loop.create_server(factory, host, port, **kwargs)
+
+
+async def handoff(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes) -> TcpPipe | None:
+    """The connection as a `TcpPipe` (not started), or None when it cannot be handed over (not from
+    `start_server`, TLS, already failed or closing). `first` is data read from it earlier that must go first."""
+    transport = cast(asyncio.Transport, writer.transport)  # a TCP server's transport reads too
+    if not isinstance(reader, HandoffReader) or reader.exception() is not None or transport.is_closing():
+        return None
+    if transport.get_extra_info("sslcontext") is not None:
+        return None
+    transport.pause_reading()
+    peer_eof = reader.peer_eof
+    # With EOF fed, read() returns the buffer without waiting: no loop turn (no data_received) before the swap.
+    reader.feed_eof()
+    buffered = await reader.read()
+    return TcpPipe.adopt(transport, first + buffered, peer_eof)

@@ -178,7 +178,7 @@ class TcpPipe(asyncio.Protocol):
 
     @classmethod
     def adopt(cls, transport: asyncio.Transport, early: bytes, peer_eof: bool) -> TcpPipe:
-        """Take over a TCP connection another protocol was reading (`handoff.py`): `early` is what it read and
+        """Take over a TCP connection another protocol was reading (`core.handoff`): `early` is what it read and
         nobody consumed, `peer_eof` whether the peer's FIN already arrived. Reading stays paused until `start()`."""
         pipe = cls()
         transport.set_protocol(pipe)
