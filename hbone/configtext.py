@@ -176,6 +176,8 @@ def size_text(value: Any) -> int:
             raise TextError(f"size {value!r} is negative")
         raise TextError(f"invalid size {value!r}: {_SIZE_HINT}")
     number, unit = m.groups()
+    if len(number) > 40:  # more bytes than anything holds; also keeps int() under its digit limit
+        raise TextError(f"size {value[:20]!r}... is too large")
     if unit not in _SIZE_UNITS:
         close = [u for u in _SIZE_UNITS if u.lower() == unit.lower()]  # case is the usual slip: `64kib`
         hint = f" (did you mean {close[0]}?)" if close else ""

@@ -39,6 +39,7 @@ NAMES = (
     "traceparent",
     "xds_config",
     "hbone_config",
+    "configtext",
     "xds_requests",
     "xds_responses",
 )

@@ -86,6 +86,7 @@ BAD_SIZES = [
     (-1, "size -1 is negative"),
     (1.5, "expected a size, got 1.5; use e.g. 65536, 64KiB or 1MiB"),
     (False, "expected a size, got False; use e.g. 65536, 64KiB or 1MiB"),
+    ("1" * 5000 + "KiB", "size '11111111111111111111'... is too large"),
 ]
 
 
