@@ -6,6 +6,8 @@ and the connection windows after many streams."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from typing import Any
 
 import h2.events
@@ -13,6 +15,7 @@ import pytest
 
 from hbone.errors import H2ErrorCode, StreamReset
 from hbone.net.relay import DOWNSTREAM, UPSTREAM, IdleTimeout, RelayResult, relay
+from hbone.net.relay.bridge import StreamBridge
 from hbone.net.settings import H2Settings
 from hbone.net.stream import Stream
 from tests.unit.test_relay_pipe import Harness
@@ -138,3 +141,26 @@ async def test_cancelling_the_relay_resets_both_streams() -> None:
     for h in (a, b):
         resets = [e for e in await h.to_peer() if isinstance(e, h2.events.StreamReset)]
         assert resets and resets[0].error_code == H2ErrorCode.CANCEL
+
+
+async def test_a_finished_bridge_is_freed_by_reference_counting() -> None:
+    a, b = Harness(), Harness()
+    sa = await a.open(start=False)
+    sb = await b.open(start=False)
+    sa.send_headers([(":status", "200")])
+    sb.send_headers([(":status", "200")])
+    gc.disable()
+    try:
+        bridge = StreamBridge(sa, sb)
+        bridge.start()
+        a.send(b"x", end=True)
+        b.send(b"y", end=True)
+        await a.to_peer()
+        await b.to_peer()
+        result = await bridge.wait()
+        assert result.error is None
+        gone = weakref.ref(bridge)
+        del bridge
+        assert gone() is None  # no cycle through its two directions
+    finally:
+        gc.enable()

@@ -15,6 +15,7 @@ callback: no copy tasks. Semantics are the task relay's (RFC 9113 §8.5 on both 
 from __future__ import annotations
 
 import asyncio
+import weakref
 
 from hbone.errors import H2ErrorCode, HboneError, StreamReset
 from hbone.net.relay.result import DOWNSTREAM, UPSTREAM, IdleTimeout, IdleWatch, RelayResult, Side, watch
@@ -27,7 +28,10 @@ class _Direction:
     """One direction: `src`'s received bytes written to `dst` (a `StreamConsumer` of `src`)."""
 
     def __init__(self, bridge: StreamBridge, src: Stream, dst: Stream, side: Side) -> None:
-        self.bridge, self.src, self.dst, self.side = bridge, src, dst, side
+        # A weak proxy: the bridge holds both directions, so a strong reference back would make every relayed
+        # pair of streams a reference cycle that only the cycle collector frees. `relay()` keeps the bridge alive.
+        self.bridge: StreamBridge = weakref.proxy(bridge)
+        self.src, self.dst, self.side = src, dst, side
         settings = dst.connection.settings
         self.limit = settings.max_send_buffer
         self.step = min(_CREDIT_STEP, src.connection.settings.initial_stream_window // 8)
@@ -81,8 +85,12 @@ class _Direction:
 
     def _drained(self, fut: asyncio.Future[None]) -> None:
         self.waiting = False
-        if not self.bridge.done.done():
-            self._credit()
+        try:
+            if self.bridge.done.done():
+                return
+        except ReferenceError:  # the relay is over and gone
+            return
+        self._credit()
 
     def _credit(self) -> None:
         owed, self.owed = self.owed, 0
