@@ -255,7 +255,7 @@ async def _forward(args: argparse.Namespace) -> int:
                 print(f"hbone forward: {e}", file=sys.stderr)
                 raise
             result = await relay(TcpEnd(reader, writer), tunnel.stream, idle_timeout=idle_timeout)
-            guard.relayed(result.sent, result.received, result.error)
+            guard.relayed(result)
 
     def accepted() -> AcceptedPipe:
         guard = TunnelGuard(AccessRecord("forward", mode=ep.mode.value, dst_addr=args.target))
@@ -334,4 +334,4 @@ def _finish(guard: TunnelGuard, done: asyncio.Future[RelayResult]) -> None:
         guard.fail(done.exception() or asyncio.CancelledError())
         return
     result = done.result()
-    guard.relayed(result.sent, result.received, result.error)
+    guard.relayed(result)

@@ -60,6 +60,7 @@ class AccessRecord:
     result: str = ""  # "ok", or why not
     policy: str | None = None
     request: str | None = None  # HTTP front ends: "METHOD host/path" of the one request this record is for
+    closed_by: str | None = None  # relayed tunnels: the side whose end (EOF or failure) came first
     started: float = field(default_factory=time.monotonic)
     duration_ms: float = 0.0
     opened_at: float = field(default_factory=time.time)  # wall clock, for the admin view of open tunnels
@@ -124,6 +125,7 @@ class AccessRecord:
             "result": self.result,
             "policy": self.policy,
             "request": self.request,
+            "closed_by": self.closed_by,
             "duration_ms": self.duration_ms,
         }
 

@@ -216,7 +216,7 @@ async def relay(
         result = await relay_ends(TcpEnd(reader, writer, leftover), upstream.pipe, idle_timeout=upstream.idle_timeout)
     finally:
         upstream.close()
-    guard.relayed(result.sent, result.received, result.error)
+    guard.relayed(result)
     return result
 
 

@@ -7,7 +7,7 @@ Every front end and gateway runs a tunnel (or one HTTP request) inside a `Tunnel
         guard.answered(200)                                          # the success answer went out
         guard.established(upstream.pipe, inbound=False)
         result = await relay(...)
-        guard.relayed(to_dest, from_dest, result.error)
+        guard.relayed(result)                                        # bytes, who ended first, what broke it
 
 An exception leaving the block is answered on the client's wire by the `Responder` (what to answer comes from the
 one table, `hbone.wire.answers`): before the success answer an error status / reply / TLS alert, after it an
@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import Protocol
 
 from hbone.errors import ClientClosed, HboneError, RequestTimeout
+from hbone.net.relay import RelayResult
 from hbone.proxy.accesslog import AccessRecord
 from hbone.wire.answers import Answer, answer_for, reason_of
 
@@ -77,16 +78,15 @@ class TunnelGuard:
         """The tunnel relays through `stream` from now on (live byte counts for the admin port)."""
         self.record.established(stream, inbound=inbound)
 
-    def relayed(self, to_dest: int, from_dest: int, error: BaseException | str | None = None) -> None:
-        """The relay ended: bytes each way and what broke it (None: a clean close both ways). Finishes the record."""
+    def relayed(self, result: RelayResult) -> None:
+        """The relay ended: bytes each way (`sent` towards the destination), which side ended first and what broke
+        it (None: a clean close both ways). Finishes the record."""
         if self._done:
             return
-        self.record.bytes_sent, self.record.bytes_received = to_dest, from_dest
+        record = self.record
+        record.bytes_sent, record.bytes_received, record.closed_by = result.sent, result.received, result.ended_first
         status = self.status if self.status is not None else 200
-        if error is None:
-            self.finish(status, "ok")
-        else:
-            self.finish(status, f"broken: {error if isinstance(error, str) else reason_of(error)}")
+        self.finish(status, "ok" if result.error is None else f"broken: {reason_of(result.error)}")
 
     def fail(self, exc: BaseException) -> Answer:
         """Answer `exc` on the wire (status before the success answer, reset after) and finish the record."""

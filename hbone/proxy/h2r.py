@@ -197,7 +197,7 @@ class H2RInbound(InboundHandler):
         stream.send_headers(tunnel_response(200))
         guard.answered(200)
         result = await relay(stream, inner, idle_timeout=self.config.idle_timeout)
-        guard.relayed(result.sent, result.received, result.error)
+        guard.relayed(result)
 
 
 class H2RNode:

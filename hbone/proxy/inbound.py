@@ -210,7 +210,7 @@ class InboundHandler:
             result = await relay(pipe, TcpEnd(reader, writer), idle_timeout=self.config.idle_timeout)
         finally:
             writer.close()
-        guard.relayed(result.sent, result.received, result.error)
+        guard.relayed(result)
 
     async def admit(self, req: TunnelRequest, peer: PeerInfo, record: AccessRecord) -> tuple[str, int]:
         host, port = await self.config.resolve(req.target)
@@ -237,7 +237,7 @@ class InboundHandler:
         guard.answered(200)
         guard.established(stream, inbound=True)
         result = await relay(stream, pipe, idle_timeout=self.config.idle_timeout)
-        guard.relayed(result.sent, result.received, result.error)
+        guard.relayed(result)
 
     async def _dial_pipe(self, host: str, port: int) -> TcpPipe:
         with pending_dial():

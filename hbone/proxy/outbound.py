@@ -227,7 +227,7 @@ class OutboundProxy:
                 result = await relay(TcpEnd(reader, writer), up, idle_timeout=self.idle_timeout)
             finally:
                 self.active -= 1
-            guard.relayed(result.sent, result.received, result.error)
+            guard.relayed(result)
             return result
         return None
 

@@ -368,6 +368,7 @@ async def test_echo_is_still_ok(records: Records) -> None:
         w.close()
         rec = await records.next()
         assert (rec.status, rec.result, rec.bytes_sent, rec.bytes_received) == (200, "ok", 5, 5)
+        assert rec.closed_by == "downstream"  # the client's EOF came first
     finally:
         server.close()
         echo.close()

@@ -9,6 +9,7 @@ import logging
 import pytest
 
 from hbone.errors import Denied, H2ErrorCode, StreamReset, UpstreamUnreachable
+from hbone.net.relay import RelayResult
 from hbone.proxy import accesslog
 from hbone.proxy.accesslog import AccessRecord
 from hbone.proxy.guard import TunnelGuard
@@ -64,17 +65,18 @@ def test_broken_after_the_answer_resets_with_the_errors_code(caplog: pytest.LogC
 def test_relayed_finishes_once_and_leaving_adds_nothing(caplog: pytest.LogCaptureFixture) -> None:
     with TunnelGuard(AccessRecord("socks5")) as guard:
         guard.answered(200)
-        guard.relayed(5, 7, None)
-        guard.relayed(1, 1, "again")  # ignored
+        guard.relayed(RelayResult(5, 7, "upstream"))
+        guard.relayed(RelayResult(1, 1, "downstream", TimeoutError()))  # ignored
         guard.finish(500, "late")  # ignored
     [rec] = _logged(caplog)
     assert (rec["status"], rec["result"], rec["bytes_sent"], rec["bytes_received"]) == (200, "ok", 5, 7)
+    assert rec["closed_by"] == "upstream"
 
 
 def test_relay_error_is_recorded_as_broken(caplog: pytest.LogCaptureFixture) -> None:
     with TunnelGuard(AccessRecord("socks5")) as guard:
         guard.answered(200)
-        guard.relayed(5, 0, StreamReset(8))
+        guard.relayed(RelayResult(5, 0, "downstream", StreamReset(8)))
     [rec] = _logged(caplog)
     assert rec["result"] == "broken: stream reset by peer (h2 error code 8)"
 
