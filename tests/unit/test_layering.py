@@ -55,23 +55,6 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("microxds.cli", "microxds"),
 )
 
-#: Module circles still allowed inside a unit. hbone/net's connection driver is being rewritten from five mixin
-#: modules that import each other into one composed class (issue 19, the engine part); this list goes when the
-#: rewrite lands. Nothing else may be added here: break a circle with a Protocol or by moving the shared piece down.
-CIRCLE_ALLOWLIST = frozenset(
-    {
-        "hbone.net.connection",
-        "hbone.net.events",
-        "hbone.net.lifecycle",
-        "hbone.net.sending",
-        "hbone.net.stream",
-        "hbone.net.h2tuning",
-        "hbone.net.h2fastdata",
-        "hbone.net.h2.tuning",
-        "hbone.net.h2.fastdata",
-    }
-)
-
 
 @dataclass(frozen=True)
 class Arrow:
@@ -286,7 +269,7 @@ def test_no_module_circles_inside_a_unit() -> None:
     for a in graph():
         if unit_of(a.source) == unit_of(a.target):
             edges.setdefault(a.source, set()).add(a.target)
-    found = [c for c in circles(edges) if not set(c) <= CIRCLE_ALLOWLIST]
+    found = circles(edges)
     assert not found, "\n".join(_explain(c, graph(), unit=False) for c in found)
 
 
