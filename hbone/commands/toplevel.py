@@ -8,7 +8,6 @@ import argparse
 import asyncio
 import contextlib
 import errno
-import gc
 import logging
 import os
 import ssl
@@ -62,27 +61,6 @@ def event_loop_policy() -> Iterator[str]:
         asyncio.set_event_loop_policy(previous)
 
 
-#: Allocations between young-generation collections while a command runs (CPython's default is 700).
-GC_YOUNG_THRESHOLD = 10_000
-
-
-@contextlib.contextmanager
-def fewer_collections() -> Iterator[None]:
-    """Run the young-generation cycle collector every 10,000 allocations instead of every 700, restored afterwards.
-
-    A proxy allocates a few hundred tracked objects per tunnel, and with 50 tunnels in flight most are still alive
-    at a collection every 700, so they were scanned, promoted and scanned again by the older generations: the
-    collector took 5-12% of `hbone serve`'s and `hbone forward`'s CPU in full-hop tunnel churn. Collected later,
-    most of them are already freed by reference counting. Cyclic garbage waits a little longer (bounded by the
-    threshold); nothing else changes."""
-    before = gc.get_threshold()
-    gc.set_threshold(max(before[0], GC_YOUNG_THRESHOLD), *before[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*before)
-
-
 def describe_error(exc: BaseException, user_errors: tuple[type[BaseException], ...]) -> str:
     """One line saying what went wrong and, where we can tell, what to change."""
     if isinstance(exc, user_errors):
@@ -129,7 +107,7 @@ def run_command(
 ) -> int:
     """Run one parsed command on the chosen event loop; map every exception to an exit status and one stderr line."""
     try:
-        with event_loop_policy() as loop_name, fewer_collections():
+        with event_loop_policy() as loop_name:
             logging.getLogger(f"{prog}.cli").debug("event loop: %s", loop_name)
             result = int(func(args) or 0)
             sys.stdout.flush()  # inside the handlers, so a reader that went away (`| head`) is no traceback
