@@ -114,17 +114,17 @@ def _median(runs: Runs, pair: str, m: Metric) -> str:
     return _fmt(statistics.median(vals)) if vals else "—"
 
 
-def summary(runs: Runs, base: str, targets: bool = True) -> list[str]:
+def summary(runs: Runs, base: str, targets: bool = True, subject: str = "ours") -> list[str]:
     goal = {True: "≥", False: "≤"}
-    lines = [f"| metric | ours | {base} | ours/{base} (median [min-max]) | target | |", "|---|---|---|---|---|---|"]
+    lines = [f"| metric | {subject} | {base} | {subject}/{base} (median [min-max]) | target | |", "|---" * 6 + "|"]
     for m in METRICS:
-        xs = paired(runs, "ours", base, m)
-        if not runs["ours"].get(m.kind) or not runs[base].get(m.kind) or not xs or xs[0] != xs[0]:
+        xs = paired(runs, subject, base, m)
+        if not runs[subject].get(m.kind) or not runs[base].get(m.kind) or not xs or xs[0] != xs[0]:
             continue  # not run, or not recorded (NaN)
         target = f"{goal[m.higher_is_better]} {m.target:.1f}x" if m.target and targets else "(info)"
         met = _met(xs, m) if targets else ""
         unit = f" ({m.unit})" if m.unit else ""
-        lines.append(f"| {m.name}{unit} | {_median(runs, 'ours', m)} | {_median(runs, base, m)} | {_ratio(xs)} "
+        lines.append(f"| {m.name}{unit} | {_median(runs, subject, m)} | {_median(runs, base, m)} | {_ratio(xs)} "
                      f"| {target} | {met} |")  # fmt: skip
     return lines
 
@@ -187,6 +187,12 @@ def report(runs: Runs, labels: dict[str, str], title: str) -> str:
         if "ours" in runs and base in runs:
             what = "Envoy defaults" if base == "envoy" else "Envoy with windows and buffers matched to ours"
             lines += ["", f"**ours vs {what}** (same run, paired by repeat)", "", *summary(runs, base)]
+    if "ours-native" in runs and "envoy" in runs:
+        lines += ["", "**ours on the native HTTP/2 engine vs Envoy defaults** (same run)", "",
+                  *summary(runs, "envoy", subject="ours-native")]  # fmt: skip
+    if "ours" in runs and "ours-native" in runs:
+        lines += ["", "**ours-native vs ours** (the native engine vs h2, same run)", "",
+                  *summary(runs, "ours", subject="ours-native", targets=False)]  # fmt: skip
     if "ours" in runs and "ours-base" in runs:
         lines += ["", "**ours vs ours-base** (this tree vs `--base-tree`, same run)", "",
                   *summary(runs, "ours-base", targets=False)]  # fmt: skip

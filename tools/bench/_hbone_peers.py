@@ -215,9 +215,30 @@ async def _serve(args: argparse.Namespace) -> None:
     server.close()
 
 
+def _default_engine(engine: str) -> None:
+    """Make `engine` the default of every H2Settings this process builds (a benchmark of an engine the CLIs cannot
+    select yet); settings that name an engine keep theirs."""
+    import dataclasses
+
+    from hbone.net.settings import H2Settings
+
+    names = {f.name for f in dataclasses.fields(H2Settings)}
+    if "engine" not in names:
+        raise SystemExit(f"--h2-engine: this hbone has no H2Settings.engine (fields: {sorted(names)})")
+    init = H2Settings.__init__
+
+    def with_engine(self: H2Settings, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("engine", engine)
+        init(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    H2Settings.__init__ = with_engine  # type: ignore[method-assign]
+    H2Settings()  # fail now, with the engine's own message, if the name is not one
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--uvloop", action="store_true", help="run the event loop on uvloop")
+    parser.add_argument("--h2-engine", help="cli: the default HTTP/2 engine of H2Settings (e.g. native)")
     sub = parser.add_subparsers(dest="role", required=True)
     sub.add_parser("sink")
     sub.add_parser("echo")
@@ -231,6 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The hbone CLI picks uvloop itself when installed; the asyncio runs opt out so both loops are measured.
         if not args.uvloop:
             os.environ["HBONE_NO_UVLOOP"] = "1"
+        if args.h2_engine:
+            _default_engine(args.h2_engine)
         from hbone.cli import main as hbone_main
 
         return int(hbone_main(args.argv))

@@ -49,11 +49,12 @@ class Pair:
     label: str
     client: str  # "fwd" (ours, one process per target) or an Envoy process name
     server: str  # fleet process name
-    base: bool = False  # our CLIs from --base-tree
+    variant: str = ""  # our CLIs: "" as installed, "base" from --base-tree, "native" on the native HTTP/2 engine
     kinds: tuple[str, ...] = KINDS
 
 
 BASE = "ours-base"
+NATIVE = "ours-native"
 DIRECT = "direct"
 
 
@@ -65,7 +66,8 @@ PAIRS = {
         Pair("envoy-matched", "Envoy → Envoy (windows and buffers matched to ours)", "envoy-cli-m", "envoy-srv-m"),
         Pair("ours-envoy", "our forward → Envoy server", "fwd", "envoy-srv"),
         Pair("envoy-ours", "Envoy client → our serve", "envoy-cli-o", "serve"),
-        Pair(BASE, "ours from --base-tree (forward → serve)", "fwd", "serve-base", base=True),
+        Pair(BASE, "ours from --base-tree (forward → serve)", "fwd", "serve-base", variant="base"),
+        Pair(NATIVE, "ours on the native HTTP/2 engine (forward → serve)", "fwd", "serve-native", variant="native"),
         # the machine's own round-trip latency, printed with every run that measures round trips
         Pair(DIRECT, "no proxies: client straight to the echo server", "", "", kinds=("rr",)),
     )
@@ -93,7 +95,7 @@ class Hop:
         for name in sorted({p.server for p in pairs}):
             if name.startswith("serve"):
                 argv = self._cli("serve", "--certs", str(certs["srv"]), "--listen", "127.0.0.1:0", "--authz",
-                                 "allow-all", base=name.endswith("-base"))  # fmt: skip
+                                 "allow-all", variant=name.partition("-")[2])  # fmt: skip
                 servers[name] = fleet.start(name, argv, r"listening mtls=([\d.]+:\d+)")
                 self.ours.append(name)
             else:
@@ -107,7 +109,7 @@ class Hop:
                     name = f"fwd-{pair.key}-{kind}"
                     argv = self._cli("forward", "--listen", "127.0.0.1:0", "--target", backend[kind], "--via", via,
                                      "--certs", str(certs["cli"]), "--expect-identity", SERVER_ID,
-                                     base=pair.base)  # fmt: skip
+                                     variant=pair.variant)  # fmt: skip
                     self.entry[pair.key, kind] = fleet.start(name, argv, r"hbone forward: listening ([\d.]+:\d+)")
                     self._roles(pair, kind, name)
                     self.ours.append(name)
@@ -126,10 +128,12 @@ class Hop:
     def _python_peer(self, role: str) -> str:
         return self.fleet.start(role, [PY, str(HERE / "_hbone_peers.py"), "--uvloop", role], r"READY (\d+)")
 
-    def _cli(self, *args: str, base: bool = False) -> list[str]:
-        # The launcher is this tree's; with `base`, `hbone` itself is imported from the other checkout.
-        tree = ["env", f"PYTHONPATH={self.base_tree}"] if base else []
-        return [*tree, PY, str(HERE / "_hbone_peers.py"), "--uvloop", "cli", *args, *NO_ADMIN]
+    def _cli(self, *args: str, variant: str = "") -> list[str]:
+        # The launcher is this tree's; "base": `hbone` itself is imported from the other checkout; "native": the
+        # launcher makes the native engine the default of H2Settings (the CLIs have no switch for it yet).
+        tree = ["env", f"PYTHONPATH={self.base_tree}"] if variant == "base" else []
+        engine = ["--h2-engine", "native"] if variant == "native" else []
+        return [*tree, PY, str(HERE / "_hbone_peers.py"), "--uvloop", *engine, "cli", *args, *NO_ADMIN]
 
 
 def _children_cpu() -> float:
@@ -197,7 +201,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1 repeat, 1 s cases: a smoke run")
     parser.add_argument("--repeats", type=int, help="repeats per case (default 3; --quick: 1)")
-    parser.add_argument("--pairs", nargs="*", choices=sorted(PAIRS), help="default: all (ours-base: with --base-tree)")
+    parser.add_argument("--pairs", nargs="*", choices=sorted(PAIRS),
+                        help=f"default: all but {NATIVE} ({BASE}: with --base-tree)")  # fmt: skip
     parser.add_argument("--base-tree", type=Path, help=f"a checkout whose hbone runs as pair {BASE} (same-run A/B)")
     parser.add_argument("--only", nargs="*", choices=KINDS, default=list(KINDS), help="kinds to run (default all)")
     parser.add_argument("--seconds", type=int, help="duration of each bulk and rate case (default 3; --quick: 1)")
@@ -225,7 +230,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     a.seconds = a.seconds or (1 if a.quick else 3)
     a.rr_count = a.rr_count or (500 if a.quick else 10000)
     a.warm_bytes = 4_000_000 if a.quick else 32_000_000
-    a.pairs = a.pairs or [p for p in PAIRS if p not in (BASE, DIRECT)]
+    a.pairs = a.pairs or [p for p in PAIRS if p not in (BASE, DIRECT, NATIVE)]
     if "rr" in a.only and DIRECT not in a.pairs:
         a.pairs.append(DIRECT)
     if a.base_tree is not None:
