@@ -249,6 +249,17 @@ def test_every_unit_has_a_layer() -> None:
     assert len(layers) == sum(len(layer) for layer in LAYERS), "a unit is listed in two layers"
 
 
+def test_the_architecture_page_places_every_unit() -> None:
+    """docs/architecture.md's "Layers" section names every unit (as `net`, `configtext`, …), so the page stays true."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    start = text.index("\n## Layers")
+    section = text[start : text.index("\n## ", start + 1)]
+    missing = [
+        unit for layer in LAYERS for unit in layer if "." in unit and f"`{unit.split('.', 1)[1]}`" not in section
+    ]
+    assert not missing, f"add these to the Layers section of docs/architecture.md: {missing}"
+
+
 def test_no_arrow_points_up() -> None:
     layers = layer_of()
     up = [
