@@ -14,6 +14,7 @@ Errors are `Http1Error` (400; a proxy reading a response answers 502), `HeadTooL
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -81,6 +82,12 @@ class Response:
         return header(self.headers, name)
 
 
+@functools.lru_cache(maxsize=32)
+def limits(max_bytes: int, max_fields: int, max_line: int) -> HeadLimits:
+    """Shared `HeadLimits` (a reader per request on a busy listener should not build one each time)."""
+    return HeadLimits(max_bytes, max_fields, min(max_line, max_bytes))
+
+
 def header(headers: Iterable[tuple[str, str]], name: str) -> str | None:
     """The first value of `name` (case-less), or None."""
     name = name.lower()
@@ -99,7 +106,7 @@ class HeadScanner:
         self.limits = limits
         self.what = what
         self.skip_empty = skip_empty
-        self.reset()
+        self._scanned = self._line_start = self._skipped = 0
 
     def reset(self) -> None:
         """Start on the next head (the caller removed the previous one from its buffer)."""
@@ -121,8 +128,11 @@ class HeadScanner:
             stop -= 1  # a CR at the end is judged with the byte that follows it
         end = buf.find(b"\r\n\r\n", max(start - 3, 0), stop)
         scan_to = end + 4 if end >= 0 else stop  # what follows the head (a body, tunnel bytes) is not ours to judge
-        bare = _BARE.search(buf, start, scan_to)
-        if bare is not None:
+        # Every LF must follow a CR and every CR precede an LF: three counts in C decide it (the region never
+        # starts after or ends with a lone CR, see `stop`); the regex only runs to name the offending byte.
+        crlf = buf.count(b"\r\n", start, scan_to)
+        ok = buf.count(b"\n", start, scan_to) == crlf and buf.count(b"\r", start, scan_to) == crlf
+        if not ok and (bare := _BARE.search(buf, start, scan_to)) is not None:
             kind = "LF" if bare.group() == b"\n" else "CR"
             raise Http1Error(
                 f"bare {kind} at byte {bare.start()} of the {self.what}; lines must end with CRLF (RFC 9112 §2.2)"
@@ -199,12 +209,12 @@ def fields(lines: list[bytes], first_line: int = 2) -> Headers:
     """Field lines (RFC 9112 §5): `name: value`, no obs-fold, no space before the colon, no CTLs in values."""
     out = []
     for number, line in enumerate(lines, start=first_line):
-        if line[:1] in (b" ", b"\t"):
-            raise Http1Error(f"line {number} starts with whitespace: obsolete line folding (RFC 9112 §5.2)")
         name, colon, value = line.partition(b":")
-        if not colon:
-            raise Http1Error(f"header line {number} {_show(line, 40)} has no ':'")
-        if not _TOKEN.match(name):
+        if not colon or not _TOKEN.match(name):  # the common path tests only this; the rest says what is wrong
+            if line[:1] in (b" ", b"\t"):
+                raise Http1Error(f"line {number} starts with whitespace: obsolete line folding (RFC 9112 §5.2)")
+            if not colon:
+                raise Http1Error(f"header line {number} {_show(line, 40)} has no ':'")
             raise Http1Error(f"header line {number}: field name {_show(name, 40)} is not a token (RFC 9112 §5.1)")
         value = value.strip(b" \t")
         bad = _BAD_VALUE.search(value)
@@ -234,6 +244,7 @@ __all__ = [
     "fields",
     "header",
     "is_field",
+    "limits",
     "parse_request_head",
     "parse_response_head",
     "parse_trailers",

@@ -30,6 +30,7 @@ from hbone.wire.h1head import (
     parse_response_head,
     parse_trailers,
 )
+from hbone.wire.h1head import limits as head_limits
 
 DEFAULT_MAX_HEAD = 64 * 1024
 DEFAULT_MAX_HEADERS = 100
@@ -123,6 +124,14 @@ class _State(enum.Enum):
     DONE = 6
 
 
+_STATE_FOR = {
+    Framing.NONE: _State.BODY,  # zero bytes left: the next step ends the message
+    Framing.LENGTH: _State.BODY,
+    Framing.UNTIL_CLOSE: _State.BODY,
+    Framing.CHUNKED: _State.CHUNK_LINE,
+}
+
+
 @dataclass
 class MessageReader:
     """Incremental reader of one message at a time. `response=True` reads responses to `request_method`."""
@@ -138,13 +147,12 @@ class MessageReader:
     _left: int = 0
     _limits: HeadLimits = field(init=False)
     _heads: HeadScanner = field(init=False)
-    _trailer_scan: HeadScanner = field(init=False)
+    _trailer_scan: HeadScanner | None = field(init=False, default=None)  # made when a chunked body ends
 
     def __post_init__(self) -> None:
-        self._limits = HeadLimits(self.max_head, self.max_headers, min(self.max_line, self.max_head))
+        self._limits = head_limits(self.max_head, self.max_headers, self.max_line)
         what = "response head" if self.response else "request head"
         self._heads = HeadScanner(self._limits, what, skip_empty=not self.response)
-        self._trailer_scan = HeadScanner(self._limits, "trailer section", skip_empty=False)
 
     @property
     def buffered(self) -> bytes:
@@ -170,7 +178,7 @@ class MessageReader:
         data = bytes(self._buf)
         self._buf.clear()
         self._heads.reset()
-        self._trailer_scan.reset()
+        self._trailer_scan = None
         return data
 
     def feed(self, data: bytes) -> list[Event]:
@@ -250,12 +258,7 @@ class MessageReader:
         if interim:
             self._state = _State.HEAD  # an interim response; the final one follows
         else:
-            self._state = {
-                Framing.NONE: _State.BODY,  # zero bytes left: the next step ends the message
-                Framing.LENGTH: _State.BODY,
-                Framing.UNTIL_CLOSE: _State.BODY,
-                Framing.CHUNKED: _State.CHUNK_LINE,
-            }[self._framing]
+            self._state = _STATE_FOR[self._framing]
         return head
 
     def _chunk_line(self) -> Event | None:
@@ -281,6 +284,8 @@ class MessageReader:
             del self._buf[:2]
             self._state = _State.DONE
             return EndOfMessage()
+        if self._trailer_scan is None:
+            self._trailer_scan = HeadScanner(self._limits, "trailer section", skip_empty=False)
         block = self._block(self._trailer_scan)
         if block is None:
             return None

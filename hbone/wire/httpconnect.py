@@ -18,6 +18,7 @@ from hbone.errors import BadRequest
 from hbone.wire.answers import proxy_status_for, reason_of
 from hbone.wire.authority import Authority, parse_authority
 from hbone.wire.h1head import HeadLimits, HeadScanner, HeadTooLarge, VersionNotSupported, is_field, parse_request_head
+from hbone.wire.h1head import limits as head_limits
 
 DEFAULT_MAX_HEADER_BYTES = 16 * 1024
 DEFAULT_MAX_HEADERS = 100
@@ -63,7 +64,7 @@ class HttpConnectParser:
     ) -> None:
         self.max_header_bytes = max_header_bytes
         self.max_headers = max_headers
-        self._limits = HeadLimits(max_header_bytes, max_headers, max_header_bytes)
+        self._limits = head_limits(max_header_bytes, max_headers, max_header_bytes)
         self._scanner = HeadScanner(self._limits, "request head")
         self._buffer = bytearray()
         self._request: HttpConnectRequest | None = None
