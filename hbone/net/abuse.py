@@ -3,12 +3,20 @@
 The driver (`hbone.net.connection`) asks this object whether a peer crossed a limit and acts on the answer
 (GOAWAY ENHANCE_YOUR_CALM, REFUSED_STREAM, pausing reads); trips are counted process-wide in `hbone.limits` and
 logged once per connection. Rates are counted in fixed one-second windows: one comparison per event, and a burst
-that straddles two windows gets at most twice the limit, which is still a bound.
+that straddles two windows gets at most twice the limit, which is still a bound. `log_error` bounds the driver's
+own error logs the same way: at most 3 per connection, within a per-process budget.
 """
 
 from __future__ import annotations
 
+import logging
+import time
+
+from hbone.errors import HboneError
 from hbone.limits import TripLog
+
+# The driver's logger name, so log filters and tests keep working.
+log = logging.getLogger("hbone.net.connection")
 
 #: Read at most this much per callback from a connection whose last read was mostly small non-DATA frames, so one
 #: flooding connection cannot hold the event loop for a whole 256 KiB read of 9-byte frames (~28k frames).
@@ -64,3 +72,33 @@ class ConnectionGuard:
         if self._trips is None:
             self._trips = TripLog(self._peer)
         self._trips.trip(limit, detail)
+
+
+class _LogLimiter:
+    """Per-process budget for per-connection error logs, so a flood of bad peers cannot flood stderr."""
+
+    def __init__(self, per_window: int = 20, window: float = 10.0) -> None:
+        self.per_window, self.window = per_window, window
+        self.start, self.count, self.suppressed = 0.0, 0, 0
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        if now - self.start > self.window:
+            if self.suppressed:
+                log.warning("suppressed %d HTTP/2 connection error logs", self.suppressed)
+            self.start, self.count, self.suppressed = now, 0, 0
+        self.count += 1
+        if self.count > self.per_window:
+            self.suppressed += 1
+            return False
+        return True
+
+
+_limiter = _LogLimiter()
+
+
+def log_error(nth: int, what: str, exc: BaseException, peer: object) -> None:
+    """Log the `nth` error of one connection: at most 3 per connection, within a per-process budget
+    (docs/performance.md: a flood of bad peers must not flood stderr, and unread stderr blocks the process)."""
+    if nth <= 3 and _limiter.allow():
+        log.warning("%s (peer %s): %s", what, peer, exc, exc_info=not isinstance(exc, HboneError))

@@ -24,16 +24,15 @@ import socket
 import ssl as _ssl
 import threading
 import weakref
-from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
 
 from hbone.errors import ConnectionLost, H2ErrorCode, HboneError, LimitExceeded, ProtocolError, StreamReset
 from hbone.limits import ByteBudget
-from hbone.net.abuse import CHATTY_EVENTS, SMALL_READ, ConnectionGuard
+from hbone.net.abuse import CHATTY_EVENTS, SMALL_READ, ConnectionGuard, log_error
 from hbone.net.events import StreamHandler, StreamRouter
 from hbone.net.h2 import new_engine
-from hbone.net.lifecycle import Lifecycle, code_name, log_error
+from hbone.net.lifecycle import Lifecycle, code_name
 from hbone.net.scheduler import SendScheduler
 from hbone.net.settings import H2Settings
 from hbone.net.stream import HeaderInput, HeaderList, Stream, encode_headers, header_list_size
@@ -68,12 +67,18 @@ class H2Connection(asyncio.BufferedProtocol):
         scheduler = self._scheduler = SendScheduler(engine, settings, loop, port)
         lifecycle = self._lifecycle = Lifecycle(loop, settings, engine, scheduler, port)
         self._router = StreamRouter(
-            host=port, loop=loop, settings=settings, scheduler=scheduler, lifecycle=lifecycle, handler=handler
+            host=port,
+            engine=engine,
+            client=client,
+            loop=loop,
+            settings=settings,
+            scheduler=scheduler,
+            lifecycle=lifecycle,
+            handler=handler,
         )
         # StreamOwner ports on every write and read, bound straight to the scheduler (one call less per chunk).
         self.stream_writable: Callable[[Stream], None] = scheduler.pump
         self.credit_stream: Callable[[int, int], None] = scheduler.credit
-        self._capacity_waiters: deque[asyncio.Future[None]] = deque()
         self._guard: ConnectionGuard | None = None  # abuse accounting, made when first needed (`guard`)
         self._read_paused = False  # reading stopped: the outbound buffer is over max_outbound_buffer
         self._errors_logged = 0
@@ -90,16 +95,12 @@ class H2Connection(asyncio.BufferedProtocol):
     @property
     def available_streams(self) -> int:
         """How many more streams the peer's SETTINGS_MAX_CONCURRENT_STREAMS allows right now."""
-        if not self._lifecycle.usable:
-            return 0
-        # Our count, not h2's open_outbound_streams (walks every stream: ~8% of churn client CPU); all are outbound.
-        return max(0, self.peer_max_concurrent_streams - (len(self._router.streams) if self.client else 0))
+        return self._router.free_slots
 
     @property
     def peer_max_concurrent_streams(self) -> int:
         """The peer's SETTINGS_MAX_CONCURRENT_STREAMS (our assumed initial value until its SETTINGS arrive)."""
-        limit = self._engine.peer_max_concurrent_streams
-        return limit if self._router.settings_seen else min(limit, self.settings.initial_max_send_streams)
+        return self._router.peer_limit
 
     @property
     def active_streams(self) -> int:
@@ -162,21 +163,7 @@ class H2Connection(asyncio.BufferedProtocol):
             raise ProtocolError("open_stream() is for client connections")
         encoded = encode_headers(headers)
         self.check_outbound_headers(encoded)
-        while self.available_streams <= 0:
-            self._lifecycle.raise_if_unusable()
-            if not wait:
-                raise LimitExceeded("peer's SETTINGS_MAX_CONCURRENT_STREAMS reached")
-            fut = self._loop.create_future()
-            self._capacity_waiters.append(fut)
-            try:
-                await fut
-            except asyncio.CancelledError:
-                if fut.done() and not fut.cancelled():
-                    self._wake_capacity()  # pass the slot we were given to the next waiter
-                raise
-            finally:
-                if fut in self._capacity_waiters:
-                    self._capacity_waiters.remove(fut)
+        await self._router.slot(wait)
         try:
             sid = self._engine.open_stream(encoded, end_stream)
         except ProtocolError as exc:
@@ -188,14 +175,6 @@ class H2Connection(asyncio.BufferedProtocol):
     def flush(self) -> None:
         """Write what is queued now instead of at the end of this loop iteration (a request that is complete)."""
         self._scheduler.flush()
-
-    def _wake_capacity(self) -> None:
-        free = self.available_streams
-        while free > 0 and self._capacity_waiters:
-            fut = self._capacity_waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                free -= 1
 
     # --- shutdown (hbone.net.lifecycle) ------------------------------------------------------------------------
 
@@ -277,8 +256,7 @@ class H2Connection(asyncio.BufferedProtocol):
         if lifecycle.closed:
             return  # a limit tripped (GOAWAY sent): the rest of the batch was the attacker's
         scheduler.flush()
-        if self._capacity_waiters:
-            self._wake_capacity()
+        self._router.wake_waiters()
         lifecycle.maybe_idle()
         if self._guard is not None or len(events) > CHATTY_EVENTS:
             self.guard().observe_read(nbytes, len(events))
@@ -339,23 +317,15 @@ class H2Connection(asyncio.BufferedProtocol):
 
     def fail_all(self, exc: HboneError) -> None:
         self._router.fail_all(exc)
-        self._fail_capacity_waiters(exc)
 
     def fail_waiters(self, exc: HboneError) -> None:
-        self._fail_capacity_waiters(exc)
+        self._router.fail_waiters(exc)
 
     def peer_settings_seen(self) -> bool:
         return self._router.settings_seen
 
     def new_stream(self, sid: int, headers: HeaderList, local: bool) -> Stream:
         return Stream(self, sid, local=local, request_headers=headers, loop=self._loop)
-
-    def stream_gone(self) -> None:
-        if not self._router.streams:
-            self._lifecycle.idle_since = self._loop.time()
-        if self._capacity_waiters:
-            self._loop.call_soon(self._wake_capacity)
-        self._lifecycle.maybe_idle()
 
     def guard(self) -> ConnectionGuard:
         """This connection's abuse accounting (made on first use)."""
@@ -381,13 +351,6 @@ class H2Connection(asyncio.BufferedProtocol):
     def log_error(self, what: str, exc: BaseException) -> None:
         self._errors_logged += 1
         log_error(self._errors_logged, what, exc, self.get_extra_info("peername"))
-
-    def _fail_capacity_waiters(self, exc: HboneError) -> None:
-        while self._capacity_waiters:
-            fut = self._capacity_waiters.popleft()
-            if not fut.done():
-                fut.set_exception(exc)
-                fut.exception()  # mark retrieved: the waiter may have been cancelled meanwhile
 
 
 _buffers = threading.local()

@@ -10,6 +10,7 @@ through a dict) and it hands headers, data, trailers, ends and resets to the str
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -20,6 +21,7 @@ from hbone.net.stream import HeaderList, Stream, StreamRefused, header_list_size
 
 if TYPE_CHECKING:
     from hbone.net.abuse import ConnectionGuard
+    from hbone.net.h2.api import Engine
     from hbone.net.lifecycle import Lifecycle
     from hbone.net.scheduler import SendScheduler
     from hbone.net.settings import H2Settings
@@ -37,9 +39,6 @@ class RouterHost(Protocol):
 
     def log_error(self, what: str, exc: BaseException) -> None: ...
 
-    def stream_gone(self) -> None:
-        """A stream left the table (a slot is free; the connection may be idle now)."""
-
     def new_stream(self, sid: int, headers: HeaderList, local: bool) -> Stream:
         """A `Stream` owned by the connection (the router keeps no reference to the connection itself)."""
 
@@ -48,12 +47,15 @@ class StreamRouter:
     """Open streams by id, and what happens to them as the engine's events arrive (see the module docstring)."""
 
     __slots__ = (
+        "_client",
+        "_engine",
         "_handler",
         "_host",
         "_lifecycle",
         "_loop",
         "_scheduler",
         "_settings",
+        "_waiters",
         "pending",
         "settings_seen",
         "streams",
@@ -64,6 +66,8 @@ class StreamRouter:
         self,
         *,
         host: RouterHost,
+        engine: Engine,
+        client: bool,
         loop: asyncio.AbstractEventLoop,
         settings: H2Settings,
         scheduler: SendScheduler,
@@ -71,6 +75,9 @@ class StreamRouter:
         handler: StreamHandler | None,
     ) -> None:
         self._host = host
+        self._engine = engine
+        self._client = client
+        self._waiters: deque[asyncio.Future[None]] = deque()  # open_stream callers waiting for a free slot
         self._loop = loop
         self._settings = settings
         self._scheduler = scheduler
@@ -134,18 +141,77 @@ class StreamRouter:
         self._forget(stream)
 
     def _forget(self, stream: Stream) -> None:
-        self.streams.pop(stream.stream_id, None)
+        streams = self.streams
+        streams.pop(stream.stream_id, None)
         self._scheduler.blocked.pop(stream.stream_id, None)
-        self._host.stream_gone()
+        if self._waiters:
+            self._loop.call_soon(self.wake_waiters)
+        self._lifecycle.stream_gone(not streams)
 
     def fail_all(self, exc: HboneError) -> None:
-        """Teardown: fail every stream (keeping what a finished peer sent) and cancel every handler task."""
+        """Teardown: fail every stream (keeping what a finished peer sent), slot waiter and handler task."""
         for stream in list(self.streams.values()):
             stream.fail(exc, keep_received=True)
         self.streams.clear()
+        self.fail_waiters(exc)
         self.pending.clear()
         for task in list(self.tasks):
             task.cancel()
+
+    # --- stream slots (a client's streams count against the peer's SETTINGS_MAX_CONCURRENT_STREAMS) ------------
+
+    @property
+    def peer_limit(self) -> int:
+        """The peer's SETTINGS_MAX_CONCURRENT_STREAMS (our assumed initial value until its SETTINGS arrive)."""
+        limit = self._engine.peer_max_concurrent_streams
+        return limit if self.settings_seen else min(limit, self._settings.initial_max_send_streams)
+
+    @property
+    def free_slots(self) -> int:
+        """How many more streams we may open now."""
+        if not self._lifecycle.usable:
+            return 0
+        # Our count, not h2's open_outbound_streams (walks every stream: ~8% of churn client CPU); all are outbound.
+        return max(0, self.peer_limit - (len(self.streams) if self._client else 0))
+
+    async def slot(self, wait: bool) -> None:
+        """Return once one more stream fits the peer's limit. LimitExceeded when it does not and `wait` is False;
+        ConnectionLost (retryable elsewhere) when the connection cannot take new streams."""
+        while self.free_slots <= 0:
+            self._lifecycle.raise_if_unusable()
+            if not wait:
+                raise LimitExceeded("peer's SETTINGS_MAX_CONCURRENT_STREAMS reached")
+            fut = self._loop.create_future()
+            self._waiters.append(fut)
+            try:
+                await fut
+            except asyncio.CancelledError:
+                if fut.done() and not fut.cancelled():
+                    self.wake_waiters()  # pass the slot we were given to the next waiter
+                raise
+            finally:
+                if fut in self._waiters:
+                    self._waiters.remove(fut)
+
+    def wake_waiters(self) -> None:
+        waiters = self._waiters
+        if not waiters:
+            return
+        free = self.free_slots
+        while free > 0 and waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                free -= 1
+
+    def fail_waiters(self, exc: HboneError) -> None:
+        """No new streams from now on: every slot waiter fails with `exc`."""
+        waiters = self._waiters
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                fut.set_exception(exc)
+                fut.exception()  # mark retrieved: the waiter may have been cancelled meanwhile
 
     # --- event handlers (dispatched from `dispatch`) ---------------------------------------------------------
 

@@ -16,8 +16,6 @@ while the connection owns the transport, the scheduler (`hbone.net.scheduler`) o
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
 from typing import TYPE_CHECKING, Protocol
 
 from hbone.errors import ConnectionLost, H2ErrorCode, HboneError, ProtocolError
@@ -30,32 +28,7 @@ if TYPE_CHECKING:
     from hbone.net.settings import H2Settings
     from hbone.net.stream import Stream
 
-# The driver's logger name, so log filters and tests keep working after the split.
-log = logging.getLogger("hbone.net.connection")
 _LINGER = 1.0  # seconds input is discarded after an error GOAWAY before the close (`_linger_close`)
-
-
-class _LogLimiter:
-    """Per-process budget for per-connection error logs, so a flood of bad peers cannot flood stderr."""
-
-    def __init__(self, per_window: int = 20, window: float = 10.0) -> None:
-        self.per_window, self.window = per_window, window
-        self.start, self.count, self.suppressed = 0.0, 0, 0
-
-    def allow(self) -> bool:
-        now = time.monotonic()
-        if now - self.start > self.window:
-            if self.suppressed:
-                log.warning("suppressed %d HTTP/2 connection error logs", self.suppressed)
-            self.start, self.count, self.suppressed = now, 0, 0
-        self.count += 1
-        if self.count > self.per_window:
-            self.suppressed += 1
-            return False
-        return True
-
-
-_limiter = _LogLimiter()
 
 
 def _end_linger(transport: asyncio.Transport) -> None:
@@ -203,6 +176,12 @@ class Lifecycle:
         except ProtocolError:
             return
         self.goaway_sent_last_id = last
+
+    def stream_gone(self, none_left: bool) -> None:
+        """A stream finished or failed; `none_left`: it was the last one."""
+        if none_left:
+            self.idle_since = self._loop.time()
+        self.maybe_idle()
 
     def maybe_idle(self) -> None:
         """After GOAWAY, the last stream finishing ends a drain() wait, or closes a connection the peer left."""
@@ -397,10 +376,3 @@ class Lifecycle:
             self.close_now(ConnectionLost(f"idle for {idle}s"))
             return
         self._watch_timer = self._loop.call_later(idle - quiet, self._idle_deadline)
-
-
-def log_error(nth: int, what: str, exc: BaseException, peer: object) -> None:
-    """Log the `nth` error of one connection: at most 3 per connection, within a per-process budget
-    (docs/performance.md: a flood of bad peers must not flood stderr, and unread stderr blocks the process)."""
-    if nth <= 3 and _limiter.allow():
-        log.warning("%s (peer %s): %s", what, peer, exc, exc_info=not isinstance(exc, HboneError))

@@ -291,8 +291,8 @@ async def test_keepalive_drops_silent_peer() -> None:
         await wait_until(lambda: conn._lifecycle.ping_seq >= 4)
         assert conn.is_usable
         (server_conn,) = registry
-        assert server_conn._transport is not None
-        server_conn._transport.pause_reading()  # the peer stops reading: no more PING ACKs
+        assert server_conn.transport is not None
+        server_conn.transport.pause_reading()  # the peer stops reading: no more PING ACKs
         with pytest.raises(ConnectionLost, match="keepalive"):
             await run(stream.read(), 5)
         await run(conn.wait_closed(), 5)
