@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from hbone.testing import TestCA, start_echo_server
+from tests.peers import NO_ADMIN
 
 pytestmark = pytest.mark.timeout(60)
 HBONE = [sys.executable, "-m", "hbone.cli"]
@@ -41,7 +42,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 async def server(certs: Path) -> AsyncIterator[tuple[str, str]]:
     proc = await asyncio.create_subprocess_exec(
         *HBONE, "serve", "--certs", str(certs / "server"), "--listen", "127.0.0.1:0", "--h2c-listen", "127.0.0.1:0",
-        stderr=asyncio.subprocess.PIPE, env=ENV,
+        *NO_ADMIN, stderr=asyncio.subprocess.PIPE, env=ENV,
     )  # fmt: skip
     try:
         assert proc.stderr is not None
