@@ -90,9 +90,10 @@ class H2Settings:
     #: Server: seconds a connection may stay without streams before GOAWAY and close. Envoy's default HTTP idle
     #: timeout is 1 h too; ztunnel keeps idle inbound connections until the client drops them.
     idle_timeout: float | None = 3600.0
-    #: The sans-IO HTTP/2 engine under the driver (`hbone.net.h2.new_engine`): "h2" (the h2 library with our
-    #: tuned fast paths) or "native" (our own frame layer for the HBONE/gRPC profile, h2 as its test oracle).
-    engine: str = "h2"
+    #: The sans-IO HTTP/2 engine under the driver (`hbone.net.h2.new_engine`, docs/h2-engine.md): "native" (our
+    #: own frame layer for the HBONE/gRPC profile; 2.5x less server CPU per tunnel in the driver alone) or "h2"
+    #: (the h2 library with our tuned fast paths, the native engine's test oracle).
+    engine: str = "native"
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:

@@ -89,7 +89,7 @@ def _scenario(conn: h2.connection.H2Connection) -> bytes:
 
 
 def test_tuned_connection_sends_identical_bytes() -> None:
-    settings = H2Settings.client(validate_outbound_headers=True, huffman_headers=True)  # item 7 aside
+    settings = H2Settings.client(validate_outbound_headers=True, huffman_headers=True, engine="h2")  # item 7 aside
     assert _scenario(make_h2(client=True, settings=settings)) == _scenario(stock(True))
 
 
@@ -236,7 +236,7 @@ def test_make_h2_configuration() -> None:
     assert conn.config.header_encoding is None
     assert not conn.config.validate_outbound_headers
     assert conn.config.validate_inbound_headers
-    conn = make_h2(client=False, settings=H2Settings.server(validate_outbound_headers=True))
+    conn = make_h2(client=False, settings=H2Settings.server(validate_outbound_headers=True, engine="h2"))
     assert conn.config.validate_outbound_headers and not conn.config.client_side
 
 
