@@ -213,14 +213,23 @@ def int_text(value: Any) -> int:
         raise TextError(f"expected an integer, got {value!r}") from None
 
 
+def int_in(minimum: int | None = None, maximum: int | None = None) -> Callable[[Any], int]:
+    """An `int_text` that also refuses values outside `minimum..maximum` (either end open)."""
+
+    def parse(value: Any) -> int:
+        n = int_text(value)
+        if (minimum is not None and n < minimum) or (maximum is not None and n > maximum):
+            lo = "" if minimum is None else f" at least {minimum}"
+            hi = "" if maximum is None else f" at most {maximum}"
+            raise TextError(f"{n} is out of range: must be{lo}{' and' if lo and hi else ''}{hi}")
+        return n
+
+    return parse
+
+
 def parse_int(value: Any, where: str | Where, *, minimum: int | None = None, maximum: int | None = None) -> int:
     """An integer within `minimum..maximum`, or `ConfigError` at `where`."""
-    n = _located(int_text, value, where)
-    if (minimum is not None and n < minimum) or (maximum is not None and n > maximum):
-        lo = "" if minimum is None else f" at least {minimum}"
-        hi = "" if maximum is None else f" at most {maximum}"
-        raise fail(where, f"{n} is out of range: must be{lo}{' and' if lo and hi else ''}{hi}")
-    return n
+    return _located(int_in(minimum, maximum), value, where)
 
 
 # --- addresses --------------------------------------------------------------------------------------------------
@@ -329,6 +338,10 @@ def arg_type(parse: Callable[[str], T], name: str) -> Callable[[str], T]:
 #: argparse `type=` for duration flags (seconds as a float) and size flags (bytes).
 DURATION = arg_type(duration_text, "duration")
 SIZE = arg_type(size_text, "size")
+#: ... and for ports (1-65535), socket marks (32 bits, `0x539` allowed) and user ids.
+PORT = arg_type(int_in(1, 65535), "port")
+MARK = arg_type(int_in(0, 0xFFFFFFFF), "mark")
+UID = arg_type(int_in(0, 0xFFFFFFFF), "uid")
 
 
 def _show(value: Any) -> str:

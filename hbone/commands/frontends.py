@@ -21,7 +21,7 @@ from hbone.commands.frontends_config import (
     load_frontends_config,
 )
 from hbone.commands.runtime import add_listener_flags, apply_listener_flags, stop_on_signals, tunnel_idle_timeout
-from hbone.configtext import parse_target
+from hbone.configtext import MARK, PORT, UID, parse_target
 from hbone.errors import ConfigError
 from hbone.proxy.capture_rules import RuleOptions, iptables_rules, nft_rules
 from hbone.proxy.redirect import DEFAULT_MARK, CaptureMode
@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p.add_argument("--user", action="append", default=[], help="USER:PASSWORD required from clients")
 
     p = simple("sni-gateway", "sni-gateway", "east-west gateway: route TLS by SNI without terminating (:15443)")
-    p.add_argument("--default-port", type=int, default=443, help="port for natural (non-Istio) SNI names")
+    p.add_argument("--default-port", type=PORT, default=443, help="port for natural (non-Istio) SNI names")
 
     p = simple("egress", "egress", "egress gateway: mesh mTLS in, allow-listed destinations out", outbound=False)
     p.add_argument("--allow", action="append", default=[], help="allowed destination HOST, *.SUFFIX or HOST:PORT")
@@ -71,16 +71,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rules = csub.add_parser("print-rules", help="print the iptables/nft rules for capture (runs nothing)")
     rules.add_argument("--mode", choices=["redirect", "tproxy"], default="redirect")
     rules.add_argument("--format", choices=["iptables", "nft"], default="iptables")
-    rules.add_argument("--outbound-port", type=int, default=15001)
-    rules.add_argument("--inbound-port", type=int, help="also capture inbound TCP to this port (e.g. 15006)")
+    rules.add_argument("--outbound-port", type=PORT, default=15001)
+    rules.add_argument("--inbound-port", type=PORT, help="also capture inbound TCP to this port (e.g. 15006)")
     rules.add_argument("--include-cidr", action="append", default=[], help="capture only these destinations")
     rules.add_argument(
-        "--exclude-port", action="append", type=int,
+        "--exclude-port", action="append", type=PORT,
         help="destination ports never captured (default: 15008, or none when the proxy marks its HBONE dials)",
     )  # fmt: skip
-    rules.add_argument("--exclude-uid", action="append", type=int, default=[], help="never capture this owner")
+    rules.add_argument("--exclude-uid", action="append", type=UID, default=[], help="never capture this owner")
     rules.add_argument(
-        "--mark", type=lambda s: int(s, 0),
+        "--mark", type=MARK,
         help="SO_MARK the proxy puts on all its own connections (the frontends `mark:`); its traffic is skipped "
         "by mark instead of by HBONE port (default mark 0x539, which only the proxy's direct dials carry)",
     )  # fmt: skip

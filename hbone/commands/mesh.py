@@ -15,6 +15,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from hbone.configtext import PORT
 from hbone.errors import ConfigError
 from hbone.identity.bundle import write_bundle, write_ca
 from hbone.identity.certs import CertificateAuthority
@@ -74,10 +75,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     init.add_argument("dir", type=Path, metavar="DIR", help="where to write (examples/mesh-agent-*.yml use .mesh)")
     init.add_argument("--trust-domain", default="cluster.local", metavar="TD")
     init.add_argument("--subnet", default="127.0.0", metavar="A.B.C", help="workloads on A.B.C.2 and A.B.C.3")
-    init.add_argument("--xds-port", type=int, default=15012, metavar="P", help="microxds xDS + CA (mTLS)")
-    init.add_argument("--hbone-port", type=int, default=15008, metavar="P", help="agents' HBONE port")
-    init.add_argument("--app-port", type=int, default=8080, metavar="P", help="bob's app")
-    init.add_argument("--forward-port", type=int, default=9080, metavar="P", help="alice's forward into the mesh")
+    init.add_argument("--xds-port", type=PORT, default=15012, metavar="P", help="microxds xDS + CA (mTLS)")
+    init.add_argument("--hbone-port", type=PORT, default=15008, metavar="P", help="agents' HBONE port")
+    init.add_argument("--app-port", type=PORT, default=8080, metavar="P", help="bob's app")
+    init.add_argument("--forward-port", type=PORT, default=9080, metavar="P", help="alice's forward into the mesh")
     init.add_argument("--force", action="store_true", help="overwrite an existing DIR")
     init.set_defaults(func=cmd_init)
 

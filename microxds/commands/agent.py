@@ -15,7 +15,7 @@ from hbone.admin.options import add_flags as add_admin_flags
 from hbone.admin.options import config_keys as admin_config_keys
 from hbone.admin.service import Observability
 from hbone.commands.runtime import stop_on_signals
-from hbone.configtext import TextError, Where, duration_text, listen_text, target_text, unknown_keys_text
+from hbone.configtext import PORT, TextError, Where, duration_text, listen_text, target_text, unknown_keys_text
 from hbone.errors import ConfigError as HboneConfigError
 from hbone.safeyaml import YamlLines, read_limited, safe_load
 from microxds.agent import Agent, AgentConfig, Forward
@@ -59,7 +59,7 @@ def register(sub: Any) -> None:
         metavar="LISTEN=TARGET",
         help="forward LISTEN (host:port) to TARGET (vip:port or host:port) from the first workload",
     )
-    p.add_argument("--hbone-port", type=int, help="HBONE port on every workload address (default 15008)")
+    p.add_argument("--hbone-port", type=PORT, help="HBONE port on every workload address (default 15008)")
     p.add_argument("--on-demand", action="store_true", help="Address on demand (XDS_ON_DEMAND)")
     p.add_argument("--istiod", action="store_true", help="istiod profile: settings from the environment")
     add_admin_flags(p)

@@ -283,3 +283,13 @@ def test_admin_port_keys_have_file_line(tmp_path: Path) -> None:
         f"{path}:2: metrics: bad listen address 'localhost': use HOST:PORT, [V6]:PORT or :PORT (port 0 picks one), "
         "or off"
     )
+
+
+def test_port_mark_and_uid_flags() -> None:
+    from hbone.cli import build_parser as hbone_parser
+
+    args = hbone_parser().parse_args(["capture", "print-rules", "--mark", "0x539", "--exclude-port", "15008"])
+    assert (args.mark, args.exclude_port) == (0x539, [15008])
+    for flag, value in (("--outbound-port", "0"), ("--inbound-port", "65536"), ("--exclude-uid", "-1")):
+        with pytest.raises(SystemExit):
+            hbone_parser().parse_args(["capture", "print-rules", flag, value])
