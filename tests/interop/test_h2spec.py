@@ -37,14 +37,15 @@ def results(report: Path) -> tuple[int, set[str]]:
     return len(cases), failed
 
 
-@pytest.mark.parametrize("tls", [False, True], ids=["h2c", "tls"])
-async def test_h2spec_against_hbone_net(tls: bool, pki: TestPKI, tmp_path: Path) -> None:
+# The default engine both ways; the h2 engine (still supported, and the native engine's oracle) over h2c.
+@pytest.mark.parametrize(("tls", "engine"), [(False, None), (True, None), (False, "h2")], ids=["h2c", "tls", "h2c-h2"])
+async def test_h2spec_against_hbone_net(tls: bool, engine: str | None, pki: TestPKI, tmp_path: Path) -> None:
     h2spec = require_go_peer("h2spec")
     ctx: ssl.SSLContext | None = None
     if tls:
         ident = pki["server"]
         ctx = server_tls_context(str(ident.cert_chain), str(ident.key))
-    server, port = await start_h2_app(ctx)
+    server, port = await start_h2_app(ctx, engine)
     try:
         base = [h2spec, "-h", LOOPBACK, "-p", str(port), "-o", "5"] + (["-t", "-k"] if tls else [])
         report = tmp_path / "h2spec.xml"

@@ -37,10 +37,13 @@ async def answer(stream: Stream) -> None:
         stream.reset()
 
 
-async def start_h2_app(ssl_context: ssl.SSLContext | None = None) -> tuple[asyncio.Server, int]:
-    """Listen on 127.0.0.1:0 (h2c, or TLS with ALPN h2 given a server context); returns (server, port)."""
+async def start_h2_app(
+    ssl_context: ssl.SSLContext | None = None, engine: str | None = None
+) -> tuple[asyncio.Server, int]:
+    """Listen on 127.0.0.1:0 (h2c, or TLS with ALPN h2 given a server context), on the default HTTP/2 engine or
+    the one named; returns (server, port)."""
     registry: set[H2Connection] = set()
-    settings = H2Settings.server()
+    settings = H2Settings.server() if engine is None else H2Settings.server(engine=engine)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
         lambda: H2Connection(client=False, settings=settings, handler=answer, registry=registry),
