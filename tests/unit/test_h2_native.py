@@ -275,3 +275,13 @@ def test_settings_refuse_what_the_native_engine_does_not_do() -> None:
         H2Settings(engine="nghttp2")
     with pytest.raises(ConfigError, match="validate_outbound_headers"):
         H2Settings(engine="native", validate_outbound_headers=True)
+
+
+def test_an_unfinished_header_block_is_bounded() -> None:
+    """A CONTINUATION flood: HEADERS and CONTINUATION frames that never end a block are refused once they hold
+    more than 4x the decoder's header list limit (2x max_header_list_size), not buffered up to 64 frames."""
+    server = _server()  # max_header_list_size 64 KiB: the block limit is 512 KiB
+    server.receive(memoryview(frame(1, 0x0, 1, b"\x00" * 500_000)))
+    with pytest.raises(ProtocolError) as info:
+        server.receive(memoryview(frame(9, 0x0, 1, b"\x00" * 100_000)))
+    assert info.value.h2_code == H2ErrorCode.ENHANCE_YOUR_CALM

@@ -174,6 +174,7 @@ class Receiver:
             parts.append(body.tobytes())
             if len(parts) > _CONTINUATION_BACKLOG:
                 raise nf.conn_error(H2ErrorCode.PROTOCOL_ERROR, "too many CONTINUATION frames")
+            self._check_block_size(parts)
             if flags & nf.END_HEADERS:
                 self._block = None
                 if block[0] == nf.PUSH_PROMISE:
@@ -195,6 +196,7 @@ class Receiver:
                 receive_block(engine, flags, sid, fragment, depends=depends, events=events)
             else:
                 self._block = [ftype, flags, sid, [fragment.tobytes()], depends]
+                self._check_block_size([fragment])
         elif ftype == nf.WINDOW_UPDATE:
             increment = nf.parse_window_update(body)
             self._no_block()
@@ -241,6 +243,17 @@ class Receiver:
                 nf.check_altsvc(body)
                 engine.idle = False  # h2: an ALTSVC opens the connection state (as a client's)
             self._no_block()  # unknown frame types are ignored (RFC 9113 §5.5), but not inside a header block
+
+    def _check_block_size(self, parts: list[bytes] | list[memoryview]) -> None:
+        """Bound what an unfinished header block may hold. h2's only bound was 64 frames, i.e. 64 MiB per
+        connection with our 1 MiB frames, buffered before HPACK could refuse it (a CONTINUATION flood). A block
+        over 4x the decoder's header list limit cannot decode within that limit (a Huffman code is at most 30
+        bits per byte, a field's 32 bytes of overhead are never encoded), so it is refused as soon as it grows
+        past that: ENHANCE_YOUR_CALM, as hpack answers an oversized list."""
+        size = sum(map(len, parts))
+        limit = 8 * self._engine.settings.max_header_list_size
+        if size > limit:
+            raise nf.conn_error(H2ErrorCode.ENHANCE_YOUR_CALM, f"header block over {limit} bytes")
 
     def _no_block(self) -> None:
         if self._block is not None:
