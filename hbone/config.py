@@ -224,13 +224,13 @@ def load_serve_config(path: Path) -> ServeConfig:
 
 
 def read_config(path: Path) -> tuple[Any, Where]:
-    """A config file's parsed value and where it is (`file:LINE` in every later error), within the limits of
-    `read_yaml`."""
+    """A config file's parsed value within the config limits (hbone.safeyaml: size, nesting, no aliases of
+    mappings/lists; syntax errors as `path:LINE: invalid YAML: ...`), and where it is: a `Where` that gives every
+    later error its `file:LINE`."""
     text = read_limited(path)
     return safe_load(text, str(path)), Where(str(path), lines=YamlLines(text))
 
 
 def read_yaml(path: Path) -> Any:
-    """Parse a YAML file within the config limits (hbone.safeyaml: size, nesting, no aliases of mappings/lists);
-    errors name the file and line (`path:LINE: invalid YAML: ...`)."""
-    return safe_load(read_limited(path), str(path))
+    """`read_config` without the locations."""
+    return read_config(path)[0]
