@@ -1,12 +1,14 @@
 """`hbone serve --config` and `hbone frontends --config` files: YAML text through the bounded loader
-(hbone.safeyaml: size, nesting, aliases) into a validated config object, or one `ConfigError` naming the place."""
+(hbone.safeyaml: size, nesting, aliases) into a validated config object, or one one-line `ConfigError` that starts
+with `fuzz.yaml` (and its line where the text has one)."""
 
 from __future__ import annotations
 
 from hbone.commands.frontends_config import FrontendsConfig
 from hbone.config import ServeConfig
+from hbone.configtext import Where
 from hbone.errors import HboneError
-from hbone.safeyaml import safe_load
+from hbone.safeyaml import YamlLines, safe_load
 from tests.fuzz.harness import Bytes, Harness, pack
 
 SERVE = b"""listen: 0.0.0.0:15008
@@ -55,11 +57,17 @@ def run(data: bytes) -> None:
     b = Bytes(data)
     opts = b.byte()
     b.sizes()  # the common layout (harness.pack); this parser is not incremental
-    value = safe_load(b.rest().decode("utf-8", "replace"), "fuzz.yaml")
-    if opts & 1:
-        FrontendsConfig.from_dict(value, "fuzz.yaml")
-    else:
-        ServeConfig.from_dict(value, "fuzz.yaml")
+    text = b.rest().decode("utf-8", "replace")
+    value = safe_load(text, "fuzz.yaml")
+    where = Where("fuzz.yaml", lines=YamlLines(text))  # errors look up their line in the same text
+    try:
+        if opts & 1:
+            FrontendsConfig.from_dict(value, where)
+        else:
+            ServeConfig.from_dict(value, where)
+    except HboneError as e:
+        assert str(e).startswith("fuzz.yaml") and "\n" not in str(e), str(e)  # one line that says where
+        raise
 
 
 def seeds() -> dict[str, bytes]:
