@@ -64,7 +64,7 @@ class DataReceived(Event):
     __slots__ = ("data", "flow")
 
     def __init__(self, stream_id: int, data: bytes, flow: int) -> None:
-        super().__init__(stream_id)
+        self.stream_id = stream_id  # not super().__init__: one event per read on the bulk path
         self.data = data
         self.flow = flow
 

@@ -60,6 +60,12 @@ def connection_error(exc: h2x.ProtocolError) -> ProtocolError:
     return err
 
 
+class _EngineH2Connection(TunedH2Connection):
+    """The tuned connection whose DATA fast path makes our `DataReceived` directly (one object per read)."""
+
+    data_event = DataReceived
+
+
 class H2Engine:
     """One connection's HTTP/2 state on h2 (sans-IO; see `Engine` for the contract of every method)."""
 
@@ -67,7 +73,7 @@ class H2Engine:
 
     def __init__(self, *, client: bool, settings: H2Settings) -> None:
         self._settings = settings
-        self._h2: TunedH2Connection = make_h2(client=client, settings=settings)
+        self._h2: TunedH2Connection = make_h2(client=client, settings=settings, cls=_EngineH2Connection)
         self._seen_settings = False
 
     def start(self) -> None:
@@ -116,8 +122,8 @@ class H2Engine:
         translate = _TRANSLATE
         for event in events:
             cls = event.__class__
-            if cls is _H2_DATA:  # the bulk case first: no lookup, no extra call
-                out.append(DataReceived(event.stream_id, event.data, event.flow_controlled_length))
+            if cls is DataReceived:  # a run of plain DATA frames, made as our event by the fast path
+                out.append(event)
                 continue
             convert = translate.get(cls)
             if convert is not None:
@@ -240,7 +246,6 @@ def _settings_acked(engine: H2Engine, e: Any) -> Event:
     return SettingsAcked()
 
 
-_H2_DATA = ev.DataReceived
 _TRANSLATE: dict[type[Any], Callable[[H2Engine, Any], Event]] = {
     ev.RequestReceived: _request,
     ev.ResponseReceived: _response,

@@ -72,11 +72,12 @@ def accept_plain_data(conn: Any, item: PlainData, size: int) -> bool:
     return True
 
 
-def data_event(stream_id: int, size: int) -> DataReceived:
-    """The DataReceived h2 would emit for `size` bytes; its `data` is set by the caller."""
+def data_event(stream_id: int, data: bytes, size: int) -> DataReceived:
+    """The DataReceived h2 would emit for `size` flow-controlled bytes carrying `data`."""
     # Built without __init__: h2 4.1/4.2 take no arguments there, 4.3+ (dataclasses) take keywords.
     event: DataReceived = _new_event(DataReceived)
     event.stream_id = stream_id
+    event.data = data
     event.flow_controlled_length = size
     event.stream_ended = None
     return event

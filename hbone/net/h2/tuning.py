@@ -40,6 +40,7 @@ hyperframe>=6.0,<6.2.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from h2.config import H2Configuration
@@ -156,6 +157,9 @@ class TunedH2Connection(_StockH2Connection):  # type: ignore[misc]
     """`h2.connection.H2Connection` with the adjustments described in the module docstring."""
 
     _data_to_send: bytearray
+    #: Makes the event of a run of plain DATA frames: (stream_id, data, flow-controlled size) -> event. h2's
+    #: DataReceived here; the engine's subclass makes its own event type at once (no second object per read).
+    data_event: Callable[[int, bytes, int], Any] = staticmethod(data_event)
 
     def __init__(self, config: H2Configuration, window_update_divisor: int = 2, huffman: bool = True) -> None:
         super().__init__(config=config)
@@ -191,32 +195,34 @@ class TunedH2Connection(_StockH2Connection):  # type: ignore[misc]
         buffer = self.incoming_buffer
         buffer.add_data(data)
         buffer.max_frame_size = self.max_inbound_frame_size
-        run: Any = None  # the DataReceived of consecutive plain frames of one stream, and their payload views
+        make = self.data_event
+        run = 0  # the stream of the open run of consecutive plain frames (0: none), its flow and payload views
+        flow = 0
         views: list[memoryview] = []
         try:
             for item in buffer:
                 if item.__class__ is PlainData:
                     size = sum(map(len, item.views))
                     if accept_plain_data(self, item, size):
-                        if run is not None and run.stream_id == item.stream_id:
+                        if run == item.stream_id:
                             views += item.views
-                            run.flow_controlled_length += size
+                            flow += size
                             continue
-                        if run is not None:
-                            run.data = _joined(views)
-                        run = data_event(item.stream_id, size)
-                        views = item.views
-                        events.append(run)
+                        if run:
+                            events.append(make(run, _joined(views), flow))
+                        run, flow, views = item.stream_id, size, item.views
                         continue
-                    if run is not None:
-                        run.data, run = _joined(views), None
+                    if run:
+                        events.append(make(run, _joined(views), flow))
+                        run = 0
                     events += general_frames(self, item, _QuietDataFrame)
                     continue
-                if run is not None:
-                    run.data, run = _joined(views), None
+                if run:
+                    events.append(make(run, _joined(views), flow))
+                    run = 0
                 events += self._receive_frame(item)
-            if run is not None:  # the views point into the caller's buffer: copied before we return
-                run.data = _joined(views)
+            if run:  # the views point into the caller's buffer: copied before we return
+                events.append(make(run, _joined(views), flow))
         except InvalidPaddingError as exc:  # the same answers as h2's receive_data
             self._terminate_connection(ErrorCodes.PROTOCOL_ERROR)
             raise ProtocolError("Received frame with invalid padding.") from exc
@@ -277,7 +283,9 @@ class TunedH2Connection(_StockH2Connection):  # type: ignore[misc]
         return None
 
 
-def make_h2(*, client: bool, settings: H2Settings) -> TunedH2Connection:
+def make_h2(
+    *, client: bool, settings: H2Settings, cls: type[TunedH2Connection] = TunedH2Connection
+) -> TunedH2Connection:
     """A tuned sans-IO connection configured from `settings` (validation on for inbound headers)."""
     config = H2Configuration(
         client_side=client,
@@ -287,4 +295,4 @@ def make_h2(*, client: bool, settings: H2Settings) -> TunedH2Connection:
         validate_inbound_headers=True,
         normalize_inbound_headers=True,
     )
-    return TunedH2Connection(config, settings.window_update_divisor, settings.huffman_headers)
+    return cls(config, settings.window_update_divisor, settings.huffman_headers)
