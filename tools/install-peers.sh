@@ -58,6 +58,8 @@ declare -A PKG_CMD=(
     [iperf3]=iperf3
     [wrk]=wrk
     [nginx]=nginx
+    # callgrind for tools/bench/hop_instructions.py (instructions per tunnel: an A/B that survives a loaded machine)
+    [valgrind]=valgrind
 )
 apt_missing=()
 for pkg in "${!PKG_CMD[@]}"; do
