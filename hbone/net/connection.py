@@ -35,7 +35,8 @@ from hbone.net.h2 import new_engine
 from hbone.net.lifecycle import Lifecycle, code_name
 from hbone.net.scheduler import SendScheduler
 from hbone.net.settings import H2Settings
-from hbone.net.stream import HeaderInput, HeaderList, Stream, encode_headers, header_list_size
+from hbone.net.stream import Stream
+from hbone.net.streamtypes import HeaderInput, HeaderList, encode_headers, header_list_size
 
 __all__ = ["H2Connection", "StreamHandler", "connect", "serve"]
 

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from hbone.errors import ConnectionLost, H2ErrorCode, HboneError, LimitExceeded, StreamReset
 from hbone.net.h2 import api as ev
 from hbone.net.lifecycle import code_name
-from hbone.net.stream import HeaderList, Stream, StreamRefused, header_list_size
+from hbone.net.stream import Stream
+from hbone.net.streamtypes import HeaderList, StreamRefused, header_list_size
 
 if TYPE_CHECKING:
     from hbone.net.abuse import ConnectionGuard

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from hbone.errors import ConnectionLost, H2ErrorCode, HboneError, ProtocolError
 from hbone.net.h2.api import GoAwayReceived, PingAcked
-from hbone.net.stream import StreamRefused
+from hbone.net.streamtypes import StreamRefused
 
 if TYPE_CHECKING:
     from hbone.net.h2.api import Engine

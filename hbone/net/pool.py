@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from hbone.errors import ConnectionLost
-from hbone.net.stream import HeaderInput, Stream, StreamRefused
+from hbone.net.stream import Stream
+from hbone.net.streamtypes import HeaderInput, StreamRefused
 
 log = logging.getLogger("hbone.pool")
 

@@ -17,47 +17,12 @@ import ssl as _ssl
 from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
-from hbone.errors import H2ErrorCode, HboneError, StreamReset, TunnelError
+from hbone.errors import H2ErrorCode, HboneError, StreamReset
 from hbone.net.outbox import Outbox
+from hbone.net.streamtypes import HeaderInput, HeaderList, StreamClosed, StreamConsumer, encode_headers, take_front
 
 if TYPE_CHECKING:
     from hbone.net.settings import H2Settings
-
-Header = tuple[bytes, bytes]
-HeaderList = list[Header]
-HeaderInput = list[tuple[bytes | str, bytes | str]] | list[tuple[bytes, bytes]] | list[tuple[str, str]]
-
-
-class StreamRefused(StreamReset):
-    """The peer did not process the stream (REFUSED_STREAM, or above a GOAWAY's last_stream_id, RFC 9113 §8.7).
-
-    Safe to retry on another connection.
-    """
-
-    retryable = True
-
-    def __init__(self, message: str = "") -> None:
-        super().__init__(H2ErrorCode.REFUSED_STREAM, message or "stream refused by peer; safe to retry")
-
-
-class StreamClosed(TunnelError):
-    """An operation on a stream whose side is already closed (write after write_eof, headers twice)."""
-
-
-class StreamConsumer(Protocol):
-    """Takes a stream's received bytes by callback instead of `read()` (the protocol splice, `hbone.net.pipe`).
-
-    Called from inside the connection's event dispatch. The consumer credits what it consumed with
-    `Stream.credit()`; uncredited bytes keep the peer's window closed, exactly like unread bytes.
-    """
-
-    def stream_data(self, data: bytes) -> None: ...
-
-    def stream_eof(self) -> None: ...
-
-    def stream_closed(self) -> None: ...
-
-    def stream_failed(self, exc: HboneError) -> None: ...
 
 
 class StreamOwner(Protocol):
@@ -88,24 +53,6 @@ class StreamOwner(Protocol):
 
     def reset_stream(self, stream: Stream, code: int) -> None:
         """RST_STREAM(code) and fail the stream locally."""
-
-
-def encode_headers(headers: HeaderInput) -> HeaderList:
-    """Headers as bytes pairs; str is encoded as UTF-8 (callers pass lowercase names, RFC 9113 §8.2.1)."""
-    out: HeaderList = []
-    for name, value in headers:
-        out.append(
-            (
-                name.encode() if isinstance(name, str) else name,
-                value.encode() if isinstance(value, str) else value,
-            )
-        )
-    return out
-
-
-def header_list_size(headers: HeaderList) -> int:
-    """RFC 9113 §6.5.2: name + value + 32 octets per field."""
-    return sum(len(n) + len(v) + 32 for n, v in headers)
 
 
 class Stream:
@@ -220,7 +167,7 @@ class Stream:
             data = self._recv.popleft() if len(self._recv) == 1 else b"".join(self._recv)
             self._recv.clear()
         else:
-            data = self._take(n)
+            data = take_front(self._recv, n)
         self._recv_len -= len(data)
         self._owner.credit_stream(self.stream_id, len(data))
         return data
@@ -236,20 +183,6 @@ class Stream:
             parts.append(chunk)
             got += len(chunk)
         return b"".join(parts)
-
-    def _take(self, n: int) -> bytes:
-        parts: list[bytes] = []
-        need = n
-        while need:
-            head = self._recv[0]
-            if len(head) <= need:
-                parts.append(self._recv.popleft())
-                need -= len(head)
-            else:
-                parts.append(head[:need])
-                self._recv[0] = head[need:]
-                need = 0
-        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def _wait_readable(self) -> None:
         if self._read_waiter is not None:

@@ -20,7 +20,8 @@ from hbone.errors import ConnectionLost, H2ErrorCode, HboneError
 from hbone.grpc.transport import ByteStreamTransport, connect_over
 from hbone.net.connection import H2Connection
 from hbone.net.settings import H2Settings
-from hbone.net.stream import HeaderList, Stream
+from hbone.net.stream import Stream
+from hbone.net.streamtypes import HeaderList
 from hbone.proxy.accesslog import AccessRecord
 from hbone.proxy.frontend import Opener, fmt_addr
 from hbone.proxy.guard import TunnelGuard

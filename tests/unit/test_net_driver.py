@@ -16,7 +16,8 @@ from hbone.errors import ConfigError, ConnectionLost, H2ErrorCode, StreamReset
 from hbone.net.connection import H2Connection
 from hbone.net.scheduler import record_fit
 from hbone.net.settings import H2Settings, KiB, MiB
-from hbone.net.stream import Stream, StreamClosed, header_list_size
+from hbone.net.stream import Stream
+from hbone.net.streamtypes import StreamClosed, header_list_size
 
 pytestmark = pytest.mark.timeout(10)
 CONNECT = [(b":method", b"CONNECT"), (b":authority", b"10.0.0.1:80")]

@@ -109,7 +109,7 @@ class TcpPipe(asyncio.Protocol):
             self._owed = 0
             self.stream.credit(n)
 
-    # --- hbone.net.stream.StreamConsumer (stream side) ----------------------------------------------------------
+    # --- hbone.net.streamtypes.StreamConsumer (stream side) ----------------------------------------------------------
 
     def stream_data(self, data: bytes) -> None:
         if self._lost or self.transport is None or self.transport.is_closing():
