@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 from hbone.errors import ConnectionLost, ConnectRefused, HboneError, PeerIdentityError, TunnelError
 from hbone.identity.spiffe import SpiffeId
-from hbone.net.connection import H2Connection, connect
+from hbone.net.connection import H2Connection
+from hbone.net.endpoints import connect
 from hbone.net.pool import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_STREAMS, ConnectionPool, PoolKey
 from hbone.net.settings import H2Settings
 from hbone.net.stream import Stream

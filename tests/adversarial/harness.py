@@ -22,7 +22,7 @@ import h2.config
 import h2.connection
 import h2.events
 
-from hbone.net.connection import connect
+from hbone.net.endpoints import connect
 from hbone.net.settings import H2Settings
 from tests.peers import NO_ADMIN, stop_process
 

@@ -17,7 +17,8 @@ from hbone.errors import GrpcStatus
 from hbone.grpc.client import Channel
 from hbone.grpc.framing import encode_message
 from hbone.grpc.metadata import request_headers
-from hbone.net.connection import H2Connection, connect
+from hbone.net.connection import H2Connection
+from hbone.net.endpoints import connect
 from hbone.net.settings import H2Settings
 from hbone.net.stream import Stream
 from hbone.testing import TestCA

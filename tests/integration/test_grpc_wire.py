@@ -15,7 +15,8 @@ from hbone.grpc.framing import encode_message
 from hbone.grpc.metadata import request_headers, response_headers
 from hbone.grpc.server import GrpcServer
 from hbone.grpc.testing import PREFIX, EchoService
-from hbone.net.connection import H2Connection, connect, serve
+from hbone.net.connection import H2Connection
+from hbone.net.endpoints import connect, serve
 from hbone.net.stream import Stream
 from hbone.server import PeerInfo
 

@@ -16,7 +16,7 @@ from hbone.client import Endpoint, HboneClient
 from hbone.errors import ConnectRefused, PeerIdentityError, TunnelError
 from hbone.identity import IdentityManager
 from hbone.identity.spiffe import SpiffeId
-from hbone.net.connection import connect
+from hbone.net.endpoints import connect
 from hbone.net.settings import H2Settings
 from hbone.proxy.inbound import InboundConfig, InboundHandler, policy_authorizer
 from hbone.server import HboneServer

@@ -11,7 +11,7 @@ import pytest
 
 from hbone import limits
 from hbone.errors import ConnectionLost, H2ErrorCode
-from hbone.net.connection import connect
+from hbone.net.endpoints import connect
 from hbone.net.settings import H2Settings
 from hbone.proxy.inbound import InboundConfig, InboundHandler
 from hbone.server import HboneServer

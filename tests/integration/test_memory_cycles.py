@@ -13,7 +13,8 @@ import pytest
 from hbone.grpc.client import Channel
 from hbone.grpc.codec import RawCodec
 from hbone.grpc.server import GrpcServer, ServerCall
-from hbone.net.connection import H2Connection, connect
+from hbone.net.connection import H2Connection
+from hbone.net.endpoints import connect
 from hbone.net.settings import H2Settings
 from hbone.proxy.inbound import InboundConfig, InboundHandler
 from hbone.server import HboneServer

@@ -15,7 +15,8 @@ import h2.events
 import pytest
 
 from hbone.errors import ConnectionLost, H2ErrorCode, LimitExceeded, StreamReset
-from hbone.net.connection import H2Connection, connect, serve
+from hbone.net.connection import H2Connection
+from hbone.net.endpoints import connect, serve
 from hbone.net.settings import H2Settings
 from hbone.net.stream import Stream
 

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from hbone.errors import ConnectionLost, ProtocolError
-from hbone.net.connection import connect, serve
+from hbone.net.endpoints import connect, serve
 from hbone.net.stream import Stream
 
 pytestmark = pytest.mark.timeout(60)

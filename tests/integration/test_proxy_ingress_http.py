@@ -15,7 +15,8 @@ import pytest
 
 from hbone.client import HboneClient
 from hbone.grpc.transport import ByteStreamTransport
-from hbone.net.connection import H2Connection, connect
+from hbone.net.connection import H2Connection
+from hbone.net.endpoints import connect
 from hbone.net.relay import TcpEnd
 from hbone.net.settings import H2Settings
 from hbone.net.stream import Stream

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from hbone.errors import StreamReset
-from hbone.net.connection import connect, serve
+from hbone.net.endpoints import connect, serve
 from hbone.net.relay import RelayResult, TcpEnd, TcpPipe, relay, start_server
 from hbone.net.relay.core import handoff
 from hbone.net.stream import Stream

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from hbone.errors import H2ErrorCode, StreamReset
-from hbone.net.connection import connect, serve
+from hbone.net.endpoints import connect, serve
 from hbone.net.relay import RelayResult, TcpEnd
 from hbone.net.relay import relay as relay_ends
 from hbone.net.stream import Stream

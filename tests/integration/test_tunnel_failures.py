@@ -20,7 +20,7 @@ from hbone.authz.engine import Decision
 from hbone.authz.model import Connection
 from hbone.client import Endpoint, HboneClient
 from hbone.errors import ConnectRefused, H2ErrorCode, HboneError, StreamReset
-from hbone.net.connection import connect
+from hbone.net.endpoints import connect
 from hbone.net.settings import H2Settings
 from hbone.proxy import accesslog
 from hbone.proxy.accesslog import AccessRecord

@@ -228,7 +228,7 @@ async def churn(via: str, target: str, parallel: int, seconds: float, certs: Pat
 
 
 async def handshake(kind: str, address: str, parallel: int, seconds: float, certs: Path) -> dict[str, Any]:
-    from hbone.net.connection import connect
+    from hbone.net.endpoints import connect
     from hbone.tls import check_server_peer
 
     host, port = _split(address)

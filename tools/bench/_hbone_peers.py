@@ -196,7 +196,7 @@ async def _serve(args: argparse.Namespace) -> None:
         # Exactly the TLS configuration of the HBONE listener (TLS 1.3, mTLS, same certificate).
         from hbone.identity.bundle import load_bundle
         from hbone.identity.manager import IdentityManager
-        from hbone.net.connection import serve as h2_serve
+        from hbone.net.endpoints import serve as h2_serve
         from hbone.tls import MeshTls
 
         ctx = MeshTls(IdentityManager.fixed(load_bundle(args.certs))).server_context()
