@@ -125,6 +125,21 @@ def _signal_group(pid: int, sig: int) -> None:
         pass
 
 
+def run_to_end(argv: Sequence[str], timeout: float) -> tuple[int, bytes, bytes]:
+    """Run one load generator to completion in its own process group: (exit code, stdout, stderr).
+
+    On `timeout` the whole group is killed (a load generator may have children) and RuntimeError raised.
+    """
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _signal_group(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise RuntimeError(f"timed out after {timeout:.0f}s") from None
+    return proc.returncode, out, err
+
+
 # --- cases -----------------------------------------------------------------------------------------------------
 
 
@@ -157,18 +172,12 @@ def run_case(fleet: Fleet, case: Case, uvloop: bool, timeout: float, profile: Pa
         argv = head + [str(HERE / "_hbone_loads.py")] + (["--uvloop"] if uvloop else []) + argv[1:]
     before = {n: fleet.cpu(n) for n in case.procs}
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _signal_group(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise RuntimeError(f"timed out after {timeout:.0f}s") from None
+    rc, out, err = run_to_end(argv, timeout)
     wall = time.perf_counter() - t0
     cpu = {n: fleet.cpu(n) - before[n] for n in case.procs}
     text = out.decode(errors="replace")
-    if proc.returncode != 0:
-        raise RuntimeError(f"exit {proc.returncode}: {err.decode(errors='replace')[-800:]}")
+    if rc != 0:
+        raise RuntimeError(f"exit {rc}: {err.decode(errors='replace')[-800:]}")
     if case.key.startswith("hs-openssl"):
         m = re.search(r"(\d+) connections in [\d.]+s", text)
         if not m:

@@ -25,7 +25,6 @@ import os
 import resource
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +37,7 @@ from typing import Any
 import _hbone_native as native
 from _bench_profile import Profilers, perf_table, summarise_profiles
 from _envoy_report import KINDS, readme_table, report
-from hbone_bench import HERE, NO_ADMIN, PY, Fleet, _signal_group, _versions
+from hbone_bench import HERE, NO_ADMIN, PY, Fleet, _versions, run_to_end
 
 SERVER_ID = "spiffe://cluster.local/ns/bench/sa/server"
 
@@ -155,21 +154,15 @@ def run_load(hop: Hop, pair: str, kind: str, argv: list[str], timeout: float) ->
     before = {r: hop.fleet.cpu_split(n) for r, n in roles.items()}
     io0 = {r: hop.fleet.syscalls(n) for r, n in roles.items()}
     load0 = _children_cpu()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _signal_group(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise RuntimeError(f"timed out after {timeout:.0f}s") from None
+    rc, out, err = run_to_end(argv, timeout)
     after = {r: hop.fleet.cpu_split(n) for r, n in roles.items()}
     io = {r: hop.fleet.syscalls(n) - io0[r] for r, n in roles.items()}
     cpu = {r: sum(after[r]) - sum(before[r]) for r in roles}
     cpu["load generator"] = _children_cpu() - load0  # reaped by communicate(): exactly this child
     sys_ = {r: after[r][1] - before[r][1] for r in roles}
     text = out.decode(errors="replace")
-    if proc.returncode != 0:
-        raise RuntimeError(f"{argv[0]} exit {proc.returncode}: {(err.decode(errors='replace') + text)[-600:]}")
+    if rc != 0:
+        raise RuntimeError(f"{argv[0]} exit {rc}: {(err.decode(errors='replace') + text)[-600:]}")
     return text, {"cpu": cpu, "sys": sys_, "io": io}
 
 
