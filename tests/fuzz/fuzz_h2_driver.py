@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import h2.config
 import h2.connection
@@ -17,35 +16,11 @@ from hbone.errors import HboneError
 from hbone.net.connection import H2Connection
 from hbone.net.settings import H2Settings
 from hbone.net.stream import Stream
+from tests.fakes import FakeTransport
 from tests.fuzz.harness import Bytes, Harness, chunks, pack
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _loop: asyncio.AbstractEventLoop | None = None
-
-
-class _Transport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.written = 0
-        self.closed = False
-
-    def write(self, data: Any) -> None:
-        self.written += len(data)
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 1) if name == "peername" else default
 
 
 class _Connection(H2Connection):
@@ -93,7 +68,7 @@ async def drive(data: bytes, app: App) -> None:
     settings = H2Settings.server(ping_interval=None, max_concurrent_streams=1 + (opts >> 4))
     conn = _Connection(client=False, settings=settings, handler=handler)
     conn.bugs = bugs
-    transport = _Transport()
+    transport = FakeTransport(peername=("127.0.0.1", 1), keep=False)
     conn.connection_made(transport)
     for piece in chunks(PREFACE + b.rest(), sizes):
         if transport.closed:

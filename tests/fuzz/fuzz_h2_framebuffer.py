@@ -14,7 +14,7 @@ from hyperframe.exceptions import InvalidPaddingError
 from hyperframe.frame import DataFrame
 
 from hbone.net.h2.framebuffer import PlainData, ZeroCopyFrameBuffer
-from tests.fuzz.harness import Bytes, Harness, chunks, pack
+from tests.fuzz.harness import Bytes, Harness, chunks, pack, whole_frames
 
 _MAX_FRAME = (16_384, 100, 1 << 20, 0)
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -47,18 +47,6 @@ def _drain(buf: Any, pieces: list[bytes]) -> tuple[list[tuple[Any, ...]], Except
     return frames, None
 
 
-def _whole_frames(payload: bytes, server: bool) -> bytes:
-    """`payload` up to the end of its last complete frame: when a frame's body has not fully arrived, either
-    buffer may refuse it sooner (from its header) or later (once the body is there)."""
-    pos = len(PREFACE) if server and payload.startswith(PREFACE) else 0
-    while pos + 9 <= len(payload):
-        end = pos + 9 + int.from_bytes(payload[pos : pos + 3], "big")
-        if end > len(payload):
-            break
-        pos = end
-    return payload[:pos]
-
-
 def run(data: bytes) -> None:
     b = Bytes(data)
     opts = b.byte()
@@ -70,7 +58,7 @@ def run(data: bytes) -> None:
         buf.max_frame_size = _MAX_FRAME[(opts >> 2) & 3]
         return _drain(buf, pieces)
 
-    whole = _whole_frames(payload, server)
+    whole = whole_frames(payload, len(PREFACE) if server and payload.startswith(PREFACE) else 0)
     got, err = drain(ZeroCopyFrameBuffer(server=server, plain_data=bool(opts & 2)), list(chunks(whole, sizes)))
     want, stock_err = drain(FrameBuffer(server=server), [whole])
     assert got == want, "different frames"

@@ -11,25 +11,15 @@ from __future__ import annotations
 
 import hpack
 
-from tests.fuzz.harness import Bytes, Harness, pack
+from tests.fuzz.harness import Bytes, Harness, pack, whole_frames
 from tests.unit.h2_twin import GRPC_REQUEST, PREFACE, REQUEST, RESPONSE, Twin, frame
-
-
-def _whole_frames(payload: bytes) -> bytes:
-    pos = 0
-    while pos + 9 <= len(payload):
-        end = pos + 9 + int.from_bytes(payload[pos : pos + 3], "big")
-        if end > len(payload):
-            break
-        pos = end
-    return payload[:pos]
 
 
 def run(data: bytes) -> None:
     b = Bytes(data)
     opts = b.byte()
     sizes = b.sizes()
-    payload = _whole_frames(b.rest())
+    payload = whole_frames(b.rest())
     client = bool(opts & 1)
     twin = Twin(client=client)
     if client:

@@ -137,6 +137,21 @@ def chunks(data: bytes, sizes: bytes) -> Iterator[bytes]:
         view = view[n:]
 
 
+def whole_frames(payload: bytes, start: int = 0) -> bytes:
+    """`payload` up to the end of its last complete HTTP/2 frame (frames begin at `start`, e.g. after a preface).
+
+    Where a frame's body has not fully arrived, two parsers may legitimately refuse it at different points (from its
+    header, or once the body is there), so differential fuzzers compare whole frames only.
+    """
+    pos = start
+    while pos + 9 <= len(payload):
+        end = pos + 9 + int.from_bytes(payload[pos : pos + 3], "big")
+        if end > len(payload):
+            break
+        pos = end
+    return payload[:pos]
+
+
 def pack(options: bytes, payload: bytes, sizes: bytes = b"") -> bytes:
     """A seed in the layout harnesses read: option bytes, then `Bytes.sizes()`, then the payload."""
     return options + bytes([len(sizes)]) + sizes + payload

@@ -4,7 +4,6 @@ down behaviour that is hard to provoke over sockets: frame batches, exact credit
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import h2.config
 import h2.connection
@@ -18,45 +17,10 @@ from hbone.net.scheduler import record_fit
 from hbone.net.settings import H2Settings, KiB, MiB
 from hbone.net.stream import Stream
 from hbone.net.streamtypes import StreamClosed, header_list_size
+from tests.fakes import FakeTransport, feed
 
 pytestmark = pytest.mark.timeout(10)
 CONNECT = [(b":method", b"CONNECT"), (b":authority", b"10.0.0.1:80")]
-
-
-class FakeTransport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.out = bytearray()
-        self.closed = False
-        self.aborted = False
-
-    def write(self, data: Any) -> None:
-        self.out += data
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = self.aborted = True
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
-
-
-def feed(proto: H2Connection, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        buf = proto.get_buffer(len(view))
-        n = min(len(buf), len(view))
-        buf[:n] = view[:n]
-        proto.buffer_updated(n)
-        view = view[n:]
 
 
 class Pair:

@@ -19,52 +19,10 @@ from hbone.net.connection import H2Connection
 from hbone.net.h2.framebuffer import ZeroCopyFrameBuffer
 from hbone.net.settings import H2Settings, MiB
 from hbone.net.stream import Stream
+from tests.fakes import FakeTransport, feed
 
 pytestmark = pytest.mark.timeout(20)
 CONNECT = [(b":method", b"CONNECT"), (b":authority", b"10.0.0.1:80")]
-
-
-class Transport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.out = bytearray()
-        self.closed = False
-        self.reading = True
-        self.buffered = 0  # what get_write_buffer_size reports (a peer that does not read)
-
-    def write(self, data: Any) -> None:
-        self.out += data
-
-    def get_write_buffer_size(self) -> int:
-        return self.buffered
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def pause_reading(self) -> None:
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.reading = True
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 4242) if name == "peername" else default
-
-
-def feed(proto: H2Connection, data: bytes) -> None:
-    view = memoryview(data)
-    while view and not proto.closed:
-        buf = proto.get_buffer(len(view))
-        n = min(len(buf), len(view))
-        buf[:n] = view[:n]
-        proto.buffer_updated(n)
-        view = view[n:]
 
 
 class Server:
@@ -75,7 +33,7 @@ class Server:
         self.cancelled = 0
         self.release = asyncio.Event()
         self.hold = asyncio.Event()
-        self.transport = Transport()
+        self.transport = FakeTransport(peername=("127.0.0.1", 4242))
         self.conn = H2Connection(
             client=False, settings=H2Settings.server(ping_interval=None, **settings), handler=self.handler
         )

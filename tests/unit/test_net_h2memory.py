@@ -94,7 +94,7 @@ def test_unknown_key_is_keyerror_until_acknowledged(client: bool) -> None:
 async def test_driver_keeps_settings_compact_after_connection_made() -> None:
     # connection_made installs a new local Settings with our values; it must be compacted as well.
     from hbone.net.connection import H2Connection
-    from tests.unit.test_net_driver import FakeTransport
+    from tests.fakes import FakeTransport
 
     for client in (True, False):
         conn = H2Connection(client=client, settings=H2Settings.server(ping_interval=None, engine="h2"))
@@ -107,7 +107,7 @@ async def test_driver_keeps_settings_compact_after_connection_made() -> None:
 async def test_header_table_size_is_advertised() -> None:
     from hbone.errors import ConfigError
     from hbone.net.connection import H2Connection
-    from tests.unit.test_net_driver import FakeTransport
+    from tests.fakes import FakeTransport
 
     for size in (4096, 0):
         settings = H2Settings.server(ping_interval=None, header_table_size=size, engine="h2")  # h2's Settings below

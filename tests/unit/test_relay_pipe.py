@@ -17,50 +17,10 @@ from hbone.net.connection import H2Connection
 from hbone.net.relay import DOWNSTREAM, AcceptedPipe, IdleTimeout, TcpPipe, relay
 from hbone.net.settings import H2Settings, KiB
 from hbone.net.stream import Stream
-from tests.unit.test_net_driver import feed  # feeds bytes through the BufferedProtocol path
+from tests.fakes import FakeTransport, feed
 
 pytestmark = pytest.mark.timeout(10)
 CONNECT = [(b":method", b"CONNECT"), (b":authority", b"10.0.0.1:80")]
-
-
-class FakeTransport(asyncio.Transport):
-    """Records what is written; `size` is what get_write_buffer_size() reports."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.out = bytearray()
-        self.eof = self.closed = self.aborted = False
-        self.reading = True
-
-    def write(self, data: Any) -> None:
-        self.out += data
-
-    def write_eof(self) -> None:
-        self.eof = True
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = self.aborted = True
-
-    def pause_reading(self) -> None:
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.reading = True
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
 
 
 class Harness:
