@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from hbone.admin.options import KEYS as ADMIN_KEYS
 from hbone.admin.options import config_keys as admin_config_keys
@@ -118,6 +118,24 @@ class ProcessLimits:
                 setattr(self, key, parse_int(value, at / key, minimum=1))
 
 
+class ProxyKeys(Protocol):
+    """The settings `hbone serve` and the front ends share (`read_proxy_keys`)."""
+
+    certs: Path | None
+    dial_timeout: float
+    tunnel_idle_timeout: float | None
+
+
+def read_proxy_keys(cfg: ProxyKeys, data: Mapping[str, Any], at: Where) -> None:
+    """Set `certs`, `dial_timeout` and `tunnel_idle_timeout` on `cfg` from the keys present in `data`."""
+    if data.get("certs") is not None:
+        cfg.certs = Path(str(data["certs"]))
+    if "dial_timeout" in data:
+        cfg.dial_timeout = parse_duration(data["dial_timeout"], at / "dial_timeout")
+    if "tunnel_idle_timeout" in data:
+        cfg.tunnel_idle_timeout = parse_idle_timeout(data["tunnel_idle_timeout"], at / "tunnel_idle_timeout")
+
+
 def _address(value: Any, where: Where) -> Authority | None:
     return None if value is None else parse_listen(value, where)
 
@@ -148,12 +166,7 @@ class ServeConfig:
             cfg.listen = _address(data["listen"], at / "listen")
         if "h2c_listen" in data:
             cfg.h2c_listen = _address(data["h2c_listen"], at / "h2c_listen")
-        if data.get("certs") is not None:
-            cfg.certs = Path(str(data["certs"]))
-        if "dial_timeout" in data:
-            cfg.dial_timeout = parse_duration(data["dial_timeout"], at / "dial_timeout")
-        if "tunnel_idle_timeout" in data:
-            cfg.tunnel_idle_timeout = parse_idle_timeout(data["tunnel_idle_timeout"], at / "tunnel_idle_timeout")
+        read_proxy_keys(cfg, data, at)
         if "drain_timeout" in data:
             cfg.drain_timeout = parse_duration(data["drain_timeout"], at / "drain_timeout")
         cfg.admin_ports = admin_config_keys(data, at)

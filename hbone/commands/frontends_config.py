@@ -37,14 +37,13 @@ from typing import Any
 
 from hbone.admin.options import KEYS as ADMIN_KEYS
 from hbone.admin.options import config_keys as admin_config_keys
-from hbone.config import read_config
+from hbone.config import read_config, read_proxy_keys
 from hbone.configtext import (
     Where,
     check_keys,
     fail,
     mapping,
     parse_duration,
-    parse_idle_timeout,
     parse_int,
     parse_listen,
     parse_target,
@@ -112,12 +111,7 @@ class FrontendsConfig:
         check_keys(mapping(data, at, "a mapping at the top level"), sorted(_TOP), at)
         cfg = cls()
         cfg.admin_ports = admin_config_keys(data, at)
-        if data.get("certs") is not None:
-            cfg.certs = Path(str(data["certs"]))
-        if "dial_timeout" in data:
-            cfg.dial_timeout = parse_duration(data["dial_timeout"], at / "dial_timeout")
-        if "tunnel_idle_timeout" in data:
-            cfg.tunnel_idle_timeout = parse_idle_timeout(data["tunnel_idle_timeout"], at / "tunnel_idle_timeout")
+        read_proxy_keys(cfg, data, at)
         if data.get("mark") is not None:
             cfg.mark = parse_int(data["mark"], at / "mark", minimum=0, maximum=0xFFFFFFFF)
         cfg.routes = table_from_list(data.get("routes"), at / "routes", str(data.get("default_route", "deny")))
