@@ -25,7 +25,9 @@ sys.path.insert(0, str(ROOT))
 
 from hbone.net.h2.deps import SUPPORTED, spec  # noqa: E402 - after the path setup
 
-TESTS = ["tests/unit/test_net_*.py", "tests/unit/test_grpc_h2frames.py"]
+# test_net_h2engine/h2tuning/h2memory/h2fastdata drive the h2 engine itself; test_h2_native* hold the default (native)
+# engine to stock h2 as its oracle, so a behaviour change at either end of the h2 range shows up there too.
+TESTS = ["tests/unit/test_net_*.py", "tests/unit/test_grpc_h2frames.py", "tests/unit/test_h2_native*.py"]
 # The two property searches against stock h2 take a minute together; the main pytest run covers them.
 HEAVY = "not test_acceptable_only_accepts_what_h2_accepts and not test_random_sequences_are_indistinguishable_from_h2"
 
