@@ -158,6 +158,8 @@ print(json.dumps({"open": len(open_), "closed": attack - len(open_), "echoed": e
 sys.stdin.readline()  # hold everything until the test has measured
 for s in conns:
     s.close()
+print(json.dumps({"released": len(conns)}), flush=True)
+sys.stdin.readline()  # the test waits for the listener to let go of the admitted ones before a new one
 with socket.create_connection((host, port), timeout=10) as s:
     s.sendall(b"after")
     print(json.dumps({"after": s.recv(64).decode()}), flush=True)
@@ -193,6 +195,12 @@ async def test_redirect_capture_listener_cap(tmp_path: Path) -> None:
                     assert seen == {"open": CAP, "closed": ATTACK - CAP, "echoed": "still here"}, seen
                     assert echo.accepted == CAP, "connections over the cap reached the destination"
                     client.stdin.write(b"release\n")
+                    released = json.loads(await asyncio.wait_for(client.stdout.readline(), 30))
+                    assert released == {"released": ATTACK}, released
+                    # The closes reach the listener asynchronously: a new connection before its admitted ones are
+                    # gone would meet the cap (the race this wait removes), so wait until its fds are back.
+                    assert await capture.settled_fds(base_fds) <= base_fds + 12
+                    client.stdin.write(b"after\n")
                     after = json.loads(await asyncio.wait_for(client.stdout.readline(), 30))
                     assert after == {"after": "after"}
                     assert await asyncio.wait_for(client.wait(), 30) == 0
