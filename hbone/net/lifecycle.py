@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from hbone.net.stream import Stream
 
 _LINGER = 1.0  # seconds input is discarded after an error GOAWAY before the close (`_linger_close`)
+_PEER_GOAWAY_GRACE = 0.5  # seconds an idle connection stays open after the peer's GOAWAY (`maybe_idle`)
 
 
 def _end_linger(transport: asyncio.Transport) -> None:
@@ -80,6 +81,7 @@ class Lifecycle:
         "_engine",
         "_host",
         "_idle_fut",
+        "_leaving",
         "_loop",
         "_ping_deadline",
         "_ping_payload",
@@ -116,6 +118,7 @@ class Lifecycle:
         self.close_exc: HboneError | None = None
         self.closed_fut: asyncio.Future[None] = loop.create_future()
         self._idle_fut: asyncio.Future[None] | None = None
+        self._leaving = False  # the close after the peer's GOAWAY is scheduled (`maybe_idle`)
         self.first_bytes: asyncio.Future[None] = loop.create_future()
         self.goaway_sent_last_id: int | None = None
         #: (error_code, last_stream_id) of a GOAWAY received from the peer.
@@ -190,8 +193,12 @@ class Lifecycle:
         if self._idle_fut is not None:
             if not self._idle_fut.done():
                 self._idle_fut.set_result(None)
-        elif self.goaway_received is not None:
-            self._loop.call_soon(self.close_now, ConnectionLost("connection closed after peer's GOAWAY"))
+        elif self.goaway_received is not None and not self._leaving:
+            # Not at once: frames the peer sent after its GOAWAY (a PING to answer, h2spec 3.8) may still be in
+            # flight, and closing with unread input makes the kernel reset the connection, dropping our answers.
+            self._leaving = True
+            closed = ConnectionLost("connection closed after peer's GOAWAY")
+            self._loop.call_later(_PEER_GOAWAY_GRACE, self.close_now, closed)
 
     # --- shutdown -----------------------------------------------------------------------------------------------
 
