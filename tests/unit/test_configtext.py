@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,15 @@ from hbone.configtext import (
 )
 from hbone.errors import ConfigError
 from hbone.safeyaml import YamlLines
+
+
+def load_error(load: Callable[[Path], object], path: Path, text: str) -> str:
+    """Write `text` to `path`, load it, and return the one-line ConfigError the loader must raise."""
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    return str(info.value)
+
 
 
 @pytest.mark.parametrize(
@@ -195,10 +205,7 @@ def test_flag_type_gives_argparse_one_line() -> None:
 )  # fmt: skip
 def test_serve_config_errors_have_file_line(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "serve.yaml"
-    path.write_text(text)
-    with pytest.raises(ConfigError) as info:
-        load_serve_config(path)
-    assert str(info.value) == message.format(f=path)
+    assert load_error(load_serve_config, path, text) == message.format(f=path)
 
 
 def test_serve_config_takes_sizes_and_compound_durations(tmp_path: Path) -> None:
@@ -211,10 +218,10 @@ def test_serve_config_takes_sizes_and_compound_durations(tmp_path: Path) -> None
 
 def test_frontends_config_errors_have_file_line(tmp_path: Path) -> None:
     path = tmp_path / "fe.yaml"
-    path.write_text("listeners:\n  - {type: socks5}\n  - type: ingress-tcp\n    listen: :9000\n    target: db\n")
-    with pytest.raises(ConfigError) as info:
-        load_frontends_config(path)
-    assert str(info.value) == f"{path}:5: listeners[1].target: authority 'db' has no port; expected host:port"
+    text = "listeners:\n  - {type: socks5}\n  - type: ingress-tcp\n    listen: :9000\n    target: db\n"
+    assert load_error(load_frontends_config, path, text) == (
+        f"{path}:5: listeners[1].target: authority 'db' has no port; expected host:port"
+    )
     path.write_text("listeners:\n  - type: http-connect\n    usres: {a: b}\n")
     with pytest.raises(ConfigError) as info:
         load_frontends_config(path)
@@ -268,18 +275,12 @@ def test_cli_flags_take_durations_and_sizes() -> None:
 )  # fmt: skip
 def test_frontends_values_fail_at_load_with_their_line(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "fe.yaml"
-    path.write_text(text)
-    with pytest.raises(ConfigError) as info:
-        load_frontends_config(path)
-    assert str(info.value) == message.format(f=path)
+    assert load_error(load_frontends_config, path, text) == message.format(f=path)
 
 
 def test_admin_port_keys_have_file_line(tmp_path: Path) -> None:
     path = tmp_path / "serve.yaml"
-    path.write_text("listen: :0\nmetrics: localhost\n")
-    with pytest.raises(ConfigError) as info:
-        load_serve_config(path)
-    assert str(info.value) == (
+    assert load_error(load_serve_config, path, "listen: :0\nmetrics: localhost\n") == (
         f"{path}:2: metrics: bad listen address 'localhost': use HOST:PORT, [V6]:PORT or :PORT (port 0 picks one), "
         "or off"
     )
