@@ -35,7 +35,6 @@ def load_error(load: Callable[[Path], object], path: Path, text: str) -> str:
     return str(info.value)
 
 
-
 @pytest.mark.parametrize(
     ("value", "seconds"),
     [

@@ -124,7 +124,6 @@ def start_server(cfg: Path, log: Path) -> tuple[Any, int]:
     raise SystemExit(f"server did not start:\n{log.read_text(errors='replace')[-3000:]}")
 
 
-
 class MicroxdsServer:
     """The real `microxds serve`, fed a JSON file that each round rewrites."""
 
@@ -420,11 +419,13 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(out, indent=1))
         return 0
     for r in out:
-        print(f"[{r['server']}] N={r['clients']} clients x {r['resources_per_client']} resources: initial sync "
-              f"{r['initial_sync_s']} s "
-              f"(server CPU {r['initial_sync_server_cpu_s']} s, {r['connect_retries']} reconnects)\n"
-              f"  server RSS {r['server_rss_base_mib']} -> {r['server_rss_synced_mib']} MiB = "
-              f"{r['rss_per_client_kib']} KiB/client")
+        print(
+            f"[{r['server']}] N={r['clients']} clients x {r['resources_per_client']} resources: initial sync "
+            f"{r['initial_sync_s']} s "
+            f"(server CPU {r['initial_sync_server_cpu_s']} s, {r['connect_retries']} reconnects)\n"
+            f"  server RSS {r['server_rss_base_mib']} -> {r['server_rss_synced_mib']} MiB = "
+            f"{r['rss_per_client_kib']} KiB/client"
+        )
         if r["noop_reload_s"] is not None:
             print(f"  no-op rewrite (re-parse, nothing pushed): applied after {r['noop_reload_s']} s, server CPU "
                   f"{r['noop_reload_server_cpu_s']} s")  # fmt: skip
