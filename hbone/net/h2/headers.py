@@ -40,7 +40,8 @@ def acceptable(block: list[Any], flags: Any) -> bool:
             return False
         if not name or _BAD_NAME(name) is not None or name.find(b":", 1) != -1:
             return False
-        if value and (b"\x00" in value or b"\n" in value or b"\r" in value or value[0] in _WS or value[-1] in _WS):
+        # NUL, LF, CR as ints: a bytes operand to `in` costs a raised and cleared TypeError first (native_hpack).
+        if value and (0 in value or 10 in value or 13 in value or value[0] in _WS or value[-1] in _WS):
             return False
         if name[0] == 0x3A:  # ':'
             if regular or name in seen or name not in _ALLOWED_PSEUDO_HEADER_FIELDS:

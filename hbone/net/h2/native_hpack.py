@@ -254,7 +254,9 @@ def check_received(headers: HeaderList, kind: int) -> HeaderList:
             raise _bad("empty header name")
         if _BAD_NAME(name) is not None or name.find(b":", 1) != -1:
             raise _bad(f"illegal header name {name!r}")
-        if value and (b"\x00" in value or b"\n" in value or b"\r" in value):
+        # Bytes as ints (NUL, LF, CR): `b"\x00" in value` first tries the byte as an index, raises and clears a
+        # TypeError (~0.8 us a test, nine a CONNECT request); an int goes straight to memchr.
+        if value and (0 in value or 10 in value or 13 in value):
             raise _bad(f"illegal value of header {name!r}")
         if name == b"cookie":  # h2 moves the crumbs to the end, joined, before it checks anything else
             cookies.append(value)
