@@ -166,7 +166,9 @@ class Lifecycle:
                 self._host.fail_stream(stream, StreamRefused(f"stream {sid} above GOAWAY last_stream_id {last}"))
         self._host.fail_waiters(ConnectionLost("peer sent GOAWAY"))
         if code != H2ErrorCode.NO_ERROR:
-            self.abort_with(ConnectionLost(f"peer sent GOAWAY {code_name(code)} {event.debug!r}"), None)
+            # The peer is ending the connection, but frames it wrote after the GOAWAY (h2spec http2/7 sends a PING)
+            # may still be arriving: linger like after our own error GOAWAY, or the kernel answers them with a reset.
+            self.abort_with(ConnectionLost(f"peer sent GOAWAY {code_name(code)} {event.debug!r}"), None, linger=True)
 
     def send_goaway(self, code: int) -> None:
         self.closing = True
@@ -249,8 +251,9 @@ class Lifecycle:
         self.teardown(exc)
         transport.close()
 
-    def abort_with(self, exc: HboneError, code: int | None) -> None:
-        """Fatal error: GOAWAY(code) if given, fail everything, close the transport after flushing."""
+    def abort_with(self, exc: HboneError, code: int | None, *, linger: bool = False) -> None:
+        """Fatal error: GOAWAY(code) if given, fail everything, close the transport after flushing (lingering, see
+        `_linger_close`, when we sent an error GOAWAY or `linger` says the peer may still be writing)."""
         if self.closed:
             return
         if code is not None:
@@ -260,7 +263,7 @@ class Lifecycle:
         self.teardown(exc)
         transport = self._host.transport
         if transport is not None:
-            if self.goaway_sent_last_id is not None:
+            if linger or self.goaway_sent_last_id is not None:
                 self._linger_close(transport)
             else:
                 transport.close()

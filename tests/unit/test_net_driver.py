@@ -127,7 +127,15 @@ async def test_peer_goaway_with_error_fails_everything() -> None:
     pair.to_conn()
     with pytest.raises(ConnectionLost, match="GOAWAY"):
         await stream.read()
-    assert pair.conn.closed and pair.transport.closed
+    # Closed for us at once; the socket sends FIN and keeps reading a while, so what the peer wrote after its
+    # GOAWAY is not answered with a reset; then it closes.
+    assert pair.conn.closed and pair.transport.eof and pair.transport.reading
+    await asyncio.wait_for(_wait_transport_closed(pair.transport), 5)
+
+
+async def _wait_transport_closed(transport: FakeTransport) -> None:
+    while not transport.closed:  # noqa: ASYNC110 - the linger timer closes the fake transport
+        await asyncio.sleep(0.01)
 
 
 async def _big_frame_peer() -> tuple[Pair, Stream]:
