@@ -21,7 +21,7 @@ from hbone.proxy.h2r import H2RGateway, H2RInbound, H2RNode, H2ROpener, local_na
 from hbone.proxy.httpproxy import HttpConnectProxy
 from hbone.proxy.inbound import InboundConfig, InboundHandler
 from hbone.proxy.ingress import Ingress, parse_hosts
-from hbone.proxy.redirect import DEFAULT_MARK, CaptureMode, InboundPlaintext, OutboundCapture
+from hbone.proxy.redirect import DEFAULT_MARK, CaptureMode, InboundPlaintext, OutboundCapture, capture_mark
 from hbone.proxy.routing import Action
 from hbone.proxy.socks5 import Socks5Proxy
 from hbone.server import HboneServer
@@ -77,14 +77,17 @@ class Runtime:
                 f"route {tunnelled[0]!r} tunnels over mTLS HBONE and needs our identity: give --certs DIR "
                 "(or certs: in the config)"
             )
+        mark = cfg.mark
+        if any(spec.type in ("redirect", "tproxy") for spec in cfg.listeners):
+            mark = capture_mark(mark)
         if cfg.certs is not None:
             _require_via_identities(cfg)
             self.manager = IdentityManager(FileSource(cfg.certs))
             await self.manager.start()
             self.tls = MeshTls(self.manager)
-            self.client = HboneClient(self.tls, mark=cfg.mark)  # marked dials: capture rules skip them by mark
+            self.client = HboneClient(self.tls, mark=mark)  # marked dials: capture rules skip them by mark
         self.opener = Dialer(
-            self.client, cfg.routes, dial_timeout=cfg.dial_timeout, mark=cfg.mark, idle_timeout=cfg.tunnel_idle_timeout
+            self.client, cfg.routes, dial_timeout=cfg.dial_timeout, mark=mark, idle_timeout=cfg.tunnel_idle_timeout
         )
         # H2R gateways first: their registered names take precedence for every other front end.
         ordered = sorted(cfg.listeners, key=lambda s: s.type != "h2r-gateway")

@@ -40,6 +40,29 @@ OUTBOUND_PORT = 15001
 INBOUND_PORT = 15006
 
 
+def capture_mark(configured: int | None) -> int | None:
+    """The SO_MARK for the dials of a process that runs a capture listener.
+
+    Unset, it is `DEFAULT_MARK`, which the capture rules always skip: without a mark the proxy's own direct dials
+    would be captured again and loop through the listener. Setting a mark needs CAP_NET_ADMIN; a proxy without it
+    dials unmarked (said once at start), and its rules must skip it another way (`--exclude-uid`).
+    """
+    if configured is not None:
+        return configured
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, DEFAULT_MARK)
+        except OSError as e:
+            log.warning(
+                "capture: cannot mark our own dials with SO_MARK 0x%x (%s): the capture rules must skip this "
+                "process by uid (--exclude-uid), or its direct dials are captured again",
+                DEFAULT_MARK,
+                e.strerror or e,
+            )
+            return None
+    return DEFAULT_MARK
+
+
 class CaptureMode(enum.Enum):
     REDIRECT = "redirect"
     TPROXY = "tproxy"

@@ -179,6 +179,33 @@ async def test_redirect_capture_in_netns_v4_and_v6(netns: tuple[str, str, str], 
             await server.wait_closed()
 
 
+async def test_direct_capture_does_not_capture_its_own_dials_again(netns: tuple[str, str, str]) -> None:
+    """`hbone capture redirect --direct` with the default rules and no `mark:`: its dials to the original destination
+    must carry the mark the rules skip, or they come back to the listener (a loop that never reaches the server)."""
+    ns, v4h, v6h = netns
+    seen: list[str] = []
+    echo4, echo6, eport = await dual_stack_echo(v4h, v6h, seen)
+    try:
+        for rule in iptables_rules(RuleOptions(include_cidrs=(f"{v4h}/32",))):
+            must("ip", "netns", "exec", ns, *rule.split())
+        cli = [sys.executable, "-m", "hbone.cli", "capture", "redirect", "--listen", "127.0.0.1:15001", "--direct"]
+        async with ProcessPeer(["ip", "netns", "exec", ns, *cli, *NO_ADMIN], name="capture") as capture:
+            await wait_for_log(capture, "redirect listening", 1)
+            proc = await asyncio.create_subprocess_exec(
+                "ip", "netns", "exec", ns, sys.executable, "-c", CLIENT, v4h, str(eport),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            out, err = await asyncio.wait_for(proc.communicate(), IO)
+            assert proc.returncode == 0, err.decode() + capture.log_tail()
+            assert out.decode() == f"captured {v4h}"
+            assert capture.log_path.read_text(errors="replace").count('"outbound-capture"') <= 1, capture.log_tail()
+        assert len(seen) == 1 and seen[0] != v4h  # one connection, straight from the namespace
+    finally:
+        for server in (echo4, echo6):
+            server.close()
+            await server.wait_closed()
+
+
 def test_parse_sockaddr_v4_v6() -> None:
     v4 = socket.AF_INET.to_bytes(2, sys.byteorder) + (8080).to_bytes(2, "big") + bytes((10, 0, 0, 1)) + bytes(8)
     assert parse_sockaddr(v4) == ("10.0.0.1", 8080)
