@@ -3,19 +3,18 @@
 A call's request or response body is a sequence of Length-Prefixed-Messages (PROTOCOL-HTTP2.md) carried in DATA
 frames. `MessageReader` pulls bytes from an HTTP/2 `Stream` (which credits the flow-control window as it reads)
 through the sans-IO `MessageDecoder`; `frame` builds the outgoing prefix and body. Both raise `hbone.errors`
-types whose ``grpc_status`` is what the call ends with; `status_of` turns any of them into a `Status`.
+types whose ``grpc_status`` is what the call ends with; `status_from_exception` turns any of them into a `Status`.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
-from hbone.errors import ConnectionLost, GrpcError, GrpcStatus, HboneError, StreamReset
+from hbone.errors import GrpcError, GrpcStatus
 from hbone.grpc.framing import MessageDecoder, compress, message_prefix
-from hbone.grpc.status import Status, status_from_exception, status_from_h2_error
 from hbone.limits import ByteBudget, grpc_connection_budget
 
-__all__ = ["MessageReader", "connection_budget", "frame", "status_of"]
+__all__ = ["MessageReader", "connection_budget", "frame"]
 
 # Below this size the prefix and body are joined into one buffer (one DATA frame); above it they are queued
 # separately so a large body is never copied just to put five bytes in front of it.
@@ -84,14 +83,3 @@ def frame(body: bytes, max_size: int, encoding: str | None) -> list[bytes]:
     if len(body) <= _JOIN_LIMIT:
         return [prefix + body]
     return [prefix, body]
-
-
-def status_of(exc: BaseException) -> Status:
-    """The status a call ends with when ``exc`` interrupted it (stream resets per PROTOCOL-HTTP2.md "Errors")."""
-    if isinstance(exc, StreamReset):
-        return status_from_h2_error(exc.code, str(exc))
-    if isinstance(exc, ConnectionLost):
-        return Status(GrpcStatus.UNAVAILABLE, str(exc))
-    if isinstance(exc, HboneError):
-        return status_from_exception(exc)
-    return Status(GrpcStatus.UNKNOWN, f"{type(exc).__name__}: {exc}")

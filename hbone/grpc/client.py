@@ -5,7 +5,7 @@ Response-Headers, messages, Trailers, or a single Trailers-Only HEADERS frame. A
 ``grpc-timeout`` and enforced locally too: when it passes, the stream is reset with CANCEL and the call raises
 DEADLINE_EXCEEDED. `ClientCall.cancel()` (or cancelling the awaiting task) resets with CANCEL as well. Every
 failure surfaces as `GrpcError(status, message, details)`; stream resets and lost connections are mapped per the
-spec's "Errors" table (`hbone.grpc.call.status_of`).
+spec's "Errors" table (`hbone.grpc.status.status_from_exception`).
 
 The channel keeps one connection and opens every call on it, waiting for a slot at the server's
 SETTINGS_MAX_CONCURRENT_STREAMS; a connection that received GOAWAY finishes its calls while new ones go to a fresh

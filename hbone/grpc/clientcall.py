@@ -14,10 +14,10 @@ from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from hbone.errors import GrpcError, GrpcStatus, H2ErrorCode, HboneError
-from hbone.grpc.call import MessageReader, connection_budget, frame, status_of
+from hbone.grpc.call import MessageReader, connection_budget, frame
 from hbone.grpc.codec import Codec
 from hbone.grpc.metadata import Metadata, MetadataLike
-from hbone.grpc.status import Status, parse_response_headers, parse_trailers
+from hbone.grpc.status import Status, parse_response_headers, parse_trailers, status_from_exception
 from hbone.net.connection import H2Connection
 from hbone.net.stream import Stream
 
@@ -118,7 +118,7 @@ class ClientCall:
         except GrpcError as exc:
             raise self._end(Status(exc.status, exc.message, exc.details)) from None
         except HboneError as exc:
-            raise self._end(status_of(exc)) from None
+            raise self._end(status_from_exception(exc)) from None
 
     # --- sending -------------------------------------------------------------------------------------------------
 
@@ -249,7 +249,7 @@ class ClientCall:
         if stream is not None and stream.error is not None and stream.trailers is not None:
             status, self.trailing_metadata = parse_trailers(stream.trailers)
             return self._end(status)
-        return self._end(status_of(exc))
+        return self._end(status_from_exception(exc))
 
     def _end(self, status: Status, *, force: bool = False) -> GrpcError:
         if self.status is None or force:

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from hbone.errors import GrpcError, GrpcStatus, HboneError
-from hbone.grpc.call import MessageReader, connection_budget, frame, status_of
+from hbone.grpc.call import MessageReader, connection_budget, frame
 from hbone.grpc.codec import Codec
 from hbone.grpc.metadata import Metadata, MetadataLike, RequestInfo, response_headers
-from hbone.grpc.status import Status, trailers, trailers_only
+from hbone.grpc.status import Status, status_from_exception, trailers, trailers_only
 from hbone.net.stream import Stream
 from hbone.server import PeerInfo
 
@@ -220,7 +220,7 @@ class ServerCall:
         except HboneError as exc:
             if self._stream.error is not None:
                 return None  # reset by the client or connection lost: there is nobody to tell
-            return status_of(exc)  # malformed request framing, codec errors, limits: the message is ours
+            return status_from_exception(exc)  # malformed request framing, codec errors, limits: the message is ours
         except Exception:
             if self._stream.error is not None:
                 return None

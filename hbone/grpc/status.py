@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from hbone.errors import GrpcError, GrpcStatus, H2ErrorCode, HboneError
+from hbone.errors import GrpcError, GrpcStatus, H2ErrorCode, HboneError, StreamReset
 from hbone.grpc.framing import parse_accept_encoding
 from hbone.grpc.metadata import (
     HeaderLike,
@@ -151,9 +151,13 @@ def status_from_http(http_status: int, message: str = "") -> Status:
 
 
 def status_from_exception(exc: BaseException) -> Status:
-    """The Status a call ends with for ``exc``: GrpcError keeps its own; other hbone errors use grpc_status."""
+    """The Status a call ends with for ``exc``, the one mapping from an exception to a gRPC status: GrpcError keeps
+    its own, a stream reset maps its code (PROTOCOL-HTTP2.md "Errors"), other hbone errors use grpc_status (a lost
+    connection: UNAVAILABLE), anything else is UNKNOWN."""
     if isinstance(exc, GrpcError):
         return Status(exc.status, exc.message, exc.details)
+    if isinstance(exc, StreamReset):
+        return status_from_h2_error(exc.code, str(exc))
     if isinstance(exc, HboneError):
         return Status(GrpcStatus(exc.grpc_status), str(exc))
     return Status(GrpcStatus.UNKNOWN, f"{type(exc).__name__}: {exc}")

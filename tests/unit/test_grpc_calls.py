@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from hbone.errors import GrpcError, GrpcStatus, H2ErrorCode, LimitExceeded, ProtocolError
-from hbone.grpc.call import MessageReader, frame, status_of
+from hbone.errors import ConnectionLost, GrpcError, GrpcStatus, H2ErrorCode, LimitExceeded, ProtocolError, StreamReset
+from hbone.grpc.call import MessageReader, frame
 from hbone.grpc.client import Channel
 from hbone.grpc.framing import MessageDecoder, encode_message
 from hbone.grpc.health import HealthServicer, ServingStatus, health_messages
 from hbone.grpc.server import GrpcServer
-from hbone.grpc.status import status_from_h2_error
+from hbone.grpc.status import status_from_exception, status_from_h2_error
 from hbone.grpc.testing import PREFIX, EchoService
 from hbone.grpc.transport import ByteStreamTransport
 from hbone.net.connection import H2Connection
@@ -165,10 +165,14 @@ def test_h2_error_mapping(code: int, status: GrpcStatus) -> None:
     assert status_from_h2_error(code).code is status
 
 
-def test_status_of_foreign_and_limit_errors() -> None:
-    assert status_of(LimitExceeded("big")).code is GrpcStatus.RESOURCE_EXHAUSTED
-    assert status_of(ProtocolError("bad")).code is GrpcStatus.INTERNAL
-    assert status_of(ValueError("x")).code is GrpcStatus.UNKNOWN
+def test_status_from_exception_covers_resets_losses_limits_and_foreign_errors() -> None:
+    assert status_from_exception(LimitExceeded("big")).code is GrpcStatus.RESOURCE_EXHAUSTED
+    assert status_from_exception(ProtocolError("bad")).code is GrpcStatus.INTERNAL
+    assert status_from_exception(ValueError("x")).code is GrpcStatus.UNKNOWN
+    assert status_from_exception(StreamReset(H2ErrorCode.CANCEL)).code is GrpcStatus.CANCELLED
+    assert status_from_exception(StreamReset(H2ErrorCode.REFUSED_STREAM)).code is GrpcStatus.UNAVAILABLE
+    assert status_from_exception(ConnectionLost("gone")).code is GrpcStatus.UNAVAILABLE
+    assert status_from_exception(GrpcError(GrpcStatus.NOT_FOUND, "nope")).code is GrpcStatus.NOT_FOUND
 
 
 def test_frame_limits_compression_and_join() -> None:
