@@ -18,7 +18,27 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 log = logging.getLogger("hbone.access")
-_encode = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps(..., separators=) builds an encoder per call
+
+
+def _make_encoder() -> Callable[[dict[str, Any]], str]:
+    """`json.JSONEncoder(separators=(",", ":")).encode`, the same text, without its per-call setup.
+
+    `encode()` builds a new C encoder (and a dict of objects seen, for cycle checks) for every record; the one here
+    is built once and has no cycle check (a record is a flat dict of strings, numbers and None). Python without
+    the `_json` accelerator gets the plain encoder."""
+    plain = json.JSONEncoder(separators=(",", ":"))
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return plain.encode
+    encoder = make(None, plain.default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True)
+
+    def encode(record: dict[str, Any]) -> str:
+        return "".join(encoder(record, 0))
+
+    return encode
+
+
+_encode = _make_encoder()
 
 
 class AccessSink(Protocol):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import io
 import json
@@ -115,3 +116,67 @@ def test_a_broken_stream_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(handler, "handleError", reported.append)
     assert handler.write_access('{"a":1}')
     assert [r.getMessage() for r in reported] == ['{"a":1}']
+
+
+class _Writes(io.StringIO):
+    """A stream that remembers each write call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def write(self, s: str) -> int:
+        self.calls.append(s)
+        return super().write(s)
+
+
+def _handler(stream: io.StringIO) -> logsetup._Handler:
+    handler = logsetup._Handler(stream)
+    handler.setFormatter(logsetup.LineFormatter("text"))
+    return handler
+
+
+def test_records_of_one_loop_iteration_are_written_together() -> None:
+    stream = _Writes()
+    handler = _handler(stream)
+
+    async def main() -> None:
+        assert handler.write_access('{"a":1}') and handler.write_access('{"a":2}')
+        assert stream.calls == []  # gathered until the loop's next iteration
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert len(stream.calls) == 1 and stream.calls[0].count("\n") == 2
+        handler.write_access('{"a":3}')
+
+    asyncio.run(main())
+    assert len(stream.calls) == 2  # the last one went out before the loop closed
+    assert [json.loads(line)["a"] for line in stream.getvalue().splitlines()] == [1, 2, 3]
+
+
+def test_other_lines_and_flush_write_the_gathered_records_first() -> None:
+    stream = _Writes()
+    handler = _handler(stream)
+    logger = logging.getLogger("hbone.test.order")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+
+        async def main() -> None:
+            handler.write_access('{"a":1}')
+            logger.warning("after the record")
+            handler.write_access('{"a":2}')
+            handler.flush()
+            assert stream.getvalue().count("\n") == 3
+
+        asyncio.run(main())
+    finally:
+        logger.removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    assert '"a":1' in lines[0] and "after the record" in lines[1] and '"a":2' in lines[2]
+
+
+def test_outside_a_loop_records_are_written_at_once() -> None:
+    stream = _Writes()
+    handler = _handler(stream)
+    assert handler.write_access('{"a":1}')
+    assert len(stream.calls) == 1 and stream.getvalue().endswith("}\n")

@@ -7,7 +7,10 @@ import json
 import logging
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from hbone.proxy import accesslog
 from hbone.proxy.accesslog import AccessRecord
 
 
@@ -40,3 +43,16 @@ def test_finish_skips_formatting_when_info_is_off(
         record.finish(503, "upstream refused")
     assert record.status == 503 and record.result == "upstream refused"
     assert not [r for r in caplog.records if r.name == "hbone.access"]
+
+
+_values = st.one_of(
+    st.none(),
+    st.text(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(),  # NaN and infinities too: json writes them as NaN / Infinity
+)
+
+
+@given(st.dictionaries(st.text(), _values, max_size=16))
+def test_record_encoder_writes_what_json_writes(record: dict[str, object]) -> None:
+    assert accesslog._encode(record) == json.dumps(record, separators=(",", ":"))
