@@ -75,7 +75,10 @@ class Observability:
         self._remove_sink: Callable[[], None] | None = None
 
     async def start(self) -> dict[str, tuple[str, int]]:
-        self._remove_sink = accesslog.add_sink(self.telemetry)
+        if any(name in ("admin", "metrics") for name, _ in self.options.ports()):
+            # Only those two ports read the tunnel counters and the open-tunnel table: with both off, counting
+            # would be per-tunnel work nobody can see.
+            self._remove_sink = accesslog.add_sink(self.telemetry)
         routes: dict[str, dict[str, Handler]] = {
             "admin": {"/": self._index, "/config_dump": self._config_dump, "/connections": self._connections,
                       "/logging": self._logging, "/healthz/ready": self._ready, "/metrics": self._metrics},
