@@ -273,7 +273,7 @@ async def _forward(args: argparse.Namespace) -> int:
             me.done.add_done_callback(lambda done: _finish(guard, done))
             return stream
 
-        made = pipe = AcceptedPipe(open_stream, tasks, failed, idle_timeout=idle_timeout)
+        made = pipe = AcceptedPipe(open_stream, tasks, failed, idle_timeout=idle_timeout, loop=loop)
         return made
 
     def failed(exc: BaseException) -> None:
@@ -281,6 +281,7 @@ async def _forward(args: argparse.Namespace) -> int:
 
     host = str(listen.ip) if listen.ip else listen.host
     tasks: set[asyncio.Task[None]] = set()
+    loop = asyncio.get_running_loop()
     # Both paths admit connections through a ConnectionGate: the front ends' per-listener cap and a tunnel slot each.
     if ep.inner_tls:  # the stream carries TLS records: the task relay carries the plaintext of a TlsStream
         server = await start_listener(handle, host, listen.port)

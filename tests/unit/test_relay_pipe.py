@@ -99,7 +99,7 @@ async def test_half_close_both_ways_and_byte_counts() -> None:
 async def test_tcp_first_half_close_and_bytes_before_start() -> None:
     h = Harness()
     h.pipe.data_received(b"SSH-2.0-x\r\n")  # a server-first upstream, before the 200 went out
-    assert not h.tcp.reading  # held, bounded to what already arrived
+    assert h.tcp.reading  # held (bounded: reading pauses beyond 64 KiB, test_accepted_pipe_stops_reading...)
     stream = await h.open(start=False)
     h.send(b"early")  # the client did not wait for the 200
     stream.send_headers([(":status", "200")])
@@ -225,7 +225,7 @@ async def test_accepted_pipe_sends_early_bytes_first_once_the_tunnel_is_open() -
     tcp = FakeTransport()
     pipe.connection_made(tcp)
     pipe.data_received(b"GET / HTTP/1.0\r\n\r\n")  # the client talks before the tunnel exists
-    assert not tcp.reading and len(tasks) == 1
+    assert tcp.reading and len(tasks) == 1  # a small request is held without pausing (an epoll call each way)
     stream = await h.open(start=False)
     stream.send_headers([(":status", "200")])
     opened.set_result(stream)
@@ -239,6 +239,37 @@ async def test_accepted_pipe_sends_early_bytes_first_once_the_tunnel_is_open() -
     result = await pipe.wait()
     assert bytes(tcp.out) == b"HTTP/1.0 200 OK\r\n\r\n" and tcp.eof and result.error is None
     await asyncio.gather(*tasks)  # the open task ends with the relay
+
+
+async def test_accepted_pipe_stops_reading_beyond_its_early_bound() -> None:
+    h = Harness()
+    opened: asyncio.Future[Stream] = asyncio.get_running_loop().create_future()
+
+    async def open_stream() -> Stream:
+        return await opened
+
+    tasks: set[asyncio.Task[None]] = set()
+    pipe = AcceptedPipe(open_stream, tasks)
+    tcp = FakeTransport()
+    pipe.connection_made(tcp)
+    chunks = [bytes([i]) * (40 * KiB) for i in range(2)]
+    pipe.data_received(chunks[0])
+    assert tcp.reading
+    pipe.data_received(chunks[1])  # 80 KiB held: over the 64 KiB bound, so the client waits
+    assert not tcp.reading
+    stream = await h.open(start=False)
+    stream.send_headers([(":status", "200")])
+    opened.set_result(stream)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert tcp.reading
+    await h.to_peer()
+    got = h.peer_data
+    h.to_server()  # the peer's WINDOW_UPDATE: 80 KiB is more than h2's default 64 KiB window
+    await h.to_peer()
+    assert got + h.peer_data == b"".join(chunks)
+    pipe.abort()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def test_accepted_pipe_drops_the_client_when_the_tunnel_cannot_open() -> None:

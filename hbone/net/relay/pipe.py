@@ -28,6 +28,9 @@ from hbone.net.relay.result import DOWNSTREAM, IDLE_TIMEOUT, UPSTREAM, IdleTimeo
 from hbone.net.stream import Stream
 
 _CREDIT_STEP = 32 * 1024
+# TCP bytes held before start() (a client's request while its tunnel opens): reading pauses only beyond this, since
+# pausing and resuming cost a system call each (epoll) on every forwarded connection whose client speaks first.
+_EARLY_LIMIT = 64 * 1024
 
 
 class TcpPipe(asyncio.Protocol):
@@ -46,6 +49,7 @@ class TcpPipe(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.stream: Stream | None = None
         self._early: list[bytes] = []  # TCP bytes that arrived before start() (server-first upstreams)
+        self._early_size = 0
         self._tcp_eof = False  # FIN received from TCP
         self._stream_eof = False  # END_STREAM received
         self._stream_closed = False  # both directions of the stream are finished
@@ -67,9 +71,11 @@ class TcpPipe(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         stream = self.stream
-        if stream is None:  # before start(): hold one read's worth and stop reading
+        if stream is None:  # before start(): hold up to _EARLY_LIMIT (and one read), then stop reading
             self._early.append(data)
-            self._pause_reading()
+            self._early_size += len(data)
+            if self._early_size > _EARLY_LIMIT:
+                self._pause_reading()
             return
         try:
             stream.write(data)
@@ -160,11 +166,11 @@ class TcpPipe(asyncio.Protocol):
         the TCP connection is (it maps the byte counts to sent / received)."""
         self.stream = stream
         self._tcp_side = tcp_side
-        self._idle = watch(idle_timeout, self._moved, self._on_idle)
+        self._idle = watch(idle_timeout, self._moved, self._on_idle, self._loop)
         settings = stream.connection.settings
         self._send_limit = settings.max_send_buffer
         self._credit_step = min(_CREDIT_STEP, settings.initial_stream_window // 8)
-        early, self._early = self._early, []
+        early, self._early, self._early_size = self._early, [], 0
         for data in early:
             self.data_received(data)
             if self.done.done():
@@ -328,8 +334,9 @@ class AcceptedPipe(TcpPipe):
         on_error: Callable[[BaseException], None] | None = None,
         *,
         idle_timeout: float | None = IDLE_TIMEOUT,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(loop)  # given by a listener's factory: get_running_loop() makes a getpid system call
         self._open_stream = open_stream
         self._tasks = tasks
         self._on_error = on_error

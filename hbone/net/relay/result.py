@@ -150,6 +150,12 @@ class _Sweeper:
             del _Sweeper._active[(self.loop, self.timeout)]
 
 
-def watch(timeout: float | None, count: Callable[[], int], on_idle: Callable[[], None]) -> IdleWatch | None:
-    """An `IdleWatch`, or None when the idle timeout is off (None or 0)."""
-    return IdleWatch(timeout, count, on_idle) if timeout else None
+def watch(
+    timeout: float | None,
+    count: Callable[[], int],
+    on_idle: Callable[[], None],
+    loop: asyncio.AbstractEventLoop | None = None,
+) -> IdleWatch | None:
+    """An `IdleWatch`, or None when the idle timeout is off (None or 0). Pass the `loop` when you have it: finding
+    the running one makes a getpid system call (asyncio's fork check), once per tunnel here."""
+    return IdleWatch(timeout, count, on_idle, loop) if timeout else None
