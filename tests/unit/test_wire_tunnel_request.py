@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hbone.errors import BadRequest, ProtocolError
+from hbone.wire import tunnel_request
 from hbone.wire.authority import Authority
 from hbone.wire.baggage import PeerMetadata
 from hbone.wire.tracecontext import TraceParent
@@ -191,3 +192,68 @@ def test_connect_roundtrip(host: object, port: int, tp: TraceParent, bag: dict[s
     req = parse_tunnel_request(connect_request(target, baggage=bag, traceparent=tp), strict_telemetry=True)
     assert req.target == target and req.traceparent == tp
     assert dict(req.baggage) == bag
+
+
+def _outcome(headers: list[tuple[bytes, bytes]], strict: bool) -> object:
+    try:
+        return tunnel_request._parse(headers, strict)
+    except ProtocolError as exc:
+        return (type(exc), str(exc))
+
+
+def _remembered(headers: list[tuple[bytes, bytes]], strict: bool) -> object:
+    try:
+        return parse_tunnel_request(headers, strict_telemetry=strict)
+    except ProtocolError as exc:
+        return (type(exc), str(exc))
+
+
+_TRACEPARENTS = st.sampled_from(
+    [TP, TP.replace("-01", "-00"), "00-" + "0" * 32 + "-b7ad6b7169203331-01", "junk", "01-" + TP[3:], TP + " ", "a\r"]
+)
+_OTHERS = st.lists(
+    st.sampled_from(
+        [
+            (b"baggage", PEER.to_baggage().encode()),
+            (b"baggage", b"k=%zz"),
+            (b"forwarded", b'for="10.0.0.9:4000"'),
+            (b"forwarded", b"for=[bad"),
+            (b"x-forwarded-network", b"net2"),
+            (b"traceparent", TP.encode()),
+            (b"Bad-Name", b"v"),
+            (b":path", b"/late"),
+            (b"x-tun", b"10.0.0.1:80"),
+        ]
+    ),
+    max_size=4,
+)
+
+
+@given(
+    st.sampled_from([b"CONNECT", b"POST", b"GET"]),
+    st.sampled_from([b"10.0.0.1:80", b"bad authority"]),
+    _OTHERS,
+    _TRACEPARENTS,
+    st.booleans(),
+)
+def test_remembered_requests_parse_like_the_full_check(
+    method: bytes, authority: bytes, others: list[tuple[bytes, bytes]], traceparent: str, strict: bool
+) -> None:
+    """Requests ending in a traceparent reuse the check of the rest: the same request or error as checking all."""
+    pseudo = [(b":method", method), (b":authority", authority)]
+    if method == b"POST":
+        pseudo += [(b":scheme", b"https"), (b":path", b"/")]
+    headers = [*pseudo, *others, (b"traceparent", traceparent.encode())]
+    for _ in range(2):  # the first call remembers, the second reuses
+        assert _remembered(headers, strict) == _outcome(headers, strict)
+
+
+def test_remembered_requests_differ_in_their_traceparent() -> None:
+    other = "00-1af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    head = [(b":method", b"CONNECT"), (b":authority", b"10.0.0.1:80")]
+    first = parse_tunnel_request([*head, (b"traceparent", TP.encode())])
+    second = parse_tunnel_request([*head, (b"traceparent", other.encode())])
+    assert first.traceparent == TraceParent.parse(TP) and second.traceparent == TraceParent.parse(other)
+    assert second.headers == (("traceparent", other),)
+    first.baggage["x"] = "y"  # type: ignore[index]  # a caller's change stays its own
+    assert parse_tunnel_request([*head, (b"traceparent", TP.encode())]).baggage == {}
