@@ -63,7 +63,8 @@ def _events(events: list[api.Event]) -> list[tuple[Any, ...]]:
 
 def _wire(data: bytes, decoder: hpack.Decoder) -> list[tuple[Any, ...]]:
     """Output as frames, header blocks decoded: the engines' encoders may choose different HPACK
-    representations (ours never indexes), and so split blocks into CONTINUATION frames at different places."""
+    representations (h2 indexes every field, ours not all), and so split blocks into CONTINUATION frames at
+    different places."""
     out: list[tuple[Any, ...]] = []
     pos = 0
     if data.startswith(PREFACE):

@@ -1,22 +1,28 @@
-"""Header blocks for the native engine: HPACK (RFC 7541) through the `hpack` library, and RFC 9113 §8.2-8.3 checks.
+"""HPACK (RFC 7541) for the native engine: our own encoder with a dynamic table, and a decoder over `hpack`'s table.
 
 The codec keeps one encoder and one decoder per connection with our limits (the decoder's header list limit is
 twice what we advertise, as the driver had it with h2: a request a little over the limit gets a 431 on its
 stream from the driver, only a grossly oversized block costs the connection). Decoding errors are connection
-errors as in h2: an oversized list is ENHANCE_YOUR_CALM, anything else PROTOCOL_ERROR.
+errors as in h2: an oversized list is ENHANCE_YOUR_CALM, anything else PROTOCOL_ERROR. What a received block may
+contain (RFC 9113 §8.2-8.3) is checked in `native_headers`.
 
-`check_received` applies the rules h2 applies to received blocks (the test oracle), in one pass with bytes methods
-instead of h2's chain of seven generators, two of which loop over every byte in Python (~13-20% of a tunnel's
-CPU in the churn profile): names without uppercase, controls, spaces or non-ASCII and with ':' only first; no NUL,
-CR or LF in values and no surrounding whitespace; no connection-specific fields, `te` only "trailers";
-pseudo-headers known, first, once, and right for the kind of block; `:authority`/`host` present and agreeing
-on requests; no empty `:path`. Cookie crumbs are joined into one field at the end, as h2 does.
+Which fields the encoder adds to the peer's dynamic table (the rule `docs/h2-engine.md` states for users):
+- never indexed (§6.2.3, so no intermediary indexes them either): `authorization`, `proxy-authorization`,
+  `cookie`, `set-cookie` (credentials: a dynamic table shared by requests lets a party that can add fields
+  guess them by the block's size, as CRIME did), and every `NeverIndexedHeaderTuple`;
+- literals without indexing: fields whose value is new on almost every request (the tracing ids `traceparent`,
+  `tracestate`, `x-request-id`, B3; and nghttp2's list, which Envoy uses: `grpc-timeout`, `content-length`,
+  dates, validators, `location`), and fields over a quarter of the table (one would evict most of what repeats);
+- indexed (§6.2.1) the second time they are sent, if no more than 64 other new fields came between: everything
+  else, pseudo-headers included (`:method CONNECT`, the `:authority` of a destination, a gRPC method's `:path`),
+  `baggage`, `content-type`, `te`, `user-agent`, ... A field sent once is a literal: a client that opens tunnels
+  to ever new destinations pays neither an insertion per tunnel nor the eviction of the fields that do repeat.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Any
+from collections import deque
+from collections.abc import Callable
 
 from hpack import HPACKError, NeverIndexedHeaderTuple
 from hpack.huffman import HuffmanEncoder
@@ -24,14 +30,9 @@ from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 from hpack.huffman_table import decode_huffman
 from hpack.table import HeaderTable
 
-from hbone.errors import H2ErrorCode, ProtocolError
+from hbone.errors import H2ErrorCode
 from hbone.net.h2.api import HeaderList
 from hbone.net.h2.native_frames import conn_error
-
-# Kinds of received header block (h2's HeaderValidationFlags, folded into one value).
-REQUEST = 0
-RESPONSE = 1  # final or informational response
-TRAILERS = 2
 
 # RFC 7541 Appendix A: the static table, by full field and by name (first index wins, as in hpack).
 _STATIC_FIELD: dict[tuple[bytes, bytes], int] = {}
@@ -41,74 +42,169 @@ for _i, _field in enumerate(HeaderTable.STATIC_TABLE, 1):
     _STATIC_NAME.setdefault(_field[0], _i)
 _STATIC = HeaderTable.STATIC_TABLE
 _MAX_TABLE = 4096  # the dynamic table size the peer may use (the protocol default; h2 allowed the same)
-_CACHE_LIMIT = 512  # encoded fields remembered per connection (the cache restarts when full)
+_ENCODER_TABLE = 4096  # the most our encoder keeps, whatever the peer allows: bounds our memory per connection
+_CACHE_LIMIT = 256  # encoded fields remembered per connection (the cache restarts when full) ...
+_CACHE_FIELD = 256  # ... each of at most this many bytes of name and value
+_SEEN_LIMIT = 64  # fields remembered as sent once (the set restarts when full): a field is indexed when it comes
+# back before 64 other new ones, so a stream of one-off values (say, 1,000 destinations in turn) costs neither
+# insertions nor the table's useful entries
+_NEVER_INDEXED = frozenset({b"authorization", b"proxy-authorization", b"cookie", b"set-cookie"})
+# Values new on every request (tracing ids): neither indexed nor cached.
+_UNIQUE_NAMES = frozenset(
+    {b"traceparent", b"tracestate", b"x-request-id", b"x-b3-traceid", b"x-b3-spanid", b"x-b3-parentspanid", b"b3"}
+)
+# Values that change often (nghttp2's list, which Envoy uses, plus the above): literals, cached when small.
+_NOT_INDEXED = frozenset(
+    {
+        *_UNIQUE_NAMES,
+        *(b"grpc-timeout", b"content-length", b"age", b"date", b"etag", b"last-modified", b"location"),
+        *(b"if-modified-since", b"if-none-match"),
+    }
+)
 _huffman = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH).encode
 
-_BAD_NAME = re.compile(rb"[\x00-\x20A-Z\x7f-\xff]").search
-_WS = (0x20, 0x09)
-_CONNECTION_HEADERS = frozenset({b"connection", b"proxy-connection", b"keep-alive", b"transfer-encoding", b"upgrade"})
-_PSEUDO = frozenset({b":method", b":scheme", b":authority", b":path", b":status", b":protocol"})
-_REQUEST_ONLY = frozenset({b":scheme", b":path", b":authority", b":method", b":protocol"})
 
+class Encoder:
+    """Our HPACK encoder: the static table, a dynamic table with the rule above, and a cache of encodings.
 
-class HeaderCodec:
-    """One connection's HPACK state: the `hpack` decoder (the peer's dynamic table) and our own encoder.
+    A field found whole in a table is one index (one byte for the static table and the newest 65 dynamic
+    entries); a field to index is a literal with incremental indexing, its name from a table when either has it.
+    The dynamic table is a FIFO of entries with absolute insertion numbers, plus dicts from field and from name to
+    the newest number, so a lookup is one dict access and an index is arithmetic (RFC 7541 §2.3.3: the newest
+    entry is 62). Its size never exceeds the smaller of the peer's SETTINGS_HEADER_TABLE_SIZE and our own limit;
+    a change is announced at the start of the next block (§4.2: the smallest size since the last block first, then
+    the final one).
 
-    The encoder never adds to the peer's dynamic table: a field is a static-table index when the table has it
-    whole, else a literal "without indexing" (RFC 7541 §6.2.2; never-indexed for `NeverIndexedHeaderTuple`s),
-    with the name from the static table when it is there. Because it keeps no state, each field's encoding is
-    computed once per connection and reused: a tunnel's blocks cost a dict lookup per field, where hpack's
-    encoder searched its tables, logged and updated the dynamic table for every field (~17% of a tunnel's CPU
-    per side). The cost is bytes on the wire: a repeated field is sent in full each time, not as a one-byte
-    dynamic-table index (a CONNECT request of ~120 bytes instead of ~30 after the first), which the loopback
-    and LAN hops HBONE runs on do not notice.
+    Every field's encoding is cached per connection, so a block whose fields were all seen costs one dict lookup
+    per field, where hpack searched its tables, logged and updated the dynamic table for every field (~17% of a
+    tunnel's CPU per side). An index is only valid until the next insertion, so the cached indexes are dropped at
+    every insertion (which happens only on a miss); tracing ids and big fields are not cached (their values do not
+    repeat). The cache matches fields by value: a `NeverIndexedHeaderTuple` equal to a field already sent on the
+    connection as a plain tuple gets that field's representation (never-indexed names are never indexed either
+    way; the driver's API makes plain tuples only).
     """
 
-    __slots__ = ("_cache", "_encoder_size", "_huffman", "_max_list", "_table", "_table_size")
+    __slots__ = (
+        "_cache",
+        "_entries",
+        "_fields",
+        "_huffman",
+        "_indexes",
+        "_inserted",
+        "_max",
+        "_names",
+        "_seen",
+        "_size",
+        "_update",
+    )
 
-    def __init__(self, max_header_list_size: int, huffman: bool) -> None:
-        self._table = HeaderTable()  # the peer's dynamic table, as its encoder builds it
-        self._max_list = max_header_list_size
+    def __init__(self, huffman: bool) -> None:
         self._huffman = huffman
         self._cache: dict[tuple[bytes, bytes], bytes] = {}
-        self._table_size: int | None = None  # a size update the next block must start with
-        self._encoder_size = _MAX_TABLE  # the dynamic table size the peer's decoder assumes we use
+        self._indexes: list[tuple[bytes, bytes]] = []  # cache keys whose encoding is a dynamic index
+        self._entries: deque[tuple[tuple[bytes, bytes], int]] = deque()  # (field, size), oldest first
+        self._fields: dict[tuple[bytes, bytes], int] = {}  # field -> newest insertion number
+        self._names: dict[bytes, int] = {}  # name -> newest insertion number
+        self._seen: set[tuple[bytes, bytes]] = set()  # indexable fields sent once as literals, lately
+        self._inserted = 0  # insertion numbers so far: the newest entry is number _inserted - 1
+        self._size = 0  # RFC 7541 §4.1: name + value + 32 per entry
+        self._max = _MAX_TABLE  # the table size the peer's decoder assumes (the protocol default at first)
+        self._update: int | None = None  # the smallest size since the last block, when one must be announced
 
     def encode(self, headers: HeaderList) -> bytes:
         cache = self._cache
-        if self._table_size is None:
+        if self._update is None:
             try:
                 return b"".join([cache[field] for field in headers])
             except KeyError:
                 pass
         parts = []
-        if self._table_size is not None:
-            parts.append(_integer(self._table_size, 5, 0x20))  # RFC 7541 §6.3
-            self._table_size = None
+        if self._update is not None:
+            parts.append(_integer(self._update, 5, 0x20))  # RFC 7541 §6.3
+            if self._update != self._max:
+                parts.append(_integer(self._max, 5, 0x20))
+            self._update = None
         for field in headers:
             encoded = cache.get(field)
-            if encoded is None:
-                encoded = self._field(field)
-                if field.__class__ is tuple:  # a NeverIndexedHeaderTuple compares equal to a plain tuple
-                    if len(cache) >= _CACHE_LIMIT:
-                        cache.clear()
-                    cache[field] = encoded
-            parts.append(encoded)
+            parts.append(self._field(field) if encoded is None else encoded)
         return b"".join(parts)
 
     def _field(self, field: tuple[bytes, bytes]) -> bytes:
         name, value = field
-        if getattr(field, "indexable", True):
-            index = _STATIC_FIELD.get((name, value))
-            if index is not None:
-                return _integer(index, 7, 0x80)  # RFC 7541 §6.1
+        if name in _NEVER_INDEXED or (field.__class__ is not tuple and not getattr(field, "indexable", True)):
+            first = 0x10  # never indexed (§6.2.3)
+        elif name in _NOT_INDEXED:
             first = 0x00  # literal without indexing (§6.2.2)
         else:
-            first = 0x10  # never indexed (§6.2.3)
+            index = _STATIC_FIELD.get(field)
+            if index is not None:
+                return self._remember(field, _integer(index, 7, 0x80), False)  # §6.1
+            number = self._fields.get(field)
+            if number is not None:
+                return self._remember(field, _integer(self._inserted + 61 - number, 7, 0x80), True)
+            size = len(name) + len(value) + 32
+            if size <= self._max >> 2:
+                seen = self._seen
+                if field in seen:  # its second time: worth an entry
+                    seen.discard(field)
+                    return self._insert(name, value, size)
+                if len(seen) >= _SEEN_LIMIT:
+                    seen.clear()
+                seen.add(field)
+                return self._literal(0x00, name, value)  # not cached, so that its next use comes back here
+            first = 0x00
+        encoded = self._literal(first, name, value)
+        if len(name) + len(value) > _CACHE_FIELD or name in _UNIQUE_NAMES:
+            return encoded
+        return self._remember(field, encoded, False)
+
+    def _literal(self, first: int, name: bytes, value: bytes) -> bytes:
+        """A literal without indexing or never indexed, its name from the static table when it is there."""
         index = _STATIC_NAME.get(name)
         if index is not None:
             return _integer(index, 4, first) + self._string(value)
         return bytes([first]) + self._string(name) + self._string(value)
+
+    def _remember(self, field: tuple[bytes, bytes], encoded: bytes, dynamic: bool) -> bytes:
+        cache = self._cache
+        if len(cache) >= _CACHE_LIMIT:
+            cache.clear()
+            self._indexes.clear()
+        cache[field] = encoded
+        if dynamic:
+            self._indexes.append(field)
+        return encoded
+
+    def _insert(self, name: bytes, value: bytes, size: int) -> bytes:
+        """A literal with incremental indexing (§6.2.1), and the entry added to our copy of the peer's table."""
+        index = _STATIC_NAME.get(name)
+        if index is None:
+            number = self._names.get(name)
+            index = None if number is None else self._inserted + 61 - number
+        head = bytes([0x40]) + self._string(name) if index is None else _integer(index, 6, 0x40)
+        encoded = head + self._string(value)
+        cache = self._cache
+        for key in self._indexes:  # every index moves up by one
+            cache.pop(key, None)
+        self._indexes.clear()
+        self._size += size
+        self._evict(self._max)  # the name referenced above may go too: the decoder reads it first (§4.4)
+        field = (name, value)
+        self._entries.append((field, size))
+        self._fields[field] = self._names[name] = self._inserted
+        self._inserted += 1
+        return encoded
+
+    def _evict(self, limit: int) -> None:
+        entries = self._entries
+        while self._size > limit:
+            number = self._inserted - len(entries)
+            field, size = entries.popleft()
+            self._size -= size
+            if self._fields.get(field) == number:
+                del self._fields[field]
+            if self._names.get(field[0]) == number:
+                del self._names[field[0]]
 
     def _string(self, data: bytes) -> bytes:
         """RFC 7541 §5.2: Huffman-coded when the connection asks for it and that is shorter."""
@@ -117,6 +213,40 @@ class HeaderCodec:
             if len(coded) < len(data):
                 return _integer(len(coded), 7, 0x80) + coded
         return _integer(len(data), 7, 0x00) + data
+
+    def dynamic_table(self) -> tuple[list[tuple[bytes, bytes]], int, int]:
+        """The peer's dynamic table as this encoder models it (newest first), its size and maximum (for tests)."""
+        return [field for field, _ in reversed(self._entries)], self._size, self._max
+
+    def set_table_size(self, size: int) -> None:
+        """The peer's SETTINGS_HEADER_TABLE_SIZE: our table shrinks at once (entries are evicted, the next block
+        announces it, RFC 7541 §4.2); a raised size is used up to our own limit, also announced."""
+        size = min(size, _ENCODER_TABLE)
+        if size == self._max:
+            return
+        self._update = size if self._update is None else min(self._update, size)
+        self._max = size
+        self._evict(size)
+        self._cache.clear()  # indexes of evicted entries, and literals sent unindexed for the old size (rare)
+        self._indexes.clear()
+
+
+class HeaderCodec:
+    """One connection's HPACK state: our `Encoder` and the decoder (the peer's dynamic table in `hpack`'s class)."""
+
+    __slots__ = ("_max_list", "_table", "encode", "encoder")
+
+    encode: Callable[[HeaderList], bytes]
+
+    def __init__(self, max_header_list_size: int, huffman: bool) -> None:
+        self._table = HeaderTable()  # the peer's dynamic table, as its encoder builds it
+        self._max_list = max_header_list_size
+        self.encoder = Encoder(huffman)
+        self.encode = self.encoder.encode  # the hot call, bound once
+
+    def set_encoder_table_size(self, size: int) -> None:
+        """The peer's SETTINGS_HEADER_TABLE_SIZE (for our encoder)."""
+        self.encoder.set_table_size(size)
 
     def decode(self, block: bytes | memoryview) -> HeaderList:
         """RFC 7541 §6 on one header block, into the peer's dynamic table (`hpack`'s `HeaderTable`).
@@ -172,14 +302,6 @@ class HeaderCodec:
         name: bytes = (_STATIC[index - 1] if index <= 61 else self._table.get_by_index(index))[0]
         return name
 
-    def set_encoder_table_size(self, size: int) -> None:
-        """The peer's SETTINGS_HEADER_TABLE_SIZE. Our encoder uses no dynamic table, but a maximum lowered below
-        the size the peer's decoder assumes must be announced at the start of the next block (RFC 7541 §4.2);
-        a raised or unchanged one needs nothing (hpack's encoder does the same)."""
-        if size < self._encoder_size:
-            self._encoder_size = size
-            self._table_size = size
-
 
 def _integer_at(data: bytes, pos: int, prefix: int) -> tuple[int, int]:
     """RFC 7541 §5.1: the integer at `pos` with a `prefix`-bit prefix, and where it ends (at most 5 bytes)."""
@@ -225,100 +347,3 @@ def _integer(value: int, prefix: int, first: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
-
-
-def _bad(message: str) -> ProtocolError:
-    return conn_error(H2ErrorCode.PROTOCOL_ERROR, message)
-
-
-def is_informational(headers: HeaderList) -> bool:
-    """A `:status` of 1xx among the leading pseudo-headers (h2 stops looking at the first regular field)."""
-    for name, value in headers:
-        if not name.startswith(b":"):
-            return False
-        if name == b":status":
-            return value.startswith(b"1")
-    return False
-
-
-def check_received(headers: HeaderList, kind: int) -> HeaderList:
-    """The block as the application gets it (cookies joined), or a PROTOCOL_ERROR connection error."""
-    cookies: list[bytes] = []
-    out: HeaderList = []
-    seen: set[bytes] = set()
-    regular = False
-    method = authority = host = None
-    for header in headers:
-        name, value = header
-        if not name:
-            raise _bad("empty header name")
-        if _BAD_NAME(name) is not None or name.find(b":", 1) != -1:
-            raise _bad(f"illegal header name {name!r}")
-        # Bytes as ints (NUL, LF, CR): `b"\x00" in value` first tries the byte as an index, raises and clears a
-        # TypeError (~0.8 us a test, nine a CONNECT request); an int goes straight to memchr.
-        if value and (0 in value or 10 in value or 13 in value):
-            raise _bad(f"illegal value of header {name!r}")
-        if name == b"cookie":  # h2 moves the crumbs to the end, joined, before it checks anything else
-            cookies.append(value)
-            continue
-        if value and (value[0] in _WS or value[-1] in _WS):
-            raise _bad(f"whitespace around the value of header {name!r}")
-        if name[0] == 0x3A:  # ':'
-            if name in seen or regular or name not in _PSEUDO:
-                raise _bad(f"pseudo-header {name!r} duplicated, out of sequence or unknown")
-            seen.add(name)
-            if name == b":method":
-                method = value
-            elif name == b":authority":
-                authority = value
-            elif name == b":path" and not value and kind == REQUEST:
-                raise _bad("empty :path")
-        else:
-            regular = True
-            if name in _CONNECTION_HEADERS:
-                raise _bad(f"connection-specific header {name!r}")
-            if name == b"te" and value.lower() != b"trailers":
-                raise _bad(f"te: {value!r}")
-            if name == b"host":
-                if host is not None and kind == REQUEST:
-                    raise _bad("several host headers")
-                host = value
-        out.append(header)
-    _check_pseudo(seen, method, kind)
-    if kind == REQUEST:
-        if authority is None and host is None:
-            raise _bad("request without :authority or host")
-        if authority is not None and host is not None and authority != host:
-            raise _bad(":authority and host differ")
-    if cookies:
-        joined = b"; ".join(cookies)
-        if joined and (joined[0] in _WS or joined[-1] in _WS):
-            raise _bad("whitespace around the value of header b'cookie'")
-        out.append(NeverIndexedHeaderTuple(b"cookie", joined))
-    return out
-
-
-def _check_pseudo(seen: set[bytes], method: Any, kind: int) -> None:
-    if kind == TRAILERS:
-        if seen:
-            raise _bad("pseudo-header in trailers")
-        return
-    if kind == RESPONSE:
-        if b":status" not in seen or seen & _REQUEST_ONLY:
-            raise _bad("response without :status or with request pseudo-headers")
-        return
-    if b":method" not in seen or b":status" in seen:
-        raise _bad("request without :method or with :status")
-    connect = method == b"CONNECT"
-    if connect and b":protocol" not in seen:
-        if b":scheme" in seen or b":path" in seen:
-            raise _bad("CONNECT with :scheme or :path")
-    elif b":scheme" not in seen or b":path" not in seen:
-        raise _bad("request without :scheme or :path")
-    if not connect and b":protocol" in seen:
-        raise _bad(":protocol outside CONNECT")
-
-
-def header_list_size(headers: HeaderList) -> int:
-    """RFC 9113 §6.5.2: the sum of name + value + 32 over the fields."""
-    return sum(len(n) + len(v) + 32 for n, v in headers)
