@@ -120,6 +120,17 @@ async def wait_for_log(peer: ProcessPeer, text: str, count: int) -> None:
             await asyncio.sleep(0.05)
 
 
+async def connect_captured(ns: str, host: str, port: int, capture: ProcessPeer) -> None:
+    """Run the unmodified client in the namespace against host:port; it must get its bytes echoed back."""
+    proc = await asyncio.create_subprocess_exec(
+        "ip", "netns", "exec", ns, sys.executable, "-c", CLIENT, host, str(port),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), IO)
+    assert proc.returncode == 0, err.decode() + capture.log_tail()
+    assert out.decode() == f"captured {host}"
+
+
 async def test_redirect_capture_in_netns_v4_and_v6(netns: tuple[str, str, str], tmp_path: Path) -> None:
     ns, v4h, v6h = netns
     ca = TestCA()
@@ -163,13 +174,7 @@ async def test_redirect_capture_in_netns_v4_and_v6(netns: tuple[str, str, str], 
             async with ProcessPeer(cmd, name="capture") as capture:
                 await wait_for_log(capture, "redirect listening", 2)
                 for host in (v4h, v6h):
-                    proc = await asyncio.create_subprocess_exec(
-                        "ip", "netns", "exec", ns, sys.executable, "-c", CLIENT, host, str(eport),
-                        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                    )  # fmt: skip
-                    out, err = await asyncio.wait_for(proc.communicate(), IO)
-                    assert proc.returncode == 0, err.decode() + capture.log_tail()
-                    assert out.decode() == f"captured {host}"
+                    await connect_captured(ns, host, eport, capture)
             # Both connections came from the HBONE server on the host, never from the namespace's addresses.
             assert seen == [v4h, v6h]
             assert node.inbound.total == 2
@@ -191,13 +196,7 @@ async def test_direct_capture_does_not_capture_its_own_dials_again(netns: tuple[
         cli = [sys.executable, "-m", "hbone.cli", "capture", "redirect", "--listen", "127.0.0.1:15001", "--direct"]
         async with ProcessPeer(["ip", "netns", "exec", ns, *cli, *NO_ADMIN], name="capture") as capture:
             await wait_for_log(capture, "redirect listening", 1)
-            proc = await asyncio.create_subprocess_exec(
-                "ip", "netns", "exec", ns, sys.executable, "-c", CLIENT, v4h, str(eport),
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            )  # fmt: skip
-            out, err = await asyncio.wait_for(proc.communicate(), IO)
-            assert proc.returncode == 0, err.decode() + capture.log_tail()
-            assert out.decode() == f"captured {v4h}"
+            await connect_captured(ns, v4h, eport, capture)
             assert capture.log_path.read_text(errors="replace").count('"outbound-capture"') <= 1, capture.log_tail()
         assert len(seen) == 1 and seen[0] != v4h  # one connection, straight from the namespace
     finally:
