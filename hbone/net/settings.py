@@ -21,7 +21,7 @@ _MAX_FRAME = 16_777_215
 _MAX_WINDOW = 2**31 - 1
 
 #: The values of `H2Settings.engine`.
-ENGINES = ("h2", "native")
+ENGINES = ("h2", "h2-stock", "native")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +91,10 @@ class H2Settings:
     #: timeout is 1 h too; ztunnel keeps idle inbound connections until the client drops them.
     idle_timeout: float | None = 3600.0
     #: The sans-IO HTTP/2 engine under the driver (`hbone.net.h2.new_engine`, docs/h2-engine.md): "native" (our
-    #: own frame layer for the HBONE/gRPC profile; 2.5x less server CPU per tunnel in the driver alone) or "h2"
-    #: (the h2 library with our tuned fast paths, the native engine's test oracle).
+    #: own frame layer for the HBONE/gRPC profile; 2.5x less server CPU per tunnel in the driver alone), "h2"
+    #: (the h2 library with our tuned fast paths, the native engine's test oracle) or "h2-stock" (the same with
+    #: its DATA and credit fast paths off: h2's own per-frame code, the baseline `tools/bench/h2_micro.py`
+    #: measures those fast paths against).
     engine: str = "native"
 
     def __post_init__(self) -> None:

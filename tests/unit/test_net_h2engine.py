@@ -23,7 +23,7 @@ from hbone.net.settings import H2Settings, KiB, MiB
 EngineMaker = Callable[[bool, H2Settings], Engine]
 ENGINES: dict[str, EngineMaker] = {
     name: lambda client, settings, name=name: new_engine(client=client, settings=settings.replace(engine=name))
-    for name in ("h2", "native")
+    for name in ("h2", "h2-stock", "native")
 }
 REQUEST = [(b":method", b"CONNECT"), (b":authority", b"10.0.0.1:80")]
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -100,6 +100,18 @@ def test_request_response_data_and_end_both_ways(make: EngineMaker) -> None:
     assert kinds(events) == ["DataReceived", "StreamEnded"]
     data = events[0]
     assert isinstance(data, api.DataReceived) and data.data == b"x" * 100 and data.flow == 100
+
+
+def test_h2_stock_takes_h2s_per_frame_data_path() -> None:
+    """Engine "h2-stock" (the baseline of tools/bench/h2_micro.py) has the DATA fast path off: consecutive DATA
+    frames of one read are one event each, where the fast path joins them into one."""
+    got = {}
+    for name in ("h2", "h2-stock"):
+        server, client = server_with_stream(ENGINES[name])
+        for _ in range(3):
+            client.send_data(1, b"x" * 10)
+        got[name] = kinds(from_stock(client, server))
+    assert got == {"h2": ["DataReceived"], "h2-stock": ["DataReceived"] * 3}
 
 
 def test_padding_counts_in_flow_and_trailers_arrive(make: EngineMaker) -> None:

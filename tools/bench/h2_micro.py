@@ -10,9 +10,11 @@ driver's own CPU per GB and are far steadier on a shared machine than the multi-
   a TLS transport hands over; a consumer takes every chunk by callback and credits it, like `hbone serve`'s pipe.
 - send: a client stream writes 64 KiB chunks to a transport that takes everything.
 
-Each is run with the fast paths (as shipped) and with them switched off on that connection (h2's per-frame
-receive path and credit bookkeeping; h2's `send_data`), alternately, `--repeats` times; the ratio is baseline
-CPU ÷ fast-path CPU. The other h2 shims (quiet reprs, zero-copy frame buffer, eager credit) stay on in both.
+Each is run on the h2 engine with the fast paths (as shipped, `H2Settings.engine` "h2") and without them
+("h2-stock": h2's per-frame receive path and credit bookkeeping, h2's `send_data`), alternately, `--repeats`
+times; the ratio is baseline CPU ÷ fast-path CPU. The other h2 shims (quiet reprs, zero-copy frame buffer, eager
+credit) stay on in both. Only public API is used: the engine is chosen by its setting, the connection is driven
+through its asyncio protocol methods.
 
 `--engines` compares the two sans-IO engines under the same driver instead (`H2Settings.engine` "h2" against
 "native", fast paths on in both), alternately, on receive, send and a third case:
@@ -115,7 +117,7 @@ def _peer_client() -> h2.connection.H2Connection:
 
 
 async def receive(total: int, fast: bool, engine: str = "h2") -> float:
-    """CPU seconds per GB for the server side of one stream receiving `total` bytes."""
+    """CPU seconds per GB for the server side of one stream receiving `total` bytes (`fast` False: "h2-stock")."""
     sinks: list[_Sink] = []
 
     async def handler(stream: Stream) -> None:
@@ -125,15 +127,12 @@ async def receive(total: int, fast: bool, engine: str = "h2") -> float:
         stream.attach(sink)
         await asyncio.Event().wait()
 
-    conn = H2Connection(client=False, handler=handler, settings=H2Settings.server(engine=engine))
-    conn.connection_made(_Transport())  # type: ignore[arg-type]
-    if not fast:  # h2's per-frame receive path and h2's credit bookkeeping
-        h2c = conn._engine._h2  # type: ignore[attr-defined]  # the h2 engine's tuned connection
-        h2c.incoming_buffer.plain_data = False
-        stock_ack = h2.connection.H2Connection.acknowledge_received_data
-        h2c.acknowledge_received_data = lambda size, sid: stock_ack(h2c, size, sid)  # type: ignore[method-assign]
+    settings = H2Settings.server(engine=engine if fast else "h2-stock")
+    conn = H2Connection(client=False, handler=handler, settings=settings)
+    transport = _Transport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
     peer = _peer_client()
-    peer.receive_data(bytes(conn._transport.head))  # type: ignore[union-attr]
+    peer.receive_data(bytes(transport.head))
     peer.send_headers(1, [(n.encode(), v.encode()) for n, v in CONNECT])
     _feed(conn, memoryview(bytes(peer.data_to_send())))
     await asyncio.sleep(0)  # the handler answers and attaches its sink
@@ -150,13 +149,13 @@ async def receive(total: int, fast: bool, engine: str = "h2") -> float:
         _feed(conn, block)
     cpu = time.process_time() - cpu
     assert sinks and sinks[0].got == reps * 16 * FRAME, "the sink did not get every byte"
-    conn._transport = None
+    conn.connection_lost(None)
     return cpu / (reps * 16 * FRAME / 1e9)
 
 
 async def send(total: int, fast: bool, engine: str = "h2") -> float:
-    """CPU seconds per GB for one client stream writing `total` bytes in 64 KiB chunks."""
-    conn = H2Connection(client=True, settings=H2Settings.client(engine=engine))
+    """CPU seconds per GB for one client stream writing `total` bytes in 64 KiB chunks (`fast` False: "h2-stock")."""
+    conn = H2Connection(client=True, settings=H2Settings.client(engine=engine if fast else "h2-stock"))
     transport = _Transport()
     conn.connection_made(transport)  # type: ignore[arg-type]
     peer = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
@@ -166,9 +165,6 @@ async def send(total: int, fast: bool, engine: str = "h2") -> float:
     peer.increment_flow_control_window((1 << 31) - 1 - 65_535)
     peer.receive_data(bytes(transport.head))
     _feed(conn, memoryview(bytes(peer.data_to_send())))
-    if not fast:  # h2's own send_data for every frame
-        h2c = conn._engine._h2  # type: ignore[attr-defined]  # the h2 engine's tuned connection
-        h2c.send_plain_data = lambda sid, pieces, size: h2c.send_data(sid, b"".join(pieces))  # type: ignore[method-assign]
     stream = await conn.open_stream(CONNECT)
     payload = bytes(range(256)) * (CHUNK // 256)
     reps = max(1, total // CHUNK)
@@ -218,7 +214,7 @@ async def churn(tunnels: int, engine: str) -> float:
         _feed(conn, memoryview(batch))
         await batch_done.wait()
     cpu = time.process_time() - cpu
-    conn._transport = None
+    conn.connection_lost(None)
     return cpu / done * 1e6
 
 

@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 
 def new_engine(*, client: bool, settings: H2Settings) -> Engine:
     """The HTTP/2 engine for one connection, as `settings.engine` says: "h2" (h2 with our tuned fast paths,
-    `hbone.net.h2.engine`) or "native" (our own frame layer, `hbone.net.h2.native_conn`)."""
+    `hbone.net.h2.engine`; "h2-stock": without its DATA and credit fast paths) or "native" (our own frame layer,
+    `hbone.net.h2.native_conn`)."""
     # Imported when first needed: nothing heavy at package import.
     if settings.engine == "native":
         from hbone.net.h2.native_conn import NativeEngine

@@ -2,7 +2,8 @@
 
 h2 is used through this class only: it applies our SETTINGS, turns h2's events into `api` events (one small object
 each; the DATA fast path's joined runs stay one event) and h2's exceptions into `hbone.errors`. Everything the
-fast paths and the tuned classes do is described in `hbone.net.h2.tuning`.
+fast paths and the tuned classes do is described in `hbone.net.h2.tuning`. Engine "h2-stock" is the same class
+with the DATA and credit fast paths off (`_StockDataH2Connection`): the baseline they are measured against.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import h2.connection
 import h2.events as ev
 import h2.exceptions as h2x
 from h2.settings import SettingCodes, Settings
@@ -66,6 +68,21 @@ class _EngineH2Connection(TunedH2Connection):
     data_event = DataReceived
 
 
+class _StockDataH2Connection(_EngineH2Connection):
+    """h2's own per-frame code for received DATA, credit and sent DATA (engine "h2-stock"): every other tuning
+    stays, so a benchmark of the two engines measures exactly the DATA fast paths (`tools/bench/h2_micro.py`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.incoming_buffer.plain_data = False  # DATA frames reach h2's frame dispatch like every other frame
+
+    def acknowledge_received_data(self, acknowledged_size: int, stream_id: int) -> None:
+        h2.connection.H2Connection.acknowledge_received_data(self, acknowledged_size, stream_id)
+
+    def send_plain_data(self, stream_id: int, pieces: list[bytes | memoryview], size: int) -> None:
+        self.send_data(stream_id, b"".join(pieces))
+
+
 class H2Engine:
     """One connection's HTTP/2 state on h2 (sans-IO; see `Engine` for the contract of every method)."""
 
@@ -73,7 +90,8 @@ class H2Engine:
 
     def __init__(self, *, client: bool, settings: H2Settings) -> None:
         self._settings = settings
-        self._h2: TunedH2Connection = make_h2(client=client, settings=settings, cls=_EngineH2Connection)
+        cls = _StockDataH2Connection if settings.engine == "h2-stock" else _EngineH2Connection
+        self._h2: TunedH2Connection = make_h2(client=client, settings=settings, cls=cls)
         self._seen_settings = False
 
     def start(self) -> None:
