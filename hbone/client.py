@@ -26,7 +26,7 @@ from hbone.net.tlsstream import ByteStream, TlsStream
 from hbone.tls import MeshTls, check_server_in_trust_domain, check_server_peer
 from hbone.wire.authority import Authority, parse_authority
 from hbone.wire.baggage import PeerMetadata
-from hbone.wire.tracecontext import TraceParent
+from hbone.wire.tracecontext import TraceParent, random_traceparent
 from hbone.wire.tunnel_request import (
     TunnelMode,
     cached_authority,
@@ -39,6 +39,7 @@ _MAX_ERROR_BODY = 1024
 #: POST-mode paths (the Go project's era-A names): the stream carries plain TCP bytes, or mTLS end to end.
 PLAIN_POST_PATH = "/_hbone/tcp"
 INNER_MTLS_PATH = "/_hbone/mtls"
+_SOME_TRACE = TraceParent("0" * 31 + "1", "0" * 15 + "1")  # stands in for the fresh one while headers are built
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +138,8 @@ class HboneClient:
         # Per live connection, forgotten with it (an id()-keyed dict grew by one entry per connection ever made).
         self._peers: weakref.WeakKeyDictionary[object, SpiffeId | None] = weakref.WeakKeyDictionary()
         self._keys: dict[Endpoint, tuple[object, PoolKey]] = {}
+        # The last request's inputs and its headers before and after the traceparent (`_request`).
+        self._memo: tuple[tuple[object, ...], list[tuple[str, str]], list[tuple[str, str]]] | None = None
 
     @property
     def identity(self) -> SpiffeId | None:
@@ -221,25 +224,7 @@ class HboneClient:
     ) -> Tunnel:
         """Open a tunnel to `target` (ip:port or host:port) through the HBONE server at `endpoint`."""
         tgt = target if isinstance(target, Authority) else cached_authority(target)
-        if endpoint.mode is TunnelMode.POST:
-            headers = post_request(
-                tgt,
-                endpoint.proxy_authority or f"{endpoint.host}:{endpoint.port}",
-                INNER_MTLS_PATH if endpoint.inner_tls else PLAIN_POST_PATH,
-                baggage=self.metadata,
-                forwarded_for=forwarded_for,
-                traceparent=TraceParent.generate(),
-                extra=extra_headers,
-            )
-        else:
-            headers = connect_request(
-                tgt,
-                baggage=self.metadata,
-                forwarded_for=forwarded_for,
-                forwarded_host=forwarded_host,
-                traceparent=TraceParent.generate(),
-                extra=extra_headers,
-            )
+        headers = self._request(tgt, endpoint, forwarded_for, forwarded_host, extra_headers)
         key = self._key(endpoint)
         conn = await self.pool.connection(key)
         stream = await conn.open_stream(headers)
@@ -258,6 +243,35 @@ class HboneClient:
             with contextlib.suppress(HboneError):
                 stream.reset()
             raise
+
+    def _request(
+        self,
+        tgt: Authority,
+        endpoint: Endpoint,
+        forwarded_for: str | None,
+        forwarded_host: str | None,
+        extra: Sequence[tuple[str, str]],
+    ) -> list[tuple[str, str]]:
+        """The request headers with a fresh traceparent. Everything else is built once for as long as the caller
+        asks with the same values (hbone forward: one target, one endpoint): building and checking them was ~4%
+        of `hbone forward`'s Python per tunnel."""
+        inputs = (tgt, endpoint, forwarded_for, forwarded_host, extra, self.metadata)
+        memo = self._memo
+        if memo is None or memo[0] != inputs or not isinstance(extra, tuple):
+            if endpoint.mode is TunnelMode.POST:
+                path = INNER_MTLS_PATH if endpoint.inner_tls else PLAIN_POST_PATH
+                built = post_request(
+                    tgt, endpoint.proxy_authority or f"{endpoint.host}:{endpoint.port}", path, baggage=self.metadata,
+                    forwarded_for=forwarded_for, traceparent=_SOME_TRACE, extra=extra,
+                )  # fmt: skip
+            else:
+                built = connect_request(
+                    tgt, baggage=self.metadata, forwarded_for=forwarded_for, forwarded_host=forwarded_host,
+                    traceparent=_SOME_TRACE, extra=extra,
+                )  # fmt: skip
+            at = built.index(("traceparent", str(_SOME_TRACE)))
+            memo = self._memo = (inputs, built[:at], built[at + 1 :])
+        return [*memo[1], ("traceparent", random_traceparent()), *memo[2]]
 
     async def _inner_tls(self, tunnel: Tunnel, endpoint: Endpoint) -> None:
         if self.tls is None:

@@ -74,6 +74,16 @@ class TraceParent:
         return f"00-{self.trace_id}-{self.parent_id}-{self.flags:02x}"
 
 
+def random_traceparent(*, sampled: bool = True) -> str:
+    """`str(TraceParent.generate(sampled=sampled))` without the object: fresh random ids are valid hex by
+    construction, so the field checks of `TraceParent` (a regex each) would only repeat themselves."""
+    while True:
+        raw = os.urandom(24)
+        if any(raw[:16]) and any(raw[16:]):
+            ids = raw.hex()
+            return f"00-{ids[:32]}-{ids[32:]}-{'01' if sampled else '00'}"
+
+
 def _check_id(value: str, length: int, name: str) -> None:
     if len(value) != length or not _HEX.match(value):
         raise InvalidTraceParent(f"traceparent {name} {value[:40]!r} must be {length} lowercase hex digits")

@@ -15,7 +15,7 @@ from hbone.wire.baggage import (
     encode_baggage,
 )
 from hbone.wire.forwarded import InvalidForwarded, forwarded_value, parse_forwarded
-from hbone.wire.tracecontext import InvalidTraceParent, TraceParent
+from hbone.wire.tracecontext import InvalidTraceParent, TraceParent, random_traceparent
 
 # --- baggage ------------------------------------------------------------------------------------------------------
 
@@ -113,6 +113,13 @@ def test_traceparent_generate_and_parse() -> None:
     child = tp.child()
     assert child.trace_id == tp.trace_id and child.parent_id != tp.parent_id
     assert not TraceParent.generate(sampled=False).sampled
+
+
+def test_random_traceparent_text_is_a_fresh_valid_traceparent() -> None:
+    first, second = random_traceparent(), random_traceparent()
+    assert TraceParent.parse(first).sampled and first != second
+    assert str(TraceParent.parse(first)) == first
+    assert not TraceParent.parse(random_traceparent(sampled=False)).sampled
 
 
 @pytest.mark.parametrize(
