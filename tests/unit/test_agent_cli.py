@@ -12,6 +12,7 @@ from microxds.agent import Forward
 from microxds.commands.agent import config_from_args, config_from_dict, config_from_yaml, duration, register
 from microxds.errors import ConfigError
 from microxds.sources.files import FileSource
+from tests.configfiles import load_error
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -76,25 +77,26 @@ def test_missing_workloads_or_certs_are_errors() -> None:
     assert duration("90") == dt.timedelta(seconds=90) and duration("2m") == dt.timedelta(minutes=2)
 
 
+def agent_error(path: Path, text: str) -> str:
+    """The error loading `text` as an agent config file raises (microxds' own ConfigError)."""
+    return load_error(config_from_yaml, path, text, ConfigError)
+
+
 def test_config_file_errors_name_the_line(tmp_path: Path) -> None:
     path = tmp_path / "agent.yml"
-    path.write_text("xds_address: a:1\n\ncert_ttl: 1y\n")
-    with pytest.raises(ConfigError) as info:
-        config_from_yaml(path)
-    assert str(info.value).startswith(f"{path}:3: cert_ttl: invalid duration '1y'")
-    path.write_text("xds_address: a:1\nnode:\n  pod_nmae: x\n")
-    with pytest.raises(ConfigError) as info:
-        config_from_yaml(path)
-    assert str(info.value) == f"{path}:3: node: unknown key 'pod_nmae' (did you mean 'pod_name'?)"
+    assert agent_error(path, "xds_address: a:1\n\ncert_ttl: 1y\n").startswith(
+        f"{path}:3: cert_ttl: invalid duration '1y'"
+    )
+    assert agent_error(path, "xds_address: a:1\nnode:\n  pod_nmae: x\n") == (
+        f"{path}:3: node: unknown key 'pod_nmae' (did you mean 'pod_name'?)"
+    )
 
 
 def test_addresses_are_checked_at_load(tmp_path: Path) -> None:
     path = tmp_path / "agent.yml"
-    path.write_text("xds_address: a:1,b\nworkloads: [ns/a]\n")
-    with pytest.raises(ConfigError) as info:
-        config_from_yaml(path)
-    assert str(info.value) == f"{path}:1: xds_address: authority 'b' has no port; expected host:port"
-    path.write_text("xds_address: a:1\nforwards:\n  - {listen: ':9080', target: echo}\n")
-    with pytest.raises(ConfigError) as info:
-        config_from_yaml(path)
-    assert str(info.value) == f"{path}:3: forwards[0].target: authority 'echo' has no port; expected host:port"
+    assert agent_error(path, "xds_address: a:1,b\nworkloads: [ns/a]\n") == (
+        f"{path}:1: xds_address: authority 'b' has no port; expected host:port"
+    )
+    assert agent_error(path, "xds_address: a:1\nforwards:\n  - {listen: ':9080', target: echo}\n") == (
+        f"{path}:3: forwards[0].target: authority 'echo' has no port; expected host:port"
+    )

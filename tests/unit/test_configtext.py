@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +24,7 @@ from hbone.configtext import (
 )
 from hbone.errors import ConfigError
 from hbone.safeyaml import YamlLines
-
-
-def load_error(load: Callable[[Path], object], path: Path, text: str) -> str:
-    """Write `text` to `path`, load it, and return the one-line ConfigError the loader must raise."""
-    path.write_text(text)
-    with pytest.raises(ConfigError) as info:
-        load(path)
-    return str(info.value)
+from tests.configfiles import load_error
 
 
 @pytest.mark.parametrize(
@@ -221,10 +213,8 @@ def test_frontends_config_errors_have_file_line(tmp_path: Path) -> None:
     assert load_error(load_frontends_config, path, text) == (
         f"{path}:5: listeners[1].target: authority 'db' has no port; expected host:port"
     )
-    path.write_text("listeners:\n  - type: http-connect\n    usres: {a: b}\n")
-    with pytest.raises(ConfigError) as info:
-        load_frontends_config(path)
-    assert str(info.value) == (
+    text = "listeners:\n  - type: http-connect\n    usres: {a: b}\n"
+    assert load_error(load_frontends_config, path, text) == (
         f"{path}:3: listeners[0]: unknown key 'usres' (did you mean 'users'?) for listener type http-connect"
     )
 
