@@ -17,6 +17,42 @@ from tools.localmesh import ISTIOD_ID, LocalMesh
 
 pytestmark = pytest.mark.timeout(120)  # three bounded waits of up to 30 s each, on a loaded machine
 ROOT = str(Path(__file__).resolve().parents[2])
+NODE_ID = "spiffe://cluster.local/ns/istio-system/sa/ztunnel"
+
+
+def agent_yaml(mesh: LocalMesh, path: Path, name: str, xds_port: int, **extra: object) -> Path:
+    """The config file a user writes for an agent serving `default/<name>` with the mesh's node certificate."""
+    path.write_text(yaml.safe_dump({
+        "xds_address": f"127.0.0.1:{xds_port}",
+        "certs": str(mesh.write_certs("node-cli", NODE_ID)),
+        "control_plane_identities": [ISTIOD_ID],
+        "workloads": [f"default/{name}"],
+        "hbone_port": mesh.hbone_port,
+        "node": {"instance_ip": mesh.ip(name), "pod_name": f"ztunnel-{name}"},
+        **extra,
+    }))  # fmt: skip
+    return path
+
+
+async def start_agent(config: Path, *flags: str) -> asyncio.subprocess.Process:
+    """`microxds agent --config <config> <flags>` as a child process, its output piped."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "microxds.cli", "agent", "--config", str(config), *flags,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": ROOT},
+    )  # fmt: skip
+
+
+async def output_matches(proc: asyncio.subprocess.Process, pattern: str, count: int) -> list[re.Match[str]]:
+    """The first `count` matches of `pattern` in the agent's output lines (each line within 30 s; its stderr if it
+    exits first)."""
+    assert proc.stdout is not None
+    found: list[re.Match[str]] = []
+    while len(found) < count:
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        assert line, (await proc.stderr.read()).decode() if proc.stderr else "agent exited"
+        if m := re.search(pattern, line):
+            found.append(m)
+    return found
 
 
 async def test_agent_process_forwards_through_the_mesh(tmp_path: Path) -> None:
@@ -25,30 +61,12 @@ async def test_agent_process_forwards_through_the_mesh(tmp_path: Path) -> None:
     try:
         await mesh.start_app("bob")
         await mesh.start_agent("bob")
-        config = tmp_path / "alice.yaml"
-        config.write_text(yaml.safe_dump({
-            "xds_address": f"127.0.0.1:{mesh.xds_port}",
-            "certs": str(mesh.write_certs("node-cli", "spiffe://cluster.local/ns/istio-system/sa/ztunnel")),
-            "control_plane_identities": [ISTIOD_ID],
-            "workloads": ["default/alice"],
-            "hbone_port": mesh.hbone_port,
-            "forwards": [{"listen": f"{mesh.ip('alice')}:0", "target": "bob.default.svc.cluster.local:80"}],
-            "node": {"instance_ip": mesh.ip("alice"), "pod_name": "ztunnel-alice"},
-        }))  # fmt: skip
-        env = {**os.environ, "PYTHONPATH": ROOT}
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "microxds.cli", "agent", "--config", str(config),
-            "--admin", "off", "--metrics", "off", "--readiness", "off",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
-        )  # fmt: skip
+        forwards = [{"listen": f"{mesh.ip('alice')}:0", "target": "bob.default.svc.cluster.local:80"}]
+        config = agent_yaml(mesh, tmp_path / "alice.yaml", "alice", mesh.xds_port, forwards=forwards)
+        proc = await start_agent(config, "--admin", "off", "--metrics", "off", "--readiness", "off")
         try:
-            assert proc.stdout is not None
-            port = 0
-            while not port:
-                line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-                assert line, (await proc.stderr.read()).decode() if proc.stderr else "agent exited"
-                if m := re.search(r"forward \S+:(\d+) -> ", line):
-                    port = int(m.group(1))
+            (forward,) = await output_matches(proc, r"forward \S+:(\d+) -> ", 1)
+            port = int(forward.group(1))
             reader, writer = await asyncio.open_connection(mesh.ip("alice"), port)
             writer.write(b"from the cli agent")
             writer.write_eof()
@@ -75,28 +93,11 @@ async def test_agent_readiness_waits_for_xds_then_admin_shows_its_state(tmp_path
     serves; then the config dump has the mesh state and xDS versions, and the metrics the xDS counters."""
     mesh = LocalMesh(tmp_path)
     xds_port = free_port()
-    config = tmp_path / "bob.yaml"
-    config.write_text(yaml.safe_dump({
-        "xds_address": f"127.0.0.1:{xds_port}",
-        "certs": str(mesh.write_certs("node-cli", "spiffe://cluster.local/ns/istio-system/sa/ztunnel")),
-        "control_plane_identities": [ISTIOD_ID],
-        "workloads": ["default/bob"],
-        "hbone_port": mesh.hbone_port,
-        "node": {"instance_ip": mesh.ip("bob"), "pod_name": "ztunnel-bob"},
-        "admin": "127.0.0.1:0", "metrics": "127.0.0.1:0", "readiness": "127.0.0.1:0",
-    }))  # fmt: skip
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "microxds.cli", "agent", "--config", str(config),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": ROOT},
-    )  # fmt: skip
+    listeners = {"admin": "127.0.0.1:0", "metrics": "127.0.0.1:0", "readiness": "127.0.0.1:0"}
+    proc = await start_agent(agent_yaml(mesh, tmp_path / "bob.yaml", "bob", xds_port, **listeners))
     try:
-        assert proc.stdout is not None
-        ports: dict[str, int] = {}
-        while len(ports) < 3:
-            line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-            assert line, (await proc.stderr.read()).decode() if proc.stderr else "agent exited"
-            if m := re.search(r"(admin|metrics|readiness) listening [\d.]+:(\d+)", line):
-                ports[m.group(1)] = int(m.group(2))
+        found = await output_matches(proc, r"(admin|metrics|readiness) listening [\d.]+:(\d+)", 3)
+        ports = {m.group(1): int(m.group(2)) for m in found}
         status, body = await _get(ports["readiness"], "/healthz/ready")
         assert status == 503 and body.startswith("not ready: xDS"), body  # not started, or types not ACKed yet
 
