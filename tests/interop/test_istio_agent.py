@@ -22,15 +22,13 @@ from pathlib import Path
 
 import pytest
 
-from hbone.identity.bundle import write_bundle
-from hbone.identity.certs import CertificateAuthority, cert_to_pem, key_to_pem
-from hbone.identity.spiffe import SpiffeId
+from hbone.identity.certs import CertificateAuthority
 from hbone.testing import start_echo_server
 from microxds.agent import Agent, AgentConfig, Forward
 from microxds.istio.node import NodeProfile
 from microxds.resources import ADDRESS
-from tests.peers import LOOPBACK, close_server, free_port
-from tests.peers.gopeers import IstiodFake
+from tests.peers import close_server, free_port
+from tests.peers.gopeers import IstiodFake, istiod_certs
 
 pytestmark = pytest.mark.timeout(180)
 TD = "cluster.local"
@@ -76,28 +74,21 @@ spec:
   selector: {{app: bob}}
   ports: [{{name: tcp, port: 80, targetPort: {APP_PORT}, protocol: TCP}}]
 """,
-        ALLOW_ALICE,
+        alice_policy("ALLOW"),
     ]
     return "---\n".join(docs)
 
 
-ALLOW_ALICE = """\
+def alice_policy(action: str) -> str:
+    """An AuthorizationPolicy on bob for alice's identity: ALLOW from the start, DENY applied mid-test."""
+    return f"""\
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
-metadata: {name: allow-alice, namespace: ns1}
+metadata: {{name: {action.lower()}-alice, namespace: ns1}}
 spec:
-  selector: {matchLabels: {app: bob}}
-  action: ALLOW
-  rules: [{from: [{source: {principals: ["cluster.local/ns/ns1/sa/alice"]}}]}]
-"""
-DENY_ALICE = """\
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: deny-alice, namespace: ns1}
-spec:
-  selector: {matchLabels: {app: bob}}
-  action: DENY
-  rules: [{from: [{source: {principals: ["cluster.local/ns/ns1/sa/alice"]}}]}]
+  selector: {{matchLabels: {{app: bob}}}}
+  action: {action}
+  rules: [{{from: [{{source: {{principals: ["cluster.local/ns/ns1/sa/alice"]}}}}]}}]
 """
 
 
@@ -127,15 +118,7 @@ class Cluster:
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     net = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}"
-    ca = CertificateAuthority.create_root(TD)
-    cacerts = tmp_path / "cacerts"
-    cacerts.mkdir()
-    for name in ("ca-cert.pem", "root-cert.pem", "cert-chain.pem"):
-        (cacerts / name).write_bytes(cert_to_pem(ca.cert))
-    (cacerts / "ca-key.pem").write_bytes(key_to_pem(ca.key))
-    serving = ca.issue(SpiffeId.parse(f"spiffe://{TD}/ns/istio-system/sa/istiod"),
-                       dns=["istiod.istio-system.svc"], ips=[LOOPBACK])  # fmt: skip
-    tls = write_bundle(tmp_path / "istiod-tls", serving)
+    tls, cacerts = istiod_certs(CertificateAuthority.create_root(TD), TD, tmp_path)
     objects = tmp_path / "cluster.yaml"
     objects.write_text(cluster_yaml(net))
     istiod = IstiodFake(objects, token=TOKEN, pod="istio-system/ztunnel-node1", tls=tls, cacerts=cacerts,
@@ -189,7 +172,7 @@ async def test_agents_follow_istiod_policies(cluster: Cluster) -> None:
         reader, writer = await asyncio.open_connection(cluster.ip(2), port)
         writer.write(b"ping")
         assert await asyncio.wait_for(reader.read(4), 15) == b"ping"
-        await cluster.istiod.apply(DENY_ALICE)
+        await cluster.istiod.apply(alice_policy("DENY"))
         assert await asyncio.wait_for(reader.read(), 30) == b""  # closed by the late rejection
         writer.close()
         inbound = bob.workloads["ns1/bob"].inbound

@@ -30,11 +30,11 @@ from hbone.errors import GrpcError
 from hbone.grpc.client import Channel
 from hbone.identity import IdentityManager
 from hbone.identity.bundle import write_bundle
-from hbone.identity.certs import CertificateAuthority, CertifiedKey, cert_to_pem, key_to_pem, spiffe_ids_of
+from hbone.identity.certs import CertificateAuthority, CertifiedKey, cert_to_pem, spiffe_ids_of
 from hbone.identity.spiffe import SpiffeId
 from microxds.istio.ca import IstioCASource
-from tests.peers import LOOPBACK, arun_peer
-from tests.peers.gopeers import IstiodFake
+from tests.peers import arun_peer
+from tests.peers.gopeers import IstiodFake, istiod_certs
 
 pytestmark = pytest.mark.timeout(180)
 TD = "cluster.local"
@@ -64,13 +64,7 @@ class Istiod:
 @pytest.fixture
 async def istiod(tmp_path: Path) -> AsyncIterator[Istiod]:
     ca = CertificateAuthority.create_root(TD)
-    cacerts = tmp_path / "cacerts"
-    cacerts.mkdir()
-    for name in ("ca-cert.pem", "root-cert.pem", "cert-chain.pem"):
-        (cacerts / name).write_bytes(cert_to_pem(ca.cert))
-    (cacerts / "ca-key.pem").write_bytes(key_to_pem(ca.key))
-    serving = write_bundle(tmp_path / "serving", ca.issue(SpiffeId.parse(f"spiffe://{TD}/ns/istio-system/sa/istiod"),
-                                                          dns=["istiod.istio-system.svc"], ips=[LOOPBACK]))  # fmt: skip
+    serving, cacerts = istiod_certs(ca, TD, tmp_path)
     client = write_bundle(tmp_path / "client", ca.issue(CLIENT_ID))
     objects = tmp_path / "cluster.yaml"
     objects.write_text(OBJECTS)

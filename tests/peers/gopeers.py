@@ -20,6 +20,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
+from hbone.identity.bundle import write_bundle
+from hbone.identity.certs import CertificateAuthority, cert_to_pem, key_to_pem
+from hbone.identity.spiffe import SpiffeId
 from tests.peers.process import LOOPBACK, REPO_ROOT, ProcessPeer, loopback_env, missing_peer
 
 GO_PEERS_SCRIPT = REPO_ROOT / "tools" / "go-peers.sh"
@@ -138,6 +141,19 @@ def entry(resource: Mapping[str, Any], name: str | None = None) -> dict[str, Any
     if name:
         out["name"] = name
     return out
+
+
+def istiod_certs(ca: CertificateAuthority, trust_domain: str, workdir: Path) -> tuple[Path, Path]:
+    """For ``IstiodFake(tls=..., cacerts=...)``, under ``workdir``: istiod's serving bundle issued by ``ca`` (its
+    SPIFFE id, DNS name and the loopback address) and istio's plugged-in CA directory with ``ca`` as the root."""
+    cacerts = workdir / "cacerts"
+    cacerts.mkdir()
+    for name in ("ca-cert.pem", "root-cert.pem", "cert-chain.pem"):
+        (cacerts / name).write_bytes(cert_to_pem(ca.cert))
+    (cacerts / "ca-key.pem").write_bytes(key_to_pem(ca.key))
+    istiod = SpiffeId.parse(f"spiffe://{trust_domain}/ns/istio-system/sa/istiod")
+    serving = write_bundle(workdir / "istiod-tls", ca.issue(istiod, dns=["istiod.istio-system.svc"], ips=[LOOPBACK]))
+    return serving, cacerts
 
 
 class IstiodFake(ReadyPeer):
