@@ -183,6 +183,14 @@ class Twin:
 _CANDIDATES = {1, 2, 3, 4, 5, 6, 7, 9, 11}
 
 
+def started(client: bool, rng: random.Random) -> tuple[Twin, PeerFrames]:
+    """A twin past the peer's side of the handshake (its preface when it is the client, then empty SETTINGS),
+    and the frames that peer may send next."""
+    twin = Twin(client=client)
+    twin.receive((b"" if client else PREFACE) + frame(4, 0, 0, b""))
+    return twin, PeerFrames(rng, engine_is_client=client)
+
+
 def describe(data: bytes) -> str:
     """The frames in `data` as (type, flags, stream, length) (a trailing partial frame as its bytes)."""
     parts = []

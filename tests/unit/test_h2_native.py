@@ -5,7 +5,6 @@ h2-backed engine on the same inputs is tests/unit/test_h2_native_diff.py."""
 from __future__ import annotations
 
 import random
-import struct
 
 import hpack
 import pytest
@@ -16,13 +15,9 @@ from hbone.net.h2.native_conn import NativeEngine
 from hbone.net.h2.native_frames import PREFACE
 from hbone.net.h2.native_hpack import HeaderCodec
 from hbone.net.settings import H2Settings
+from tests.unit.h2_twin import frame
 
 REQUEST = [(b":method", b"CONNECT"), (b":authority", b"10.0.0.1:8080")]
-_HEADER = struct.Struct(">HBBBL")
-
-
-def frame(ftype: int, flags: int, sid: int, body: bytes) -> bytes:
-    return _HEADER.pack(len(body) >> 8, len(body) & 0xFF, ftype, flags, sid) + body
 
 
 def _pair() -> tuple[NativeEngine, NativeEngine]:
@@ -154,7 +149,7 @@ def test_any_read_split_gives_the_same_events() -> None:
         (frame(1, 0x4, 1, b"\xff\xff"), H2ErrorCode.PROTOCOL_ERROR),  # broken HPACK
         (frame(1, 0x0, 1, b"\x82") + frame(0, 0, 1, b"x"), H2ErrorCode.PROTOCOL_ERROR),  # DATA inside a block
         (frame(9, 0x4, 1, b"\x82"), H2ErrorCode.PROTOCOL_ERROR),  # CONTINUATION without HEADERS
-        (_HEADER.pack(0x2000, 0, 0, 0, 1), H2ErrorCode.FRAME_SIZE_ERROR),  # 2 MiB frame: refused from its header
+        (b"\x20\x00\x00\x00\x00\x00\x00\x00\x01", H2ErrorCode.FRAME_SIZE_ERROR),  # a 2 MiB DATA header: refused
     ],
 )
 def test_connection_errors(data: bytes, code: H2ErrorCode) -> None:
@@ -209,8 +204,9 @@ def test_cookies_are_joined_and_content_length_is_enforced() -> None:
 
 @pytest.mark.parametrize(("table_size", "block"), [(4096, "88"), (8192, "88"), (100, "3f4588"), (0, "2088")])
 def test_a_table_size_update_only_when_the_peer_lowers_it(table_size: int, block: str) -> None:
-    """Our encoder keeps no dynamic table: only a maximum lowered below 4096 must be announced (RFC 7541 §4.2);
-    Istio's vectors pin the one-byte `:status 200` block of a tunnel (test_istio_hbone_vectors)."""
+    """Our encoder's table is at most 4096 bytes: a larger maximum changes nothing, only a lower one is announced
+    (RFC 7541 §4.2; the rest in test_h2_native_hpack); Istio's vectors pin the one-byte `:status 200` block of a
+    tunnel (test_istio_hbone_vectors)."""
     server = _server()
     server.receive(memoryview(frame(1, 0x4, 1, hpack.Encoder().encode(REQUEST))))
     server.receive(memoryview(frame(4, 0, 0, (1).to_bytes(2, "big") + table_size.to_bytes(4, "big"))))

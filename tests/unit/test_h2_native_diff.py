@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from tests.unit.h2_twin import GRPC_REQUEST, PREFACE, REQUEST, RESPONSE, PeerFrames, Twin, frame
+from tests.unit.h2_twin import GRPC_REQUEST, REQUEST, RESPONSE, PeerFrames, Twin, frame, started
 
 HEAD_REQUEST = [(b":method", b"HEAD"), (b":scheme", b"https"), (b":path", b"/"), (b":authority", b"a")]
 BIG_REQUEST = [*REQUEST, (b"x-big", b"b" * 20_000)]  # over a 16 KiB frame: HEADERS + CONTINUATION
@@ -20,17 +20,11 @@ def _op(twin: Twin, name: str, *args: object) -> None:
 
 
 def _server() -> tuple[Twin, PeerFrames]:
-    twin = Twin(client=False)
-    peer = PeerFrames(random.Random(0), engine_is_client=False)
-    twin.receive(PREFACE + frame(4, 0, 0, b""))
-    return twin, peer
+    return started(False, random.Random(0))
 
 
 def _client() -> tuple[Twin, PeerFrames]:
-    twin = Twin(client=True)
-    peer = PeerFrames(random.Random(0), engine_is_client=True)
-    twin.receive(frame(4, 0, 0, b""))
-    return twin, peer
+    return started(True, random.Random(0))
 
 
 def test_tunnel_lifecycle_server() -> None:
@@ -99,9 +93,7 @@ def test_scripted_errors(data: bytes) -> None:
 @pytest.mark.parametrize("client", [False, True])
 def test_random_sequences(seed: int, client: bool) -> None:
     rng = random.Random(seed * 2 + client)
-    twin = Twin(client=client)
-    peer = PeerFrames(rng, engine_is_client=client)
-    twin.receive((b"" if client else PREFACE) + frame(4, 0, 0, b""))
+    twin, peer = started(client, rng)
     for _ in range(40):
         if twin.failed:
             break
