@@ -19,7 +19,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from hbone.errors import H2ErrorCode, HboneError, StreamReset
 from hbone.net.outbox import Outbox
-from hbone.net.streamtypes import HeaderInput, HeaderList, StreamClosed, StreamConsumer, encode_headers, take_front
+from hbone.net.streamtypes import (
+    Flag,
+    HeaderInput,
+    HeaderList,
+    StreamClosed,
+    StreamConsumer,
+    encode_headers,
+    take_front,
+)
 
 if TYPE_CHECKING:
     from hbone.net.settings import H2Settings
@@ -81,7 +89,7 @@ class Stream:
         #: The send side, drained by the owner's scheduler.
         self.outbox = Outbox()
         self._response: HeaderList | None = None
-        self._response_event = asyncio.Event()
+        self._response_event = Flag(loop)
         self._trailers_in: HeaderList | None = None
         self._headers_sent = local  # a client stream is opened with its request headers
         # receive side
@@ -91,7 +99,7 @@ class Stream:
         self._discarded = False  # received bytes were dropped by a reset: reads raise instead of EOF
         self._read_waiter: asyncio.Future[None] | None = None
         self._error: HboneError | None = None
-        self._closed_event = asyncio.Event()
+        self._closed_event = Flag(loop)
         self._consumer: StreamConsumer | None = None
 
     @property

@@ -7,12 +7,14 @@ class itself.
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from typing import Protocol
 
 from hbone.errors import H2ErrorCode, HboneError, StreamReset, TunnelError
 
 __all__ = [
+    "Flag",
     "Header",
     "HeaderInput",
     "HeaderList",
@@ -93,3 +95,40 @@ def take_front(chunks: deque[bytes], n: int) -> bytes:
             chunks[0] = head[need:]
             need = 0
     return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+class Flag:
+    """`asyncio.Event` on a loop given up front. A stream has two (response, closed): `Event()` builds a deque and
+    `Event.wait()` looks the running loop up, a getpid system call each time (asyncio's fork check)."""
+
+    __slots__ = ("_loop", "_set", "_waiters")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._set = False
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        if self._set:
+            return
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for fut in waiters or ():
+            if not fut.done():
+                fut.set_result(None)
+
+    async def wait(self) -> None:
+        if self._set:
+            return
+        fut: asyncio.Future[None] = self._loop.create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(fut)
+        try:
+            await fut
+        finally:
+            if self._waiters is not None and fut in self._waiters:  # cancelled before set(): forget it
+                self._waiters.remove(fut)
