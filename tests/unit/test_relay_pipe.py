@@ -14,7 +14,7 @@ import pytest
 
 from hbone.errors import ConnectRefused, H2ErrorCode, StreamReset
 from hbone.net.connection import H2Connection
-from hbone.net.relay import DOWNSTREAM, AcceptedPipe, IdleTimeout, TcpPipe, relay
+from hbone.net.relay import DOWNSTREAM, AcceptedPipe, IdleTimeout, TcpPipe, open_pipe, relay
 from hbone.net.settings import H2Settings, KiB
 from hbone.net.stream import Stream
 from tests.fakes import FakeTransport, feed
@@ -360,3 +360,40 @@ async def test_clean_closes_return_every_byte_to_the_connection_window() -> None
         result = await pipe.wait()
         await h.to_peer()
         assert result.error is None and bytes(tcp.out) == b"x" * 1000
+
+
+# --- open_pipe's dial timeout ----------------------------------------------------------------------------------------
+
+
+async def _never(*args: object, **kwargs: object) -> tuple[object, TcpPipe]:
+    await asyncio.get_running_loop().create_future()  # a dial that never completes
+    raise AssertionError("unreachable")
+
+
+async def test_open_pipe_times_out_as_timeout_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(asyncio.get_running_loop(), "create_connection", _never)
+    with pytest.raises(TimeoutError):
+        await open_pipe("127.0.0.1", 9, 0.01)
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0  # our cancellation was taken back
+
+
+async def test_open_pipe_cancelled_by_someone_else_stays_cancelled(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(asyncio.get_running_loop(), "create_connection", _never)
+    dial = asyncio.ensure_future(open_pipe("127.0.0.1", 9, 60.0))
+    await asyncio.sleep(0)
+    dial.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await dial
+
+
+async def test_open_pipe_connects_within_its_timeout() -> None:
+    server = await asyncio.get_running_loop().create_server(asyncio.Protocol, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        pipe = await open_pipe("127.0.0.1", port, 10.0)
+        assert pipe.transport is not None
+        await asyncio.sleep(0)  # no cancellation left behind
+        pipe.transport.close()
+    finally:
+        server.close()
