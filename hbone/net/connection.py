@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl as _ssl
-import threading
 import weakref
 from collections.abc import Callable
 from typing import Any, cast
@@ -33,6 +32,7 @@ from hbone.net.abuse import CHATTY_EVENTS, SMALL_READ, ConnectionGuard, log_erro
 from hbone.net.events import StreamHandler, StreamRouter
 from hbone.net.h2 import new_engine
 from hbone.net.lifecycle import Lifecycle, code_name
+from hbone.net.readbuffer import shared_buffer
 from hbone.net.scheduler import SendScheduler
 from hbone.net.settings import H2Settings
 from hbone.net.stream import Stream
@@ -60,7 +60,8 @@ class H2Connection(asyncio.BufferedProtocol):
         settings = self.settings = settings or (H2Settings.client() if client else H2Settings.server())
         self._registry = registry
         self._transport: asyncio.Transport | None = None
-        self._rview = _receive_buffer(settings.read_buffer_size)
+        # Shared by every connection of this thread: the engine copies what it keeps before buffer_updated returns.
+        self._rview = shared_buffer("h2", settings.read_buffer_size)
         engine = self._engine = new_engine(client=client, settings=settings)
         # The parts reach back through a weak proxy: strong references both ways would be reference cycles that keep
         # every closed connection's memory until the cycle collector runs (tests/integration/test_memory_cycles.py).
@@ -352,22 +353,3 @@ class H2Connection(asyncio.BufferedProtocol):
     def log_error(self, what: str, exc: BaseException) -> None:
         self._errors_logged += 1
         log_error(self._errors_logged, what, exc, self.get_extra_info("peername"))
-
-
-_buffers = threading.local()
-
-
-def _receive_buffer(size: int) -> memoryview:
-    """The receive buffer of `size` bytes shared by every connection of this thread.
-
-    The event loop fills it (`get_buffer`) and calls `buffer_updated` at once, and `h2.receive_data` copies what
-    it keeps before returning, so no connection needs the buffer between two reads: one per size and thread
-    replaces one per connection (4 KiB for each idle xDS client, 256 KiB for each tunnel connection).
-    """
-    views: dict[int, memoryview] | None = getattr(_buffers, "views", None)
-    if views is None:
-        views = _buffers.views = {}
-    view = views.get(size)
-    if view is None:
-        view = views[size] = memoryview(bytearray(size))
-    return view

@@ -18,7 +18,7 @@ class Outbox:
     Written by the `Stream` (queue, end) and drained by the scheduler (`take`, `ended`, `sent`).
     """
 
-    __slots__ = ("chunks", "end_queued", "ended", "sent", "size", "trailers", "waiters")
+    __slots__ = ("chunks", "end_queued", "ended", "low", "sent", "size", "trailers", "waiters")
 
     def __init__(self) -> None:
         self.chunks: deque[bytes | memoryview] = deque()
@@ -28,10 +28,20 @@ class Outbox:
         self.ended = False  # our END_STREAM went out (or our side was stopped)
         self.sent = 0  # bytes handed to the engine
         self.waiters: list[asyncio.Future[None]] = []  # drain() / drained() callers
+        self.low = 0  # the waiters are woken once at most this many bytes are queued (`wait`)
 
-    def put(self, chunk: bytes) -> None:
+    def put(self, chunk: bytes | memoryview) -> None:
         self.chunks.append(chunk)
         self.size += len(chunk)
+
+    def own(self, view: memoryview) -> None:
+        """Copy what is still queued of `view`, the last chunk put, whose buffer its writer may now reuse. Chunks
+        leave from the front, so a remainder of it can only be the last chunk (`take` slices it there)."""
+        chunks = self.chunks
+        if chunks:
+            last = chunks[-1]
+            if isinstance(last, memoryview) and last.obj is view.obj:
+                chunks[-1] = last.tobytes()
 
     def take(self, n: int) -> list[bytes | memoryview]:
         """The first `n` queued bytes (at least that many are queued) as buffers, removed; a write split across
@@ -58,8 +68,13 @@ class Outbox:
         self.chunks.clear()
         self.size = 0
 
+    def wait(self, fut: asyncio.Future[None], low: int) -> None:
+        """Resolve `fut` once at most `low` bytes are queued (or the stream broke); the lowest level asked wins."""
+        self.low = min(self.low, low) if self.waiters else low
+        self.waiters.append(fut)
+
     def wake(self) -> None:
-        """Wake every writer waiting in drain()."""
+        """Wake every writer waiting in drain() / drained()."""
         for fut in self.waiters:
             if not fut.done():
                 fut.set_result(None)

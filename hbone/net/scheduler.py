@@ -141,7 +141,7 @@ class SendScheduler:
                             # Keep the rest in the stream's queue: feeding a paused transport piled megabytes of
                             # ciphertext into its buffer, out of the CPU caches (RESULTS-hbone.md round 4).
                             break
-                if outbox.waiters and outbox.size <= self._settings.max_send_buffer // 2:
+                if outbox.waiters and outbox.size <= outbox.low:
                     outbox.wake()
                 self.schedule_flush()
             if outbox.size:

@@ -20,11 +20,15 @@ import asyncio
 import socket
 import ssl as ssl_module
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hbone.errors import ConfigError
 from hbone.limits import TUNNELS, trip_unattached
+from hbone.net.readbuffer import shared_buffer
 from hbone.net.relay import start_server
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer  # what typeshed's BufferedProtocol.get_buffer returns
 
 __all__ = [
     "MAX_CONNECTIONS",
@@ -42,6 +46,7 @@ MAX_CONNECTIONS = 8192
 TLS_HANDSHAKE_TIMEOUT = 10.0
 
 ConnectionHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+_CHUNK = 64 * 1024  # one read for a gated protocol without a buffer of its own
 
 _default_cap = MAX_CONNECTIONS
 
@@ -111,33 +116,47 @@ async def start_listener(
     return await start_server(gated, ssl=ssl, ssl_handshake_timeout=timeout, **_where(host, port, sock))
 
 
-class _Gated(asyncio.Protocol):
+class _Gated(asyncio.BufferedProtocol):
     """Holds a gate place from accept until asyncio reports the connection lost; everything in between goes to the
-    protocol made for it (refused connections never get one)."""
+    protocol made for it (refused connections never get one). A buffered protocol gets the reads in its own buffer
+    (the relay's `TcpPipe` frames them from there); any other gets them as bytes."""
 
-    __slots__ = ("_factory", "_gate", "_inner")
+    __slots__ = ("_buffered", "_factory", "_gate", "_inner")
 
-    def __init__(self, gate: ConnectionGate, factory: Callable[[], asyncio.Protocol]) -> None:
+    def __init__(
+        self, gate: ConnectionGate, factory: Callable[[], asyncio.Protocol | asyncio.BufferedProtocol]
+    ) -> None:
         self._gate = gate
         self._factory = factory
-        self._inner: asyncio.Protocol | None = None
+        self._inner: asyncio.Protocol | asyncio.BufferedProtocol | None = None
+        self._buffered: asyncio.BufferedProtocol | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not self._gate.admit(transport.get_extra_info("peername")):
             transport.abort()  # type: ignore[attr-defined]  # every stream transport has abort()
             return
-        self._inner = self._factory()
-        self._inner.connection_made(transport)
+        inner = self._inner = self._factory()
+        if isinstance(inner, asyncio.BufferedProtocol):
+            self._buffered = inner
+        inner.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         inner, self._inner = self._inner, None
+        self._buffered = None
         if inner is not None:
             self._gate.release()
             inner.connection_lost(exc)
 
-    def data_received(self, data: bytes) -> None:
-        if self._inner is not None:
-            self._inner.data_received(data)
+    def get_buffer(self, sizehint: int) -> ReadableBuffer:
+        if self._buffered is not None:
+            return self._buffered.get_buffer(sizehint)
+        return shared_buffer("gate", _CHUNK)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._buffered is not None:
+            self._buffered.buffer_updated(nbytes)
+        elif isinstance(self._inner, asyncio.Protocol):
+            self._inner.data_received(shared_buffer("gate", _CHUNK)[:nbytes].tobytes())
 
     def eof_received(self) -> bool | None:
         return self._inner.eof_received() if self._inner is not None else None
@@ -152,7 +171,7 @@ class _Gated(asyncio.Protocol):
 
 
 async def start_protocol_listener(
-    factory: Callable[[], asyncio.Protocol],
+    factory: Callable[[], asyncio.Protocol | asyncio.BufferedProtocol],
     host: str | None = None,
     port: int | None = None,
     *,

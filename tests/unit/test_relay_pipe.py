@@ -15,6 +15,7 @@ import pytest
 from hbone.errors import ConnectRefused, H2ErrorCode, StreamReset
 from hbone.net.connection import H2Connection
 from hbone.net.relay import DOWNSTREAM, AcceptedPipe, IdleTimeout, TcpPipe, open_pipe, relay
+from hbone.net.relay.pipe import QUEUED
 from hbone.net.settings import H2Settings, KiB
 from hbone.net.stream import Stream
 from tests.fakes import FakeTransport, feed
@@ -133,6 +134,61 @@ async def test_tcp_reading_pauses_while_the_stream_queue_is_full() -> None:
         await asyncio.sleep(0)
     assert stream.buffered <= 16 * KiB
     assert h.pipe.to_stream == sent
+
+
+def read_into(pipe: TcpPipe, data: bytes) -> None:
+    """One TCP read as the event loop does it for a buffered protocol: into the pipe's buffer, then the count."""
+    buf = pipe.get_buffer(len(data))
+    memoryview(buf)[: len(data)] = data
+    pipe.buffer_updated(len(data))
+
+
+async def test_reads_are_framed_from_the_shared_buffer_and_what_waits_for_window_is_kept_intact() -> None:
+    """Reads land in one buffer shared by every pipe of the thread; what the stream cannot send yet (the h2 peer
+    grants a 64 KiB window) must be a copy, since the next read, by any pipe, overwrites the buffer. Above a frame's
+    worth of unsent bytes reading pauses (the rest stays in the kernel) and resumes once the queue drained."""
+    h = Harness()
+    await h.open()
+    other = TcpPipe()  # a second pipe of the same thread reads into the same buffer
+    assert other.get_buffer(1) is h.pipe.get_buffer(1)
+    first = bytes(range(256)) * 800  # 200 KiB: the 64 KiB window takes a third of it
+    read_into(h.pipe, first)
+    stream = h.pipe.stream
+    assert stream is not None and stream.buffered > QUEUED and not h.tcp.reading  # bounded: wait for credit
+    read_into(other, b"\xff" * len(first))  # another connection's read reuses the buffer
+    received = bytearray()
+    while not h.tcp.reading:  # the peer reads (WINDOW_UPDATEs), the queue drains, reading resumes
+        await h.to_peer()
+        received += h.peer_data
+        h.to_server()
+        await asyncio.sleep(0)
+    assert stream.buffered <= QUEUED // 2
+    read_into(h.pipe, b"tail")
+    h.pipe.eof_received()
+    while len(received) < len(first) + 4:
+        await h.to_peer()
+        received += h.peer_data
+        h.to_server()
+    assert bytes(received) == first + b"tail" and h.pipe.to_stream == len(first) + 4
+
+
+async def test_writing_a_mutable_buffer_sends_its_bytes_as_they_were_at_the_call() -> None:
+    """`Stream.write(bytearray)` frames straight from the caller's buffer when the window allows and copies the
+    rest before returning: reusing the buffer afterwards changes nothing that is sent."""
+    h = Harness()
+    stream = await h.open()
+    data = bytearray(b"a" * 100_000)  # more than the 64 KiB window: part framed now, the rest queued
+    stream.write(data)
+    assert 0 < stream.buffered < len(data)
+    data[:] = b"b" * len(data)
+    stream.write(memoryview(data)[:10])
+    stream.write_eof()
+    received = bytearray()
+    while len(received) < 100_010:
+        await h.to_peer()
+        received += h.peer_data
+        h.to_server()
+    assert bytes(received) == b"a" * 100_000 + b"b" * 10
 
 
 async def test_stream_credit_withheld_while_tcp_is_over_its_high_water_mark() -> None:

@@ -10,10 +10,11 @@ Semantics are the task relay's (RFC 9113 §8.5):
 - A TCP error (reset) resets the stream with CONNECT_ERROR; a stream reset or connection loss aborts the TCP
   connection; the error is reported in `RelayResult.error`, which is None after a clean close both ways.
 - Idle timeout: no byte either way for `idle_timeout` seconds resets the stream (CANCEL) and aborts TCP.
-- Backpressure: TCP reading pauses while the stream holds more than `max_send_buffer` queued bytes, and resumes at
-  half of it. Received stream bytes are credited to the peer's windows only while the TCP transport is below its
-  high-water mark; above it the credit is withheld, so the peer can never make us hold more than one window
-  beyond the transport's buffer limit. Credit goes back in steps of at most 32 KiB (1/8 of a window).
+- Backpressure: TCP reading pauses while the stream holds more than `QUEUED` bytes it could not send yet (window
+  or transport full), and resumes at half of it: what waits for credit stays in the kernel's socket buffer.
+  Received stream bytes are credited to the peer's windows only while the TCP transport is below its high-water
+  mark; above it the credit is withheld, so the peer can never make us hold more than one window beyond the
+  transport's buffer limit. Credit goes back in steps of at most 32 KiB (1/8 of a window).
 - Byte counts: `to_stream` is TCP -> stream, `from_stream` is stream -> TCP; the `RelayResult` maps them to
   sent / received by which side the TCP connection is (`start(..., tcp_side=)`).
 """
@@ -24,6 +25,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from hbone.errors import H2ErrorCode, HboneError, StreamReset
+from hbone.net.readbuffer import shared_buffer
 from hbone.net.relay.result import DOWNSTREAM, IDLE_TIMEOUT, UPSTREAM, IdleTimeout, IdleWatch, RelayResult, Side, watch
 from hbone.net.stream import Stream
 
@@ -31,9 +33,18 @@ _CREDIT_STEP = 32 * 1024
 # TCP bytes held before start() (a client's request while its tunnel opens): reading pauses only beyond this, since
 # pausing and resuming cost a system call each (epoll) on every forwarded connection whose client speaks first.
 _EARLY_LIMIT = 64 * 1024
+# What one TCP read may bring (uvloop's own read buffer is 256,000 bytes): shared by every pipe of a thread, since
+# each read is framed or copied before `buffer_updated` returns.
+READ_BUFFER = 256 * 1024
+# Read no more from TCP while the stream holds more than this unsent (about one DATA frame: the scheduler keeps a
+# short tail for the next read to fill). A stream waiting for window credit then leaves the bytes in the kernel
+# instead of copying up to max_send_buffer of them into its queue: in bulk through `hbone forward` the stream is
+# window-bound most of the time and 77% of its bytes were copied, with glibc trimming and regrowing the heap
+# (3,400 brk calls per GB, page faults ~10% of forward's CPU; RESULTS-hbone.md round 6).
+QUEUED = 64 * 1024
 
 
-class TcpPipe(asyncio.Protocol):
+class TcpPipe(asyncio.BufferedProtocol):
     """The TCP side of the callback path. Create it as the protocol of a TCP transport; `relay()` joins it to a
     stream once the stream may carry data (after the 200 answer, or on the client after the tunnel opened);
     `done` resolves with the `RelayResult` when both directions ended or one broke."""
@@ -56,11 +67,12 @@ class TcpPipe(asyncio.Protocol):
         self._lost = False  # TCP transport gone
         self._read_paused = False
         self._draining = False  # reading paused until the stream's send queue drains
-        self._send_limit = 0  # the stream's max_send_buffer
+        self._send_limit = 0  # QUEUED, or the stream's max_send_buffer if lower
         self._write_paused = False
         self._withheld = 0  # stream bytes written to TCP while it was over its high-water mark: not yet credited
         self._owed = 0  # stream bytes written to TCP, credited in steps of `_credit_step`
         self._credit_step = 0
+        self._rbuf = shared_buffer("tcp", READ_BUFFER)
 
     # --- asyncio.Protocol (TCP side) ---------------------------------------------------------------------------
 
@@ -69,10 +81,18 @@ class TcpPipe(asyncio.Protocol):
         # getsockopt on both loops); a second setsockopt per tunnel would be a wasted syscall.
         self.transport = transport  # type: ignore[assignment]  # uvloop transports are not asyncio.Transport
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._rbuf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        # Framed straight from the shared buffer by the stream (`Stream.write` copies only what it must keep):
+        # uvloop's data_received made a new bytes object of each read first (RESULTS-hbone.md round 6).
+        self.data_received(self._rbuf[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         stream = self.stream
         if stream is None:  # before start(): hold up to _EARLY_LIMIT (and one read), then stop reading
-            self._early.append(data)
+            self._early.append(bytes(data))
             self._early_size += len(data)
             if self._early_size > _EARLY_LIMIT:
                 self._pause_reading()
@@ -168,7 +188,7 @@ class TcpPipe(asyncio.Protocol):
         self._tcp_side = tcp_side
         self._idle = watch(idle_timeout, self._moved, self._on_idle, self._loop)
         settings = stream.connection.settings
-        self._send_limit = settings.max_send_buffer
+        self._send_limit = min(QUEUED, settings.max_send_buffer)
         self._credit_step = min(_CREDIT_STEP, settings.initial_stream_window // 8)
         early, self._early, self._early_size = self._early, [], 0
         for data in early:
@@ -261,7 +281,7 @@ class TcpPipe(asyncio.Protocol):
     def _wait_drained(self, stream: Stream) -> None:
         if self._draining:
             return
-        fut = stream.drained()
+        fut = stream.drained(self._send_limit)
         if fut is not None:
             self._draining = True
             self._pause_reading()
