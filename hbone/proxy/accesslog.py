@@ -39,6 +39,26 @@ def _make_encoder() -> Callable[[dict[str, Any]], str]:
 
 
 _encode = _make_encoder()
+_quote = json.encoder.encode_basestring_ascii
+_quoted: dict[str, str] = {}
+_BIG = float(2**53)  # |duration| below this is finite, and written by repr() as json writes it
+
+
+def _q(text: str | None) -> str:
+    """JSON text of a string field whose values repeat (remembered; 4,096 values, then it starts over)."""
+    if text is None:
+        return "null"
+    quoted = _quoted.get(text)
+    if quoted is None:
+        if len(_quoted) >= 4096:
+            _quoted.clear()
+        quoted = _quoted[text] = _quote(text)
+    return quoted
+
+
+def _q1(text: str | None) -> str:
+    """JSON text of a string field that differs every time (the client's address and port)."""
+    return "null" if text is None else _quote(text)
 
 
 class AccessSink(Protocol):
@@ -124,11 +144,29 @@ class AccessRecord:
         # Tunnel churn profile: asdict()'s recursive deep copy was ~9% of the server's per-tunnel CPU. Build the
         # flat dict directly, and only when someone will see it.
         if log.isEnabledFor(logging.INFO):
-            record = self.as_dict()
-            text = _encode(record)
             write = _sole_writer()
-            if write is None or not write(text):
-                log.info(text, extra={"access": record})
+            if write is not None and write(self.json()):
+                return
+            record = self.as_dict()
+            log.info(_encode(record), extra={"access": record})
+
+    def json(self) -> str:
+        """`as_dict()` as one JSON object, the text `json.dumps(..., separators=(",", ":"))` writes (a test compares
+        them). Written field by field, the strings that repeat from tunnel to tunnel (identities, targets, results)
+        quoted once: the generic encoder was ~6% of `hbone serve`'s instructions per tunnel."""
+        sent, received, status, ms = self.bytes_sent, self.bytes_received, self.status, self.duration_ms
+        if not (int is type(sent) is type(received) is type(status) and type(ms) is float and -_BIG < ms < _BIG):
+            return _encode(self.as_dict())  # anything unusual (a bool, NaN): json's own rules
+        try:
+            return (
+                f'{{"direction":{_q(self.direction)},"mode":{_q(self.mode)},"src_identity":{_q(self.src_identity)},'
+                f'"dst_identity":{_q(self.dst_identity)},"src_addr":{_q1(self.src_addr)},'
+                f'"dst_addr":{_q(self.dst_addr)},"bytes_sent":{sent},"bytes_received":{received},"status":{status},'
+                f'"result":{_q(self.result)},"policy":{_q(self.policy)},"request":{_q(self.request)},'
+                f'"closed_by":{_q(self.closed_by)},"duration_ms":{ms!r}}}'
+            )
+        except TypeError:  # a field that is not a string
+            return _encode(self.as_dict())
 
     def as_dict(self) -> dict[str, Any]:
         """The logged fields (every field but the monotonic start time), in declaration order."""

@@ -56,3 +56,22 @@ _values = st.one_of(
 @given(st.dictionaries(st.text(), _values, max_size=16))
 def test_record_encoder_writes_what_json_writes(record: dict[str, object]) -> None:
     assert accesslog._encode(record) == json.dumps(record, separators=(",", ":"))
+
+
+_maybe_text = st.one_of(st.none(), st.text(), st.sampled_from(["ok", "spiffe://td/ns/a/sa/b", 'quote"d', "é"]))
+_numbers = st.one_of(st.integers(min_value=-(2**70), max_value=2**70), st.booleans(), st.floats())
+
+
+@given(
+    st.lists(_maybe_text, min_size=10, max_size=10),
+    st.lists(_numbers, min_size=3, max_size=3),
+    st.one_of(st.floats(), st.integers(min_value=-(2**60), max_value=2**60)),
+)
+def test_record_json_is_what_json_writes(texts: list[str | None], numbers: list[object], ms: object) -> None:
+    record = AccessRecord(*texts[:2])  # type: ignore[arg-type]
+    (record.src_identity, record.dst_identity, record.src_addr, record.dst_addr, record.result, record.policy,
+     record.request, record.closed_by) = texts[2:]  # fmt: skip
+    record.bytes_sent, record.bytes_received, record.status = numbers  # type: ignore[assignment]
+    record.duration_ms = ms  # type: ignore[assignment]
+    for _ in range(2):  # the second time from the remembered strings
+        assert record.json() == json.dumps(record.as_dict(), separators=(",", ":"))
