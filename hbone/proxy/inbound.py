@@ -63,7 +63,7 @@ def policy_authorizer(policies: Collection[Policy], *, cache_size: int = 4096) -
 async def resolve_default(target: Authority) -> tuple[str, int]:
     """IPs are used as given; hostnames are resolved with the system resolver (first address)."""
     if target.ip is not None:
-        return str(target.ip), target.port
+        return target.host, target.port  # the canonical (compressed) text: str(ip) is ipaddress's Python code
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
@@ -111,6 +111,22 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return ip
 
 
+_TEXTS: dict[int, tuple[object, str]] = {}
+
+
+def _text(identity: object) -> str:
+    """`str(identity)`, remembered per identity object (a connection's peer, our own certificate's): a SpiffeId's
+    `__str__` was ~1 us of Python, twice per tunnel. The entry holds the object, so its id() is not reused."""
+    hit = _TEXTS.get(id(identity))
+    if hit is not None and hit[0] is identity:
+        return hit[1]
+    if len(_TEXTS) >= 4096:
+        _TEXTS.clear()
+    text = str(identity)
+    _TEXTS[id(identity)] = (identity, text)
+    return text
+
+
 def _is_local(ip: str) -> bool:
     addr = _ip(ip)
     return addr is not None and (addr.is_loopback or addr.is_unspecified)
@@ -138,8 +154,8 @@ class InboundHandler:
         tls = self.config.tls
         record = AccessRecord(
             "inbound",
-            src_identity=str(peer.identity) if peer.identity else None,
-            dst_identity=str(tls.manager.identity) if tls is not None else None,  # we answer as the destination
+            src_identity=_text(peer.identity) if peer.identity else None,
+            dst_identity=_text(tls.manager.identity) if tls is not None else None,  # we answer as the destination
             src_addr=_fmt(peer.address),
         )
         self.total += 1
