@@ -22,6 +22,7 @@ NAMES = (
     "h2_framebuffer",
     "h2_driver",
     "h2_native",
+    "hpack_encoder",
     "grpc_framing",
     "grpc_trailers",
     "grpc_capture",
