@@ -10,6 +10,7 @@ connections, which change their SETTINGS_HEADER_TABLE_SIZE while requests and re
 from __future__ import annotations
 
 import random
+import tracemalloc
 
 import h2.config
 import h2.connection
@@ -222,3 +223,28 @@ def test_native_engines_headers_decode_in_stock_h2(seed: int) -> None:
         ours.send_headers(theirs_sid, response, True)
         events = theirs.receive_data(bytes(ours.take_output()))
         assert [list(e.headers) for e in events if isinstance(e, h2.events.ResponseReceived)] == [response]
+
+
+def test_encoder_memory_is_bounded_whatever_it_is_given() -> None:
+    """What one connection's encoder keeps after 3,000 blocks of ever new fields of every kind (literals it caches,
+    fields seen once, big fields, table entries): the table's 4 KiB, 256 small cached encodings and 64 hashes,
+    not the fields it was given (the encoder before this bound kept up to 512 fields of any size)."""
+    encoder = Encoder(huffman=False)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(3000):
+            serial = b"%06d" % i
+            encoder.encode(
+                [
+                    (b"grpc-timeout", serial + b"m" * 100),  # a literal, cached
+                    (b"x-new-" + serial, b"v" * 200),  # indexable, seen once
+                    (b"x-big", serial + b"b" * 2000),  # over a quarter of the table
+                    (b"x-twice", serial * 30),  # sent twice: a table entry
+                    (b"x-twice", serial * 30),
+                ]
+            )
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 128 * 1024, kept

@@ -44,7 +44,7 @@ _STATIC = HeaderTable.STATIC_TABLE
 _MAX_TABLE = 4096  # the dynamic table size the peer may use (the protocol default; h2 allowed the same)
 _ENCODER_TABLE = 4096  # the most our encoder keeps, whatever the peer allows: bounds our memory per connection
 _CACHE_LIMIT = 256  # encoded fields remembered per connection (the cache restarts when full) ...
-_CACHE_FIELD = 256  # ... each of at most this many bytes of name and value
+_CACHE_FIELD = 128  # ... as literals, each of at most this many bytes of name and value (baggage is ~90)
 _SEEN_LIMIT = 64  # fields remembered as sent once (the set restarts when full): a field is indexed when it comes
 # back before 64 other new ones, so a stream of one-off values (say, 1,000 destinations in turn) costs neither
 # insertions nor the table's useful entries
@@ -107,7 +107,7 @@ class Encoder:
         self._entries: deque[tuple[tuple[bytes, bytes], int]] = deque()  # (field, size), oldest first
         self._fields: dict[tuple[bytes, bytes], int] = {}  # field -> newest insertion number
         self._names: dict[bytes, int] = {}  # name -> newest insertion number
-        self._seen: set[tuple[bytes, bytes]] = set()  # indexable fields sent once as literals, lately
+        self._seen: set[int] = set()  # hashes of indexable fields sent once as literals, lately
         self._inserted = 0  # insertion numbers so far: the newest entry is number _inserted - 1
         self._size = 0  # RFC 7541 §4.1: name + value + 32 per entry
         self._max = _MAX_TABLE  # the table size the peer's decoder assumes (the protocol default at first)
@@ -149,12 +149,13 @@ class Encoder:
             size = len(name) + len(value) + 32
             if size <= self._max >> 2:
                 seen = self._seen
-                if field in seen:  # its second time: worth an entry
-                    seen.discard(field)
+                key = hash(field)  # a hash, not the field: 64 small ints whatever the fields' sizes
+                if key in seen:  # its second time (or a collision, which only indexes a field early)
+                    seen.discard(key)
                     return self._insert(name, value, size)
                 if len(seen) >= _SEEN_LIMIT:
                     seen.clear()
-                seen.add(field)
+                seen.add(key)
                 return self._literal(0x00, name, value)  # not cached, so that its next use comes back here
             first = 0x00
         encoded = self._literal(first, name, value)
