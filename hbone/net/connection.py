@@ -171,7 +171,7 @@ class H2Connection(asyncio.BufferedProtocol):
         except ProtocolError as exc:
             raise ProtocolError(f"cannot open stream: {exc}") from exc
         stream = self._router.new_local(sid, encoded, end_stream)
-        self._scheduler.schedule_flush()
+        self._scheduler.schedule_flush(defer=True)
         return stream
 
     def flush(self) -> None:

@@ -67,6 +67,7 @@ class SendScheduler:
     """Pumps streams' outboxes into the engine and the engine's output into the sink (see the module docstring)."""
 
     __slots__ = (
+        "_deferred",
         "_engine",
         "_flush_handle",
         "_host",
@@ -94,6 +95,7 @@ class SendScheduler:
         self.receiving = False  # inside a read batch: its output goes out in one write at the end
         self.closed = False
         self._flush_handle: asyncio.Handle | None = None
+        self._deferred = False  # the due flush is for deferred frames only: a DATA frame may still write at once
         self._repump_handle: asyncio.Handle | None = None  # a deferred short tail (`pump`)
 
     # --- streams -------------------------------------------------------------------------------------------------
@@ -106,7 +108,7 @@ class SendScheduler:
             return
         if end_stream:
             self._host.end_sent(stream)
-        self.schedule_flush()
+        self.schedule_flush(defer=True)
 
     def pump(self, stream: Stream) -> None:
         """Move a stream's queued bytes into the engine as far as windows allow, then its END_STREAM / trailers."""
@@ -152,13 +154,14 @@ class SendScheduler:
             if outbox.waiters:
                 outbox.wake()
             if outbox.end_queued:
+                defer = outbox.trailers is None  # a bare END_STREAM (a tunnel's FIN) can join the iteration's write
                 if outbox.trailers is not None:
                     self._host.check_outbound_headers(outbox.trailers)
                     engine.send_headers(sid, outbox.trailers, True)
                 else:
                     engine.end_stream(sid)
                 self._host.end_sent(stream)
-                self.schedule_flush()
+                self.schedule_flush(defer=defer)
         except LimitExceeded as exc:  # our own check of the trailers (a ProtocolError too: caught first)
             self.reset(sid, H2ErrorCode.INTERNAL_ERROR)
             self._host.fail_stream(stream, exc)
@@ -221,15 +224,23 @@ class SendScheduler:
         self.pump_blocked()
         self.flush()
 
-    def schedule_flush(self) -> None:
-        # Coalesce the frames of one loop iteration into a single write. But the first small write of an
-        # iteration on an idle connection goes out now: waiting a loop turn added to every hop's latency (RESULTS).
-        if self._flush_handle is not None or self.closed or self.receiving or not self._engine.pending():
-            return  # already due; or the read batch writes at its end; or nothing to write
+    def schedule_flush(self, *, defer: bool = False) -> None:
+        """Coalesce the frames of one loop iteration into a single write. But the first small write of an
+        iteration on an idle connection goes out now: waiting a loop turn added to every hop's latency (RESULTS).
+        `defer`: frames that open or close a stream (HEADERS, a bare END_STREAM) wait for the iteration's write
+        anyway: with many tunnels opening and closing, writing each one's first frame at once made ~1.3 TLS writes
+        per tunnel in `hbone forward` (RESULTS-hbone.md round 6); a DATA frame queued in the same iteration
+        still goes out at once, taking them along."""
+        if self.closed or self.receiving or not self._engine.pending():
+            return  # the read batch writes at its end; or nothing to write
+        if self._flush_handle is not None and (defer or not self._deferred):
+            return  # due at the end of this iteration (and written once at once already, unless only deferred)
         sink = self.sink
-        if sink is not None and not sink.get_write_buffer_size() and self._engine.pending() <= FLUSH_NOW:
-            self.flush()
-        self._flush_handle = self._loop.call_soon(self.flush)
+        if not defer and sink is not None and not sink.get_write_buffer_size() and self._engine.pending() <= FLUSH_NOW:
+            self.flush()  # (cancels a deferred flush: this write takes its frames)
+        if self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self.flush)
+        self._deferred = defer
 
     def flush(self) -> None:
         if self._flush_handle is not None:

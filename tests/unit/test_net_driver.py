@@ -266,8 +266,11 @@ async def test_small_write_on_idle_connection_goes_out_at_once() -> None:
     pair.to_conn()
     await pair.to_peer()
     stream = await pair.conn.open_stream(CONNECT)
-    assert pair.transport.out  # HEADERS written without waiting for the loop
-    await pair.to_peer()  # next iteration
+    assert not pair.transport.out  # HEADERS wait for the iteration's one write (many tunnels open per iteration) ...
+    stream.write(b"hi")  # ... unless a DATA frame follows in the same iteration: it goes out at once, with them
+    assert len(pair.transport.out) > 9 + 2
+    events = await pair.to_peer()  # next iteration
+    assert [type(e) for e in events][:2] == [h2.events.RequestReceived, h2.events.DataReceived]
     stream.write(b"ping")
     stream.write(b"pong")  # same iteration: coalesced, goes out with the scheduled flush
     assert len(pair.transport.out) == 9 + 4  # one DATA frame so far
@@ -278,6 +281,22 @@ async def test_small_write_on_idle_connection_goes_out_at_once() -> None:
     assert len(pair.transport.out) in (0, 9 + 16_375)
     events = await pair.to_peer()  # ... the rest, a short tail, follows one iteration later
     assert [len(e.data) for e in events if isinstance(e, h2.events.DataReceived)] == [16_375, 20_000 - 16_375]
+
+
+async def test_headers_and_a_bare_end_stream_go_out_with_the_iterations_write() -> None:
+    pair = Pair()
+    await pair.to_peer()
+    pair.to_conn()
+    await pair.to_peer()
+    streams = [await pair.conn.open_stream(CONNECT) for _ in range(3)]
+    assert not pair.transport.out
+    events = await pair.to_peer()  # one iteration later, the three HEADERS together
+    assert [type(e) for e in events] == [h2.events.RequestReceived] * 3
+    for stream in streams:
+        stream.write_eof()
+    assert not pair.transport.out
+    events = await pair.to_peer()
+    assert [type(e) for e in events if not isinstance(e, h2.events.DataReceived)] == [h2.events.StreamEnded] * 3
 
 
 async def test_writes_while_handling_a_read_batch_are_one_write() -> None:
