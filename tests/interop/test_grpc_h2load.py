@@ -16,8 +16,14 @@ from tests.peers import require_binary
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.mark.parametrize("size", [16, 64 * 1024])
-async def test_h2load_unary_calls(tmp_path: Path, size: int) -> None:
+@pytest.mark.parametrize(
+    ("size", "table"),
+    [(16, None), (64 * 1024, None), (16, 0), (16, 256)],
+    ids=["small", "64KiB", "hpack-table-0", "hpack-table-256"],
+)
+async def test_h2load_unary_calls(tmp_path: Path, size: int, table: int | None) -> None:
+    """`table`: the HPACK table h2load's decoder allows (SETTINGS_HEADER_TABLE_SIZE): our encoder must announce the
+    lower size in its next block and stay within it, or nghttp2 fails the connection (a compression error)."""
     h2load = require_binary("h2load")
     server = GrpcServer()
     service = EchoService()
@@ -29,8 +35,8 @@ async def test_h2load_unary_calls(tmp_path: Path, size: int) -> None:
     proc = await asyncio.create_subprocess_exec(
         str(h2load), "-n", str(n), "-c", "2", "-m", "10",
         "-H", "content-type: application/grpc", "-H", "te: trailers",
-        "-d", str(body), f"http://{host}:{port}{PREFIX}Unary",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        "-d", str(body), *([] if table is None else [f"--header-table-size={table}"]),
+        f"http://{host}:{port}{PREFIX}Unary", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), 45)
