@@ -129,6 +129,21 @@ def test_any_read_split_gives_the_same_events() -> None:
         assert run(list(range(step, len(stream), step))) == whole
 
 
+def test_a_data_frame_cut_by_a_read_joins_the_next_reads_data_in_one_event() -> None:
+    """Bulk reads end inside DATA frames; the completed frame and the next ones of the same stream make one event
+    (one write onward), as whole frames within one read do."""
+    client, server = _pair()
+    sid = client.open_stream(REQUEST, False)
+    _pass(client, server)
+    for part in (b"a" * 1000, b"b" * 1000, b"c" * 1000):
+        client.send_data(sid, [part], len(part))
+    wire = bytes(client.take_output())
+    first = server.receive(memoryview(bytearray(wire[:1500])))  # the second frame is cut
+    rest = server.receive(memoryview(bytearray(wire[1500:])))
+    assert [(type(e), e.data) for e in first] == [(api.DataReceived, b"a" * 1000)]
+    assert [(type(e), e.data, e.flow) for e in rest] == [(api.DataReceived, b"b" * 1000 + b"c" * 1000, 2000)]
+
+
 @pytest.mark.parametrize(
     ("data", "code"),
     [
