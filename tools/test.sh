@@ -10,6 +10,7 @@ bash tools/install-peers.sh
 
 echo "== ruff"
 "$VENV/bin/ruff" check .
+"$VENV/bin/ruff" format --check .
 echo "== mypy --strict hbone microxds"
 "$VENV/bin/mypy" --strict hbone microxds
 if [[ -f tools/genproto.py ]]; then
