@@ -120,6 +120,35 @@ async def wait_for_log(peer: ProcessPeer, text: str, count: int) -> None:
             await asyncio.sleep(0.05)
 
 
+def two_routes(v4h: str, port4: int, v6h: str, port6: int, identity: object, listener: str) -> str:
+    """Config text: v4 and v6 destinations each via the HBONE server on that family, two capture listeners."""
+    return (
+        "routes:\n"
+        f"  - {{name: v4, match: {{cidrs: ['{v4h}/32']}}, via: '{v4h}:{port4}', identities: ['{identity}']}}\n"
+        f"  - {{name: v6, match: {{cidrs: ['{v6h}/128']}}, via: '[{v6h}]:{port6}', identities: ['{identity}']}}\n"
+        "listeners:\n"
+        f"  - {{type: {listener}, listen: '127.0.0.1:15001'}}\n"
+        f"  - {{type: {listener}, listen: '[::1]:15001'}}\n"
+    )
+
+
+def frontends_in(ns: str, config: Path) -> list[str]:
+    """`hbone frontends --config FILE` run inside the namespace (no admin port)."""
+    return [
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        sys.executable,
+        "-m",
+        "hbone.cli",
+        "frontends",
+        "--config",
+        str(config),
+        *NO_ADMIN,
+    ]
+
+
 async def connect_captured(ns: str, host: str, port: int, capture: ProcessPeer) -> None:
     """Run the unmodified client in the namespace against host:port; it must get its bytes echoed back."""
     proc = await asyncio.create_subprocess_exec(
@@ -147,31 +176,8 @@ async def test_redirect_capture_in_netns_v4_and_v6(netns: tuple[str, str, str], 
                 must("ip", "netns", "exec", ns, *rule.split())
             certs = ca.write(tmp_path / "capture", "ns", "capture")
             config = tmp_path / "capture.yaml"
-            config.write_text(
-                f"certs: {certs}\n"
-                "routes:\n"
-                f"  - {{name: v4, match: {{cidrs: ['{v4h}/32']}}, via: '{v4h}:{hb4[1]}',"
-                f" identities: ['{node.identity}']}}\n"
-                f"  - {{name: v6, match: {{cidrs: ['{v6h}/128']}}, via: '[{v6h}]:{hb6[1]}',"
-                f" identities: ['{node.identity}']}}\n"
-                "listeners:\n"
-                "  - {type: redirect, listen: '127.0.0.1:15001'}\n"
-                "  - {type: redirect, listen: '[::1]:15001'}\n"
-            )
-            cmd = [
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                sys.executable,
-                "-m",
-                "hbone.cli",
-                "frontends",
-                "--config",
-                str(config),
-                *NO_ADMIN,
-            ]
-            async with ProcessPeer(cmd, name="capture") as capture:
+            config.write_text(f"certs: {certs}\n" + two_routes(v4h, hb4[1], v6h, hb6[1], node.identity, "redirect"))
+            async with ProcessPeer(frontends_in(ns, config), name="capture") as capture:
                 await wait_for_log(capture, "redirect listening", 2)
                 for host in (v4h, v6h):
                     await connect_captured(ns, host, eport, capture)

@@ -69,36 +69,14 @@ async def test_tproxy_outbound_capture_in_netns_v4_and_v6(netns: tuple[str, str,
             certs = ca.write(tmp_path / "capture", "ns", "capture")
             config = tmp_path / "capture.yaml"
             config.write_text(
-                f"certs: {certs}\n"
-                "mark: 0x539\n"
-                "routes:\n"
-                f"  - {{name: v4, match: {{cidrs: ['{v4h}/32']}}, via: '{v4h}:{hb4[1]}',"
-                f" identities: ['{node.identity}']}}\n"
-                f"  - {{name: v6, match: {{cidrs: ['{v6h}/128']}}, via: '[{v6h}]:{hb6[1]}',"
-                f" identities: ['{node.identity}']}}\n"
-                "listeners:\n"
-                "  - {type: tproxy, listen: '127.0.0.1:15001'}\n"
-                "  - {type: tproxy, listen: '[::1]:15001'}\n"
+                f"certs: {certs}\nmark: 0x539\n" + capture.two_routes(v4h, hb4[1], v6h, hb6[1], node.identity, "tproxy")
             )
             # No port exclusion: the proxy marks its HBONE dials (SO_MARK from `mark:`) and the rules printed from
             # the same config skip that mark, so an unmarked dial would be captured again and loop.
             rules = print_rules("--include-cidr", f"{v4h}/32", "--include-cidr", f"{v6h}/128", "--config", str(config))
             assert not any("--dport" in r for r in rules) and any("--mark 0x539/0xfff -j RETURN" in r for r in rules)
             apply_rules(ns, rules)
-            cmd = [
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                sys.executable,
-                "-m",
-                "hbone.cli",
-                "frontends",
-                "--config",
-                str(config),
-                *NO_ADMIN,
-            ]
-            async with ProcessPeer(cmd, name="tproxy") as proxy:
+            async with ProcessPeer(capture.frontends_in(ns, config), name="tproxy") as proxy:
                 await capture.wait_for_log(proxy, "tproxy listening", 2)
                 for host in (v4h, v6h):
                     try:
