@@ -78,7 +78,7 @@ def encode_headers(headers: HeaderInput) -> HeaderList:
 
 def header_list_size(headers: HeaderList) -> int:
     """RFC 9113 §6.5.2: name + value + 32 octets per field."""
-    return sum(len(n) + len(v) + 32 for n, v in headers)
+    return sum([len(n) + len(v) for n, v in headers]) + 32 * len(headers)  # a list: no generator frame per field
 
 
 def take_front(chunks: deque[bytes], n: int) -> bytes:

@@ -40,7 +40,7 @@ def _make_encoder() -> Callable[[dict[str, Any]], str]:
 
 _encode = _make_encoder()
 _quote = json.encoder.encode_basestring_ascii
-_quoted: dict[str, str] = {}
+_quoted: dict[str | None, str] = {None: "null"}
 _BIG = float(2**53)  # |duration| below this is finite, and written by repr() as json writes it
 
 
@@ -52,6 +52,7 @@ def _q(text: str | None) -> str:
     if quoted is None:
         if len(_quoted) >= 4096:
             _quoted.clear()
+            _quoted[None] = "null"
         quoted = _quoted[text] = _quote(text)
     return quoted
 
@@ -157,13 +158,16 @@ class AccessRecord:
         sent, received, status, ms = self.bytes_sent, self.bytes_received, self.status, self.duration_ms
         if not (int is type(sent) is type(received) is type(status) and type(ms) is float and -_BIG < ms < _BIG):
             return _encode(self.as_dict())  # anything unusual (a bool, NaN): json's own rules
+        q = _quoted.get  # a remembered string (or None) costs one dict lookup; `_q` quotes and remembers the rest
         try:
             return (
-                f'{{"direction":{_q(self.direction)},"mode":{_q(self.mode)},"src_identity":{_q(self.src_identity)},'
-                f'"dst_identity":{_q(self.dst_identity)},"src_addr":{_q1(self.src_addr)},'
-                f'"dst_addr":{_q(self.dst_addr)},"bytes_sent":{sent},"bytes_received":{received},"status":{status},'
-                f'"result":{_q(self.result)},"policy":{_q(self.policy)},"request":{_q(self.request)},'
-                f'"closed_by":{_q(self.closed_by)},"duration_ms":{ms!r}}}'
+                f'{{"direction":{q(self.direction) or _q(self.direction)},"mode":{q(self.mode) or _q(self.mode)},'
+                f'"src_identity":{q(self.src_identity) or _q(self.src_identity)},'
+                f'"dst_identity":{q(self.dst_identity) or _q(self.dst_identity)},"src_addr":{_q1(self.src_addr)},'
+                f'"dst_addr":{q(self.dst_addr) or _q(self.dst_addr)},"bytes_sent":{sent},'
+                f'"bytes_received":{received},"status":{status},"result":{q(self.result) or _q(self.result)},'
+                f'"policy":{q(self.policy) or _q(self.policy)},"request":{q(self.request) or _q(self.request)},'
+                f'"closed_by":{q(self.closed_by) or _q(self.closed_by)},"duration_ms":{ms!r}}}'
             )
         except TypeError:  # a field that is not a string
             return _encode(self.as_dict())

@@ -386,7 +386,7 @@ def parse_tunnel_response(headers: Iterable[RawHeader]) -> TunnelResponse:
         if name == ":status":
             if status is not None:
                 raise ProtocolError("response has a duplicate :status (RFC 9113 §8.3)")
-            if len(value) != 3 or not all("0" <= c <= "9" for c in value):
+            if len(value) != 3 or not (value.isascii() and value.isdigit()):  # ASCII digits only (not '²')
                 raise ProtocolError(f"response :status {value!r} is not a 3-digit code (RFC 9113 §8.3.2)")
             status = int(value)
         elif name == "baggage":

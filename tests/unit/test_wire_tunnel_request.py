@@ -257,3 +257,9 @@ def test_remembered_requests_differ_in_their_traceparent() -> None:
     assert second.headers == (("traceparent", other),)
     first.baggage["x"] = "y"  # type: ignore[index]  # a caller's change stays its own
     assert parse_tunnel_request([*head, (b"traceparent", TP.encode())]).baggage == {}
+
+
+@pytest.mark.parametrize("status", [b"2\xb20", b"20", b"2000", b"2a0", "\u0662\u0660\u0660".encode()])
+def test_response_status_must_be_three_ascii_digits(status: bytes) -> None:
+    with pytest.raises(ProtocolError, match="3-digit"):
+        parse_tunnel_response([(b":status", status)])
