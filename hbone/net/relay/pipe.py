@@ -368,8 +368,8 @@ async def open_pipe(host: str, port: int, connect_timeout: float | None = None) 
 
 class AcceptedPipe(TcpPipe):
     """A `TcpPipe` for an accepted TCP connection whose tunnel stream is opened after the accept (`hbone forward`):
-    one task per connection for the open, then callbacks only. Bytes the client sends meanwhile are held (one
-    read, reading paused) and go out first."""
+    one task per connection for the open, then callbacks only. Bytes the client sends meanwhile are held (up to
+    64 KiB and one read; beyond that reading pauses) and go out first."""
 
     def __init__(
         self,
