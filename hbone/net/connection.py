@@ -258,8 +258,11 @@ class H2Connection(asyncio.BufferedProtocol):
         if lifecycle.closed:
             return  # a limit tripped (GOAWAY sent): the rest of the batch was the attacker's
         scheduler.flush()
-        self._router.wake_waiters()
-        lifecycle.maybe_idle()
+        router = self._router
+        if router.waiters:  # (both checked here: this runs for every read, and they have work only rarely)
+            router.wake_waiters()
+        if lifecycle.closing:
+            lifecycle.maybe_idle()
         if self._guard is not None or len(events) > CHATTY_EVENTS:
             self.guard().observe_read(nbytes, len(events))
         transport = self._transport

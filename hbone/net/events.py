@@ -56,11 +56,11 @@ class StreamRouter:
         "_loop",
         "_scheduler",
         "_settings",
-        "_waiters",
         "pending",
         "settings_seen",
         "streams",
         "tasks",
+        "waiters",
     )
 
     def __init__(
@@ -78,7 +78,8 @@ class StreamRouter:
         self._host = host
         self._engine = engine
         self._client = client
-        self._waiters: deque[asyncio.Future[None]] = deque()  # open_stream callers waiting for a free slot
+        #: open_stream callers waiting for a free slot.
+        self.waiters: deque[asyncio.Future[None]] = deque()
         self._loop = loop
         self._settings = settings
         self._scheduler = scheduler
@@ -145,7 +146,7 @@ class StreamRouter:
         streams = self.streams
         streams.pop(stream.stream_id, None)
         self._scheduler.blocked.pop(stream.stream_id, None)
-        if self._waiters:
+        if self.waiters:
             self._loop.call_soon(self.wake_waiters)
         self._lifecycle.stream_gone(not streams)
 
@@ -183,7 +184,7 @@ class StreamRouter:
             if not wait:
                 raise LimitExceeded("peer's SETTINGS_MAX_CONCURRENT_STREAMS reached")
             fut = self._loop.create_future()
-            self._waiters.append(fut)
+            self.waiters.append(fut)
             try:
                 await fut
             except asyncio.CancelledError:
@@ -191,11 +192,11 @@ class StreamRouter:
                     self.wake_waiters()  # pass the slot we were given to the next waiter
                 raise
             finally:
-                if fut in self._waiters:
-                    self._waiters.remove(fut)
+                if fut in self.waiters:
+                    self.waiters.remove(fut)
 
     def wake_waiters(self) -> None:
-        waiters = self._waiters
+        waiters = self.waiters
         if not waiters:
             return
         free = self.free_slots
@@ -207,7 +208,7 @@ class StreamRouter:
 
     def fail_waiters(self, exc: HboneError) -> None:
         """No new streams from now on: every slot waiter fails with `exc`."""
-        waiters = self._waiters
+        waiters = self.waiters
         while waiters:
             fut = waiters.popleft()
             if not fut.done():

@@ -70,8 +70,10 @@ class SendScheduler:
         "_deferred",
         "_engine",
         "_flush_handle",
+        "_frame_limit",
         "_host",
         "_loop",
+        "_peer_frame",
         "_repump_handle",
         "_settings",
         "blocked",
@@ -97,6 +99,10 @@ class SendScheduler:
         self._flush_handle: asyncio.Handle | None = None
         self._deferred = False  # the due flush is for deferred frames only: a DATA frame may still write at once
         self._repump_handle: asyncio.Handle | None = None  # a deferred short tail (`pump`)
+        # The DATA payload limit (`record_fit`) for the peer's SETTINGS_MAX_FRAME_SIZE it was computed for: pump()
+        # runs for every write, and the peer's limit changes only with its SETTINGS.
+        self._peer_frame = 0
+        self._frame_limit = 0
 
     # --- streams -------------------------------------------------------------------------------------------------
 
@@ -122,7 +128,11 @@ class SendScheduler:
         engine = self._engine
         try:
             if outbox.size:
-                limit = record_fit(min(self._settings.max_send_frame_size, engine.max_send_frame))
+                peer_frame = engine.max_send_frame
+                if peer_frame != self._peer_frame:
+                    self._peer_frame = peer_frame
+                    self._frame_limit = record_fit(min(self._settings.max_send_frame_size, peer_frame))
+                limit = self._frame_limit
                 window = engine.send_window(sid)
                 full = False
                 while outbox.size and window > 0:
@@ -231,14 +241,22 @@ class SendScheduler:
         anyway: with many tunnels opening and closing, writing each one's first frame at once made ~1.3 TLS writes
         per tunnel in `hbone forward` (RESULTS-hbone.md round 6); a DATA frame queued in the same iteration
         still goes out at once, taking them along."""
-        if self.closed or self.receiving or not self._engine.pending():
-            return  # the read batch writes at its end; or nothing to write
-        if self._flush_handle is not None and (defer or not self._deferred):
+        if self.closed or self.receiving:
+            return  # the read batch writes at its end
+        engine = self._engine
+        pending = engine.pending()
+        if not pending:
+            return
+        handle = self._flush_handle
+        if handle is not None and (defer or not self._deferred):
             return  # due at the end of this iteration (and written once at once already, unless only deferred)
         sink = self.sink
-        if not defer and sink is not None and not sink.get_write_buffer_size() and self._engine.pending() <= FLUSH_NOW:
-            self.flush()  # (cancels a deferred flush: this write takes its frames)
-        if self._flush_handle is None:
+        if not defer and sink is not None and pending <= FLUSH_NOW and not sink.get_write_buffer_size():
+            data = engine.take_output()  # with any deferred frames
+            if not sink.is_closing():
+                sink.write(data)
+        if handle is None:
+            # Also after a write at once: the rest of this iteration's frames then wait for this one flush.
             self._flush_handle = self._loop.call_soon(self.flush)
         self._deferred = defer
 

@@ -98,7 +98,9 @@ class Stream:
         self._recv_eof = False
         self._discarded = False  # received bytes were dropped by a reset: reads raise instead of EOF
         self._read_waiter: asyncio.Future[None] | None = None
-        self._error: HboneError | None = None
+        #: Why the stream broke (StreamReset, StreamRefused, ConnectionLost), or None. A plain attribute, not a
+        #: property: the send scheduler and the router read it for every DATA frame. Set only by the stream itself.
+        self.error: HboneError | None = None
         self._closed_event = Flag(loop)
         self._consumer: StreamConsumer | None = None
 
@@ -120,12 +122,12 @@ class Stream:
     async def response_headers(self) -> HeaderList:
         """Wait for the peer's final (non-1xx) response headers (client streams)."""
         if self._response is None:
-            if self._error is not None:
-                raise self._error
+            if self.error is not None:
+                raise self.error
             await self._response_event.wait()
             if self._response is None:
-                assert self._error is not None
-                raise self._error
+                assert self.error is not None
+                raise self.error
         return self._response
 
     def send_headers(self, headers: HeaderInput, *, end_stream: bool = False) -> None:
@@ -168,8 +170,8 @@ class Stream:
         while not self._recv:
             if self._recv_eof and not self._discarded:
                 return b""  # the peer's side is complete, whatever happened to ours
-            if self._error is not None:
-                raise self._error
+            if self.error is not None:
+                raise self.error
             await self._wait_readable()
         if n < 0 or n >= self._recv_len:
             data = self._recv.popleft() if len(self._recv) == 1 else b"".join(self._recv)
@@ -222,8 +224,8 @@ class Stream:
         self._recv.clear()
         for data in pending:  # already counted in _recv_len: the consumer credits them
             consumer.stream_data(data)
-        if self._error is not None:
-            consumer.stream_failed(self._error)
+        if self.error is not None:
+            consumer.stream_failed(self.error)
             return
         if self._recv_eof:
             consumer.stream_eof()
@@ -232,7 +234,7 @@ class Stream:
 
     def credit(self, n: int) -> None:
         """A consumer is done with `n` received bytes: return them to the peer's windows (RFC 9113 §6.9)."""
-        if n > 0 and self._error is None:
+        if n > 0 and self.error is None:
             self._recv_len -= n
             self._owner.credit_stream(self.stream_id, n)
 
@@ -241,10 +243,10 @@ class Stream:
         queue has drained to half of it, or the stream broke (the callback form of `drain()`)."""
         if limit is None:
             limit = self._owner.settings.max_send_buffer
-        if self.outbox.size <= limit and self._error is None:
+        if self.outbox.size <= limit and self.error is None:
             return None
         fut = self._loop.create_future()
-        if self._error is not None:
+        if self.error is not None:
             fut.set_result(None)
         else:
             self.outbox.wait(fut, limit // 2)
@@ -254,12 +256,13 @@ class Stream:
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Queue bytes for sending; pair with `drain()` to bound memory."""
-        self._check_writable()
+        outbox = self.outbox
+        if self.error is not None or outbox.end_queued:  # _check_writable(), inline: this runs for every TCP read
+            self._check_writable()
         if not self._headers_sent:
             raise StreamClosed(f"stream {self.stream_id}: send headers before data")
         if not data:
             return
-        outbox = self.outbox
         if isinstance(data, bytes):  # immutable: queued as-is, no copy
             outbox.put(data)
             self._owner.stream_writable(self)
@@ -280,8 +283,8 @@ class Stream:
         limit = self._owner.settings.max_send_buffer
         outbox = self.outbox
         while True:
-            if self._error is not None:
-                raise self._error
+            if self.error is not None:
+                raise self.error
             if outbox.size <= limit:
                 return
             fut = self._loop.create_future()
@@ -299,7 +302,7 @@ class Stream:
 
     def write_eof(self) -> None:
         """Half-close: END_STREAM after the queued data (RFC 9113 §8.1). Idempotent."""
-        if self.outbox.end_queued or self._error is not None:
+        if self.outbox.end_queued or self.error is not None:
             return
         if not self._headers_sent:
             raise StreamClosed(f"stream {self.stream_id}: send headers before ending the stream")
@@ -312,8 +315,8 @@ class Stream:
         return self.outbox.size
 
     def _check_writable(self) -> None:
-        if self._error is not None:
-            raise self._error
+        if self.error is not None:
+            raise self.error
         if self.outbox.end_queued:
             raise StreamClosed(f"stream {self.stream_id}: our side is already closed")
 
@@ -321,7 +324,7 @@ class Stream:
 
     def reset(self, code: int = H2ErrorCode.CANCEL) -> None:
         """Abort the stream with RST_STREAM(code) (RFC 9113 §6.4). No-op if it is already finished."""
-        if self._error is not None or self.closed:
+        if self.error is not None or self.closed:
             return
         self._owner.reset_stream(self, int(code))
 
@@ -329,11 +332,6 @@ class Stream:
     def closed(self) -> bool:
         """Both directions finished (END_STREAM each way) or the stream broke."""
         return self._closed_event.is_set()
-
-    @property
-    def error(self) -> HboneError | None:
-        """Why the stream broke (StreamReset, StreamRefused, ConnectionLost), or None."""
-        return self._error
 
     async def wait_closed(self) -> None:
         """Wait until both directions are finished or the stream broke (does not raise)."""
@@ -373,8 +371,8 @@ class Stream:
         self._wake_reader()
         if self._response is None and self.local:
             self._response_event.set()  # ended without response headers: response_headers() raises
-            if self._error is None:
-                self._error = StreamReset(H2ErrorCode.PROTOCOL_ERROR, "stream ended without response headers")
+            if self.error is None:
+                self.error = StreamReset(H2ErrorCode.PROTOCOL_ERROR, "stream ended without response headers")
 
     def fail(self, exc: HboneError, *, keep_received: bool = False) -> int:
         """Break the stream; returns the unread byte count the owner must still credit.
@@ -382,8 +380,8 @@ class Stream:
         `keep_received`: the connection went away after the peer had ended its side, so what it sent is complete
         and stays readable (reads then end with b"").
         """
-        if self._error is None:
-            self._error = exc
+        if self.error is None:
+            self.error = exc
         if keep_received and self._recv_eof:
             unread = 0
         else:

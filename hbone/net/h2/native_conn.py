@@ -14,6 +14,8 @@ tests/unit/test_h2_native_diff.py runs both engines on the same bytes and comman
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from hbone.errors import ProtocolError
 from hbone.net.h2 import native_frames as nf
 from hbone.net.h2.api import (
@@ -64,6 +66,9 @@ class NativeEngine:
         self.codec = HeaderCodec(2 * settings.max_header_list_size, settings.huffman_headers)
         self.divisor = settings.window_update_divisor
         self._receiver = Receiver(self)
+        #: Received bytes in, events out: the receiver's own method, not a method passing the call on (this runs
+        #: for every read).
+        self.receive: Callable[[memoryview], list[Event]] = self._receiver.receive
 
     # --- connection ------------------------------------------------------------------------------------------
 
@@ -87,9 +92,6 @@ class NativeEngine:
             increment = s.connection_window - nf.DEFAULT_WINDOW
             self.recv_window.open_by(increment)
             nf.window_update(self.out, 0, increment)
-
-    def receive(self, data: memoryview) -> list[Event]:
-        return self._receiver.receive(data)
 
     def fail(self, exc: ProtocolError) -> None:
         """A connection error: GOAWAY with its code, naming the last stream the peer started."""
