@@ -29,7 +29,7 @@ from hbone.net.stream import Stream
 from hbone.proxy.accesslog import AccessRecord
 from hbone.proxy.guard import TunnelGuard
 from hbone.proxy.inbound import InboundConfig, InboundHandler, policy_authorizer
-from hbone.proxy.listener import start_listener, start_protocol_listener
+from hbone.proxy.listener import ConnectionGate, start_admitting_listener, start_listener
 from hbone.proxy.responders import TcpResponder
 from hbone.server import HboneServer
 from hbone.tls import MeshTls
@@ -257,7 +257,7 @@ async def _forward(args: argparse.Namespace) -> int:
             result = await relay(TcpEnd(reader, writer), tunnel.stream, idle_timeout=idle_timeout)
             guard.relayed(result)
 
-    def accepted() -> AcceptedPipe:
+    def accepted(gate: ConnectionGate) -> AcceptedPipe:
         guard = TunnelGuard(AccessRecord("forward", mode=ep.mode.value, dst_addr=args.target))
         pipe: AcceptedPipe | None = None
 
@@ -273,7 +273,7 @@ async def _forward(args: argparse.Namespace) -> int:
             me.done.add_done_callback(lambda done: _finish(guard, done))
             return stream
 
-        made = pipe = AcceptedPipe(open_stream, tasks, failed, idle_timeout=idle_timeout, loop=loop)
+        made = pipe = AcceptedPipe(open_stream, tasks, failed, idle_timeout=idle_timeout, loop=loop, gate=gate)
         return made
 
     def failed(exc: BaseException) -> None:
@@ -286,7 +286,7 @@ async def _forward(args: argparse.Namespace) -> int:
     if ep.inner_tls:  # the stream carries TLS records: the task relay carries the plaintext of a TlsStream
         server = await start_listener(handle, host, listen.port)
     else:  # callback path: each chunk is relayed in the callback that received it (1 KiB round trip, RESULTS)
-        server = await start_protocol_listener(accepted, host, listen.port)
+        server = await start_admitting_listener(accepted, host, listen.port)
     port = server.sockets[0].getsockname()[1]
     certs = client.tls.manager.current if client.tls is not None else None
     obs = Observability(

@@ -36,6 +36,7 @@ __all__ = [
     "ConnectionGate",
     "ConnectionHandler",
     "set_max_connections",
+    "start_admitting_listener",
     "start_listener",
     "start_protocol_listener",
 ]
@@ -182,3 +183,21 @@ async def start_protocol_listener(
     gate = ConnectionGate(max_connections)
     loop = asyncio.get_running_loop()
     return await loop.create_server(lambda: _Gated(gate, factory), **_where(host, port, sock))
+
+
+async def start_admitting_listener(
+    factory: Callable[[ConnectionGate], asyncio.BaseProtocol],
+    host: str | None = None,
+    port: int | None = None,
+    *,
+    max_connections: int | None = None,
+    sock: socket.socket | None = None,
+) -> asyncio.Server:
+    """`start_protocol_listener` for a protocol that takes its place in the gate itself: `factory(gate)` makes it
+    for every accepted connection; it must call `gate.admit(peer)` first in `connection_made` (aborting the
+    transport, and doing nothing else, when refused) and `gate.release()` once in `connection_lost` after an
+    admit (`hbone.net.relay.AcceptedPipe` does). Nothing sits between the transport and it: through `_Gated`
+    each read was one or two more Python calls."""
+    gate = ConnectionGate(max_connections)
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(lambda: factory(gate), **_where(host, port, sock))

@@ -22,7 +22,7 @@ from hbone.net.relay import AcceptedPipe
 from hbone.proxy import accesslog
 from hbone.proxy.accesslog import AccessRecord
 from hbone.proxy.inbound import InboundConfig, InboundHandler
-from hbone.proxy.listener import start_protocol_listener
+from hbone.proxy.listener import start_admitting_listener
 from hbone.server import HboneServer
 from hbone.testing import start_echo_server
 
@@ -62,11 +62,11 @@ async def test_finished_forward_connection_is_not_cyclic_garbage(monkeypatch: py
     listening: asyncio.Future[asyncio.Server] = asyncio.get_running_loop().create_future()
 
     async def capture(*args: Any, **kwargs: Any) -> asyncio.Server:
-        listener = await start_protocol_listener(*args, **kwargs)
+        listener = await start_admitting_listener(*args, **kwargs)
         listening.set_result(listener)
         return listener
 
-    monkeypatch.setattr(tunnel, "start_protocol_listener", capture)
+    monkeypatch.setattr(tunnel, "start_admitting_listener", capture)
     args = build_parser().parse_args(
         ["forward", "--listen", "127.0.0.1:0", "--target", f"127.0.0.1:{echo_port}", "--via", f"127.0.0.1:{via_port}",
          "--plaintext", "--admin", "off", "--metrics", "off", "--readiness", "off"]

@@ -13,7 +13,13 @@ import pytest
 from hbone import limits
 from hbone.errors import ConfigError
 from hbone.proxy import listener
-from hbone.proxy.listener import ConnectionGate, set_max_connections, start_listener, start_protocol_listener
+from hbone.proxy.listener import (
+    ConnectionGate,
+    set_max_connections,
+    start_admitting_listener,
+    start_listener,
+    start_protocol_listener,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -37,6 +43,27 @@ class Echo(asyncio.Protocol):
         ENDED.put_nowait(None)
 
 
+class AdmittingEcho(Echo):
+    """Takes its listener place itself, as `AcceptedPipe` does (`start_admitting_listener`)."""
+
+    def __init__(self, gate: ConnectionGate) -> None:
+        self.gate: ConnectionGate | None = gate
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.gate is not None and not self.gate.admit(transport.get_extra_info("peername")):
+            self.gate = None
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        gate, self.gate = self.gate, None
+        if gate is None:
+            return  # refused at accept: it never counted as served
+        gate.release()
+        super().connection_lost(exc)
+
+
 async def echo_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         while data := await reader.read(65536):
@@ -50,6 +77,7 @@ Starter = Callable[[int], Awaitable[asyncio.Server]]
 STARTERS: dict[str, Starter] = {
     "stream": lambda cap: start_listener(echo_handler, "127.0.0.1", 0, max_connections=cap),
     "protocol": lambda cap: start_protocol_listener(Echo, "127.0.0.1", 0, max_connections=cap),
+    "admitting": lambda cap: start_admitting_listener(AdmittingEcho, "127.0.0.1", 0, max_connections=cap),
 }
 
 

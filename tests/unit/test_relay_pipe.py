@@ -453,3 +453,39 @@ async def test_open_pipe_connects_within_its_timeout() -> None:
         pipe.transport.close()
     finally:
         server.close()
+
+
+class _Gate:
+    def __init__(self, room: int) -> None:
+        self.room, self.released = room, 0
+
+    def admit(self, peer: object) -> bool:
+        if self.room == 0:
+            return False
+        self.room -= 1
+        return True
+
+    def release(self) -> None:
+        self.released += 1
+
+
+async def test_accepted_pipe_takes_its_listener_place_and_gives_it_back_once() -> None:
+    async def never() -> Stream:
+        await asyncio.get_running_loop().create_future()
+        raise AssertionError("unreachable")
+
+    gate, tasks = _Gate(1), set[asyncio.Task[None]]()
+    refused, admitted = AcceptedPipe(never, tasks, gate=gate), AcceptedPipe(never, tasks, gate=gate)
+    tcp_admitted, tcp_refused = FakeTransport(), FakeTransport()
+    admitted.connection_made(tcp_admitted)
+    assert len(tasks) == 1 and not tcp_admitted.aborted
+    refused.connection_made(tcp_refused)
+    assert tcp_refused.aborted and len(tasks) == 1  # refused: aborted, no tunnel opened
+    refused.connection_lost(None)
+    assert gate.released == 0
+    admitted.connection_lost(None)
+    admitted.connection_lost(None)
+    assert gate.released == 1
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -22,6 +22,7 @@ Semantics are the task relay's (RFC 9113 §8.5):
 from __future__ import annotations
 
 import asyncio
+import typing
 from collections.abc import Awaitable, Callable
 
 from hbone.errors import H2ErrorCode, HboneError, StreamReset
@@ -379,6 +380,14 @@ async def open_pipe(host: str, port: int, connect_timeout: float | None = None) 
     return pipe
 
 
+class Admission(typing.Protocol):
+    """A listener's cap on connections (`hbone.proxy.listener.ConnectionGate`), as an accepted pipe takes part."""
+
+    def admit(self, peer: object) -> bool: ...
+
+    def release(self) -> None: ...
+
+
 class AcceptedPipe(TcpPipe):
     """A `TcpPipe` for an accepted TCP connection whose tunnel stream is opened after the accept (`hbone forward`):
     one task per connection for the open, then callbacks only. Bytes the client sends meanwhile are held (up to
@@ -392,6 +401,7 @@ class AcceptedPipe(TcpPipe):
         *,
         idle_timeout: float | None = IDLE_TIMEOUT,
         loop: asyncio.AbstractEventLoop | None = None,
+        gate: Admission | None = None,
     ) -> None:
         super().__init__(loop)  # given by a listener's factory: get_running_loop() makes a getpid system call
         self._open_stream = open_stream
@@ -399,12 +409,24 @@ class AcceptedPipe(TcpPipe):
         self._on_error = on_error
         self._idle_timeout = idle_timeout
         self._tcp_side = DOWNSTREAM  # the accepted client
+        self._gate = gate  # the listener's admission: taken in connection_made, given back when lost
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        gate = self._gate
+        if gate is not None and not gate.admit(transport.get_extra_info("peername")):
+            self._gate = None  # refused (counted by the gate): nothing to give back, nothing to start
+            transport.abort()  # type: ignore[attr-defined]  # every stream transport has abort()
+            return
         super().connection_made(transport)
         task = self._loop.create_task(self._run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            gate.release()
+        super().connection_lost(exc)
 
     async def _run(self) -> None:
         try:
