@@ -2,14 +2,16 @@
 the process-wide `hbone.limits.TUNNELS` per connection, and the TLS handshake timeout.
 
 A connection over the cap (or with no tunnel slot left) is aborted at accept, before any handler runs or byte is
-read, and counted (`max_connections` / `max_tunnels` trips). Two shapes of listener share one `ConnectionGate`:
+read, and counted (`max_connections` / `max_tunnels` trips). Three shapes of listener share one `ConnectionGate`:
 
 - `start_listener(handler, …)` for an `asyncio.start_server`-style handler (SOCKS5, HTTP proxy, SNI gateway,
   ingress, REDIRECT/TPROXY capture, `hbone forward` with inner TLS, the node agent's forwards);
-- `start_protocol_listener(factory, …)` for a protocol factory (the callback relay of `hbone forward`): the
-  protocol is made only for an admitted connection, and the slot is given back when asyncio reports it lost.
+- `start_protocol_listener(factory, …)` for a protocol factory: the protocol is made only for an admitted
+  connection, and the slot is given back when asyncio reports it lost;
+- `start_admitting_listener(factory, …)` for a protocol that admits and releases itself (the callback relay of
+  `hbone forward`, `AcceptedPipe`): `factory(gate)`, and no wrapper between the transport and the protocol.
 
-Both take `sock=` instead of `host, port` for a socket the caller prepared (TPROXY's IP_TRANSPARENT listener).
+All take `sock=` instead of `host, port` for a socket the caller prepared (TPROXY's IP_TRANSPARENT listener).
 The cap is `max_connections` per listener, else this process's default (`set_max_connections`, the CLIs'
 `--max-connections`), else `MAX_CONNECTIONS`.
 """
