@@ -45,11 +45,14 @@ _BIG = float(2**53)  # |duration| below this is finite, and written by repr() as
 
 
 def _q(text: str | None) -> str:
-    """JSON text of a string field whose values repeat (remembered; 4,096 values, then it starts over)."""
+    """JSON text of a string field whose values repeat (remembered; 4,096 values of up to 256 characters, then it
+    starts over: the values are peer text, so the memo is bounded in bytes too)."""
     if text is None:
         return "null"
     quoted = _quoted.get(text)
     if quoted is None:
+        if len(text) > 256:
+            return _quote(text)
         if len(_quoted) >= 4096:
             _quoted.clear()
             _quoted[None] = "null"

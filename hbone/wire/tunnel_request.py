@@ -179,6 +179,9 @@ def _text(value: str | bytes) -> str:
 
 
 _PARSED: dict[tuple[bool, tuple[RawHeader, ...]], TunnelRequest | None] = {}
+#: Header lists longer than this (names + values) are not remembered: the keys are peer text, so the memo is
+#: bounded in bytes (1,024 x 2 KiB), not only in entries. A real CONNECT is a few hundred bytes.
+_MAX_REMEMBERED = 2048
 _TRACEPARENT = (b"traceparent", "traceparent")
 
 
@@ -199,6 +202,8 @@ def parse_tunnel_request(headers: Iterable[RawHeader], *, strict_telemetry: bool
             parsed = _parse(key[1], strict_telemetry)
         except ProtocolError:
             return _parse(fields, strict_telemetry)  # raises the error the full check names first
+        if sum(len(name) + len(value) for name, value in key[1]) > _MAX_REMEMBERED:
+            return _parse(fields, strict_telemetry)  # a peer's big header lists are never kept
         if len(_PARSED) >= 1024:
             _PARSED.clear()
         _PARSED[key] = None if any(name == "traceparent" for name, _ in parsed.headers) else parsed

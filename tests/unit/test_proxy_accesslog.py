@@ -75,3 +75,11 @@ def test_record_json_is_what_json_writes(texts: list[str | None], numbers: list[
     record.duration_ms = ms  # type: ignore[assignment]
     for _ in range(2):  # the second time from the remembered strings
         assert record.json() == json.dumps(record.as_dict(), separators=(",", ":"))
+
+
+def test_quoted_memo_keeps_short_strings_only() -> None:
+    """Field values are peer text: a long one is quoted every time and never remembered."""
+    long = "r" * 1000
+    assert accesslog._q(long) == json.dumps(long)
+    assert long not in accesslog._quoted
+    assert accesslog._q("inbound") == '"inbound"' and "inbound" in accesslog._quoted

@@ -263,3 +263,13 @@ def test_remembered_requests_differ_in_their_traceparent() -> None:
 def test_response_status_must_be_three_ascii_digits(status: bytes) -> None:
     with pytest.raises(ProtocolError, match="3-digit"):
         parse_tunnel_response([(b":status", status)])
+
+
+def test_the_request_memo_keeps_small_header_lists_only() -> None:
+    """The memo's keys are peer text: a big header list is parsed in full every time and never remembered."""
+    tunnel_request._PARSED.clear()
+    small = [(":method", "CONNECT"), (":authority", "10.0.0.1:80"), ("traceparent", TP)]
+    big = [(":method", "CONNECT"), (":authority", "10.0.0.1:80"), ("x-pad", "p" * 4000), ("traceparent", TP)]
+    assert parse_tunnel_request(small).target == parse_tunnel_request(big).target
+    assert len(tunnel_request._PARSED) == 1
+    assert all(sum(len(n) + len(v) for n, v in key[1]) <= 2048 for key in tunnel_request._PARSED)
