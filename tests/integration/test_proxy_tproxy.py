@@ -21,7 +21,7 @@ import pytest
 from hbone.testing import TestCA
 from tests.integration import test_proxy_capture as capture
 from tests.integration.test_proxy_mesh import hbone_node
-from tests.peers import NO_ADMIN, ProcessPeer
+from tests.peers import ProcessPeer
 from tests.peers.process import missing_peer
 
 pytestmark = pytest.mark.timeout(60)
@@ -126,19 +126,7 @@ async def test_tproxy_inbound_plaintext_with_proxy_v2(netns: tuple[str, str, str
         "listeners:\n"
         f"  - {{type: inbound-plaintext, listen: '127.0.0.1:{inbound_port}', capture: tproxy, proxy_protocol: true}}\n"
     )
-    inbound_cmd = [
-        "ip",
-        "netns",
-        "exec",
-        ns,
-        sys.executable,
-        "-m",
-        "hbone.cli",
-        "frontends",
-        "--config",
-        str(config),
-        *NO_ADMIN,
-    ]
+    inbound_cmd = capture.frontends_in(ns, config)
     app_cmd = ["ip", "netns", "exec", ns, sys.executable, "-c", APP, str(app_port)]
     async with ProcessPeer(inbound_cmd, name="inbound") as inbound, ProcessPeer(app_cmd, name="app") as app:
         await capture.wait_for_log(inbound, "inbound-plaintext listening", 1)

@@ -269,7 +269,8 @@ async def test_connection_loss_aborts_tcp() -> None:
 # --- AcceptedPipe: the tunnel is opened after the TCP accept (hbone forward) ---------------------------------------
 
 
-async def test_accepted_pipe_sends_early_bytes_first_once_the_tunnel_is_open() -> None:
+def accepted() -> tuple[Harness, asyncio.Future[Stream], set[asyncio.Task[None]], AcceptedPipe, FakeTransport]:
+    """An AcceptedPipe on a fake TCP transport whose tunnel opens when the returned future is given a stream."""
     h = Harness()
     opened: asyncio.Future[Stream] = asyncio.get_running_loop().create_future()
 
@@ -280,6 +281,11 @@ async def test_accepted_pipe_sends_early_bytes_first_once_the_tunnel_is_open() -
     pipe = AcceptedPipe(open_stream, tasks)
     tcp = FakeTransport()
     pipe.connection_made(tcp)
+    return h, opened, tasks, pipe, tcp
+
+
+async def test_accepted_pipe_sends_early_bytes_first_once_the_tunnel_is_open() -> None:
+    h, opened, tasks, pipe, tcp = accepted()
     pipe.data_received(b"GET / HTTP/1.0\r\n\r\n")  # the client talks before the tunnel exists
     assert tcp.reading and len(tasks) == 1  # a small request is held without pausing (an epoll call each way)
     stream = await h.open(start=False)
@@ -298,16 +304,7 @@ async def test_accepted_pipe_sends_early_bytes_first_once_the_tunnel_is_open() -
 
 
 async def test_accepted_pipe_stops_reading_beyond_its_early_bound() -> None:
-    h = Harness()
-    opened: asyncio.Future[Stream] = asyncio.get_running_loop().create_future()
-
-    async def open_stream() -> Stream:
-        return await opened
-
-    tasks: set[asyncio.Task[None]] = set()
-    pipe = AcceptedPipe(open_stream, tasks)
-    tcp = FakeTransport()
-    pipe.connection_made(tcp)
+    h, opened, tasks, pipe, tcp = accepted()
     chunks = [bytes([i]) * (40 * KiB) for i in range(2)]
     pipe.data_received(chunks[0])
     assert tcp.reading
