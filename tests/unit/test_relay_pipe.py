@@ -284,15 +284,20 @@ def accepted() -> tuple[Harness, asyncio.Future[Stream], set[asyncio.Task[None]]
     return h, opened, tasks, pipe, tcp
 
 
-async def test_accepted_pipe_sends_early_bytes_first_once_the_tunnel_is_open() -> None:
-    h, opened, tasks, pipe, tcp = accepted()
-    pipe.data_received(b"GET / HTTP/1.0\r\n\r\n")  # the client talks before the tunnel exists
-    assert tcp.reading and len(tasks) == 1  # a small request is held without pausing (an epoll call each way)
+async def open_tunnel(h: Harness, opened: asyncio.Future[Stream]) -> None:
+    """The tunnel the AcceptedPipe waits for opens (200), and the pipe's open task gets to run."""
     stream = await h.open(start=False)
     stream.send_headers([(":status", "200")])
     opened.set_result(stream)
     await asyncio.sleep(0)
     await asyncio.sleep(0)
+
+
+async def test_accepted_pipe_sends_early_bytes_first_once_the_tunnel_is_open() -> None:
+    h, opened, tasks, pipe, tcp = accepted()
+    pipe.data_received(b"GET / HTTP/1.0\r\n\r\n")  # the client talks before the tunnel exists
+    assert tcp.reading and len(tasks) == 1  # a small request is held without pausing (an epoll call each way)
+    await open_tunnel(h, opened)
     assert tcp.reading
     await h.to_peer()
     assert h.peer_data == b"GET / HTTP/1.0\r\n\r\n"
@@ -310,11 +315,7 @@ async def test_accepted_pipe_stops_reading_beyond_its_early_bound() -> None:
     assert tcp.reading
     pipe.data_received(chunks[1])  # 80 KiB held: over the 64 KiB bound, so the client waits
     assert not tcp.reading
-    stream = await h.open(start=False)
-    stream.send_headers([(":status", "200")])
-    opened.set_result(stream)
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    await open_tunnel(h, opened)
     assert tcp.reading
     await h.to_peer()
     got = h.peer_data
